@@ -1,0 +1,131 @@
+"""The dataset adapter interface: what every dataset reader gives the items stage.
+
+An adapter turns one configured dataset into ``RawItem`` records (or
+``Reject`` records for what it could not read), says cheaply how many records
+there are at most (so the workflow can plan trace shards before running), and
+scores a model's response the way the dataset's official evaluator does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping, Union
+
+from PIL import Image
+
+TASK_TYPES = ("visual_reference", "symbolic")
+ANSWER_TYPES = ("multi_choice", "integer", "float", "yes_no", "text", "list")
+
+# An image as an adapter hands it over: a file path, encoded bytes, or a decoded image.
+ImageSource = Union[str, Path, bytes, Image.Image]
+
+
+@dataclass
+class Region:
+    label: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the original image's pixels
+    image: int = 0  # which of the item's images the box lies in
+
+
+@dataclass
+class RawItem:
+    item_id: str
+    question: str
+    answer: str
+    answer_type: str
+    images: list[ImageSource] = field(default_factory=list)
+    choices: list[str] | None = None
+    task_type: str | None = None  # None: the dataset's configured or default type
+    regions: list[Region] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    source_line: int | None = None
+
+
+@dataclass
+class Reject:
+    reason: str
+    item_id: str | None = None
+    source_line: int | None = None
+
+
+@dataclass
+class Score:
+    answer_text: str | None  # the parsed answer, normalised like the gold answer; None when unparsed
+    correct: bool | None  # None only when the response could not be scored at all
+    abstained: bool = False  # the model said it cannot tell (e.g. "unknown", "cannot see")
+
+
+class AdapterError(ValueError):
+    """A dataset's configuration is unusable; the message names the config key."""
+
+
+class Adapter(ABC):
+    name: ClassVar[str]
+    default_task_type: ClassVar[str] = "visual_reference"
+
+    def __init__(self, options: Mapping[str, Any], dataset: str, seed: int = 0, base_dir: str | Path = "."):
+        self.options = dict(options or {})
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.base_dir = Path(base_dir)
+
+    def path(self, key: str = "path") -> Path:
+        """An option holding a path, resolved against the directory the config was read from."""
+        value = self.options.get(key)
+        if value is None:
+            raise AdapterError(f"datasets.{self.dataset}.options.{key}: required by adapter '{self.name}'")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def check(self) -> list[str]:
+        """Problems with the configuration (missing files), each naming its config key. Cheap."""
+        return []
+
+    @abstractmethod
+    def count(self) -> int:
+        """An upper bound on the number of records, cheap to compute; used to plan shards."""
+
+    @abstractmethod
+    def records(self) -> Iterator[RawItem | Reject]:
+        """Every record of the dataset in a stable order."""
+
+    @abstractmethod
+    def score(self, item: Mapping[str, Any], response: str) -> Score:
+        """Score a model's full response against an item (a row of the items table)."""
+
+    def summary_metrics(self, items, traces) -> dict[str, float]:
+        """Dataset-specific aggregate metrics (e.g. HallusionBench's figure accuracy); optional."""
+        return {}
+
+
+# name -> "module:Class", imported on first use so that each adapter lives in its own module
+_ADAPTERS: dict[str, str] = {
+    "panels": "peekaboo.datasets.panels:PanelsAdapter",
+    "jsonl": "peekaboo.datasets.jsonl:JsonlAdapter",
+    "mathvista": "peekaboo.datasets.mathvista:MathVistaAdapter",
+    "hallusionbench": "peekaboo.datasets.hallusionbench:HallusionBenchAdapter",
+    "mmmu_pro": "peekaboo.datasets.mmmu_pro:MMMUProAdapter",
+    "visargs": "peekaboo.datasets.visargs:VisArgsAdapter",
+}
+
+
+def adapter_names() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    try:
+        target = _ADAPTERS[name]
+    except KeyError:
+        raise AdapterError(f"unknown adapter '{name}' (known: {', '.join(adapter_names())})") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_adapter(dataset: str, spec: Mapping[str, Any], seed: int = 0, base_dir: str | Path = ".") -> Adapter:
+    """The adapter for a dataset entry of the config (``{adapter, options, ...}``)."""
+    cls = adapter_class(spec["adapter"])
+    return cls(spec.get("options") or {}, dataset=dataset, seed=seed, base_dir=base_dir)

@@ -1,0 +1,116 @@
+# Helpers shared by every rules file: validated config, paths, shard planning,
+# code inputs (so that editing a package module re-runs the stages using it).
+import math
+import re
+import os
+import sys
+from functools import lru_cache
+
+_SRC = str(Path(workflow.basedir) / "src")
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+# scripts run in their own Python process: make the package importable there too
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
+
+import peekaboo.config as pcfg
+from peekaboo.provenance import module_files
+from snakemake.exceptions import WorkflowError
+
+try:
+    _validated = pcfg.validate(config, base_dir=Path.cwd())
+except pcfg.ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+config.clear()
+config.update(_validated)
+
+RESULTS = config["results"].rstrip("/")
+DATASETS = list(config["datasets"])
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    d="|".join(map(re.escape, DATASETS)) if DATASETS else "[^/]+",
+    m="|".join(map(re.escape, MODELS)) if MODELS else "[^/]+",
+    i=r"\d+",
+
+
+def R(path):
+    """A path inside the results directory."""
+    return f"{RESULTS}/{path}"
+
+
+def LOG(path):
+    return f"{RESULTS}/logs/{path}.log"
+
+
+def code(*modules):
+    """The package source files a stage depends on: a rule input, so code edits re-run it."""
+    return module_files("provenance", "tables", "logs", "config", "seeding", *modules)
+
+
+def dataset_cfg(d):
+    return config["datasets"][d]
+
+
+def model_cfg(m):
+    return config["models"][m]
+
+
+def model_datasets(m):
+    return pcfg.model_datasets(config, m)
+
+
+def model_dataset_pairs():
+    return [(m, d) for m in MODELS for d in model_datasets(m)]
+
+
+def stage_params(*sections):
+    """The config sections a stage reads; as params they make Snakemake re-run it when they change."""
+    return {s: config[s] for s in sections}
+
+
+@lru_cache(maxsize=None)
+def n_shards(d):
+    """Shards planned before the run from the adapter's cheap upper bound on items."""
+    from peekaboo.datasets import get_adapter
+
+    spec = dataset_cfg(d)
+    count = get_adapter(d, spec, seed=config["seed"], base_dir=Path.cwd()).count()
+    if spec.get("limit"):
+        count = min(count, spec["limit"])
+    return max(1, math.ceil(count / spec["shard_size"]))
+
+
+def shard_ids(d):
+    return list(range(n_shards(d)))
+
+
+def trace_shards(m, d):
+    return [R(f"traces/{m}/{d}/shard-{i}.parquet") for i in shard_ids(d)]
+
+
+def trace_stores(m, d):
+    return [R(f"traces/{m}/{d}/shard-{i}.zarr") for i in shard_ids(d)]
+
+
+def model_path(m):
+    """Where a model's weights come from: the trained reference model, or the configured source."""
+    spec = model_cfg(m)
+    if spec.get("reference"):
+        return R(f"reference/{m}")
+    return spec["source"]
+
+
+def model_inputs(m):
+    return [R(f"reference/{m}")] if model_cfg(m).get("reference") else []
+
+
+# Filled by the stage rules files: functions returning that stage's final outputs.
+FINAL_OUTPUTS = []
+
+
+def all_outputs():
+    out = []
+    for fn in FINAL_OUTPUTS:
+        out.extend(fn())
+    return out
