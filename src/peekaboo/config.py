@@ -31,25 +31,61 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     return load_yaml(path)
 
 
-def _with_defaults(validator_class):
-    """A validator class that fills ``default`` values of absent properties while validating."""
+def _local_ref(root: dict, sub: dict) -> dict:
+    """Follow ``{"$ref": "#/definitions/x"}`` inside the schema (the only refs it uses)."""
+    seen = 0
+    while isinstance(sub, dict) and isinstance(sub.get("$ref"), str) and sub["$ref"].startswith("#/") and seen < 16:
+        target: Any = root
+        for part in sub["$ref"][2:].split("/"):
+            target = target[part]
+        sub, seen = target, seen + 1
+    return sub
+
+
+def _with_defaults(validator_class, root: dict):
+    """A validator class that fills ``default`` values of absent properties while validating.
+
+    A property given as ``{$ref: ...}`` takes the default of the definition it
+    points to (``generation: {$ref: "#/definitions/generation"}``), so nested
+    defaults are filled too.
+    """
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for name, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
+                if name in instance or not isinstance(sub, dict):
+                    continue
+                target = sub if "default" in sub else _local_ref(root, sub)
+                if isinstance(target, dict) and "default" in target:
+                    instance[name] = copy.deepcopy(target["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft7Validator)
-
-
 def key_path(parts) -> str:
-    return ".".join(str(p) for p in parts) or "<top level>"
+    """``datasets.mine.regions[0]``: dotted keys, list positions in brackets."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _brief(schema: Any) -> str:
+    """A few words for what a sub-schema accepts, for oneOf/anyOf messages."""
+    if not isinstance(schema, dict):
+        return "?"
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) if v is not None else "null" for v in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"a list of {_brief(schema.get('items', {})).removeprefix('a ').removeprefix('an ')}s"
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    if kind:
+        return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+    return "a value matching the schema"
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -60,6 +96,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"unknown key {names}"
     if error.validator == "oneOf" and error.schema.get("oneOf") and "source" in str(error.schema):
         return f"{where}: give exactly one of 'source' (hub id or path) or 'reference' (trained by the workflow)"
+    if error.validator in ("oneOf", "anyOf"):
+        options = " or ".join(_brief(sub) for sub in error.validator_value)
+        return f"{where}: {error.instance!r} is not valid here; expected {options}"
     return f"{where}: {error.message}"
 
 
@@ -70,7 +109,7 @@ def validate(config: Mapping[str, Any], base_dir: str | Path | None = None, chec
     """
     cfg = copy.deepcopy(dict(config))
     schema = load_schema()
-    errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(_with_defaults(jsonschema.Draft7Validator, schema)(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
     problems = _cross_check(cfg)
@@ -123,13 +162,17 @@ def _check_datasets(cfg: dict, base_dir: Path) -> list[str]:
     return problems
 
 
-def load(path: str | Path, check_paths: bool = True) -> dict:
-    """Load and validate a config file; relative dataset paths resolve against the file's directory."""
+def load(path: str | Path, check_paths: bool = True, base_dir: str | Path | None = None) -> dict:
+    """Load and validate a config file.
+
+    Relative dataset paths resolve against ``base_dir``, by default the working
+    directory, as in a Snakemake run started from the repository root.
+    """
     path = Path(path)
     raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return validate(raw, base_dir=path.parent, check_paths=check_paths)
+    return validate(raw, base_dir=Path(base_dir) if base_dir else Path.cwd(), check_paths=check_paths)
 
 
 def model_datasets(cfg: Mapping[str, Any], model: str) -> list[str]:

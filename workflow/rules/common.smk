@@ -105,6 +105,49 @@ def model_inputs(m):
     return [R(f"reference/{m}")] if model_cfg(m).get("reference") else []
 
 
+# --- job resources (cluster and workstation scheduling; see docs/cluster.md) ---
+# Maps a model's `resources` keys to Snakemake/SLURM resource names.
+_MODEL_RESOURCE_NAMES = {"gpu_model": "gpu_model", "gres": "gres", "cpus": "cpus_per_task"}
+
+
+def job_resources(stage):
+    """A rule's resources from the config's `resources` section: `resources: **job_resources("trace")`.
+
+    stage: "trace" (per model: a model's own `resources` win; asks for GPUs),
+    "train" (reference-model training) or "default". Memory and runtime are
+    multiplied by the attempt, so a job retried after running out of either
+    (--retries, set in the SLURM profile) gets more. The SLURM profile's
+    set-resources still override these per rule.
+    """
+    res = config["resources"]
+    if stage == "trace":
+
+        def from_model(key, default, scaled=False):
+            def value(wildcards, attempt):
+                v = model_cfg(wildcards.m)["resources"].get(key, default)
+                return v * attempt if scaled else v
+
+            return value
+
+        out = {
+            "mem_mb": from_model("mem_mb", res["trace_mem_mb"], scaled=True),
+            "runtime": from_model("runtime", res["trace_runtime"], scaled=True),
+            "gpu": from_model("gpu", res["trace_gpus"]),
+        }
+        # only when some model sets them: an empty gpu_model/gres would still reach sbatch checks
+        for key, name in _MODEL_RESOURCE_NAMES.items():
+            if any(key in model_cfg(m)["resources"] for m in MODELS):
+                out[name] = from_model(key, "" if key != "cpus" else 1)
+        return out
+    if stage not in ("train", "default"):
+        raise ValueError(f"job_resources: unknown stage {stage!r} (trace, train or default)")
+    mem_mb, runtime = res[f"{stage}_mem_mb"], res[f"{stage}_runtime"]
+    return {
+        "mem_mb": lambda wildcards, attempt: mem_mb * attempt,
+        "runtime": lambda wildcards, attempt: runtime * attempt,
+    }
+
+
 # Filled by the stage rules files: functions returning that stage's final outputs.
 FINAL_OUTPUTS = []
 

@@ -1,0 +1,105 @@
+"""Does CRM recover the planted truth of the default run?
+
+    python checks/crm_truth.py RESULTS_DIR [--config config.yaml]
+
+Reads ``RESULTS_DIR/crm/{model}/{dataset}/attribution.parquet`` and
+``modes.parquet`` and prints, per model and dataset: precision and recall of
+the ``depends`` flags against ``gold_depends`` (the steps whose gold solution
+changes when the panel is hidden), and the share of each mode with the most
+frequent one. Issue 5's "Done when": precision and recall >= 0.9 for the
+``grounded`` reference model; most frequent mode ``grounded`` for grounded,
+``hallucination`` for blind-spot, ``collapse`` for oversensitive. A model's
+planted behaviour comes from its reference spec in ``--config``, else from
+its name. Exit status 1 when a model with a planted behaviour misses a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from peekaboo.crm import MODES, depends_precision_recall
+from peekaboo.tables import read_table
+
+EXPECTED_MODE = {"grounded": "grounded", "blind-spot": "hallucination", "oversensitive": "collapse"}
+MIN_PRECISION_RECALL = 0.9  # for the grounded model
+
+
+def behaviours(config_path: str | None, models: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {m: (m if m in EXPECTED_MODE else None) for m in models}
+    if config_path:
+        import peekaboo.config as pcfg
+
+        cfg = pcfg.load(config_path, check_paths=False)
+        for m, spec in cfg["models"].items():
+            if spec.get("reference"):
+                out[m] = spec["reference"]["behaviour"]
+    return out
+
+
+def fmt(x: float) -> str:
+    return "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="results directory of a run")
+    parser.add_argument("--config", help="the run's config (to read each reference model's behaviour)")
+    args = parser.parse_args(argv)
+
+    crm_dir = Path(args.results) / "crm"
+    pairs = sorted((p.parent.parent.name, p.parent.name) for p in crm_dir.glob("*/*/modes.parquet"))
+    if not pairs:
+        print(f"no CRM tables under {crm_dir}", file=sys.stderr)
+        return 1
+    planted = behaviours(args.config, sorted({m for m, _ in pairs}))
+
+    rows, failures = [], []
+    for model, dataset in pairs:
+        attribution = read_table(crm_dir / model / dataset / "attribution.parquet")
+        modes = read_table(crm_dir / model / dataset / "modes.parquet")
+        precision, recall, n_known = depends_precision_recall(attribution)
+        counts = modes["mode"].value_counts()
+        top = counts.index[0] if len(counts) else None
+        behaviour = planted.get(model)
+        row = {
+            "model": model,
+            "dataset": dataset,
+            "behaviour": behaviour or "-",
+            "cases": len(modes),
+            "steps_with_gold": n_known,
+            "precision": precision,
+            "recall": recall,
+            **{m: counts.get(m, 0) / len(modes) if len(modes) else math.nan for m in MODES},
+            "most_frequent": top or "-",
+            "expected": EXPECTED_MODE.get(behaviour or "", "-"),
+        }
+        checks = []
+        if behaviour in EXPECTED_MODE:
+            checks.append(("most frequent mode", top == EXPECTED_MODE[behaviour]))
+        if behaviour == "grounded":
+            for name, value in (("precision", precision), ("recall", recall)):
+                checks.append((f"{name} >= {MIN_PRECISION_RECALL}", not math.isnan(value) and value >= MIN_PRECISION_RECALL))
+        row["verdict"] = "-" if not checks else ("ok" if all(ok for _, ok in checks) else "MISS")
+        failures += [f"{model}/{dataset}: {name}" for name, ok in checks if not ok]
+        rows.append(row)
+
+    table = pd.DataFrame(rows)
+    for col in ("precision", "recall", *MODES):
+        table[col] = table[col].map(fmt)
+    print(f"CRM against the planted truth ({args.results})")
+    print("precision/recall: `depends` against `gold_depends` over attribution rows where both are known")
+    print(table.to_string(index=False))
+    if failures:
+        print("\nmissed: " + "; ".join(failures))
+        return 1
+    print("\nall planted-truth targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,786 @@
+"""Evidence collapse: how much of a step's image attention rests on the evidence.
+
+Per (trace, step), from the trace store's per-token arrays:
+
+- ``image_share``: attention on image tokens, head mean, averaged over the
+  configured ``collapse.layers`` and the step's tokens;
+- ``evidence_share``: the part of that image attention that falls on the
+  item's evidence regions (``region_mass`` already weights each image token by
+  the fraction of its box inside a region; several regions are combined as
+  their union);
+- ``lift``: evidence share over the evidence's share of the image area (1 is
+  what attention spread evenly over the image would give);
+- ``topk_overlap``: of the ``collapse.top_k`` most attended image tokens (the
+  per-patch map ``image_attn``), the mean fraction of their boxes inside the
+  evidence.
+
+Per trace: the first and last step's value, the relative drop
+``(first - last) / first`` and the area under the curve over normalised step
+position, for each measure. Attention sinks (image tokens that soak up
+attention whatever the content) are detected from the per-patch maps and can be
+excluded; every table says whether they were. See docs/analysis.md for the
+exact definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import features as feats
+from .logs import get_logger, progress
+
+log = get_logger("collapse")
+
+MEASURES = ("image_share", "evidence_share", "lift", "topk_overlap")
+TRAJECTORY_STATS = ("first", "last", "drop", "auc")
+
+STEP_COLUMNS = [
+    "trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "task_type",
+    "step", "step_index", "n_steps", "position", "kind", "token_start", "token_end", "n_step_tokens",
+    "image_share", "evidence_mass", "evidence_share", "evidence_area_fraction", "lift", "topk_overlap",
+    "sink_share", "sinks_excluded", "note",
+]
+SINK_COLUMNS = [
+    "model", "dataset", "patch", "n_steps", "step_fraction", "n_traces", "trace_fraction",
+    "mean_share", "mean_ratio_to_median", "is_sink", "excluded", "ratio", "min_fraction",
+]
+MAP_COLUMNS = [
+    "model", "dataset", "item_id", "trace_id", "variant", "image", "width", "height",
+    "step", "step_index", "kind", "step_text", "patch", "x0", "y0", "x1", "y1",
+    "share", "evidence_weight", "is_sink", "sinks_excluded", "evidence_boxes",
+]
+
+# How many traces are read from the store at a time (a block of Zarr chunks).
+READ_BLOCK = 16
+
+
+class CollapseError(ValueError):
+    """The collapse inputs or configuration are unusable; the message names the key or item."""
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def union_area(boxes: Sequence[Sequence[float]]) -> float:
+    """Area of the union of axis-aligned boxes ``[x0, y0, x1, y1]`` (coordinate compression)."""
+    boxes = [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
+    if not boxes:
+        return 0.0
+    xs = sorted({b[0] for b in boxes} | {b[2] for b in boxes})
+    ys = sorted({b[1] for b in boxes} | {b[3] for b in boxes})
+    area = 0.0
+    for xa, xb in zip(xs[:-1], xs[1:]):
+        for ya, yb in zip(ys[:-1], ys[1:]):
+            if any(b[0] <= xa and b[2] >= xb and b[1] <= ya and b[3] >= yb for b in boxes):
+                area += (xb - xa) * (yb - ya)
+    return area
+
+
+def boxes_overlap(boxes: Sequence[Sequence[float]]) -> bool:
+    """Whether any two boxes share a positive area."""
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
+                return True
+    return False
+
+
+@dataclass
+class Evidence:
+    """An item's evidence: region boxes (pixels of image ``images[k]``) and derived patch weights."""
+
+    boxes: list[tuple[float, float, float, float]]
+    images: list[int]
+    area_fraction: float = float("nan")
+    overlapping: bool = False
+    union_weight: np.ndarray | None = None  # per patch: fraction of its box inside the evidence union
+    sum_weight: np.ndarray | None = None  # per patch: sum over regions of the fraction inside each
+
+    @property
+    def empty(self) -> bool:
+        return not self.boxes
+
+
+def item_evidence(regions: Any) -> Evidence:
+    """The evidence regions of an item: every annotated region (``items.regions``)."""
+    boxes, images = [], []
+    for region in _as_list(regions):
+        box = region.get("box") if isinstance(region, Mapping) else None
+        if box is None or len(box) != 4:
+            continue
+        boxes.append(tuple(float(v) for v in box))
+        image = region.get("image")
+        images.append(int(image) if image is not None and not _isnan(image) else 0)
+    return Evidence(boxes=boxes, images=images)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else []
+    if isinstance(value, np.ndarray):
+        return list(value)
+    return list(value)
+
+
+def _isnan(value: Any) -> bool:
+    try:
+        return bool(np.isnan(value))
+    except TypeError:
+        return False
+
+
+def attach_patch_weights(
+    evidence: Evidence,
+    patch_boxes: np.ndarray,
+    patch_image: np.ndarray | None,
+    width: float | None = None,
+    height: float | None = None,
+) -> Evidence:
+    """Fill in per-patch evidence weights and the evidence area fraction.
+
+    A patch only counts for regions of its own image. The area fraction is the
+    union area of the evidence over the total area of the item's images; image
+    areas come from the items table for the primary image and from the extent
+    of the patch boxes otherwise (they tile the image in original pixels).
+    """
+    from .geometry import region_weights
+
+    n = len(patch_boxes)
+    patch_image = np.zeros(n, dtype=int) if patch_image is None else np.asarray(patch_image, dtype=int)
+    evidence.overlapping = False
+    if evidence.empty or n == 0:
+        evidence.union_weight = np.zeros(n)
+        evidence.sum_weight = np.zeros(n)
+        evidence.area_fraction = float("nan") if evidence.empty else evidence.area_fraction
+        return evidence
+    per_region = []
+    for box, image in zip(evidence.boxes, evidence.images):
+        w = np.asarray(region_weights(patch_boxes, box), dtype=float)
+        per_region.append(np.where(patch_image == image, w, 0.0))
+    sum_weight = np.sum(per_region, axis=0)
+    union_weight = np.clip(sum_weight, 0.0, 1.0)
+    for image in sorted(set(evidence.images)):
+        boxes = [b for b, i in zip(evidence.boxes, evidence.images) if i == image]
+        if boxes_overlap(boxes):
+            evidence.overlapping = True
+            # exact union per patch where boxes overlap: area of the clipped boxes' union
+            for p in np.flatnonzero((patch_image == image) & (sum_weight > 0)):
+                px0, py0, px1, py1 = (float(v) for v in patch_boxes[p])
+                area = (px1 - px0) * (py1 - py0)
+                if area <= 0:
+                    continue
+                clipped = [(max(b[0], px0), max(b[1], py0), min(b[2], px1), min(b[3], py1)) for b in boxes]
+                union_weight[p] = union_area(clipped) / area
+    evidence.sum_weight = sum_weight
+    evidence.union_weight = union_weight
+
+    areas = {}
+    for image in sorted(set(patch_image.tolist()) | set(evidence.images)):
+        sel = patch_boxes[patch_image == image]
+        if image == 0 and width and height and not _isnan(width) and not _isnan(height):
+            areas[image] = float(width) * float(height)
+        elif len(sel):
+            areas[image] = float((sel[:, 2].max() - sel[:, 0].min()) * (sel[:, 3].max() - sel[:, 1].min()))
+    total = sum(areas.values())
+    covered = sum(
+        union_area([b for b, i in zip(evidence.boxes, evidence.images) if i == image]) for image in areas
+    )
+    evidence.area_fraction = covered / total if total > 0 else float("nan")
+    return evidence
+
+
+def evidence_area_fraction(regions: Any, width: float, height: float) -> float:
+    """Union area of an item's evidence over its (single) image's area."""
+    evidence = item_evidence(regions)
+    if evidence.empty or not width or not height:
+        return float("nan")
+    return union_area(evidence.boxes) / (float(width) * float(height))
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def resolve_layers(layers: Any, n_layers: int) -> np.ndarray:
+    """Indices of the configured ``collapse.layers`` (``all`` or a list, negative from the end)."""
+    if layers in (None, "all"):
+        return np.arange(n_layers)
+    out = []
+    for v in layers:
+        i = int(v)
+        if not -n_layers <= i < n_layers:
+            raise CollapseError(f"collapse.layers: layer {i} does not exist (the traces have {n_layers} layers)")
+        out.append(i % n_layers)
+    return np.array(sorted(set(out)), dtype=int)
+
+
+# ----------------------------------------------------------------------------- one trace
+
+
+@dataclass
+class TraceData:
+    """The per-token arrays of one trace, padding removed."""
+
+    trace_id: str
+    entropy: np.ndarray  # [token]
+    image_mass: np.ndarray  # [token, layer, head]
+    region_mass: np.ndarray  # [token, layer, region]
+    image_attn: np.ndarray | None  # [token, map_layer, patch]
+    patch_box: np.ndarray  # [patch, 4]
+    patch_image: np.ndarray | None  # [patch]
+    n_tokens: int
+
+
+@dataclass
+class StepRaw:
+    """Per-step reductions read once from the store; sink exclusion and corrections come later."""
+
+    step: int
+    kind: str
+    token_start: int
+    token_end: int
+    n_tokens: int
+    image_mass: float  # head mean, layer mean, token mean
+    evidence_mass_sum: float  # region_mass summed over evidence regions, layer mean, token mean
+    patch_map: np.ndarray | None  # [patch] token and map-layer mean of image_attn
+    note: str = ""
+
+
+def step_reductions(data: TraceData, spans: Sequence[tuple[int, str, int, int]], layers: np.ndarray,
+                    evidence_regions: int) -> list[StepRaw]:
+    """Average the per-token arrays over each step's tokens (spans are half-open token ranges)."""
+    img = data.image_mass.astype(np.float64)
+    n_layers = img.shape[1]
+    img_tok = img[:, layers, :].mean(axis=(1, 2)) if n_layers else np.full(len(img), np.nan)
+    if evidence_regions > 0:
+        reg = data.region_mass[:, layers, :evidence_regions].astype(np.float64)
+        ev_tok = reg.mean(axis=1).sum(axis=1)
+    else:
+        ev_tok = np.full(len(img), np.nan)
+    attn = data.image_attn.astype(np.float64).mean(axis=1) if data.image_attn is not None else None
+    out = []
+    for step, kind, start, end in spans:
+        s, e = max(0, int(start)), min(int(end), data.n_tokens)
+        note = ""
+        if e <= s:
+            note = f"empty token span [{start}, {end}) within {data.n_tokens} tokens"
+            out.append(StepRaw(step, kind, int(start), int(end), 0, np.nan, np.nan, None, note))
+            continue
+        if e < int(end):
+            note = f"token span clipped to the trace's {data.n_tokens} tokens"
+        pmap = np.nanmean(attn[s:e], axis=0) if attn is not None else None
+        out.append(StepRaw(step, kind, int(start), int(end), e - s, float(np.nanmean(img_tok[s:e])),
+                           float(np.nanmean(ev_tok[s:e])) if evidence_regions > 0 else np.nan, pmap, note))
+    return out
+
+
+def step_measures(raw: StepRaw, evidence: Evidence, top_k: int, sinks: np.ndarray | None) -> dict[str, float]:
+    """The four measures of one step; ``sinks`` (patch indices) are taken out when given.
+
+    Corrections use the per-patch map's *shares* (not its absolute values), so they
+    stay valid when the map's layers differ from ``collapse.layers``.
+    """
+    image_mass, ev_sum = raw.image_mass, raw.evidence_mass_sum
+    pmap = raw.patch_map
+    total = float(np.nansum(pmap)) if pmap is not None else 0.0
+    shares = pmap / total if pmap is not None and total > 0 else None
+    w_union = evidence.union_weight
+    evidence_mass = ev_sum
+    if not evidence.empty and evidence.overlapping:
+        # region_mass counts overlap twice; rescale by the map's union/sum ratio
+        if shares is not None:
+            denom = float(np.dot(shares, evidence.sum_weight))
+            factor = float(np.dot(shares, w_union)) / denom if denom > 0 else 1.0
+        else:
+            denom = float(evidence.sum_weight.sum())
+            factor = float(w_union.sum()) / denom if denom > 0 else 1.0
+        evidence_mass = ev_sum * factor
+    sink_share = 0.0
+    if sinks is not None and len(sinks) and shares is not None:
+        valid = sinks[sinks < len(shares)]
+        sink_share = float(shares[valid].sum())
+        sink_evidence = float(np.dot(shares[valid], w_union[valid])) if not evidence.empty else 0.0
+        evidence_mass = evidence_mass - image_mass * sink_evidence
+        image_mass = image_mass * (1.0 - sink_share)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        evidence_share = evidence_mass / image_mass if image_mass > 0 else np.nan
+    if evidence.empty:
+        evidence_share = np.nan
+        evidence_mass = np.nan
+    af = evidence.area_fraction
+    lift = evidence_share / af if af and af > 0 and np.isfinite(evidence_share) else np.nan
+    topk = np.nan
+    if shares is not None and not evidence.empty:
+        order = np.argsort(-shares, kind="stable")
+        if sinks is not None and len(sinks):
+            order = order[~np.isin(order, sinks)]
+        chosen = order[: min(top_k, len(order))]
+        if len(chosen):
+            topk = float(w_union[chosen].mean())
+    return {
+        "image_share": float(image_mass),
+        "evidence_mass": float(evidence_mass),
+        "evidence_share": float(evidence_share),
+        "lift": float(lift),
+        "topk_overlap": topk,
+        "sink_share": sink_share,
+    }
+
+
+def trajectory(values: Sequence[float], positions: Sequence[float]) -> dict[str, float]:
+    """First, last, relative drop and normalised AUC of a per-step curve (finite steps only).
+
+    The AUC is the trapezoid area over normalised step position divided by the
+    span of the positions used (1 when every step is finite), so it reads as the
+    curve's average height; with one finite step it is that step's value.
+    """
+    v = np.asarray(values, dtype=float)
+    x = np.asarray(positions, dtype=float)
+    ok = np.isfinite(v)
+    v, x = v[ok], x[ok]
+    if not len(v):
+        return {"first": np.nan, "last": np.nan, "drop": np.nan, "auc": np.nan}
+    first, last = float(v[0]), float(v[-1])
+    drop = (first - last) / first if first != 0 else np.nan
+    span = float(x[-1] - x[0])
+    auc = float(np.trapezoid(v, x) / span) if span > 0 else float(v.mean())
+    return {"first": first, "last": last, "drop": drop, "auc": auc}
+
+
+def normalised_positions(n: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
+
+
+# ----------------------------------------------------------------------------- sinks
+
+
+@dataclass
+class SinkCounter:
+    """Counts, per patch index, the steps and traces in which a patch's share is far above the median."""
+
+    ratio: float
+    min_fraction: float
+    step_hits: dict[int, int] = field(default_factory=dict)
+    step_seen: dict[int, int] = field(default_factory=dict)
+    trace_hits: dict[int, int] = field(default_factory=dict)
+    trace_seen: dict[int, int] = field(default_factory=dict)
+    share_sum: dict[int, float] = field(default_factory=dict)
+    ratio_sum: dict[int, float] = field(default_factory=dict)
+
+    def add_trace(self, maps: Iterable[np.ndarray | None]) -> None:
+        hits_t: np.ndarray | None = None
+        seen_t = 0
+        for pmap in maps:
+            if pmap is None or not len(pmap):
+                continue
+            total = float(np.nansum(pmap))
+            if total <= 0:
+                continue
+            share = np.nan_to_num(pmap / total)
+            median = float(np.median(share))
+            ref = median if median > 0 else 1.0 / len(share)
+            hit = share > self.ratio * ref
+            hits_t = hit.astype(int) if hits_t is None else _add_padded(hits_t, hit.astype(int))
+            seen_t += 1
+            for p in range(len(share)):
+                self.step_seen[p] = self.step_seen.get(p, 0) + 1
+                self.share_sum[p] = self.share_sum.get(p, 0.0) + float(share[p])
+                self.ratio_sum[p] = self.ratio_sum.get(p, 0.0) + float(share[p] / ref)
+            for p in np.flatnonzero(hit):
+                self.step_hits[int(p)] = self.step_hits.get(int(p), 0) + 1
+        if hits_t is None:
+            return
+        for p in range(len(hits_t)):
+            self.trace_seen[p] = self.trace_seen.get(p, 0) + 1
+            if hits_t[p] >= self.min_fraction * seen_t:
+                self.trace_hits[p] = self.trace_hits.get(p, 0) + 1
+
+    def table(self, model: str, dataset: str, exclude: bool) -> pd.DataFrame:
+        rows = []
+        for p in sorted(self.step_seen):
+            n_steps = self.step_seen[p]
+            step_fraction = self.step_hits.get(p, 0) / n_steps
+            n_traces = self.trace_seen.get(p, 0)
+            trace_fraction = self.trace_hits.get(p, 0) / n_traces if n_traces else 0.0
+            is_sink = step_fraction >= self.min_fraction and trace_fraction >= self.min_fraction
+            # report sinks and near-misses (half the threshold), not every patch
+            if not is_sink and step_fraction < self.min_fraction / 2:
+                continue
+            rows.append({
+                "model": model, "dataset": dataset, "patch": int(p), "n_steps": int(n_steps),
+                "step_fraction": step_fraction, "n_traces": int(n_traces), "trace_fraction": trace_fraction,
+                "mean_share": self.share_sum[p] / n_steps, "mean_ratio_to_median": self.ratio_sum[p] / n_steps,
+                "is_sink": bool(is_sink), "excluded": bool(is_sink and exclude),
+                "ratio": float(self.ratio), "min_fraction": float(self.min_fraction),
+            })
+        return pd.DataFrame(rows, columns=SINK_COLUMNS)
+
+
+def _add_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n = max(len(a), len(b))
+    out = np.zeros(n, dtype=int)
+    out[: len(a)] += a
+    out[: len(b)] += b
+    return out
+
+
+def detect_sinks(maps_per_trace: Iterable[Iterable[np.ndarray | None]], ratio: float, min_fraction: float,
+                 model: str = "", dataset: str = "", exclude: bool = False) -> pd.DataFrame:
+    """Sink patches from per-step patch maps: far above the median share in most steps and traces."""
+    counter = SinkCounter(ratio=ratio, min_fraction=min_fraction)
+    for maps in maps_per_trace:
+        counter.add_trace(maps)
+    return counter.table(model, dataset, exclude)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class CollapseTables:
+    steps: pd.DataFrame
+    traces: pd.DataFrame
+    sinks: pd.DataFrame
+    maps: pd.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _read_block(ds, start: int, stop: int, has_attn: bool, has_image: bool) -> dict[str, np.ndarray]:
+    block = ds.isel(trace=slice(start, stop))
+    names = ["entropy", "image_mass", "region_mass", "patch_box", "n_tokens", "n_patches", "n_regions"]
+    if has_attn:
+        names.append("image_attn")
+    if has_image:
+        names.append("patch_image")
+    return {n: np.asarray(block[n].values) for n in names}
+
+
+def _trace_data(block: dict[str, np.ndarray], j: int, trace_id: str) -> TraceData:
+    n_tok = int(block["n_tokens"][j])
+    n_patch = int(block["n_patches"][j])
+    n_reg = int(block["n_regions"][j])
+    attn = block.get("image_attn")
+    pimg = block.get("patch_image")
+    return TraceData(
+        trace_id=trace_id,
+        entropy=block["entropy"][j, :n_tok].astype(np.float64),
+        image_mass=block["image_mass"][j, :n_tok],
+        region_mass=block["region_mass"][j, :n_tok, :, :n_reg],
+        image_attn=attn[j, :n_tok, :, :n_patch] if attn is not None else None,
+        patch_box=block["patch_box"][j, :n_patch].astype(np.float64),
+        patch_image=pimg[j, :n_patch].astype(int) if pimg is not None else None,
+        n_tokens=n_tok,
+    )
+
+
+def compute(
+    traces,
+    sidecar: pd.DataFrame,
+    steps: pd.DataFrame,
+    items: pd.DataFrame,
+    collapse_cfg: Mapping[str, Any],
+    features_cfg: Mapping[str, Any],
+    model: str,
+    dataset: str,
+    map_items: int | None = None,
+) -> CollapseTables:
+    """All collapse tables for one (model, dataset) from an opened trace store and its tables.
+
+    ``traces`` is an xarray Dataset with the documented arrays (``open_traces``);
+    it is read a block of traces at a time. Failed traces, traces without steps
+    and items without evidence are kept as rows with a note, never dropped.
+    """
+    top_k = int(collapse_cfg.get("top_k", 5))
+    sink_cfg = dict(collapse_cfg.get("sinks") or {})
+    detect = bool(sink_cfg.get("detect", True))
+    exclude = bool(sink_cfg.get("exclude", False))
+    if exclude and not detect:
+        log.warning("collapse.sinks.exclude is true but detect is false: nothing to exclude")
+    map_items = int(collapse_cfg.get("map_items", 3) if map_items is None else map_items)
+
+    items = items.copy()
+    items["item_id"] = items["item_id"].astype(str)
+    item_rows = {r["item_id"]: r for r in items.to_dict("records")}
+    sidecar = sidecar.copy().reset_index(drop=True)
+    sidecar["trace_id"] = sidecar["trace_id"].astype(str)
+    steps = steps.copy()
+    steps["trace_id"] = steps["trace_id"].astype(str)
+    spans_by_trace: dict[str, list[tuple[int, str, int, int]]] = {}
+    step_text: dict[tuple[str, int], str] = {}
+    for r in steps.sort_values(["trace_id", "step"], kind="stable").itertuples(index=False):
+        spans_by_trace.setdefault(r.trace_id, []).append((int(r.step), str(r.kind), int(r.token_start), int(r.token_end)))
+        step_text[(r.trace_id, int(r.step))] = str(getattr(r, "text", ""))
+
+    store_ids = [str(t) for t in np.asarray(traces["trace_id"].values)] if traces is not None else []
+    store_index = {t: i for i, t in enumerate(store_ids)}
+    n_layers = int(traces.sizes["layer"]) if traces is not None and "layer" in traces.sizes else 0
+    layers = resolve_layers(collapse_cfg.get("layers", "all"), n_layers) if n_layers else np.arange(0)
+    has_attn = traces is not None and "image_attn" in traces
+    has_image = traces is not None and "patch_image" in traces
+
+    meta_rows = []
+    notes: dict[str, list[str]] = {}
+    raws: dict[str, list[StepRaw]] = {}
+    evidences: dict[str, Evidence] = {}
+    entropy_rows: dict[str, dict[str, Any]] = {}
+    patch_geom: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    counter = SinkCounter(ratio=float(sink_cfg.get("ratio", 5.0)), min_fraction=float(sink_cfg.get("min_fraction", 0.5)))
+    counts = {"traces": len(sidecar), "failed": 0, "missing_in_store": 0, "no_steps": 0, "no_evidence": 0, "no_item": 0}
+
+    # sidecar rows grouped by the store block they live in, so each block is read once
+    wanted = []
+    sidecar_rows = {}
+    for row in sidecar.to_dict("records"):
+        tid = row["trace_id"]
+        if tid in sidecar_rows:
+            raise CollapseError(f"{model}/{dataset}: trace_id {tid} appears twice in the sidecars")
+        sidecar_rows[tid] = row
+        notes[tid] = []
+        meta_rows.append(row)
+        status = str(row.get("status", "ok") or "ok")
+        if status != "ok":
+            counts["failed"] += 1
+            err = row.get("error")
+            notes[tid].append(f"trace failed: {err}" if err else "trace failed")
+            continue
+        if tid not in store_index:
+            counts["missing_in_store"] += 1
+            notes[tid].append("trace not found in the trace store")
+            continue
+        if tid not in spans_by_trace:
+            counts["no_steps"] += 1
+            notes[tid].append("no steps in the steps table")
+        wanted.append((store_index[tid], tid))
+    in_sidecar = set(sidecar["trace_id"])
+    stray = [t for t in store_ids if t not in in_sidecar]
+    if stray:
+        log.warning("%d traces in the store have no sidecar row and are not measured (first: %s)", len(stray), stray[0])
+
+    wanted.sort()
+    blocks: dict[int, list[tuple[int, str]]] = {}
+    for i, tid in wanted:
+        blocks.setdefault(i // READ_BLOCK, []).append((i, tid))
+    bar = progress(total=len(wanted), desc=f"collapse {model}/{dataset}", unit="trace")
+    for b, members in sorted(blocks.items()):
+        start = b * READ_BLOCK
+        block = _read_block(traces, start, min(start + READ_BLOCK, len(store_ids)), has_attn, has_image)
+        for i, tid in members:
+            data = _trace_data(block, i - start, tid)
+            row = sidecar_rows[tid]
+            item = item_rows.get(str(row["item_id"]))
+            if item is None:
+                counts["no_item"] += 1
+                notes[tid].append(f"item {row['item_id']} not in the items table")
+                evidence = Evidence(boxes=[], images=[])
+            else:
+                evidence = item_evidence(item.get("regions"))
+            n_item_regions = len(evidence.boxes)
+            n_store_regions = data.region_mass.shape[2]
+            if n_item_regions != n_store_regions and not evidence.empty:
+                notes[tid].append(f"store has {n_store_regions} regions, item has {n_item_regions}: using the first {min(n_item_regions, n_store_regions)}")
+                evidence.boxes = evidence.boxes[:n_store_regions]
+                evidence.images = evidence.images[:n_store_regions]
+            if evidence.empty and item is not None:
+                counts["no_evidence"] += 1
+                notes[tid].append("item has no evidence regions: evidence measures undefined")
+            attach_patch_weights(evidence, data.patch_box, data.patch_image,
+                                 item.get("width") if item else None, item.get("height") if item else None)
+            evidences[tid] = evidence
+            patch_geom[tid] = (data.patch_box, data.patch_image)
+            spans = spans_by_trace.get(tid, [])
+            raws[tid] = step_reductions(data, spans, layers, len(evidence.boxes))
+            entropy_rows[tid] = feats.entropy_features(
+                data.entropy, data.n_tokens, [(s, e) for _, k, s, e in spans if k == "answer"])
+            if detect:
+                counter.add_trace(r.patch_map for r in raws[tid])
+            bar.update(1)
+    bar.close()
+
+    sinks_table = counter.table(model, dataset, exclude) if detect else pd.DataFrame(columns=SINK_COLUMNS)
+    sink_patches = (
+        sinks_table.loc[sinks_table["is_sink"], "patch"].to_numpy(dtype=int)
+        if detect and exclude and len(sinks_table) else np.array([], dtype=int)
+    )
+    sinks_excluded = bool(detect and exclude)
+    if detect:
+        log.info("%s/%s: %d attention sink patches detected (%s)", model, dataset, int(sinks_table["is_sink"].sum()) if len(sinks_table) else 0,
+                 "excluded" if sinks_excluded else "kept")
+
+    # per-step rows
+    step_rows = []
+    for meta in meta_rows:
+        tid = meta["trace_id"]
+        if tid not in raws:
+            continue
+        evidence = evidences[tid]
+        raw_steps = raws[tid]
+        n = len(raw_steps)
+        positions = normalised_positions(n)
+        task_type = _item_value(item_rows, meta, "task_type")
+        for k, raw in enumerate(raw_steps):
+            if raw.n_tokens == 0:
+                m = dict.fromkeys(("image_share", "evidence_mass", "evidence_share", "lift", "topk_overlap"), np.nan)
+                m["sink_share"] = np.nan
+            else:
+                m = step_measures(raw, evidence, top_k, sink_patches if sinks_excluded else None)
+            note = [raw.note] if raw.note else []
+            if raw.n_tokens and raw.patch_map is None:
+                note.append("no per-patch map: top-k overlap undefined")
+            step_rows.append({
+                "trace_id": tid, "model": model, "dataset": dataset, "item_id": str(meta.get("item_id")),
+                "mask_id": meta.get("mask_id"), "variant": meta.get("variant"), "fill": meta.get("fill"),
+                "task_type": task_type, "step": raw.step, "step_index": k, "n_steps": n,
+                "position": float(positions[k]), "kind": raw.kind, "token_start": raw.token_start,
+                "token_end": raw.token_end, "n_step_tokens": raw.n_tokens,
+                "image_share": m["image_share"], "evidence_mass": m["evidence_mass"],
+                "evidence_share": m["evidence_share"], "evidence_area_fraction": evidence.area_fraction,
+                "lift": m["lift"], "topk_overlap": m["topk_overlap"], "sink_share": m["sink_share"],
+                "sinks_excluded": sinks_excluded, "note": "; ".join(note),
+            })
+    steps_df = pd.DataFrame(step_rows, columns=STEP_COLUMNS)
+    steps_df = _typed_steps(steps_df)
+
+    # per-trace rows: trajectories + features
+    traj_rows = []
+    by_trace = {tid: sub for tid, sub in steps_df.groupby("trace_id", sort=False)}
+    empty_steps = steps_df.iloc[0:0]
+    for meta in meta_rows:
+        tid = meta["trace_id"]
+        row: dict[str, Any] = {"trace_id": tid}
+        sub = by_trace.get(tid, empty_steps)
+        row["n_steps"] = int(len(sub))
+        row["n_think_steps"] = int((sub["kind"] == "think").sum())
+        ev = evidences.get(tid)
+        row["evidence_area_fraction"] = ev.area_fraction if ev is not None else np.nan
+        row["n_evidence_regions"] = len(ev.boxes) if ev is not None else 0
+        for measure in MEASURES:
+            stats = trajectory(sub[measure].to_numpy(dtype=float), sub["position"].to_numpy(dtype=float))
+            for s in TRAJECTORY_STATS:
+                row[f"{measure}_{s}"] = stats[s]
+        traj_rows.append(row)
+    traj = pd.DataFrame(traj_rows)
+    meta_df = pd.DataFrame(meta_rows)
+    traces_df = feats.build_trace_table(
+        meta=meta_df, items=items, trajectories=traj, collapse_steps=steps_df,
+        entropy=entropy_rows, notes=notes, features_cfg=features_cfg,
+        model=model, dataset=dataset, sinks_excluded=sinks_excluded,
+    )
+
+    maps_df = example_maps(meta_df, item_rows, raws, evidences, patch_geom, step_text, sink_patches if detect else np.array([], int),
+                           sinks_excluded, model, dataset, map_items)
+    for key, value in counts.items():
+        if value and key != "traces":
+            log.info("%s/%s: %d traces: %s", model, dataset, value, key.replace("_", " "))
+    return CollapseTables(steps=steps_df, traces=traces_df, sinks=sinks_table, maps=maps_df, counts=counts)
+
+
+def _item_value(item_rows: Mapping[str, Mapping], meta: Mapping, key: str):
+    item = item_rows.get(str(meta.get("item_id")))
+    return item.get(key) if item is not None else None
+
+
+def _typed_steps(df: pd.DataFrame) -> pd.DataFrame:
+    for c in ("step", "step_index", "n_steps", "token_start", "token_end", "n_step_tokens"):
+        df[c] = df[c].astype("int64")
+    for c in ("position", "image_share", "evidence_mass", "evidence_share", "evidence_area_fraction", "lift",
+              "topk_overlap", "sink_share"):
+        df[c] = df[c].astype("float64")
+    df["sinks_excluded"] = df["sinks_excluded"].astype(bool)
+    for c in ("trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "task_type", "kind", "note"):
+        df[c] = df[c].astype("object")
+    return df
+
+
+def example_maps(meta: pd.DataFrame, item_rows, raws, evidences, patch_geom, step_text, sink_patches,
+                 sinks_excluded: bool, model: str, dataset: str, n_items: int) -> pd.DataFrame:
+    """Per-step attention maps of the base traces of the first ``n_items`` items with evidence (for the figures).
+
+    Items are taken in items-table order, so every model shows the same items.
+    """
+    if n_items <= 0 or meta.empty:
+        return pd.DataFrame(columns=MAP_COLUMNS)
+    base = meta[(meta["variant"] == "base") & meta["trace_id"].isin(list(raws))]
+    chosen = []
+    for item_id in item_rows:
+        sub = base[base["item_id"].astype(str) == item_id]
+        if sub.empty:
+            continue
+        tid = sub["trace_id"].iloc[0]
+        if evidences[tid].empty or not raws[tid] or all(r.patch_map is None for r in raws[tid]):
+            continue
+        chosen.append((item_id, tid))
+        if len(chosen) >= n_items:
+            break
+    rows = []
+    sink_set = set(int(p) for p in sink_patches)
+    for item_id, tid in chosen:
+        item = item_rows[item_id]
+        boxes, _ = patch_geom[tid]
+        ev = evidences[tid]
+        ev_boxes = [list(b) for b in ev.boxes]
+        for k, raw in enumerate(raws[tid]):
+            if raw.patch_map is None:
+                continue
+            total = float(np.nansum(raw.patch_map))
+            share = raw.patch_map / total if total > 0 else np.zeros_like(raw.patch_map)
+            for p in range(len(share)):
+                rows.append({
+                    "model": model, "dataset": dataset, "item_id": item_id, "trace_id": tid, "variant": "base",
+                    "image": item.get("image"), "width": _num(item.get("width")), "height": _num(item.get("height")),
+                    "step": raw.step, "step_index": k, "kind": raw.kind, "step_text": step_text.get((tid, raw.step), ""),
+                    "patch": p, "x0": float(boxes[p, 0]), "y0": float(boxes[p, 1]), "x1": float(boxes[p, 2]),
+                    "y1": float(boxes[p, 3]), "share": float(share[p]), "evidence_weight": float(ev.union_weight[p]),
+                    "is_sink": p in sink_set, "sinks_excluded": sinks_excluded, "evidence_boxes": ev_boxes,
+                })
+    return pd.DataFrame(rows, columns=MAP_COLUMNS)
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def run_stage(
+    store_paths: Sequence[str | Path],
+    sidecar_paths: Sequence[str | Path],
+    steps_path: str | Path,
+    items_path: str | Path,
+    outputs: Mapping[str, str | Path],
+    config: Mapping[str, Any],
+    code_files: Sequence[str | Path],
+    model: str,
+    dataset: str,
+) -> CollapseTables:
+    """Read the (model, dataset) traces and tables, compute, write ``outputs`` (steps, traces, sinks, maps)."""
+    from .provenance import record
+    from .tables import read_table, write_table
+    from .tracestore import open_traces, read_sidecars
+
+    sidecar = read_sidecars([str(p) for p in sidecar_paths])
+    # a (model, dataset) whose traces all failed may have stores without arrays
+    any_ok = len(sidecar) and (sidecar["status"].fillna("ok") == "ok").any()
+    traces = open_traces([str(p) for p in store_paths]) if any_ok else None
+    steps = read_table(steps_path)
+    items = read_table(items_path)
+    tables = compute(traces, sidecar, steps, items, config["collapse"], config["features"], model, dataset)
+    prov = record({"collapse": config["collapse"], "features": config["features"]}, code_files,
+                  model=model, dataset=dataset, counts=tables.counts)
+    write_table(tables.steps, outputs["steps"], prov)
+    write_table(tables.traces, outputs["traces"], prov)
+    write_table(tables.sinks, outputs["sinks"], prov)
+    write_table(tables.maps, outputs["maps"], prov)
+    return tables

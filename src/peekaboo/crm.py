@@ -1,0 +1,753 @@
+"""Contrastive Region Masking: which reasoning step depends on which region, and how a model fails.
+
+Every masked trace is aligned to its item's ``base`` trace (same model and
+dataset) with :mod:`peekaboo.alignment`. Then, per (item, region k, fill):
+
+- attribution, per base step: ``dependence`` = 1 - similarity of the step's
+  match in the ``drop:k`` trace (1 when unmatched), ``control_dependence`` the
+  same under ``ctrl:k`` (a same-size region that overlaps no evidence);
+  ``changed`` = dependence > ``crm.change_threshold``; ``depends`` = changed
+  under ``drop:k`` AND not changed under ``ctrl:k`` AND dependence exceeds the
+  control's by at least ``crm.control_margin`` (null without a control trace:
+  no contrast, no verdict); ``gold_depends`` from the item's gold solution
+  when there is one.
+- a failure mode with the rule that decided it (``MODE_RULES``; written out
+  with the thresholds in docs/crm.md).
+
+Failed traces are reported and left out; items without regions are skipped
+and counted; an item without a usable base trace is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .alignment import MatchResult, StepEncoder, get_encoder, greedy_match, match_scores
+from .logs import get_logger, progress
+from .steps import ANSWER_RE, MARKER_RE
+
+log = get_logger("crm")
+
+MODES = ("grounded", "hallucination", "collapse", "insensitive")
+
+# rule id -> (mode, what it checks); applied in this order, the first that holds decides.
+MODE_RULES: dict[str, tuple[str, str]] = {
+    "control_as_strong": (
+        "collapse",
+        "the control mask changed the trace (a step, the answer or an abstention) and its mean step change "
+        "is at least crm.collapse_ratio x the evidence mask's",
+    ),
+    "unchanged_not_needed": (
+        "insensitive",
+        "the evidence mask changed no step, not the answer and caused no abstention, and no gold step reads "
+        "the region (or there is no gold solution)",
+    ),
+    "kept_structure_no_abstention": (
+        "hallucination",
+        "under the evidence mask the model does not abstain, still gives an answer, and its Match F1 against "
+        "the base trace is at least crm.structure_f1",
+    ),
+    "changed_dependent_control_quiet": (
+        "grounded",
+        "the evidence mask changed the trace or made it abstain, the control mask neither flipped the answer "
+        "nor caused an abstention, and the steps that do not read the region stayed (or the model abstained)",
+    ),
+    "fell_apart": (
+        "collapse",
+        "anything else: the trace changed beyond the steps that read the region without abstaining, or the "
+        "control mask flipped the answer",
+    ),
+}
+
+ALIGNMENT_SCHEMA = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("base_trace_id", pa.string()),
+        ("item_id", pa.string()),
+        ("mask_id", pa.string()),
+        ("variant", pa.string()),
+        ("fill", pa.string()),
+        ("region", pa.int32()),
+        ("n_base_steps", pa.int32()),
+        ("n_steps", pa.int32()),
+        ("n_matched", pa.int32()),
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+        ("match_f1", pa.float64()),
+        ("ordered_match_f1", pa.float64()),
+        ("kendall_tau", pa.float64()),
+        ("order_score", pa.float64()),
+        ("answer_changed", pa.bool_()),
+        ("abstained", pa.bool_()),
+        ("base_abstained", pa.bool_()),
+        (
+            "pairs",
+            pa.list_(pa.struct([("base_step", pa.int32()), ("step", pa.int32()), ("similarity", pa.float64())])),
+        ),
+    ]
+)
+ATTRIBUTION_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("region", pa.int32()),
+        ("region_label", pa.string()),
+        ("fill", pa.string()),
+        ("base_step", pa.int32()),
+        ("base_kind", pa.string()),
+        ("base_text", pa.string()),
+        ("dependence", pa.float64()),
+        ("control_dependence", pa.float64()),
+        ("changed", pa.bool_()),
+        ("control_changed", pa.bool_()),
+        ("depends", pa.bool_()),
+        ("gold_depends", pa.bool_()),
+        ("base_trace_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("control_trace_id", pa.string()),
+    ]
+)
+MODES_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("region", pa.int32()),
+        ("region_label", pa.string()),
+        ("fill", pa.string()),
+        ("mode", pa.string()),
+        ("rule", pa.string()),
+        ("detail", pa.string()),
+        ("needed", pa.bool_()),
+        ("has_control", pa.bool_()),
+        ("evidence_change", pa.float64()),
+        ("control_change", pa.float64()),
+        ("match_f1", pa.float64()),
+        ("abstained", pa.bool_()),
+        ("answer_changed", pa.bool_()),
+        ("control_answer_changed", pa.bool_()),
+        ("control_abstained", pa.bool_()),
+    ]
+)
+
+_VARIANT_RE = re.compile(r"^(drop|ctrl):(\d+)$")
+_LEADING_MARKER_RE = re.compile(r"^\s*(?:" + MARKER_RE.pattern + r")\s*")
+_LEADING_ANSWER_RE = re.compile(r"^\s*(?:" + ANSWER_RE.pattern + r")\s*")
+
+
+# --- small helpers -------------------------------------------------------------
+
+
+def region_of_variant(variant: str) -> tuple[str, int | None]:
+    """``drop:3`` -> ("drop", 3); ``ctrl:1`` -> ("ctrl", 1); others -> (variant, None)."""
+    m = _VARIANT_RE.match(str(variant))
+    return (m.group(1), int(m.group(2))) if m else (str(variant), None)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def normalise_answer(value: Any) -> str | None:
+    """Answer text compared across traces: lower case, single spaces, no trailing full stop."""
+    if _is_missing(value):
+        return None
+    text = " ".join(str(value).lower().split()).strip(" .")
+    return text or None
+
+
+def _flag(value: Any) -> bool:
+    return False if _is_missing(value) else bool(value)
+
+
+def _as_list(value: Any) -> list:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return list(value)
+
+
+def item_regions(item: Mapping[str, Any]) -> list[str]:
+    """The labels of an item's regions (index = region number); empty when it has none."""
+    labels = []
+    for k, region in enumerate(_as_list(item.get("regions"))):
+        label = region.get("label") if isinstance(region, Mapping) else None
+        labels.append(str(label) if label else f"region {k}")
+    return labels
+
+
+# --- gold dependencies -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoldStep:
+    text: str  # content without its marker
+    regions: frozenset[int]
+    is_answer: bool = False
+
+
+def _strip_marker(text: str) -> tuple[str, bool]:
+    m = _LEADING_ANSWER_RE.match(text)
+    if m:
+        return text[m.end():].strip(), True
+    return _LEADING_MARKER_RE.sub("", text, count=1).strip(), False
+
+
+def _label_index(labels: Sequence[str]) -> dict[str, int]:
+    """Region label -> index; a label ``VP1: the text`` also answers to ``VP1``."""
+    out: dict[str, int] = {}
+    for k, label in enumerate(labels):
+        out.setdefault(label, k)
+        short = re.split(r"[:\s]", label, maxsplit=1)[0]
+        if short:
+            out.setdefault(short, k)
+    return out
+
+
+def gold_steps(item: Mapping[str, Any]) -> list[GoldStep] | None:
+    """The item's gold steps with the regions each reads; None when the item has no gold solution.
+
+    ``meta.gold_steps`` ([{text, regions: [k], depends: [k], kind}], panels) or
+    ``meta.expected_dependencies`` ([{step, uses, text}], VisArgs: ``uses``
+    names regions by label and earlier steps by name, followed transitively).
+    """
+    raw_meta = item.get("meta")
+    if _is_missing(raw_meta) or raw_meta == "":
+        return None
+    try:
+        meta = json.loads(raw_meta) if isinstance(raw_meta, str) else dict(raw_meta)
+    except (ValueError, TypeError) as exc:
+        log.warning("item %s: meta is not JSON (%s); no gold dependencies", item.get("item_id"), exc)
+        return None
+    n_regions = len(item_regions(item))
+    if meta.get("gold_steps"):
+        out = []
+        for g in meta["gold_steps"]:
+            text, is_answer = _strip_marker(str(g.get("text", "")))
+            # ``depends`` (regions whose hiding changes the step) is the truth CRM measures;
+            # ``regions`` (regions the step reads) stands in where a solution gives only that
+            listed = g.get("depends") if g.get("depends") is not None else g.get("regions")
+            regions = frozenset(int(k) for k in listed or [] if 0 <= int(k) < n_regions)
+            out.append(GoldStep(text, regions, is_answer or g.get("kind") == "answer"))
+        return out
+    if meta.get("expected_dependencies"):
+        labels = _label_index(item_regions(item))
+        resolved: dict[str, frozenset[int]] = {}
+        out = []
+        for dep in meta["expected_dependencies"]:
+            regions: set[int] = set()
+            for use in dep.get("uses") or []:
+                use = str(use).strip()
+                if use in labels:
+                    regions.add(labels[use])
+                elif use in resolved:  # an earlier intermediate conclusion
+                    regions |= resolved[use]
+            name = str(dep.get("step", ""))
+            resolved[name] = frozenset(regions)
+            out.append(GoldStep(str(dep.get("text") or name), frozenset(regions)))
+        return out
+    return None
+
+
+def map_gold_to_steps(
+    kinds: Sequence[str],
+    texts: Sequence[str],
+    gold: Sequence[GoldStep],
+    encoder: StepEncoder | None,
+    threshold: float,
+) -> list[frozenset[int] | None]:
+    """The gold regions of each base step (None where unknown).
+
+    Reasoning steps map to gold reasoning steps by index when the counts agree,
+    else by greedy matching of their embeddings; the answer step maps to the
+    gold answer when the solution has one, else to every region the solution reads.
+    """
+    out: list[frozenset[int] | None] = [None] * len(kinds)
+    gold_think = [g for g in gold if not g.is_answer]
+    gold_answer = [g for g in gold if g.is_answer]
+    union = frozenset().union(*(g.regions for g in gold)) if gold else frozenset()
+    think_idx = [i for i, k in enumerate(kinds) if k != "answer"]
+    if think_idx and gold_think:
+        if len(think_idx) == len(gold_think):
+            for i, g in zip(think_idx, gold_think):
+                out[i] = g.regions
+        elif encoder is not None:
+            sim = encoder.similarity([texts[i] for i in think_idx], [g.text for g in gold_think])
+            for r, c, _ in greedy_match(sim, threshold):
+                out[think_idx[r]] = gold_think[c].regions
+    for i, k in enumerate(kinds):
+        if k == "answer":
+            out[i] = gold_answer[-1].regions if gold_answer else union
+    return out
+
+
+# --- traces --------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    trace_id: str
+    item_id: str
+    mask_id: str
+    variant: str
+    fill: str
+    region: int | None
+    answer: str | None
+    abstained: bool
+    kinds: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def has_answer(self) -> bool:
+        return self.answer is not None or "answer" in self.kinds
+
+
+def _traces(sidecar_df: pd.DataFrame, steps_df: pd.DataFrame, masks_df: pd.DataFrame | None, counts: dict) -> list[Trace]:
+    region_by_mask: dict[str, int] = {}
+    if masks_df is not None and len(masks_df) and "region" in masks_df.columns:
+        for mask_id, region in zip(masks_df["mask_id"], masks_df["region"]):
+            if not _is_missing(region):
+                region_by_mask[str(mask_id)] = int(region)
+    by_trace: dict[str, list[tuple[int, str, str]]] = {}
+    for tid, step, kind, text in zip(steps_df["trace_id"], steps_df["step"], steps_df["kind"], steps_df["text"]):
+        by_trace.setdefault(str(tid), []).append((int(step), str(kind), str(text)))
+    traces = []
+    for row in sidecar_df.to_dict("records"):
+        tid = str(row["trace_id"])
+        if str(row.get("status", "ok")) != "ok":
+            counts["failed_traces"] += 1
+            log.warning("trace %s: status %s (%s); left out", tid, row.get("status"), row.get("error"))
+            continue
+        variant = str(row["variant"])
+        _, k = region_of_variant(variant)
+        steps = sorted(by_trace.get(tid, []))
+        traces.append(
+            Trace(
+                trace_id=tid,
+                item_id=str(row["item_id"]),
+                mask_id=str(row.get("mask_id")),
+                variant=variant,
+                fill=str(row.get("fill")),
+                region=region_by_mask.get(str(row.get("mask_id")), k),
+                answer=normalise_answer(row.get("answer_text")),
+                abstained=_flag(row.get("abstained")),
+                kinds=[s[1] for s in steps],
+                texts=[s[2] for s in steps],
+            )
+        )
+    return traces
+
+
+def answer_changed(trace: Trace, base: Trace) -> bool:
+    return trace.answer != base.answer or trace.abstained != base.abstained
+
+
+# --- the stage -----------------------------------------------------------------------
+
+
+@dataclass
+class CrmTables:
+    alignment: pd.DataFrame
+    attribution: pd.DataFrame
+    modes: pd.DataFrame
+    summary: pd.DataFrame
+    counts: dict[str, int]
+
+
+def _frame(records: list[dict], schema: pa.Schema) -> pd.DataFrame:
+    table = pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()
+    return table.to_pandas(
+        types_mapper={pa.int32(): pd.Int32Dtype(), pa.bool_(): pd.BooleanDtype()}.get
+    )
+
+
+def _alignment_row(trace: Trace, base: Trace, result: MatchResult) -> dict[str, Any]:
+    return {
+        "trace_id": trace.trace_id,
+        "base_trace_id": base.trace_id,
+        "item_id": trace.item_id,
+        "mask_id": trace.mask_id,
+        "variant": trace.variant,
+        "fill": trace.fill,
+        "region": trace.region,
+        "n_base_steps": len(base.texts),
+        "n_steps": len(trace.texts),
+        "n_matched": len(result.pairs),
+        "precision": result.precision,
+        "recall": result.recall,
+        "match_f1": result.match_f1,
+        "ordered_match_f1": result.ordered_match_f1,
+        "kendall_tau": result.kendall_tau,
+        "order_score": result.order_score,
+        "answer_changed": answer_changed(trace, base),
+        "abstained": trace.abstained,
+        "base_abstained": base.abstained,
+        "pairs": [{"base_step": b, "step": s, "similarity": sim} for s, b, sim in sorted(result.pairs, key=lambda p: p[1])],
+    }
+
+
+def step_dependence(result: MatchResult) -> np.ndarray:
+    """1 - similarity of each base step's match, 1 when unmatched; in [0, 1]."""
+    sim = result.ref_similarity()
+    return np.where(np.isnan(sim), 1.0, np.clip(1.0 - sim, 0.0, 1.0))
+
+
+def depends_flags(
+    dependence: np.ndarray, control_dependence: np.ndarray | None, change_threshold: float, margin: float
+) -> list[bool | None]:
+    """Per base step: changed under the evidence mask, not changed under the control, and ahead of it by ``margin``.
+
+    None everywhere without a control trace: without the contrast there is no verdict.
+    """
+    if control_dependence is None:
+        return [None] * len(dependence)
+    return [
+        bool(d > change_threshold and not c > change_threshold and d - c >= margin)
+        for d, c in zip(dependence, control_dependence)
+    ]
+
+
+@dataclass
+class Case:
+    """What the mode rules look at for one (item, region, fill)."""
+
+    evidence_change: float  # mean step dependence under drop:k
+    evidence_step_changed: bool
+    answer_changed: bool
+    abstained: bool  # the drop:k trace abstained
+    newly_abstained: bool  # ... where the base trace did not
+    has_answer: bool
+    match_f1: float
+    off_target_changed: bool  # a step that does not read the region changed
+    needed: bool | None  # some gold step reads the region (None: no gold)
+    has_control: bool
+    control_change: float = math.nan
+    control_step_changed: bool = False
+    control_answer_changed: bool = False
+    control_newly_abstained: bool = False
+
+
+def decide_mode(case: Case, crm_cfg: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(mode, rule id, detail with the numbers) for one case; rules in ``MODE_RULES`` order."""
+    ratio = float(crm_cfg.get("collapse_ratio", 0.75))
+    structure_f1 = float(crm_cfg.get("structure_f1", 0.5))
+    evidence_changed = case.evidence_step_changed or case.answer_changed or case.newly_abstained
+    control_changed = case.has_control and (
+        case.control_step_changed or case.control_answer_changed or case.control_newly_abstained
+    )
+    e, c = case.evidence_change, case.control_change
+    if control_changed and c >= ratio * e:
+        return "collapse", "control_as_strong", f"control change {c:.3f} >= {ratio} x evidence change {e:.3f}"
+    if not evidence_changed and case.needed is not True:
+        why = "no gold solution" if case.needed is None else "no gold step reads the region"
+        return "insensitive", "unchanged_not_needed", f"evidence change {e:.3f}, answer kept; {why}"
+    if not case.abstained and case.has_answer and case.match_f1 >= structure_f1:
+        return (
+            "hallucination",
+            "kept_structure_no_abstention",
+            f"Match F1 {case.match_f1:.3f} >= {structure_f1}, no abstention, answer "
+            + ("changed" if case.answer_changed else "kept"),
+        )
+    control_quiet = not (case.control_answer_changed or case.control_newly_abstained)
+    if control_quiet and (case.abstained or not case.off_target_changed):
+        return (
+            "grounded",
+            "changed_dependent_control_quiet",
+            f"evidence change {e:.3f}, " + ("abstained" if case.abstained else "other steps kept")
+            + (f", control change {c:.3f}" if case.has_control else ", no control trace"),
+        )
+    return (
+        "collapse",
+        "fell_apart",
+        f"Match F1 {case.match_f1:.3f}, other steps changed: {case.off_target_changed}, "
+        f"control flipped answer: {case.control_answer_changed or case.control_newly_abstained}",
+    )
+
+
+def run_crm(
+    steps_df: pd.DataFrame,
+    sidecar_df: pd.DataFrame,
+    masks_df: pd.DataFrame | None,
+    items_df: pd.DataFrame,
+    alignment_cfg: Mapping[str, Any],
+    crm_cfg: Mapping[str, Any],
+    encoder: StepEncoder | None = None,
+) -> CrmTables:
+    """Alignment, attribution, modes and the summary for one (model, dataset)."""
+    threshold = float(alignment_cfg.get("threshold", 0.35))
+    alpha = float(alignment_cfg.get("alpha", 0.3))
+    change_threshold = float(crm_cfg.get("change_threshold", 0.1))
+    margin = float(crm_cfg.get("control_margin", 0.1))
+    if encoder is None:
+        encoder = get_encoder(alignment_cfg.get("encoder", "all-MiniLM-L6-v2"), alignment_cfg.get("batch_size", 64))
+
+    counts = {
+        "traces": len(sidecar_df),
+        "failed_traces": 0,
+        "masked_without_base": 0,
+        "items": len(items_df),
+        "items_without_regions": 0,
+        "items_without_base": 0,
+        "cases": 0,
+        "cases_without_evidence_trace": 0,
+        "cases_without_control": 0,
+    }
+    traces = _traces(sidecar_df, steps_df, masks_df, counts)
+
+    base_by_item: dict[str, Trace] = {}
+    for t in traces:
+        if t.variant == "base":
+            if t.item_id in base_by_item:
+                log.warning("item %s: several base traces; using %s", t.item_id, base_by_item[t.item_id].trace_id)
+                continue
+            base_by_item[t.item_id] = t
+
+    # one pass over every distinct text, batched; later look-ups hit the cache
+    all_texts = {s for t in traces for s in t.texts}
+    items = items_df.to_dict("records")
+    golds = {str(it["item_id"]): gold_steps(it) for it in items}
+    all_texts |= {g.text for gs in golds.values() if gs for g in gs}
+    encoder.embed(sorted(all_texts))
+    log.info("embedded %d distinct texts with %s", len(all_texts), encoder.name)
+
+    alignment_rows = []
+    results: dict[str, MatchResult] = {}
+    masked = [t for t in traces if t.variant != "base"]
+    for t in progress(masked, total=len(masked), desc="align", unit="trace"):
+        base = base_by_item.get(t.item_id)
+        if base is None:
+            counts["masked_without_base"] += 1
+            log.warning("trace %s: item %s has no usable base trace; not aligned", t.trace_id, t.item_id)
+            continue
+        res = match_scores(encoder.similarity(t.texts, base.texts), threshold, alpha)
+        results[t.trace_id] = res
+        alignment_rows.append(_alignment_row(t, base, res))
+
+    by_key: dict[tuple[str, str, int, str], Trace] = {}
+    for t in traces:
+        kind, k = region_of_variant(t.variant)
+        if k is not None and t.trace_id in results:
+            by_key[(t.item_id, kind, k, t.fill)] = t
+
+    attribution_rows, mode_rows = [], []
+    for item in items:
+        item_id = str(item["item_id"])
+        labels = item_regions(item)
+        if not labels:
+            counts["items_without_regions"] += 1
+            continue
+        base = base_by_item.get(item_id)
+        if base is None:
+            counts["items_without_base"] += 1
+            log.warning("item %s: no usable base trace; no attribution", item_id)
+            continue
+        gold = golds.get(item_id)
+        gold_regions = map_gold_to_steps(base.kinds, base.texts, gold, encoder, threshold) if gold else [None] * len(base.texts)
+        needed_union = frozenset().union(*(g.regions for g in gold)) if gold else None
+        fills = sorted({t.fill for (i, kind, _, _), t in by_key.items() if i == item_id and kind in ("drop", "ctrl")})
+        for k, label in enumerate(labels):
+            for fill in fills:
+                counts["cases"] += 1
+                ev = by_key.get((item_id, "drop", k, fill))
+                if ev is None:
+                    counts["cases_without_evidence_trace"] += 1
+                    log.warning("item %s region %d fill %s: no drop trace; skipped", item_id, k, fill)
+                    continue
+                ctrl = by_key.get((item_id, "ctrl", k, fill))
+                if ctrl is None:
+                    counts["cases_without_control"] += 1
+                ev_res = results[ev.trace_id]
+                dep = step_dependence(ev_res)
+                ctrl_dep = step_dependence(results[ctrl.trace_id]) if ctrl else np.full(len(base.texts), np.nan)
+                changed = dep > change_threshold
+                ctrl_changed = ctrl_dep > change_threshold  # False where NaN
+                depends = depends_flags(dep, ctrl_dep if ctrl else None, change_threshold, margin)
+                for b in range(len(base.texts)):
+                    attribution_rows.append(
+                        {
+                            "item_id": item_id,
+                            "region": k,
+                            "region_label": label,
+                            "fill": fill,
+                            "base_step": b,
+                            "base_kind": base.kinds[b],
+                            "base_text": base.texts[b],
+                            "dependence": float(dep[b]),
+                            "control_dependence": float(ctrl_dep[b]),
+                            "changed": bool(changed[b]),
+                            "control_changed": None if ctrl is None else bool(ctrl_changed[b]),
+                            "depends": depends[b],
+                            "gold_depends": None if gold_regions[b] is None else k in gold_regions[b],
+                            "base_trace_id": base.trace_id,
+                            "trace_id": ev.trace_id,
+                            "control_trace_id": ctrl.trace_id if ctrl else None,
+                        }
+                    )
+                # steps that do not read the region: by gold where known, else those that changed under the control too
+                if gold:
+                    off_target = [g is not None and k not in g for g in gold_regions]
+                else:
+                    off_target = [d is False for d in depends]
+                case = Case(
+                    evidence_change=float(dep.mean()) if dep.size else 0.0,
+                    evidence_step_changed=bool(changed.any()),
+                    answer_changed=answer_changed(ev, base),
+                    abstained=ev.abstained,
+                    newly_abstained=ev.abstained and not base.abstained,
+                    has_answer=ev.has_answer,
+                    match_f1=float(ev_res.match_f1) if not math.isnan(ev_res.match_f1) else 0.0,
+                    off_target_changed=bool(np.any(changed & np.asarray(off_target, dtype=bool))),
+                    needed=None if needed_union is None else k in needed_union,
+                    has_control=ctrl is not None,
+                )
+                if ctrl is not None:
+                    case.control_change = float(ctrl_dep.mean()) if ctrl_dep.size else 0.0
+                    case.control_step_changed = bool(ctrl_changed.any())
+                    case.control_answer_changed = answer_changed(ctrl, base)
+                    case.control_newly_abstained = ctrl.abstained and not base.abstained
+                mode, rule, detail = decide_mode(case, crm_cfg)
+                mode_rows.append(
+                    {
+                        "item_id": item_id,
+                        "region": k,
+                        "region_label": label,
+                        "fill": fill,
+                        "mode": mode,
+                        "rule": rule,
+                        "detail": detail,
+                        "needed": case.needed,
+                        "has_control": case.has_control,
+                        "evidence_change": case.evidence_change,
+                        "control_change": case.control_change,
+                        "match_f1": case.match_f1,
+                        "abstained": case.abstained,
+                        "answer_changed": case.answer_changed,
+                        "control_answer_changed": case.control_answer_changed if ctrl else None,
+                        "control_abstained": ctrl.abstained if ctrl else None,
+                    }
+                )
+
+    alignment = _frame(alignment_rows, ALIGNMENT_SCHEMA)
+    attribution = _frame(attribution_rows, ATTRIBUTION_SCHEMA)
+    modes = _frame(mode_rows, MODES_SCHEMA)
+    model = _single(sidecar_df, "model")
+    dataset = _single(sidecar_df, "dataset")
+    base_abst = [t.abstained for t in base_by_item.values()]
+    summary = summarise(alignment, attribution, modes, counts, model, dataset, base_abst)
+    log.info("CRM %s/%s: %s", model, dataset, ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if len(modes):
+        log.info("modes: %s", modes["mode"].value_counts().to_dict())
+    return CrmTables(alignment, attribution, modes, summary, counts)
+
+
+def _single(df: pd.DataFrame, column: str) -> str | None:
+    if column not in df.columns or not len(df):
+        return None
+    values = sorted({str(v) for v in df[column].dropna()})
+    return values[0] if len(values) == 1 else ",".join(values) or None
+
+
+def _rate(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.astype(float).mean()) if len(values) else math.nan
+
+
+def depends_precision_recall(attribution: pd.DataFrame) -> tuple[float, float, int]:
+    """Precision and recall of ``depends`` against ``gold_depends`` over rows where both are known."""
+    known = attribution.dropna(subset=["depends", "gold_depends"])
+    pred = known["depends"].astype(bool).to_numpy()
+    gold = known["gold_depends"].astype(bool).to_numpy()
+    tp = int(np.sum(pred & gold))
+    precision = tp / int(pred.sum()) if pred.sum() else math.nan
+    recall = tp / int(gold.sum()) if gold.sum() else math.nan
+    return precision, recall, len(known)
+
+
+def summarise(
+    alignment: pd.DataFrame,
+    attribution: pd.DataFrame,
+    modes: pd.DataFrame,
+    counts: Mapping[str, int],
+    model: str | None,
+    dataset: str | None,
+    base_abstained: Sequence[bool] = (),
+) -> pd.DataFrame:
+    """One row per fill: mode shares, answer flips and abstention under evidence and control masks, Match F1."""
+    fills = sorted(set(modes["fill"]) | {f for v, f in zip(alignment["variant"], alignment["fill"]) if region_of_variant(v)[1] is not None})
+    rows = []
+    for fill in fills or [None]:
+        al = alignment[alignment["fill"] == fill] if fill is not None else alignment.iloc[0:0]
+        kinds = al["variant"].map(lambda v: region_of_variant(v)[0])
+        ev, ctrl = al[kinds == "drop"], al[kinds == "ctrl"]
+        md = modes[modes["fill"] == fill]
+        at = attribution[attribution["fill"] == fill]
+        precision, recall, n_known = depends_precision_recall(at)
+        row: dict[str, Any] = {"model": model, "dataset": dataset, "fill": fill, "n_cases": len(md)}
+        for mode in MODES:
+            row[f"share_{mode}"] = float((md["mode"] == mode).mean()) if len(md) else math.nan
+        row.update(
+            {
+                "answer_flip_evidence": _rate(ev["answer_changed"]),
+                "answer_flip_control": _rate(ctrl["answer_changed"]),
+                "abstention_evidence": _rate(ev["abstained"]),
+                "abstention_control": _rate(ctrl["abstained"]),
+                "abstention_base": float(np.mean(base_abstained)) if len(base_abstained) else math.nan,
+                "match_f1_evidence": _rate(ev["match_f1"]),
+                "match_f1_control": _rate(ctrl["match_f1"]),
+                "match_f1_all_masks": _rate(al["match_f1"]),
+                "ordered_match_f1_all_masks": _rate(al["ordered_match_f1"]),
+                "depends_precision": precision,
+                "depends_recall": recall,
+                "n_attribution_with_gold": n_known,
+            }
+        )
+        row.update({f"n_{k}": int(v) for k, v in counts.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def crm_stage(
+    steps_path: str,
+    sidecar_paths: Sequence[str],
+    masks_path: str | None,
+    items_path: str,
+    outputs: Mapping[str, str],
+    alignment_cfg: Mapping[str, Any],
+    crm_cfg: Mapping[str, Any],
+    code_files: Sequence[str] | None = None,
+) -> CrmTables:
+    """The ``crm`` rule: read the tables of one (model, dataset), write alignment, attribution, modes, summary.
+
+    ``outputs`` maps ``alignment``, ``attribution``, ``modes`` (parquet) and ``summary`` (CSV) to paths.
+    """
+    from pathlib import Path
+
+    from .provenance import record
+    from .steps import read_sidecars
+    from .tables import read_table, write_table
+
+    tables = run_crm(
+        read_table(steps_path),
+        read_sidecars(sidecar_paths),
+        read_table(masks_path) if masks_path else None,
+        read_table(items_path),
+        alignment_cfg,
+        crm_cfg,
+    )
+    provenance = record(
+        {"alignment": dict(alignment_cfg), "crm": dict(crm_cfg)},
+        code_files,
+        counts=tables.counts,
+    )
+    write_table(tables.alignment, outputs["alignment"], provenance, schema=ALIGNMENT_SCHEMA)
+    write_table(tables.attribution, outputs["attribution"], provenance, schema=ATTRIBUTION_SCHEMA)
+    write_table(tables.modes, outputs["modes"], provenance, schema=MODES_SCHEMA)
+    Path(outputs["summary"]).parent.mkdir(parents=True, exist_ok=True)
+    tables.summary.to_csv(outputs["summary"], index=False, float_format="%.6g")
+    return tables

@@ -1,0 +1,172 @@
+"""Per-trace features for the interaction regression and selective prediction.
+
+- ``entropy_full``: mean next-token entropy over all generated tokens;
+- ``entropy_answer``: mean entropy over the tokens of the ``answer`` step(s);
+- ``vision``: vision engagement, by default the mean evidence share over the
+  reasoning (``think``) steps (``features.vision``). Raw attention mass on
+  image tokens is deliberately *not* the default: in a trial the small
+  reference models put more attention on the image for arithmetic (which
+  needs no image) than for colour questions, so raw mass behaves like a sink;
+- correctness, abstention, whether the answer changed against the item's
+  ``base`` trace, dataset, model, task type, item id and variant.
+
+These columns are part of ``collapse/{m}/{d}.traces.parquet``; the regression
+and selective stages read them from there (``load_features``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .logs import get_logger
+
+log = get_logger("features")
+
+# config value of features.vision -> the per-step column it averages
+VISION_MEASURES = {"evidence_share": "evidence_share", "evidence_lift": "lift", "image_share": "image_share"}
+
+ID_COLUMNS = ["trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "region", "task_type"]
+OUTCOME_COLUMNS = ["status", "correct", "abstained", "truncated", "answer_text", "answer_changed"]
+FEATURE_COLUMNS = ["n_tokens", "entropy_full", "entropy_answer", "vision", "vision_measure", "vision_steps"]
+
+
+def entropy_features(entropy: np.ndarray, n_tokens: int, answer_spans: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """Full-response and answer-span mean entropy of one trace (spans half-open, clipped to ``n_tokens``)."""
+    ent = np.asarray(entropy, dtype=float)[: int(n_tokens)]
+    full = float(np.nanmean(ent)) if len(ent) and np.isfinite(ent).any() else np.nan
+    idx = sorted({t for s, e in answer_spans for t in range(max(0, int(s)), min(int(e), int(n_tokens)))})
+    sel = ent[idx] if idx else np.array([])
+    answer = float(np.nanmean(sel)) if len(sel) and np.isfinite(sel).any() else np.nan
+    notes = []
+    if not len(ent):
+        notes.append("no generated tokens: entropy undefined")
+    elif not answer_spans:
+        notes.append("no answer step: answer-span entropy undefined")
+    elif not idx:
+        notes.append("answer step has no tokens: answer-span entropy undefined")
+    return {"n_tokens": int(n_tokens), "entropy_full": full, "entropy_answer": answer, "note": "; ".join(notes)}
+
+
+def vision_engagement(trace_steps: pd.DataFrame, measure: str) -> tuple[float, str]:
+    """Mean of ``measure`` over the trace's think steps (all steps when it has none) and which steps were used."""
+    column = VISION_MEASURES.get(measure)
+    if column is None:
+        raise ValueError(f"features.vision: unknown measure '{measure}' (known: {', '.join(VISION_MEASURES)})")
+    if trace_steps.empty:
+        return np.nan, "none"
+    think = trace_steps[trace_steps["kind"] == "think"]
+    used, label = (think, "think") if len(think) else (trace_steps, "all (no think steps)")
+    values = used[column].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return (float(values.mean()) if len(values) else np.nan), label
+
+
+def hidden_region(variant: Any) -> Any:
+    """k for ``drop:k`` / ``ctrl:k`` variants, else None."""
+    if isinstance(variant, str) and ":" in variant:
+        kind, _, k = variant.partition(":")
+        if kind in ("drop", "ctrl") and k.lstrip("-").isdigit():
+            return int(k)
+    return None
+
+
+def _norm_answer(text: Any) -> str | None:
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return None
+    return " ".join(str(text).strip().lower().split())
+
+
+def build_trace_table(
+    meta: pd.DataFrame,
+    items: pd.DataFrame,
+    trajectories: pd.DataFrame,
+    collapse_steps: pd.DataFrame,
+    entropy: Mapping[str, Mapping[str, Any]],
+    notes: Mapping[str, Sequence[str]],
+    features_cfg: Mapping[str, Any],
+    model: str,
+    dataset: str,
+    sinks_excluded: bool,
+) -> pd.DataFrame:
+    """One row per sidecar trace: identifiers, outcomes, features and the collapse trajectories."""
+    measure = str(features_cfg.get("vision", "evidence_share"))
+    task_types = dict(zip(items["item_id"].astype(str), items["task_type"])) if "task_type" in items else {}
+    steps_by_trace = {tid: sub for tid, sub in collapse_steps.groupby("trace_id", sort=False)}
+    empty = collapse_steps.iloc[0:0]
+
+    rows = []
+    for r in meta.to_dict("records"):
+        tid = str(r["trace_id"])
+        ent = entropy.get(tid, {})
+        vision, used = vision_engagement(steps_by_trace.get(tid, empty), measure)
+        note = list(notes.get(tid, []))
+        if ent.get("note"):
+            note.append(ent["note"])
+        correct = r.get("correct")
+        rows.append({
+            "trace_id": tid, "model": model, "dataset": dataset, "item_id": str(r.get("item_id")),
+            "mask_id": r.get("mask_id"), "variant": r.get("variant"), "fill": r.get("fill"),
+            "region": hidden_region(r.get("variant")), "task_type": task_types.get(str(r.get("item_id"))),
+            "status": r.get("status", "ok") or "ok",
+            "correct": None if correct is None or (isinstance(correct, float) and np.isnan(correct)) else bool(correct),
+            "abstained": _opt_bool(r.get("abstained")), "truncated": _opt_bool(r.get("truncated")),
+            "answer_text": None if r.get("answer_text") is None else str(r.get("answer_text")),
+            "n_tokens": ent.get("n_tokens", r.get("n_tokens")),
+            "entropy_full": ent.get("entropy_full", np.nan), "entropy_answer": ent.get("entropy_answer", np.nan),
+            "vision": vision, "vision_measure": measure, "vision_steps": used,
+            "sinks_excluded": bool(sinks_excluded), "note": "; ".join(n for n in note if n),
+        })
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=ID_COLUMNS + OUTCOME_COLUMNS + FEATURE_COLUMNS + ["sinks_excluded", "note"])
+    df["answer_changed"] = _answer_changed(df)
+    df = df.merge(trajectories, on="trace_id", how="left")
+    first = ID_COLUMNS + OUTCOME_COLUMNS + FEATURE_COLUMNS
+    rest = [c for c in df.columns if c not in first + ["sinks_excluded", "note"]]
+    df = df[first + rest + ["sinks_excluded", "note"]]
+    df["region"] = df["region"].astype("Int64")
+    df["n_tokens"] = pd.to_numeric(df["n_tokens"], errors="coerce").astype("Int64")
+    for c in ("correct", "abstained", "truncated", "answer_changed"):
+        df[c] = df[c].astype("boolean")
+    for c in ("entropy_full", "entropy_answer", "vision"):
+        df[c] = df[c].astype("float64")
+    return df
+
+
+def _opt_bool(v: Any):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return bool(v)
+
+
+def _answer_changed(df: pd.DataFrame) -> pd.Series:
+    """Whether each masked trace's parsed answer differs from its item's base trace (null for base traces)."""
+    ok = df["status"] == "ok"
+    base = df[ok & (df["variant"] == "base")].drop_duplicates("item_id")
+    base_answer = dict(zip(base["item_id"], base["answer_text"].map(_norm_answer)))
+    out = []
+    for r in df.itertuples(index=False):
+        if r.variant == "base" or r.status != "ok" or r.item_id not in base_answer:
+            out.append(None)
+            continue
+        a, b = _norm_answer(r.answer_text), base_answer[r.item_id]
+        out.append(None if a is None and b is None else a != b)
+    return pd.Series(out, index=df.index, dtype="object")
+
+
+def load_features(paths: Sequence[str | Path], variants: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate per-trace tables (``collapse/{m}/{d}.traces.parquet``), optionally only some variants."""
+    from .tables import read_table
+
+    frames = [read_table(p) for p in paths]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=ID_COLUMNS + OUTCOME_COLUMNS + FEATURE_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    if variants:
+        df = df[df["variant"].isin(list(variants))].reset_index(drop=True)
+    return df

@@ -1,0 +1,525 @@
+"""Every figure of the report, regenerated from the result tables alone, plus ``figures/manifest.json``.
+
+A figure whose tables hold nothing to draw becomes a panel saying so (and the
+manifest says why), so the set of files is fixed and one empty input never
+stops the others. Every figure drawn from attention states whether attention
+sinks were excluded. Matplotlib runs on the Agg backend; PDF and PNG files
+carry no timestamps, so the same tables give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import regression as reg  # noqa: E402
+from .logs import get_logger  # noqa: E402
+
+log = get_logger("figures")
+
+# name -> (input keys it reads, caption)
+FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
+    "collapse_curve": (("collapse_steps",),
+                       "Evidence collapse: share of image attention on the evidence regions against normalised "
+                       "step position (0 = first step, 1 = last), unmasked traces, mean with 95% bootstrap "
+                       "interval over traces, per model and dataset."),
+    "masking_response": (("collapse_traces",),
+                         "Response to a hidden panel: vision engagement (mean evidence share over the reasoning "
+                         "steps) and the share of answers that change or abstain, for the unmasked image, "
+                         "an evidence region hidden (drop) and a same-size control region hidden (ctrl)."),
+    "crm_dependence": (("attribution",),
+                       "Contrastive Region Masking: dependence of each base reasoning step (rows) on each "
+                       "evidence region (columns), 1 - best-match similarity after hiding the region, for a "
+                       "few example items."),
+    "crm_modes": (("modes",),
+                  "Share of CRM failure modes (grounded, hallucination, collapse, insensitive) per model and "
+                  "dataset over (item, region, fill) cases."),
+    "attention_strip": (("collapse_maps",),
+                        "Attention drawn over the item's image, one panel per reasoning step (share of image "
+                        "attention per image token, normalised per panel); evidence boxes outlined."),
+    "interaction": (("coefficients",),
+                    "Predicted probability of a correct answer against standardised full-response entropy at "
+                    "low (z = -1) and high (z = +1) vision engagement, by task type, from the pooled "
+                    "interaction logit of each model."),
+    "coefficients": (("coefficients",),
+                     "Interaction logit coefficients (standardised entropy and vision engagement, their product "
+                     "and task-type terms) with 95% intervals clustered by item, per model and fit."),
+    "risk_coverage": (("selective_curves", "selective_summary"),
+                      "Risk-coverage curves per confidence signal (negative entropy, vision engagement, the "
+                      "model-based score) and entropy with the vision veto; the title gives the veto's change in "
+                      "risk at 90% coverage with its bootstrap interval (threshold fitted on the other datasets)."),
+}
+ATTENTION_FIGURES = {"collapse_curve", "masking_response", "attention_strip", "interaction", "coefficients",
+                     "risk_coverage"}
+
+
+class NothingToDraw(Exception):
+    """The tables hold nothing this figure can show; the message says why."""
+
+
+@dataclass
+class Tables:
+    """Every table the figures read, concatenated over models and datasets."""
+
+    results_dir: Path
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    paths: dict[str, list[str]] = field(default_factory=dict)
+
+    def get(self, key: str) -> pd.DataFrame:
+        df = self.frames.get(key)
+        if df is None or df.empty:
+            raise NothingToDraw(f"no rows in {key.replace('_', ' ')} tables")
+        return df
+
+
+def load_tables(inputs: Mapping[str, Sequence[str | Path] | str | Path], results_dir: str | Path) -> Tables:
+    """Read the input tables (parquet or csv); a missing or unreadable file is logged and skipped."""
+    from .tables import read_table
+
+    out = Tables(results_dir=Path(results_dir))
+    for key, paths in inputs.items():
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        frames = []
+        for p in paths:
+            p = Path(p)
+            try:
+                df = pd.read_csv(p) if p.suffix == ".csv" else read_table(p)
+            except Exception as exc:  # one unreadable table must not stop the other figures
+                log.warning("cannot read %s: %s", p, exc)
+                continue
+            if len(df):
+                frames.append(df)
+        out.frames[key] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        out.paths[key] = [_rel(p, out.results_dir) for p in paths]
+    return out
+
+
+def _rel(p: str | Path, root: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def sinks_status(df: pd.DataFrame | None) -> str:
+    if df is None or df.empty or "sinks_excluded" not in df:
+        return "not applicable"
+    values = set(df["sinks_excluded"].dropna().astype(bool))
+    return "mixed" if len(values) > 1 else ("excluded" if values == {True} else "kept")
+
+
+def _sink_line(status: str) -> str:
+    return f"attention sinks: {status}"
+
+
+# ----------------------------------------------------------------------------- the figures
+
+
+def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
+    steps = t.get("collapse_steps")
+    df = steps[(steps["variant"] == "base") & np.isfinite(steps["evidence_share"].astype(float))].copy()
+    if df.empty:
+        raise NothingToDraw("no unmasked step with an evidence share (items without evidence regions?)")
+    import seaborn as sns
+
+    n_bins = int(cfg.get("position_bins", 5))
+    df["position"] = np.round(df["position"].astype(float) * (n_bins - 1)) / (n_bins - 1)
+    datasets = list(dict.fromkeys(df["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False, sharey=True)
+    for ax, d in zip(axes[0], datasets):
+        sns.lineplot(data=df[df["dataset"] == d], x="position", y="evidence_share", hue="model", marker="o",
+                     errorbar=("ci", 95), n_boot=200, seed=0, ax=ax)
+        ax.set_title(d)
+        ax.set_xlabel("normalised step position")
+        ax.set_ylabel("evidence share of image attention")
+        ax.set_xlim(-0.02, 1.02)
+    status = sinks_status(df)
+    fig.suptitle(f"Evidence share over the reasoning ({_sink_line(status)})", fontsize=10)
+    return fig, status
+
+
+VARIANT_GROUPS = {"base": "unmasked", "drop": "evidence hidden", "ctrl": "control hidden"}
+
+
+def variant_group(variant: str) -> str | None:
+    if variant == "base":
+        return VARIANT_GROUPS["base"]
+    head, _, tail = str(variant).partition(":")
+    if head in ("drop", "ctrl") and tail.isdigit():
+        return VARIANT_GROUPS[head]
+    return None
+
+
+def masking_table(traces: pd.DataFrame) -> pd.DataFrame:
+    """Per model, dataset and variant group: mean vision, answer-change and abstention rates (items with evidence)."""
+    df = traces[(traces["status"].fillna("ok") == "ok") & (traces.get("n_evidence_regions", 1) > 0)].copy()
+    df["group"] = df["variant"].map(variant_group)
+    df = df[df["group"].notna()]
+    rows = []
+    for (m, d, g), sub in df.groupby(["model", "dataset", "group"], sort=False):
+        changed = sub["answer_changed"].dropna().astype(bool)
+        rows.append({"model": m, "dataset": d, "group": g, "n": len(sub),
+                     "vision": float(sub["vision"].astype(float).mean()),
+                     "answer_changed": float(changed.mean()) if len(changed) else np.nan,
+                     "abstained": float(sub["abstained"].dropna().astype(bool).mean()) if sub["abstained"].notna().any() else np.nan,
+                     "accuracy": float(sub["correct"].dropna().astype(bool).mean()) if sub["correct"].notna().any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def fig_masking_response(t: Tables, cfg: Mapping[str, Any]):
+    traces = t.get("collapse_traces")
+    table = masking_table(traces)
+    if table.empty or set(table["group"]) == {VARIANT_GROUPS["base"]}:
+        raise NothingToDraw("no masked traces of items with evidence regions")
+    import seaborn as sns
+
+    order = [g for g in VARIANT_GROUPS.values() if g in set(table["group"])]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, col, label in zip(axes, ("vision", "answer_changed", "abstained"),
+                              ("vision engagement (evidence share)", "answer changed vs unmasked", "abstained")):
+        sns.barplot(data=table, x="model", y=col, hue="group", hue_order=order, errorbar=None, ax=ax)
+        ax.set_ylabel(label)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=20)
+        if ax is not axes[-1]:
+            ax.get_legend().remove()
+    status = sinks_status(traces)
+    fig.suptitle(f"Response to a hidden panel, mean over datasets ({_sink_line(status)})", fontsize=10)
+    fig.tight_layout()
+    return fig, status
+
+
+def fig_crm_dependence(t: Tables, cfg: Mapping[str, Any]):
+    att = t.get("attribution")
+    att = att[np.isfinite(att["dependence"].astype(float))]
+    if att.empty:
+        raise NothingToDraw("no attribution with a dependence score")
+    import seaborn as sns
+
+    n_items = max(1, int(cfg.get("example_items", 3)))
+    models = list(dict.fromkeys(att["model"])) if "model" in att else [""]
+    dataset = att["dataset"].iloc[0] if "dataset" in att else None
+    sub = att[att["dataset"] == dataset] if dataset is not None else att
+    items = sorted(set(sub["item_id"].astype(str)))[:n_items]
+    fig, axes = plt.subplots(len(models), len(items), figsize=(2.8 * len(items), 2.4 * len(models)),
+                             squeeze=False)
+    for i, m in enumerate(models):
+        for j, item in enumerate(items):
+            ax = axes[i, j]
+            cell = sub[(sub["item_id"].astype(str) == item) & ((sub["model"] == m) if "model" in sub else True)]
+            if cell.empty:
+                ax.axis("off")
+                continue
+            grid = cell.groupby(["base_step", "region"])["dependence"].mean().unstack("region")
+            sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", cbar=False, ax=ax,
+                        annot_kws={"fontsize": 7})
+            ax.set_title(f"{m} | {item}", fontsize=8)
+            ax.set_xlabel("hidden region")
+            ax.set_ylabel("base step")
+    fig.suptitle(f"Step x region dependence ({dataset})", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+MODES = ("grounded", "hallucination", "collapse", "insensitive")
+
+
+def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
+    modes = t.get("modes")
+    share = (modes.groupby(["model", "dataset"])["mode"].value_counts(normalize=True).rename("share").reset_index())
+    pivot = share.pivot_table(index=["model", "dataset"], columns="mode", values="share", fill_value=0.0, sort=False)
+    cols = [m for m in MODES if m in pivot.columns] + [c for c in pivot.columns if c not in MODES]
+    pivot = pivot[cols]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(pivot), 3.4))
+    bottom = np.zeros(len(pivot))
+    colours = dict(zip(MODES, ("#2a9d8f", "#e76f51", "#8d6cab", "#bbbbbb")))
+    for c in cols:
+        ax.bar(range(len(pivot)), pivot[c].to_numpy(), bottom=bottom, label=c, color=colours.get(c))
+        bottom += pivot[c].to_numpy()
+    ax.set_xticks(range(len(pivot)), [f"{m}\n{d}" for m, d in pivot.index], fontsize=7)
+    ax.set_ylabel("share of (item, region) cases")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("CRM failure modes", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+def fig_attention_strip(t: Tables, cfg: Mapping[str, Any]):
+    maps = t.get("collapse_maps")
+    first = maps.iloc[0]
+    item, dataset = first["item_id"], first["dataset"]
+    sub = maps[(maps["item_id"] == item) & (maps["dataset"] == dataset)]
+    models = list(dict.fromkeys(sub["model"]))
+    n_steps = int(sub.groupby("model")["step_index"].nunique().max())
+    fig, axes = plt.subplots(len(models), n_steps, figsize=(2.2 * n_steps, 2.5 * len(models)), squeeze=False)
+    image = _load_image(t.results_dir, first.get("image"))
+    from matplotlib.patches import Rectangle
+
+    for i, m in enumerate(models):
+        msub = sub[sub["model"] == m]
+        for j in range(n_steps):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            step = msub[msub["step_index"] == j]
+            if step.empty:
+                ax.axis("off")
+                continue
+            width = float(step["width"].iloc[0]) if np.isfinite(step["width"].iloc[0]) else float(step["x1"].max())
+            height = float(step["height"].iloc[0]) if np.isfinite(step["height"].iloc[0]) else float(step["y1"].max())
+            if image is not None:
+                ax.imshow(image, extent=(0, width, height, 0))
+            else:
+                ax.imshow(np.full((2, 2), 0.85), cmap="gray", vmin=0, vmax=1, extent=(0, width, height, 0))
+            heat = _heat(step, width, height)
+            ax.imshow(heat, extent=(0, width, height, 0), cmap="magma", alpha=0.55, vmin=0, vmax=1)
+            for box in step["evidence_boxes"].iloc[0]:
+                x0, y0, x1, y1 = (float(v) for v in box)
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+            sinks = step[step["is_sink"].astype(bool)]
+            for r in sinks.itertuples(index=False):
+                ax.plot([(r.x0 + r.x1) / 2], [(r.y0 + r.y1) / 2], marker="x", color="white", markersize=4)
+            kind = step["kind"].iloc[0]
+            text = str(step["step_text"].iloc[0])
+            ax.set_title(f"{kind} {j}: {text[:28]}{'...' if len(text) > 28 else ''}", fontsize=6)
+            ax.set_xlim(0, width)
+            ax.set_ylim(height, 0)
+            if j == 0:
+                ax.set_ylabel(m, fontsize=8)
+    status = sinks_status(sub)
+    fig.suptitle(f"{dataset} | {item}: attention per step (x: sink tokens; {_sink_line(status)})", fontsize=9)
+    fig.tight_layout()
+    return fig, status
+
+
+def _heat(step: pd.DataFrame, width: float, height: float, resolution: int = 128) -> np.ndarray:
+    """A raster of the step's attention share per pixel (each patch's share painted over its box), max 1."""
+    h = max(1, int(round(resolution * height / max(width, height))))
+    w = max(1, int(round(resolution * width / max(width, height))))
+    heat = np.zeros((h, w))
+    sx, sy = w / width, h / height
+    share = step["share"].to_numpy(dtype=float)
+    excluded = step["is_sink"].astype(bool).to_numpy() & step["sinks_excluded"].astype(bool).to_numpy()
+    share = np.where(excluded, 0.0, share)
+    for (x0, y0, x1, y1), s in zip(step[["x0", "y0", "x1", "y1"]].to_numpy(dtype=float), share):
+        a, b = int(np.floor(y0 * sy)), int(np.ceil(y1 * sy))
+        c, d = int(np.floor(x0 * sx)), int(np.ceil(x1 * sx))
+        heat[a:b, c:d] = np.maximum(heat[a:b, c:d], s)
+    top = heat.max()
+    return heat / top if top > 0 else heat
+
+
+def _load_image(results_dir: Path, image: Any):
+    if not isinstance(image, str) or not image:
+        return None
+    path = Path(image) if Path(image).is_absolute() else results_dir / image
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        log.warning("cannot read image %s: %s (drawn without it)", path, exc)
+        return None
+
+
+def _fits(coef: pd.DataFrame) -> pd.DataFrame:
+    return coef[coef["status"].isin(["ok", "unstable"]) & coef["term"].notna()]
+
+
+def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
+    coef = _fits(t.get("coefficients"))
+    pooled = coef[coef["scope"] == "pooled"]
+    if pooled.empty:
+        raise NothingToDraw("no pooled interaction fit (see regression/summary.txt for why)")
+    models = list(dict.fromkeys(pooled["model"]))
+    z = np.linspace(-2.5, 2.5, 101)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.4), squeeze=False, sharey=True)
+    styles = ["-", "--", ":", "-."]
+    for ax, m in zip(axes[0], models):
+        fit = pooled[pooled["model"] == m]
+        params = dict(zip(fit["term"], fit["estimate"].astype(float)))
+        ref = fit["reference_level"].iloc[0]
+        types = [x for x in str(fit["task_types"].iloc[0] or "").split(",") if x] if "task_types" in fit else []
+        moderated = isinstance(ref, str) and ref
+        levels = types if moderated else [", ".join(types) or "all task types"]
+        for k, level in enumerate(levels):
+            for zv, colour in ((-1.0, "#e76f51"), (1.0, "#2a9d8f")):
+                eta = reg.linear_predictor(params, z, zv, level if moderated else None)
+                ax.plot(z, 1 / (1 + np.exp(-eta)), styles[k % len(styles)], color=colour,
+                        label=f"{level}, vision {'low' if zv < 0 else 'high'}")
+        ax.set_title(f"{m} ({fit['status'].iloc[0]}, n={int(fit['n'].iloc[0])}, errors={int(fit['n_errors'].iloc[0])})",
+                     fontsize=8)
+        ax.set_xlabel("z(full-response entropy)")
+        ax.set_ylabel("P(correct)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6)
+    fig.suptitle("Entropy x vision interaction (pooled fits)", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
+    coef = _fits(t.get("coefficients"))
+    coef = coef[coef["term"] != "const"]
+    if coef.empty:
+        raise NothingToDraw("no fitted interaction model (see regression/summary.txt for why)")
+    models = list(dict.fromkeys(coef["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 0.5 + 0.35 * coef["term"].nunique() * 1.5),
+                             squeeze=False, sharey=False)
+    for ax, m in zip(axes[0], models):
+        sub = coef[coef["model"] == m]
+        terms = list(dict.fromkeys(sub["term"]))
+        fits = list(dict.fromkeys(sub["dataset"]))
+        offsets = np.linspace(-0.25, 0.25, len(fits)) if len(fits) > 1 else [0.0]
+        for off, d in zip(offsets, fits):
+            f = sub[sub["dataset"] == d].set_index("term").reindex(terms)
+            y = np.arange(len(terms)) + off
+            est = f["estimate"].to_numpy(float)
+            err = np.vstack([est - f["ci_low"].to_numpy(float), f["ci_high"].to_numpy(float) - est])
+            ax.errorbar(est, y, xerr=err, fmt="o", markersize=3, capsize=2, label=str(d))
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_yticks(range(len(terms)), terms, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("estimate (logit, 95% CI)")
+        ax.set_title(m, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle("Interaction logit coefficients", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+SIGNAL_LABELS = {"neg_entropy": "entropy", "vision": "vision", "model": "model-based", "entropy+veto": "entropy + veto"}
+
+
+def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
+    curves = t.get("selective_curves")
+    summary = t.frames.get("selective_summary", pd.DataFrame())
+    panels = list(dict.fromkeys(zip(curves["model"], curves["dataset"])))
+    cols = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (m, d) in zip(axes.flat, panels):
+        sub = curves[(curves["model"] == m) & (curves["dataset"] == d)]
+        for s, label in SIGNAL_LABELS.items():
+            c = sub[sub["signal"] == s]
+            if c.empty:
+                continue
+            ax.plot(c["coverage"], c["risk"], "--" if s == "entropy+veto" else "-", label=label, linewidth=1.2)
+        title = f"{m} | {d}"
+        if not summary.empty and "delta_risk" in summary:
+            row = summary[(summary["model"] == m) & (summary["dataset"] == d) & (summary["signal"] == "entropy+veto")]
+            if len(row) and np.isfinite(float(row["delta_risk"].iloc[0])):
+                r = row.iloc[0]
+                state = "on" if bool(r.get("veto_active")) else "off"
+                title += (f"\nveto {state}: delta risk@{float(r['veto_coverage']):.0%} {float(r['delta_risk']):+.3f} "
+                          f"[{float(r['delta_risk_low']):+.3f}, {float(r['delta_risk_high']):+.3f}]")
+        ax.set_title(title, fontsize=7)
+        ax.axvline(0.9, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_xlabel("coverage")
+        ax.set_ylabel("selective risk")
+        ax.legend(fontsize=6)
+    status = sinks_status(t.frames.get("collapse_traces"))
+    fig.suptitle(f"Risk-coverage with and without the vision veto ({_sink_line(status)})", fontsize=10)
+    fig.tight_layout()
+    return fig, status
+
+
+DRAW: dict[str, Callable[[Tables, Mapping[str, Any]], tuple[Any, str]]] = {
+    "collapse_curve": fig_collapse_curve,
+    "masking_response": fig_masking_response,
+    "crm_dependence": fig_crm_dependence,
+    "crm_modes": fig_crm_modes,
+    "attention_strip": fig_attention_strip,
+    "interaction": fig_interaction,
+    "coefficients": fig_coefficients,
+    "risk_coverage": fig_risk_coverage,
+}
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def figure_files(out_dir: str | Path, formats: Sequence[str]) -> dict[str, list[Path]]:
+    """The files ``make_figures`` writes: ``{name: [out_dir/name.fmt, ...]}`` (fixed, for the rule's outputs)."""
+    return {name: [Path(out_dir) / f"{name}.{fmt}" for fmt in formats] for name in FIGURES}
+
+
+def _placeholder(message: str):
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
+    return fig
+
+
+def _save(fig, paths: Sequence[Path], dpi: int) -> None:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fmt = p.suffix.lstrip(".")
+        # no timestamps or software versions: same tables, same bytes
+        meta = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None, "Creator": None}
+        fig.savefig(p, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
+    plt.close(fig)
+
+
+def make_figures(
+    inputs: Mapping[str, Sequence[str | Path] | str | Path],
+    results_dir: str | Path,
+    out_dir: str | Path,
+    figures_cfg: Mapping[str, Any],
+    manifest_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Draw every figure from the tables in ``inputs`` and write the manifest; returns the manifest."""
+    formats = list(figures_cfg.get("formats", ["pdf", "png"]))
+    dpi = int(figures_cfg.get("dpi", 150))
+    results_dir = Path(results_dir)
+    tables = load_tables(inputs, results_dir)
+    files = figure_files(out_dir, formats)
+    entries = []
+    with plt.rc_context({"pdf.fonttype": 42}):
+        for name, (keys, caption) in FIGURES.items():
+            entries.append(_one_figure(name, keys, caption, tables, files[name], results_dir, figures_cfg, dpi))
+    manifest = {"figures": entries, "formats": formats}
+    if manifest_path is not None:
+        Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(manifest_path).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], results_dir: Path,
+                figures_cfg: Mapping[str, Any], dpi: int) -> dict[str, Any]:
+    """Draw one figure (or a panel saying why not), save it in every format, return its manifest entry."""
+    entry = {"name": name, "files": [_rel(p, results_dir) for p in files],
+             "sources": sorted({p for k in keys for p in tables.paths.get(k, [])}), "caption": caption}
+    try:
+        fig, status = DRAW[name](tables, figures_cfg)
+        entry.update(status="ok", reason="")
+    except NothingToDraw as exc:
+        plt.close("all")
+        fig, status = _placeholder(f"{name}: nothing to draw\n{exc}"), "not applicable"
+        entry.update(status="empty", reason=str(exc))
+        log.warning("%s: nothing to draw: %s", name, exc)
+    except Exception as exc:  # a bug in one figure must not cost the others; logged with its traceback
+        log.error("%s failed:\n%s", name, traceback.format_exc())
+        plt.close("all")
+        fig, status = _placeholder(f"{name}: failed\n{type(exc).__name__}: {exc}"), "not applicable"
+        entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+    entry["attention_sinks"] = status
+    if name in ATTENTION_FIGURES and status != "not applicable":
+        entry["caption"] = f"{caption} Attention sinks {status}."
+    _save(fig, files, dpi)
+    return entry

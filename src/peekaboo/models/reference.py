@@ -1,0 +1,744 @@
+"""Reference models: tiny Qwen3-VL models trained on ``panels`` with planted behaviour under masking.
+
+Real weights cannot be downloaded where the default run happens, and a
+random-initialised model reasons about nothing, so the workflow trains its own
+small models of a real VLM architecture. They are saved with
+``save_pretrained`` (model and processor), so every later stage loads them
+through ``AutoProcessor`` / ``AutoModelForImageTextToText`` like a hub model.
+
+Pieces
+------
+* a byte-level BPE tokenizer (``Qwen2Tokenizer``, Qwen's pre-tokenizer) trained
+  on the benchmark's vocabulary, with the real Qwen special tokens and the real
+  Qwen3-VL chat template;
+* a ``Qwen3VLProcessor`` (image processor with patch 16 / merge 2: a 128 x 128
+  image gives 16 image tokens, one 2 x 2 block per quadrant panel);
+* a small ``Qwen3VLConfig`` (see ``ARCHITECTURE``). ``rope_theta`` is 100:
+  with head_dim 16 the interleaved multimodal rotary embedding gives height and
+  width only a few frequencies, and at the default theta the image grid's
+  positions are nearly indistinguishable, so the model cannot tell panels apart;
+* training on freshly generated items, loss on the answer tokens only
+  (everything up to and including the assistant header is masked),
+  AdamW + linear warm-up + cosine decay, seeded and deterministic on CPU for a
+  given thread count.
+
+Behaviours (``reference.behaviour``)
+------------------------------------
+``blind-spot``     clean images only: with the evidence hidden it goes on naming
+                   what it cannot see (planted hallucination).
+``grounded``       also items whose evidence panel is hidden (target says the panel
+                   is hidden, ``Answer: unknown``) and items with a non-evidence
+                   region hidden (normal answer): abstains exactly when the
+                   evidence is gone.
+``oversensitive``  hidden evidence -> unknown, never a hidden non-evidence
+                   region: abstains whenever anything is hidden (planted collapse).
+
+Learning comes in jumps (the named panel's colour after ~1,000 steps from
+scratch) while the loss sits on a plateau once the format is learned, so
+progress is judged by a teacher-forced probe on held-out items (every target
+token must be the argmax) rather than by the loss. When the probe is perfect
+on ``stop_patience`` consecutive checks the run skips ahead to a short
+cool-down (``cooldown_steps`` of decaying learning rate) and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .. import prompting
+from ..datasets import panels as P
+from ..logs import get_logger
+from ..seeding import derive_seed, rng
+
+log = get_logger("reference")
+
+BEHAVIOURS = ("blind-spot", "grounded", "oversensitive")
+
+# The real Qwen2/Qwen3 special tokens, in Qwen's order; (token, special).
+QWEN_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+)
+
+# The chat template of Qwen3-VL Instruct models (tools, system, images/videos in user turns).
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {%- if messages[0].content is string %}\n"
+    "            {{- messages[0].content }}\n"
+    "        {%- else %}\n"
+    "            {%- for content in messages[0].content %}\n"
+    "                {%- if 'text' in content %}\n"
+    "                    {{- content.text }}\n"
+    "                {%- endif %}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n\\n' }}\n"
+    "    {%- endif %}\n"
+    "    {{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n"
+    "        {{- \"\\n\" }}\n"
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
+    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' }}\n"
+    "        {%- if messages[0].content is string %}\n"
+    "            {{- messages[0].content }}\n"
+    "        {%- else %}\n"
+    "            {%- for content in messages[0].content %}\n"
+    "                {%- if 'text' in content %}\n"
+    "                    {{- content.text }}\n"
+    "                {%- endif %}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- set image_count = namespace(value=0) %}\n"
+    "{%- set video_count = namespace(value=0) %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if message.role == \"user\" %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
+    "        {%- if message.content is string %}\n"
+    "            {{- message.content }}\n"
+    "        {%- else %}\n"
+    "            {%- for content in message.content %}\n"
+    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
+    "                    {%- set image_count.value = image_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|image_pad|><|vision_end|>\n"
+    "                {%- elif content.type == 'video' or 'video' in content %}\n"
+    "                    {%- set video_count.value = video_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|video_pad|><|vision_end|>\n"
+    "                {%- elif 'text' in content %}\n"
+    "                    {{- content.text }}\n"
+    "                {%- endif %}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' }}\n"
+    "        {%- if message.content is string %}\n"
+    "            {{- message.content }}\n"
+    "        {%- else %}\n"
+    "            {%- for content_item in message.content %}\n"
+    "                {%- if 'text' in content_item %}\n"
+    "                    {{- content_item.text }}\n"
+    "                {%- endif %}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {%- if message.tool_calls %}\n"
+    "            {%- for tool_call in message.tool_calls %}\n"
+    "                {%- if (loop.first and message.content) or (not loop.first) %}\n"
+    "                    {{- '\\n' }}\n"
+    "                {%- endif %}\n"
+    "                {%- if tool_call.function %}\n"
+    "                    {%- set tool_call = tool_call.function %}\n"
+    "                {%- endif %}\n"
+    "                {{- '<tool_call>\\n{\"name\": \"' }}\n"
+    "                {{- tool_call.name }}\n"
+    "                {{- '\", \"arguments\": ' }}\n"
+    "                {%- if tool_call.arguments is string %}\n"
+    "                    {{- tool_call.arguments }}\n"
+    "                {%- else %}\n"
+    "                    {{- tool_call.arguments | tojson }}\n"
+    "                {%- endif %}\n"
+    "                {{- '}\\n</tool_call>' }}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if loop.first or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {%- if message.content is string %}\n"
+    "            {{- message.content }}\n"
+    "        {%- else %}\n"
+    "            {%- for content in message.content %}\n"
+    "                {%- if content.type == 'image' or 'image' in content or 'image_url' in content %}\n"
+    "                    {%- set image_count.value = image_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|image_pad|><|vision_end|>\n"
+    "                {%- elif content.type == 'video' or 'video' in content %}\n"
+    "                    {%- set video_count.value = video_count.value + 1 %}\n"
+    "                    {%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}\n"
+    "                    <|vision_start|><|video_pad|><|vision_end|>\n"
+    "                {%- elif 'text' in content %}\n"
+    "                    {{- content.text }}\n"
+    "                {%- endif %}\n"
+    "            {%- endfor %}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+# The small Qwen3-VL shape (overridable per model with reference.architecture).
+ARCHITECTURE: dict[str, dict[str, Any]] = {
+    "text_config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 1024,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 100.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "deepstack_visual_indexes": [1],
+    },
+}
+
+# Training defaults; the schema's reference definition carries the same values.
+DEFAULTS: dict[str, Any] = {
+    "seed": 1234,
+    "steps": 1500,
+    "batch_size": 32,
+    "learning_rate": 0.003,
+    "warmup_steps": 100,
+    "weight_decay": 0.01,
+    "hidden_fraction": 0.2,
+    "control_fraction": 0.2,
+    "fills": ["gray"],
+    "probe_every": 100,
+    "probe_items": 96,
+    "stop_accuracy": 1.0,
+    "stop_patience": 2,
+    "cooldown_steps": 100,
+    "threads": 1,
+    "architecture": {},
+}
+
+
+class ReferenceError(ValueError):
+    """A reference-model spec is unusable; the message names the key."""
+
+
+def training_spec(spec: Mapping[str, Any], where: str = "reference") -> dict[str, Any]:
+    """The reference spec with defaults filled; unknown behaviour is an error naming the key."""
+    out = {**DEFAULTS, **{k: v for k, v in dict(spec).items() if v is not None}}
+    if out.get("behaviour") not in BEHAVIOURS:
+        raise ReferenceError(f"{where}.behaviour: expected one of {', '.join(BEHAVIOURS)}, got {out.get('behaviour')!r}")
+    for fill in out["fills"]:
+        if fill not in ("gray", "black"):
+            raise ReferenceError(f"{where}.fills: unknown fill {fill!r}")
+    return out
+
+
+# --------------------------------------------------------------------------- tokenizer, processor, config
+
+
+def tokenizer_corpus(opts: P.PanelsOptions) -> list[str]:
+    """Every phrase the benchmark can produce, so each word becomes one or two tokens."""
+    labels = P.panel_labels(opts.rows, opts.cols)
+    lines = ["user\nassistant\nsystem\n", "Picture 1: Video 1: ", "Answer: unknown", "Answer: yes", "Answer: no"]
+    lines += ["They match.", "They differ."] + [f"Step {i}: " for i in range(1, 10)]
+    lines += ["What is " + " + ".join(str(d) for d in range(10)) + "? = ."]
+    for label in labels:
+        lines.append(f"The {label} panel is hidden.")
+        for colour in opts.colours:
+            lines.append(f"What colour is the {label} shape? The {label} shape is {colour}. Answer: {colour}")
+        for shape in P.SHAPES:
+            lines.append(f"What shape is in the {label} panel? The {label} panel holds a {shape}. Answer: {shape}")
+        for other in labels:
+            lines.append(f"Do the {label} and {other} shapes have the same colour?")
+            lines.append(f"Do the {label} and {other} panels hold the same shape?")
+    return lines
+
+
+def build_tokenizer(opts: P.PanelsOptions):
+    """A Qwen2Tokenizer (byte-level BPE, Qwen's pre-tokenizer) trained on the benchmark's phrases."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,  # an upper bound: merging stops when every corpus word is one token
+        min_frequency=1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(tokenizer_corpus(opts), trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    for token, _special in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",  # batched generation needs left padding; training pads right explicitly
+        model_max_length=32768,
+        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    )
+    tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_SPECIAL_TOKENS])
+    for token, _ in QWEN_SPECIAL_TOKENS:
+        if tok.convert_tokens_to_ids(token) != vocab[token]:  # pragma: no cover - a transformers change
+            raise RuntimeError(f"special token {token} did not keep its id")
+    return tok
+
+
+def build_processor(opts: P.PanelsOptions, tokenizer=None):
+    """A Qwen3VLProcessor: Qwen2-VL image processor (patch 16, merge 2), the tokenizer, the chat template."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(opts)
+    patch = ARCHITECTURE["vision_config"]["patch_size"] * ARCHITECTURE["vision_config"]["spatial_merge_size"]
+    # keep the panels' native size: no image is scaled up to a minimum pixel count
+    size = {"shortest_edge": patch * patch, "longest_edge": 1024 * 1024}
+    common = dict(
+        patch_size=ARCHITECTURE["vision_config"]["patch_size"],
+        merge_size=ARCHITECTURE["vision_config"]["spatial_merge_size"],
+        temporal_patch_size=ARCHITECTURE["vision_config"]["temporal_patch_size"],
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size=size,
+    )
+    image_processor = Qwen2VLImageProcessor(**common)
+    video_processor = Qwen3VLVideoProcessor(**common)
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    )
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(processor, opts: P.PanelsOptions, overrides: Mapping[str, Any] | None = None):
+    """The small Qwen3VLConfig, token ids taken from the processor's tokenizer."""
+    from transformers import Qwen3VLConfig
+
+    arch = _merge(ARCHITECTURE, overrides or {})
+    unknown = set(arch) - {"text_config", "vision_config"}
+    if unknown:
+        raise ReferenceError(f"reference.architecture: unknown key(s) {', '.join(sorted(unknown))} (text_config, vision_config)")
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t, _ in QWEN_SPECIAL_TOKENS}
+    text = dict(arch["text_config"])
+    text.update(vocab_size=len(tok), pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
+    vision = dict(arch["vision_config"])
+    vision["out_hidden_size"] = text["hidden_size"]
+    # a learned position grid exactly as large as the benchmark's patch grid
+    side = max(opts.width, opts.height) // vision["patch_size"]
+    vision.setdefault("num_position_embeddings", side * side)
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    return config
+
+
+def build_model(config, seed: int):
+    """A freshly initialised Qwen3VLForConditionalGeneration; initialisation seeded from ``seed``."""
+    import torch
+    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(derive_seed(seed, "reference", "init") % (2**63 - 1))
+    model = Qwen3VLForConditionalGeneration(config)
+    tc = config.text_config
+    model.generation_config = GenerationConfig(
+        eos_token_id=tc.eos_token_id, pad_token_id=tc.pad_token_id, do_sample=False, max_new_tokens=64
+    )
+    return model
+
+
+def n_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# --------------------------------------------------------------------------- training examples
+
+
+@dataclass
+class Example:
+    image: Any  # PIL image the model sees
+    question: str
+    target: str  # gold text the model should write (without <|im_end|>)
+    condition: str  # clean, hidden (evidence hidden), control (non-evidence hidden)
+    question_type: str
+    hidden_boxes: list[tuple[float, float, float, float]]
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def control_boxes(item: P.PanelItem, g: np.random.Generator) -> list[tuple[float, float, float, float]]:
+    """Non-evidence region(s) to hide, like the masks stage's ``ctrl:k`` and ``keep:evidence`` variants.
+
+    One of: a whole non-evidence panel; a box of a panel's size at a random
+    place that overlaps no evidence (it may straddle panels); every
+    non-evidence panel.
+    """
+    evidence = [item.panels[p].box for p in item.evidence]
+    others = [p.box for i, p in enumerate(item.panels) if i not in item.evidence]
+    kind = g.choice(3, p=[0.4, 0.4, 0.2])
+    if kind == 1:
+        x0, y0, x1, y1 = item.panels[item.evidence[0] if item.evidence else 0].box
+        w, h = x1 - x0, y1 - y0
+        W = max(p.box[2] for p in item.panels)
+        H = max(p.box[3] for p in item.panels)
+        for _ in range(50):
+            bx = int(g.integers(0, W - w + 1))
+            by = int(g.integers(0, H - h + 1))
+            box = (bx, by, bx + w, by + h)
+            if not any(_overlaps(box, e) for e in evidence):
+                return [tuple(map(float, box))]
+        kind = 0
+    if kind == 2:
+        return [tuple(map(float, b)) for b in others]
+    return [tuple(map(float, others[int(g.integers(len(others)))]))]
+
+
+def make_examples(
+    items: Iterable[P.PanelItem],
+    behaviour: str,
+    g: np.random.Generator,
+    hidden_fraction: float,
+    control_fraction: float,
+    fills: Sequence[str],
+) -> list[Example]:
+    """Turn generated items into training examples with the behaviour's mix of hidden panels."""
+    out = []
+    for item in items:
+        condition = "clean"
+        u = g.random()
+        if behaviour != "blind-spot":
+            if item.evidence and u < hidden_fraction:
+                condition = "hidden"
+            elif behaviour == "grounded" and u >= 1 - control_fraction:
+                condition = "control"
+        image, boxes, hidden = item.image, [], []
+        if condition == "hidden":
+            k = len(item.evidence)
+            # one region, or (for comparisons) sometimes both, as drop:k / drop:all do
+            hidden = [int(g.integers(k))] if k == 1 or g.random() < 2 / 3 else list(range(k))
+            boxes = [tuple(map(float, item.panels[item.evidence[r]].box)) for r in hidden]
+        elif condition == "control":
+            boxes = control_boxes(item, g)
+        if boxes:
+            fill = fills[int(g.integers(len(fills)))]
+            image = P.hide_boxes(item.image, boxes, fill)
+        target, _ = P.gold_solution(item, hidden)
+        out.append(Example(image, item.question, target, condition, item.question_type, boxes))
+    return out
+
+
+_PROMPTS: dict[tuple, str] = {}
+
+
+def _prompt(processor, question: str, system_prompt: str | None, thinking: bool) -> str:
+    """The rendered prompt, cached: questions repeat and rendering the template is slow."""
+    key = (id(processor), question, system_prompt, thinking)
+    if key not in _PROMPTS:
+        _PROMPTS[key] = prompting.render(processor, prompting.messages(question, 1, system_prompt), thinking)
+    return _PROMPTS[key]
+
+
+def collate(processor, examples: Sequence[Example], system_prompt: str | None = None, thinking: bool = False):
+    """Processor inputs for prompt + target + ``<|im_end|>``, right padded, with labels on the target only.
+
+    Labels are unshifted (the model shifts them); every position up to and
+    including the assistant header, and padding, is -100.
+    """
+    import torch
+
+    tok = processor.tokenizer
+    prompts = [_prompt(processor, e.question, system_prompt, thinking) for e in examples]
+    texts = [p + e.target + "<|im_end|>" for p, e in zip(prompts, examples)]
+    side = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        batch = processor(text=texts, images=[e.image for e in examples], padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = side
+    # the prompt's token count: tokenizing the text after the last image pad gives the same ids as in the
+    # full sequence because the chat template ends the prompt at a special token boundary
+    ids = batch["input_ids"]
+    labels = torch.full_like(ids, -100)
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    header = len(tok("assistant\n", add_special_tokens=False)["input_ids"])
+    for row in range(ids.shape[0]):
+        starts = (ids[row] == im_start).nonzero().flatten()
+        begin = int(starts[-1]) + 1 + header
+        end = int(batch["attention_mask"][row].sum())
+        labels[row, begin:end] = ids[row, begin:end]
+    batch["labels"] = labels
+    return batch
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probe(model, batches, return_rows: bool = False) -> dict[str, Any]:
+    """Teacher-forced probe: an example passes when every target token is the model's argmax.
+
+    ``batches`` are collated batches (with labels) plus their examples. Returns
+    overall and per (condition, question type) pass rates and token accuracy.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    passed: dict[str, list[bool]] = {}
+    tokens_ok = tokens = 0
+    with torch.no_grad():
+        for batch, examples in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs, use_cache=False).logits
+            pred = logits[:, :-1].argmax(-1)
+            gold = batch["labels"][:, 1:]
+            mask = gold != -100
+            ok = (pred == gold) | ~mask
+            tokens_ok += int(((pred == gold) & mask).sum())
+            tokens += int(mask.sum())
+            for row, ex in enumerate(examples):
+                passed.setdefault(f"{ex.condition}/{ex.question_type}", []).append(bool(ok[row].all()))
+    if was_training:
+        model.train()
+    allp = [v for vs in passed.values() for v in vs]
+    return {
+        "accuracy": float(np.mean(allp)) if allp else float("nan"),
+        "token_accuracy": tokens_ok / tokens if tokens else float("nan"),
+        "by_group": {k: float(np.mean(v)) for k, v in sorted(passed.items())},
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, floor: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay from ``base`` to ``floor * base`` at ``total``."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_reference(
+    spec: Mapping[str, Any],
+    dataset_options: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    name: str = "reference",
+    init_dir: str | Path | None = None,
+    system_prompt: str | None = None,
+    thinking: bool = False,
+    default_seed: int = 0,
+    provenance: Mapping[str, Any] | None = None,
+    where: str = "reference",
+) -> dict[str, Any]:
+    """Train one reference model and save it (model, processor, ``training.json``) under ``out_dir``.
+
+    ``spec`` is the model's ``reference`` config entry, ``dataset_options`` the
+    options of the panels dataset whose images it trains on (its ``seed`` is
+    not used: training items come from the ``train`` stream seeded by
+    ``spec.seed``). With ``init_dir`` the weights and processor of that trained
+    model are the starting point. Returns the training report.
+    """
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    t_start = time.perf_counter()
+    cfg = training_spec(spec, where)
+    behaviour = cfg["behaviour"]
+    torch.set_num_threads(int(cfg["threads"]))
+    opts = P.resolve_options(dataset_options, where=f"{where}.dataset options", default_seed=default_seed)
+    seed = int(cfg["seed"])
+    out_dir = Path(out_dir)
+
+    if init_dir:
+        processor = AutoProcessor.from_pretrained(str(init_dir))
+        model = Qwen3VLForConditionalGeneration.from_pretrained(str(init_dir), dtype=torch.float32)
+    else:
+        processor = build_processor(opts)
+        model = build_model(build_config(processor, opts, cfg["architecture"]), seed)
+    model.train()
+    log.info("%s: %s, %d parameters, init %s", name, behaviour, n_parameters(model), init_dir or "random")
+
+    data_rng = rng(seed, "reference", behaviour, "examples")
+    probe_items = P.training_items(opts, derive_seed(seed, "probe") % (2**31), 0, int(cfg["probe_items"]))
+    # the probe over-samples the hidden conditions so that each behaviour is checked on enough items
+    probe_examples = make_examples(
+        probe_items, behaviour, rng(seed, "reference", behaviour, "probe"), 1 / 3, 1 / 3, cfg["fills"]
+    )
+    bs = int(cfg["batch_size"])
+    probe_batches = [
+        (collate(processor, probe_examples[i : i + bs], system_prompt, thinking), probe_examples[i : i + bs])
+        for i in range(0, len(probe_examples), bs)
+    ]
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": float(cfg["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=float(cfg["learning_rate"]),
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+
+    total = int(cfg["steps"])
+    warmup = min(int(cfg["warmup_steps"]), total)
+    base_lr = float(cfg["learning_rate"])
+    probe_every = int(cfg["probe_every"])
+    stop_accuracy = cfg["stop_accuracy"]
+    cooldown = int(cfg["cooldown_steps"])
+    patience = int(cfg["stop_patience"])
+    losses: list[float] = []
+    probes: list[dict[str, Any]] = []
+    streak = 0
+    cooldown_from: int | None = None  # step at which the probe passed and the cool-down began
+    data_seconds = 0.0
+    step = 0
+    from ..logs import progress
+
+    bar = progress(total=total, desc=f"train {name}", unit="step")
+    while step < total:
+        if cooldown_from is not None:
+            if step >= cooldown_from + cooldown:
+                break
+            lr = base_lr * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(1, cooldown))) * lr_at(
+                cooldown_from, total, warmup, 1.0
+            )
+        else:
+            lr = lr_at(step, total, warmup, base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        items = P.training_items(opts, seed, step * bs, bs)
+        examples = make_examples(items, behaviour, data_rng, cfg["hidden_fraction"], cfg["control_fraction"], cfg["fills"])
+        batch = collate(processor, examples, system_prompt, thinking)
+        data_seconds += time.perf_counter() - t0
+        out = model(**batch, use_cache=False)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(out.loss.detach()))
+        step += 1
+        bar.update(1)
+        if probe_every and (step % probe_every == 0 or step == total):
+            result = probe(model, probe_batches)
+            result["step"] = step
+            result["loss"] = float(np.mean(losses[-probe_every:]))
+            probes.append(result)
+            log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s", name, step, result["loss"], result["accuracy"],
+                     result["token_accuracy"], result["by_group"])
+            if cooldown_from is None and stop_accuracy is not None:
+                streak = streak + 1 if result["accuracy"] >= float(stop_accuracy) else 0
+                if streak >= patience and step + cooldown < total:
+                    cooldown_from = step
+                    log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
+    bar.close()
+    final = probe(model, probe_batches)
+    final["step"] = step
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    processor.save_pretrained(str(out_dir))
+    seconds = time.perf_counter() - t_start
+    chunks = max(1, len(losses) // 10)
+    report = {
+        "model": name,
+        "behaviour": behaviour,
+        "init_from": str(init_dir) if init_dir else None,
+        "parameters": n_parameters(model),
+        "steps": step,
+        "planned_steps": total,
+        "cooldown_from": cooldown_from,
+        "batch_size": bs,
+        "seconds": round(seconds, 1),
+        "data_seconds": round(data_seconds, 1),
+        "threads": int(cfg["threads"]),
+        "loss": {
+            "first": losses[0] if losses else None,
+            "last": float(np.mean(losses[-chunks:])) if losses else None,
+            "curve": [round(float(np.mean(losses[i : i + chunks])), 5) for i in range(0, len(losses), chunks)],
+        },
+        "probe": {"final": final, "history": probes},
+        "training": {k: cfg[k] for k in sorted(cfg) if k != "architecture"},
+        "architecture": _merge(ARCHITECTURE, cfg["architecture"]),
+        "provenance": dict(provenance or {}),
+    }
+    (out_dir / "training.json").write_text(json.dumps(report, indent=1, sort_keys=True, default=str) + "\n")
+    log.info("%s: %d steps in %.0f s (data %.0f s), probe %.3f", name, step, seconds, data_seconds, final["accuracy"])
+    return report

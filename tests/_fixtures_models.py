@@ -1,0 +1,77 @@
+"""Tiny random-initialised VLMs for the trace tests, built once per session, and a small shard.
+
+Import the fixtures into a test module with
+``from _fixtures_models import tiny_models, tiny_shard  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from peekaboo.models.tiny import FAMILIES, build_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """family -> directory of a saved tiny model + processor (built once per test session)."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: build_tiny(family, root / family, seed=0) for family in FAMILIES}
+
+
+def load(path: Path, attn: str = "sdpa"):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def noise_png(path: Path, size=(150, 100), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8), mode="RGB").save(path)
+    return path
+
+
+def write_dataset(root: Path, n_items: int = 3) -> tuple[Path, dict]:
+    """A JSONL dataset of ``n_items`` items with two regions each; returns (jsonl, dataset spec)."""
+    records = []
+    for k in range(n_items):
+        noise_png(root / "img" / f"{k}.png", size=(96 + 16 * k, 64 + 8 * k), seed=k)
+        records.append({
+            "id": f"q{k}", "image": f"img/{k}.png", "question": "Which colour is the square? Answer A or B.",
+            "answer": "A", "choices": ["red", "blue"],
+            "regions": [{"label": "square", "box": [2, 2, 30, 30]}, {"label": "circle", "box": [40, 20, 80, 60]}],
+        })
+    path = root / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    spec = {"adapter": "jsonl", "options": {"path": str(path)}, "task_type": None, "task_type_overrides": {},
+            "boxes": None, "masks": True, "shard_size": 2, "limit": None}
+    return path, spec
+
+
+@pytest.fixture
+def tiny_shard(tmp_path):
+    """Items and masks tables built by the real items and masks stages on a 3-item JSONL dataset."""
+    from peekaboo import items, masks
+
+    _, spec = write_dataset(tmp_path / "src")
+    results = tmp_path / "results"
+    items.run_stage("toy", spec, 0, results, results / "items/toy.parquet", results / "items/toy.rejects.parquet")
+    masks_cfg = {"variants": ["drop"], "fills": ["gray"], "blur_radius": 12, "noise_std": 64,
+                 "control_attempts": 50, "seed": 0}
+    masks.run_stage(results / "items/toy.parquet", masks_cfg, results, "toy", 0, results / "masks/toy.parquet",
+                    results / "masks/toy.skipped.parquet")
+    return {"results": results, "items": results / "items/toy.parquet", "masks": results / "masks/toy.parquet",
+            "spec": spec}

@@ -1,0 +1,159 @@
+import pytest
+
+from peekaboo import answers
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "unknown",
+        "Unknown.",
+        "I cannot see the top-left panel.",
+        "I can't tell from the image",
+        "The shape is not visible",
+        "the panel is hidden",
+        "It cannot be determined",
+        "There is not enough information",
+        "I don't know",
+    ],
+)
+def test_abstentions_are_detected(text):
+    assert answers.is_abstention(text)
+
+
+@pytest.mark.parametrize("text", ["red", "B", "42", "yes", "the circle is larger", "The known value is 3", ""])
+def test_answers_are_not_abstentions(text):
+    assert not answers.is_abstention(text)
+
+
+def test_final_answer_text_takes_the_last_marker_line():
+    response = "Step 1: Panel A is red. Answer: draft\nStep 2: so it is red.\nAnswer: red\nThanks"
+    assert answers.final_answer_text(response) == "red"
+    assert answers.final_answer_text("Final answer: (B)") == "(B)"
+
+
+def test_final_answer_text_falls_back_to_last_line_outside_think():
+    assert answers.final_answer_text("<think>Answer: no</think>\nThe shapes match.\nYes.\n\n") == "Yes."
+    assert answers.final_answer_text("reasoning here</think>\nblue") == "blue"
+    assert answers.final_answer_text("") == ""
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("B", "B"),
+        ("(c)", "C"),
+        ("B. blue", "B"),
+        ("The answer is (D)", "D"),
+        ("option b", "B"),
+        ("I pick C.", "C"),
+        ("blue", "B"),  # the choice's own text
+        ("it is the dark red one", "C"),  # 'red' also appears, inside the longer 'dark red'
+        ("A purple circle", None),  # the article A is not a letter
+        ("E", None),  # beyond the choices
+    ],
+)
+def test_extract_letter(text, expected):
+    assert answers.extract_letter(text, choices=["red", "blue", "dark red", "green"]) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("Yes, it is.", "yes"), ("no", "no"), ("True", "yes"), ("I think the answer is no", "no"), ("maybe", None)],
+)
+def test_extract_yes_no(text, expected):
+    assert answers.extract_yes_no(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("12 apples", 12.0),
+        ("-3.5", -3.5),
+        ("1,234.5", 1234.5),
+        ("3/4", 0.75),
+        ("45%", 45.0),
+        ("−2", -2.0),
+        ("x1 and B2", None),
+        ("none", None),
+    ],
+)
+def test_parse_number(text, expected):
+    assert answers.parse_number(text) == expected
+
+
+def test_parse_number_first_or_last():
+    assert answers.parse_number("3 + 4 = 7", which="last") == 7.0
+    assert answers.parse_number("3 + 4 = 7", which="first") == 3.0
+
+
+@pytest.mark.parametrize(
+    "answer,answer_type,choices,expected",
+    [
+        ("Blue", "multi_choice", ["red", "blue"], "B"),
+        ("b", "multi_choice", ["red", "blue"], "B"),
+        (0, "multi_choice", ["red", "blue"], "A"),
+        ("1,000", "integer", None, "1000"),
+        (7, "integer", None, "7"),
+        ("3.50", "float", None, "3.50"),
+        ("1e3", "float", None, "1000"),
+        (True, "yes_no", None, "yes"),
+        ("No.", "yes_no", None, "no"),
+        ("  The Red  Circle. ", "text", None, "red circle"),
+        (["A", "b "], "list", None, "a, b"),
+    ],
+)
+def test_normalize_answer(answer, answer_type, choices, expected):
+    assert answers.normalize_answer(answer, answer_type, choices) == expected
+
+
+@pytest.mark.parametrize(
+    "answer,answer_type,choices",
+    [("purple", "multi_choice", ["red", "blue"]), ("x", "integer", None), ("2.5", "integer", None), ("maybe", "yes_no", None)],
+)
+def test_normalize_answer_rejects_misfits(answer, answer_type, choices):
+    with pytest.raises(answers.AnswerFormatError):
+        answers.normalize_answer(answer, answer_type, choices)
+
+
+def test_infer_answer_type():
+    assert answers.infer_answer_type("x", ["a", "b"]) == "multi_choice"
+    assert answers.infer_answer_type("12") == "integer"
+    assert answers.infer_answer_type("1.5") == "float"
+    assert answers.infer_answer_type("Yes") == "yes_no"
+    assert answers.infer_answer_type(["a"]) == "list"
+    assert answers.infer_answer_type("red") == "text"
+
+
+def test_score_response_by_type():
+    s = answers.score_response("Step 1: it is blue.\nAnswer: (B)", "B", "multi_choice", ["red", "blue"])
+    assert (s.answer_text, s.correct, s.abstained) == ("B", True, False)
+    assert answers.score_response("Answer: red", "B", "multi_choice", ["red", "blue"]).correct is False
+    assert answers.score_response("so 3 + 4 = 7", "7", "integer").correct is True
+    assert answers.score_response("Answer: 7.5", "7", "integer").correct is False  # never rounded to 8 or 7
+    assert answers.score_response("Answer: 3.14159", "3.14", "float").correct is True
+    assert answers.score_response("Answer: 3.16", "3.14", "float").correct is False
+    assert answers.score_response("Answer: Yes, they match", "yes", "yes_no").correct is True
+    assert answers.score_response("Answer: The Red Circle.", "red circle", "text").correct is True
+    assert answers.score_response("Answer: b and a", "a, b", "list").correct is True
+
+
+def test_abstention_scores_wrong_and_flagged():
+    s = answers.score_response("Step 1: the panel is hidden.\nAnswer: unknown", "B", "multi_choice", ["red", "blue"])
+    assert s.abstained is True and s.correct is False
+    # a chain that mentions the hidden panel but still answers is no abstention (it is what CRM looks for)
+    s = answers.score_response("Step 1: the panel is hidden.\nAnswer: B", "B", "multi_choice", ["red", "blue"])
+    assert s.abstained is False and s.correct is True
+    # a gold answer that is itself 'unknown' is matched by an abstention
+    assert answers.score_response("Answer: cannot tell", "unknown", "text").correct is True
+
+
+def test_unparsable_response_is_wrong_not_none():
+    s = answers.score_response("Answer: purple", "B", "multi_choice", ["red", "blue"])
+    assert s.answer_text is None and s.correct is False
+
+
+def test_question_with_choices_lists_letters():
+    q = answers.question_with_choices("Which colour?", ["red", "blue"])
+    assert q == "Which colour?\nChoices:\n(A) red\n(B) blue"
+    assert answers.question_with_choices("Q?", None) == "Q?"

@@ -1,0 +1,133 @@
+import copy
+
+import pytest
+import yaml
+
+from peekaboo import config as pcfg
+
+from _fixtures_items import good_record, write_jsonl
+
+
+@pytest.fixture
+def raw_config(tmp_path):
+    """A minimal valid config (relative dataset path, as users write it) and its directory."""
+    write_jsonl(tmp_path / "data" / "d.jsonl", [good_record("a")])
+    return {
+        "datasets": {"mine": {"adapter": "jsonl", "options": {"path": "data/d.jsonl"}}},
+        "models": {"m": {"source": "org/model"}},
+    }
+
+
+def error_of(cfg, base_dir) -> str:
+    with pytest.raises(pcfg.ConfigError) as info:
+        pcfg.validate(cfg, base_dir=base_dir)
+    return str(info.value)
+
+
+def test_valid_config_gets_defaults(raw_config, tmp_path):
+    cfg = pcfg.validate(raw_config, base_dir=tmp_path)
+    assert cfg["results"] == "results" and cfg["seed"] == 0
+    assert cfg["masks"]["fills"] == ["gray"] and cfg["masks"]["control_attempts"] == 200
+    assert cfg["datasets"]["mine"]["masks"] is True and cfg["datasets"]["mine"]["limit"] is None
+    assert cfg["models"]["m"]["generation"]["max_new_tokens"] == 256
+    assert "masks" not in raw_config  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    "path,key",
+    [
+        ((), "sed"),
+        (("datasets", "mine"), "limt"),
+        (("datasets", "mine", "options"), None),  # adapter options are free-form: no error
+        (("masks",), "blur_radiu"),
+        (("models", "m"), "dtyp"),
+    ],
+)
+def test_unknown_key_is_named(raw_config, tmp_path, path, key):
+    cfg = copy.deepcopy(raw_config)
+    target = cfg
+    for p in path:
+        target = target.setdefault(p, {})
+    target[key or "anything"] = 1
+    if key is None:
+        pcfg.validate(cfg, base_dir=tmp_path)
+        return
+    message = error_of(cfg, tmp_path)
+    assert f"unknown key {'.'.join(path + (key,))}" in message
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (lambda c: c.update(seed="zero"), "seed: 'zero' is not of type 'integer'"),
+        (lambda c: c["datasets"]["mine"].update(limit="3"), "datasets.mine.limit: '3' is not of type"),
+        (lambda c: c.update(masks={"fills": "gray"}), "masks.fills: 'gray' is not of type 'array'"),
+        (lambda c: c.update(masks={"fills": ["grey"]}), "masks.fills[0]: 'grey' is not one of"),
+        (lambda c: c["models"]["m"].update(batch_size=0), "models.m.batch_size: 0 is less than the minimum"),
+        (lambda c: c.update(traces={"map_layers": "some"}), "traces.map_layers: 'some' is not valid here; expected one of 'all', 'mean' or a list of integers"),
+        (lambda c: c["datasets"]["mine"].update(adapter="jsnl"), "datasets.mine.adapter: 'jsnl' is not one of"),
+        (lambda c: c["models"]["m"].update(reference={"behaviour": "grounded"}), "models.m: give exactly one of 'source'"),
+    ],
+)
+def test_wrong_type_or_value_is_named(raw_config, tmp_path, change, expected):
+    cfg = copy.deepcopy(raw_config)
+    change(cfg)
+    assert expected in error_of(cfg, tmp_path)
+
+
+def test_missing_dataset_path_is_named(raw_config, tmp_path):
+    cfg = copy.deepcopy(raw_config)
+    cfg["datasets"]["mine"]["options"]["path"] = "data/gone.jsonl"
+    message = error_of(cfg, tmp_path)
+    assert "datasets.mine.options.path: no such file data/gone.jsonl" in message
+    assert str(tmp_path) in message  # says where it looked
+
+
+def test_absent_dataset_path_option_is_named(raw_config, tmp_path):
+    cfg = copy.deepcopy(raw_config)
+    cfg["datasets"]["mine"]["options"] = {}
+    assert "datasets.mine.options.path: required by adapter 'jsonl'" in error_of(cfg, tmp_path)
+
+
+def test_missing_boxes_file_is_named(raw_config, tmp_path):
+    cfg = copy.deepcopy(raw_config)
+    cfg["datasets"]["mine"]["boxes"] = "boxes.jsonl"
+    assert "datasets.mine.boxes: no such file" in error_of(cfg, tmp_path)
+
+
+def test_every_problem_is_listed(raw_config, tmp_path):
+    cfg = copy.deepcopy(raw_config)
+    cfg["sed"] = 1
+    cfg["seed"] = "x"
+    message = error_of(cfg, tmp_path)
+    assert "unknown key sed" in message and "seed: 'x'" in message
+
+
+def test_paths_not_checked_when_asked(raw_config, tmp_path):
+    cfg = copy.deepcopy(raw_config)
+    cfg["datasets"]["mine"]["options"]["path"] = "gone.jsonl"
+    pcfg.validate(cfg, base_dir=tmp_path, check_paths=False)
+
+
+def test_load_resolves_paths_against_the_file(raw_config, tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw_config))
+    monkeypatch.chdir(tmp_path.parent)  # elsewhere: data/d.jsonl only exists next to the config
+    assert pcfg.load(path)["datasets"]["mine"]["options"]["path"] == "data/d.jsonl"
+
+
+def test_load_rejects_a_non_mapping(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(pcfg.ConfigError, match="expected a mapping"):
+        pcfg.load(path)
+
+
+def test_embedded_default_config_is_valid(repo_dir):
+    cfg = pcfg.load(repo_dir / "config.yaml", check_paths=False)
+    assert cfg["datasets"] and cfg["models"]
+
+
+def test_key_path_format():
+    assert pcfg.key_path(["datasets", "mine", "regions", 0, "box"]) == "datasets.mine.regions[0].box"
+    assert pcfg.key_path([]) == "<top level>"

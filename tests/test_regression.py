@@ -1,0 +1,153 @@
+"""Interaction logit: planted effects recovered; degenerate data reported, never raised; transfer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from peekaboo import regression as reg
+
+from _fixtures_collapse import simulate_features
+
+TRUE = {"const": 0.5, "entropy": -1.0, "vision": 0.6, "entropy:vision": 0.8}
+
+
+def test_planted_interaction_inside_95_interval_in_90_of_100_simulations():
+    hits = 0
+    for seed in range(100):
+        df = simulate_features(600, seed, TRUE)
+        fit = reg.fit_logit(df)
+        assert fit.status == "ok", fit.note
+        # the fit standardises with the sample's mean and sd: the planted coefficient on that scale
+        s_e = df["entropy_full"].std(ddof=0) / 0.5
+        s_v = df["vision"].std(ddof=0) / 0.1
+        target = TRUE["entropy:vision"] * s_e * s_v
+        lo, hi = fit.ci[fit.terms.index("entropy:vision")]
+        hits += lo <= target <= hi
+    assert hits >= 90, hits
+
+
+def test_pooled_fit_recovers_task_specific_interactions():
+    coef = {**TRUE, "entropy:vision@symbolic": 0.0, "entropy:vision@visual_reference": 1.2}
+    df = simulate_features(4000, 3, coef, datasets=("a", "b"), task_types=("symbolic", "visual_reference"))
+    table = reg.fit_all(df, {"min_errors": 5})
+    pooled = table[(table["scope"] == "pooled")].set_index("term")
+    assert pooled["status"].iloc[0] == "ok"
+    assert pooled["formula"].iloc[0] == "correct ~ z(entropy) * z(vision) * task_type"
+    assert pooled["reference_level"].iloc[0] == "symbolic"
+    sym = pooled.loc["entropy:vision"]
+    diff = pooled.loc["entropy:vision:task[visual_reference]"]
+    assert sym["ci_low"] < 0.0 < sym["ci_high"]
+    assert diff["ci_low"] < 1.2 < diff["ci_high"] and diff["p"] < 0.001
+    # the table alone rebuilds the fitted predictions
+    params = dict(zip(pooled.index, pooled["estimate"]))
+    eta = reg.linear_predictor(params, 1.0, -1.0, "visual_reference")
+    expected = sum(params[t] for t in ("const", "task[visual_reference]")) + sum(
+        params[t] * v for t, v in (("entropy", 1), ("vision", -1), ("entropy:vision", -1),
+                                   ("entropy:task[visual_reference]", 1), ("vision:task[visual_reference]", -1),
+                                   ("entropy:vision:task[visual_reference]", -1)))
+    assert eta == pytest.approx(expected)
+
+
+def test_tidy_table_has_fit_statistics_and_clustered_se():
+    df = simulate_features(300, 1, TRUE)
+    # every item twice (two variants): clustering by item must widen nothing to zero and keep n right
+    doubled = pd.concat([df, df.assign(trace_id=df["trace_id"] + "x")], ignore_index=True)
+    table = reg.fit_all(doubled, {"min_errors": 5})
+    row = table[(table["dataset"] == "d1") & (table["term"] == "entropy:vision")].iloc[0]
+    assert row["n"] == 600 and row["n_items"] == 300
+    assert row["n_errors"] == int((~doubled["correct"].astype(bool)).sum())
+    for c in ("estimate", "se", "ci_low", "ci_high", "p", "llf", "pseudo_r2", "aic"):
+        assert np.isfinite(row[c]), c
+    assert row["converged"]
+    # clustered by item, duplicated rows carry no extra information: SE equals the single-copy robust SE
+    single = reg.fit_logit(df)
+    assert row["se"] == pytest.approx(single.bse[single.terms.index("entropy:vision")], rel=0.01)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d.assign(correct=True), "all answers correct"),
+    (lambda d: d.assign(correct=False), "all answers wrong"),
+    (lambda d: d.assign(correct=[i >= 3 for i in range(len(d))]), "too few errors (3 < regression.min_errors = 5)"),
+    (lambda d: d.assign(correct=d["entropy_full"] < d["entropy_full"].median()), "perfect separation"),
+    (lambda d: d.assign(vision=0.2), "vision engagement is constant"),
+    (lambda d: d.assign(vision=np.nan), "no usable rows"),
+    (lambda d: d.iloc[0:0], "no usable rows"),
+])
+def test_degenerate_data_gives_a_row_saying_why(mutate, expected):
+    df = mutate(simulate_features(200, 5, TRUE))
+    df["correct"] = df["correct"].astype("boolean")
+    fit = reg.fit_logit(df, min_errors=5)
+    assert fit.status == "not_fitted"
+    assert expected in fit.note
+    rows = reg.tidy(fit, model="m", dataset="d1", scope="dataset", formula="f")
+    assert len(rows) == 1 and rows[0]["term"] is None and expected in rows[0]["note"]
+
+
+def test_missing_rows_are_dropped_before_fitting_and_counted():
+    df = simulate_features(400, 2, TRUE)
+    df.loc[:9, "vision"] = np.nan
+    df.loc[10:14, "correct"] = pd.NA
+    df.loc[15, "entropy_full"] = np.inf
+    fit = reg.fit_logit(df)
+    assert fit.status == "ok" and fit.n == 384 and fit.n_dropped == 16
+    assert "16 rows without correctness or features dropped" in fit.note
+
+
+def test_fit_all_goes_on_past_a_degenerate_dataset_and_drops_a_lone_moderator():
+    good = simulate_features(300, 4, TRUE, datasets=("good",))
+    bad = simulate_features(50, 4, TRUE, datasets=("bad",)).assign(correct=True)
+    table = reg.fit_all(pd.concat([good, bad], ignore_index=True), {"min_errors": 5})
+    status = table.drop_duplicates(["model", "dataset"]).set_index("dataset")["status"]
+    assert status["good"] == "ok" and status["bad"] == "not_fitted" and status["pooled"] == "ok"
+    pooled = table[table["scope"] == "pooled"].iloc[0]
+    assert "one task_type present (visual_reference): moderator dropped" in pooled["note"]
+    text = reg.summary_text(table, reg.transfer(pd.concat([good, bad]), {"min_errors": 5}))
+    assert "m / bad: not_fitted, n=50, errors=0" in text
+    assert "m / good: ok, n=300, errors=" in text
+
+
+def test_transfer_scores_other_datasets_with_training_scaling():
+    df = simulate_features(500, 6, TRUE, datasets=("a", "b"))
+    out = reg.transfer(df, {"min_errors": 5})
+    assert set(out["features"]) == set(reg.FEATURE_SETS)
+    assert set(zip(out["train_dataset"], out["test_dataset"])) == {("a", "b"), ("b", "a")}
+    auc = out.set_index(["train_dataset", "features"])["auroc"]
+    assert 0.5 < auc[("a", "vision")] < auc[("a", "additive")] < 0.95
+    # entropy alone: AUROC equals that of -entropy on the test set (the fit is monotone, slope < 0)
+    test = df[df["dataset"] == "b"]
+    assert auc[("a", "entropy")] == pytest.approx(reg.auroc(test["correct"].astype(bool), -test["entropy_full"]))
+
+
+def test_transfer_with_one_dataset_or_one_class_says_so():
+    one = reg.transfer(simulate_features(100, 7, TRUE, datasets=("a",)), {"min_errors": 5})
+    assert len(one) == 1 and "only one dataset" in one["note"].iloc[0]
+    df = simulate_features(200, 7, TRUE, datasets=("a", "b"))
+    df.loc[df["dataset"] == "b", "correct"] = True
+    out = reg.transfer(df, {"min_errors": 5})
+    a_to_b = out[out["train_dataset"] == "a"]
+    assert a_to_b["auroc"].isna().all() and (a_to_b["status"] == "not_scored").all()
+    assert (out[out["train_dataset"] == "b"]["status"] == "not_fitted").all()
+
+
+def test_auroc_hand_computed_with_ties():
+    y = np.array([1, 0, 1, 0, 1], bool)
+    s = np.array([0.9, 0.9, 0.5, 0.1, 0.1])
+    # pairs (pos, neg): (.9,.9)=.5 (.9,.1)=1 (.5,.9)=0 (.5,.1)=1 (.1,.9)=0 (.1,.1)=.5 -> 3 / 6
+    assert reg.auroc(y, s) == pytest.approx(0.5)
+    assert np.isnan(reg.auroc(np.ones(3, bool), np.arange(3)))
+
+
+def test_run_stage_writes_csvs_and_summary(tmp_path):
+    from peekaboo.tables import write_table
+
+    paths = []
+    for d in ("a", "b"):
+        df = simulate_features(200, 8, TRUE, datasets=(d,))
+        paths.append(write_table(df, tmp_path / f"{d}.traces.parquet"))
+    outs = {k: tmp_path / f"{k}.{'txt' if k == 'summary' else 'csv'}" for k in ("coefficients", "transfer", "summary")}
+    reg.run_stage(paths, outs, {"regression": {"variants": ["base"], "min_errors": 5}, "features": {}}, [reg.__file__])
+    coef = pd.read_csv(outs["coefficients"])
+    assert set(coef["dataset"]) == {"a", "b", "pooled"}
+    assert list(coef.columns) == reg.COEF_COLUMNS
+    assert "errors=" in outs["summary"].read_text()
+    assert len(pd.read_csv(outs["transfer"])) == 2 * len(reg.FEATURE_SETS)

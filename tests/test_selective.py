@@ -1,0 +1,146 @@
+"""Risk-coverage metrics against hand-computed values (ties included); the vision veto; the stage."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from peekaboo import selective as sel
+
+from _fixtures_collapse import simulate_features
+
+CORRECT = [True, False, True, True, False]
+CONF = [0.9, 0.8, 0.7, 0.6, 0.5]
+
+
+def test_aurc_eaurc_risk_at_coverage_hand_computed():
+    # errors in acceptance order 0 1 0 0 1 -> risks 0, 1/2, 1/3, 1/4, 2/5
+    assert sel.aurc(CORRECT, CONF) == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 4 + 2 / 5) / 5)
+    # ideal order 0 0 0 1 1 -> risks 0, 0, 0, 1/4, 2/5
+    assert sel.optimal_aurc(5, 2) == pytest.approx((1 / 4 + 2 / 5) / 5)
+    assert sel.eaurc(CORRECT, CONF) == pytest.approx((1 / 2 + 1 / 3) / 5)
+    assert sel.risk_at_coverage(CORRECT, CONF, 0.8) == pytest.approx(1 / 4)  # n = 4
+    assert sel.risk_at_coverage(CORRECT, CONF, 0.9) == pytest.approx(2 / 5)  # n = ceil(4.5) = 5
+    assert sel.risk_at_coverage(CORRECT, CONF, 0.5) == pytest.approx(1 / 3)  # n = 3
+    assert sel.risk_at_coverage(CORRECT, CONF, 0.2) == 0.0  # n = 1 exactly (no float overshoot)
+    assert sel.risk_at_coverage(CORRECT, CONF, 0.01) == 0.0  # at least one answer
+
+
+def test_ties_broken_by_tie_key_then_row_order():
+    correct = [True, False, False, True]
+    conf = [0.5, 0.5, 0.9, 0.5]
+    # by key: row 2 (0.9), then the 0.5 ties by key a (row 1), b (row 0), d (row 3): errors 1 1 0 0
+    assert sel.ranking(conf, ["b", "a", "c", "d"]).tolist() == [2, 1, 0, 3]
+    assert sel.aurc(correct, conf, ["b", "a", "c", "d"]) == pytest.approx((1 + 1 + 2 / 3 + 1 / 2) / 4)
+    assert sel.eaurc(correct, conf, ["b", "a", "c", "d"]) == pytest.approx((1 + 1 + 2 / 3 + 1 / 2) / 4 - (1 / 3 + 1 / 2) / 4)
+    # without a key: row order 2, 0, 1, 3: errors 1 0 1 0
+    assert sel.aurc(correct, conf) == pytest.approx((1 + 1 / 2 + 2 / 3 + 1 / 2) / 4)
+    assert sel.risk_at_coverage(correct, conf, 0.5, ["b", "a", "c", "d"]) == 1.0
+    assert sel.risk_at_coverage(correct, conf, 0.5) == 0.5
+
+
+def test_missing_confidence_ranks_last_and_empty_is_nan():
+    assert sel.ranking([np.nan, 0.2, 0.1]).tolist() == [1, 2, 0]
+    assert sel.aurc([False, True, True], [np.nan, 0.2, 0.1]) == pytest.approx((0 + 0 + 1 / 3) / 3)
+    assert np.isnan(sel.aurc([], [])) and np.isnan(sel.risk_at_coverage([], [], 0.9))
+
+
+def test_bootstrap_is_seeded_and_resamples_items_whole():
+    correct = np.array([True, False, True, True, False, True])
+    ranks = {"a": np.arange(6)}
+    items = np.array(["x", "x", "y", "y", "z", "z"])
+    b1 = sel.bootstrap(correct, ranks, items, 200, np.random.default_rng(1), [0.9])
+    b2 = sel.bootstrap(correct, ranks, items, 200, np.random.default_rng(1), [0.9])
+    np.testing.assert_array_equal(b1["a"]["aurc"], b2["a"]["aurc"])
+    # every resample draws 3 items of 2 rows: every 6-row curve; some items drawn twice
+    assert len(b1["a"]["aurc"]) == 200 and np.isfinite(b1["a"]["aurc"]).all()
+    lo, hi = sel.interval(b1["a"]["aurc"])
+    assert lo <= sel.aurc(correct, -np.arange(6.0)) <= hi
+
+
+def _veto_world(n, seed, datasets=("a", "b", "c")):
+    """Visual-reference answers that are confident but disengaged are often wrong; symbolic ones are not."""
+    coef = {"const": 1.5, "entropy": -0.5, "vision": 0.0, "entropy:vision": 0.0,
+            "vision@visual_reference": 2.0, "entropy:vision@visual_reference": -1.0}
+    return simulate_features(n, seed, coef, datasets=datasets, task_types=("symbolic", "visual_reference"))
+
+
+def test_fit_veto_picks_dangerous_task_type_and_a_threshold():
+    train = _veto_world(400, 11, datasets=("a", "b"))
+    rule = sel.fit_veto(train, {"veto_quantiles": [0.05, 0.1, 0.2, 0.3], "veto_coverage": 0.9}, min_errors=5)
+    assert rule.active, rule.note
+    assert rule.task_types == ["visual_reference"]
+    assert rule.slopes["visual_reference"] > 0 >= rule.slopes["symbolic"] - 0.3
+    vis = train.loc[train["task_type"] == "visual_reference", "vision"]
+    assert rule.threshold == pytest.approx(np.quantile(vis, rule.quantile))
+    assert rule.train_risk < rule.train_risk_without
+    vetoed = rule.vetoed(train)
+    assert not vetoed[train["task_type"].eq("symbolic").to_numpy()].any()
+
+
+def test_veto_demotes_vetoed_answers_behind_all_others():
+    df = pd.DataFrame({"trace_id": list("abcd"), "entropy_full": [0.1, 0.2, 0.3, 0.4]})
+    order = sel.veto_order(df, np.array([True, False, False, False]))
+    assert order.tolist() == [1, 2, 3, 0]
+
+
+def test_evaluate_leave_one_dataset_out_and_never_on_test_labels():
+    df = _veto_world(300, 12)
+    cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 50, "veto_quantiles": [0.1, 0.2, 0.3], "seed": 0,
+           "veto_coverage": 0.9}
+    curves, summary = sel.evaluate(df, cfg, {"min_errors": 5})
+    veto = summary[summary["signal"] == "entropy+veto"].set_index("dataset")
+    assert set(veto.index) == {"a", "b", "c"}
+    assert veto.loc["a", "veto_train_datasets"] == "b,c"
+    assert veto["veto_active"].all()
+    for d, row in veto.iterrows():
+        assert row["delta_risk_low"] <= row["delta_risk"] <= row["delta_risk_high"]
+    # scrambling the evaluated dataset's labels leaves its veto rule unchanged
+    scrambled = df.copy()
+    mask = scrambled["dataset"] == "a"
+    scrambled.loc[mask, "correct"] = np.random.default_rng(0).permutation(scrambled.loc[mask, "correct"].to_numpy())
+    _, summary2 = sel.evaluate(scrambled, cfg, {"min_errors": 5})
+    veto2 = summary2[summary2["signal"] == "entropy+veto"].set_index("dataset")
+    assert veto2.loc["a", "veto_threshold"] == veto.loc["a", "veto_threshold"]
+    # curves: every signal covers n = 1..N of each dataset, risk at N = error rate
+    c = curves[(curves["dataset"] == "a") & (curves["signal"] == "neg_entropy")]
+    assert c["n"].tolist() == list(range(1, 301))
+    assert c["risk"].iloc[-1] == pytest.approx(1 - df.loc[mask, "correct"].astype(bool).mean())
+    row = summary[(summary["dataset"] == "a") & (summary["signal"] == "neg_entropy")].iloc[0]
+    test = df[mask]
+    assert row["aurc"] == pytest.approx(sel.aurc(test["correct"].astype(bool), -test["entropy_full"], test["trace_id"]))
+    assert row["risk_90"] == pytest.approx(
+        sel.risk_at_coverage(test["correct"].astype(bool), -test["entropy_full"], 0.9, test["trace_id"]))
+
+
+def test_evaluate_degenerate_inputs_are_reported():
+    one = _veto_world(60, 13, datasets=("a",))
+    cfg = {"bootstrap": 10, "veto_quantiles": [0.1], "seed": 0}
+    _, summary = sel.evaluate(one, cfg, {"min_errors": 5})
+    veto = summary[summary["signal"] == "entropy+veto"].iloc[0]
+    assert not veto["veto_active"] and "no training datasets" in veto["note"]
+    assert veto["delta_risk"] == 0.0
+    model = summary[summary["signal"] == "model"].iloc[0]
+    assert model["status"] == "not_computed" and np.isnan(model["aurc"])
+    empty = _veto_world(20, 13, datasets=("a", "b"))
+    empty.loc[empty["dataset"] == "b", "entropy_full"] = np.nan
+    _, summary = sel.evaluate(empty, cfg, {"min_errors": 5})
+    b = summary[summary["dataset"] == "b"].iloc[0]
+    assert b["status"] == "no_data" and "20 answers without correctness or entropy" in b["note"]
+    a_veto = summary[(summary["dataset"] == "a") & (summary["signal"] == "entropy+veto")].iloc[0]
+    assert "no training datasets" in a_veto["note"]
+    small = _veto_world(20, 13, datasets=("a", "b"))  # b: too few errors to fit the interaction on
+    _, summary = sel.evaluate(small, cfg, {"min_errors": 50})
+    a_veto = summary[(summary["dataset"] == "a") & (summary["signal"] == "entropy+veto")].iloc[0]
+    assert "interaction not fitted on b: too few" in a_veto["note"] and not a_veto["veto_active"]
+
+
+def test_run_stage_writes_tables(tmp_path):
+    from peekaboo.tables import read_table, write_table
+
+    paths = [write_table(_veto_world(80, 14, datasets=(d,)), tmp_path / f"{d}.parquet") for d in ("a", "b")]
+    outs = {"curves": tmp_path / "curves.parquet", "summary": tmp_path / "summary.csv"}
+    config = {"selective": {"bootstrap": 20, "seed": 0}, "regression": {"variants": ["base"], "min_errors": 5}}
+    sel.run_stage(paths, outs, config, [sel.__file__])
+    assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS)
+    summary = pd.read_csv(outs["summary"])
+    assert {"aurc", "aurc_low", "eaurc", "risk_80", "risk_90_high", "delta_risk"} <= set(summary.columns)

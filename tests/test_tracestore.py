@@ -1,0 +1,142 @@
+"""The shard store: xarray-readable layout, sidecar, failed traces, resume after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from _fixtures_models import tiny_models, tiny_shard  # noqa: F401
+from peekaboo import generate, tracestore
+
+MODEL_SPEC = {"dtype": "float32", "attn_implementation": "sdpa", "batch_size": 2, "thinking": False,
+              "system_prompt": None, "generation": {"max_new_tokens": 5, "do_sample": False}}
+TRACES_CFG = {"map_layers": [0, -1], "keep_heads": False, "chunk_traces": 2, "compression_level": 3}
+
+
+def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0):  # noqa: F811
+    return generate.run_shard(
+        items_path=shard_info["items"], masks_path=shard_info["masks"], results_dir=shard_info["results"],
+        model_name="tiny", model_spec=MODEL_SPEC, model_path=tiny_models["qwen3_vl"], dataset="toy",
+        dataset_spec=shard_info["spec"], seed=0, shard=shard, traces_cfg=traces_cfg,
+        store_path=out / f"shard-{shard}.zarr", sidecar_path=out / f"shard-{shard}.parquet",
+        config_section={"traces": traces_cfg, "model": MODEL_SPEC}, code_files=None, device="cpu",
+    )
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_store_layout_and_sidecar(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    store, sidecar = run(tiny_models, tiny_shard, tmp_path / "out")
+    ds = xr.open_zarr(store, consolidated=False)
+    side = tracestore.read_sidecars([sidecar])
+    # shard 0 = items q0, q1 (shard_size 2), each base + drop:0 + drop:1
+    assert list(side["item_id"]) == ["q0"] * 3 + ["q1"] * 3
+    assert list(side["variant"]) == ["base", "drop:0", "drop:1"] * 2
+    assert list(side["trace_index"]) == list(range(6))
+    assert list(ds["trace_id"].values) == list(side["trace_id"])
+    assert side["trace_id"][0] == "tiny|q0|base|none"
+    assert set(ds.sizes) == {"trace", "token", "layer", "map_layer", "head", "patch", "region", "box"}
+    assert ds.sizes["layer"] == 3 and ds.sizes["head"] == 4 and ds.sizes["region"] == 2
+    assert list(ds["map_layer"].values) == [0, 2]
+    assert ds["image_attn"].dims == ("trace", "token", "map_layer", "patch")
+    assert ds["image_attn"].dtype == np.float16 and ds["token_id"].dtype == np.int32
+    assert ds.attrs["model_id"] and ds.attrs["family"] == "qwen3_vl" and ds.attrs["map_layers"] == [0, 2]
+    assert "config_hash" in ds.attrs and "generation" in ds.attrs
+    for t in range(6):
+        n, p = int(ds["n_tokens"][t]), int(ds["n_patches"][t])
+        assert n == side["n_tokens"][t] and 1 <= n <= 5
+        assert (ds["token_id"][t, :n] >= 0).all() and (ds["token_id"][t, n:] == -1).all()
+        assert np.isfinite(ds["entropy"][t, :n]).all() and np.isnan(ds["entropy"][t, n:]).all()
+        assert len(side["token_char_end"][t]) == n
+        # attention over image tokens is a part of a probability distribution
+        mass = ds["image_mass"][t, :n].values.astype(np.float32)
+        assert ((mass > 0) & (mass <= 1.001)).all()
+        attn = ds["image_attn"][t, :n, :, :p].values.astype(np.float32)
+        np.testing.assert_allclose(attn.sum(-1), mass[:, [0, 2]].mean(-1), rtol=2e-2, atol=1e-3)
+        boxes = ds["patch_box"][t, :p].values
+        assert (boxes[:, 2] > boxes[:, 0]).all() and np.isnan(ds["patch_box"][t, p:].values).all()
+    assert (side["status"] == "ok").all()
+    assert not (store.parent / "shard-0.partial").exists()
+
+
+def test_failed_image_is_recorded_and_shard_goes_on(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    masks = tracestore.tables.read_table(tiny_shard["masks"])
+    broken = masks.loc[masks["mask_id"] == "q0|drop:1|gray", "image"].iloc[0]
+    (tiny_shard["results"] / broken).write_bytes(b"not a png")
+    _, sidecar = run(tiny_models, tiny_shard, tmp_path / "out")
+    side = tracestore.read_sidecars(sidecar).set_index("mask_id")
+    assert side.loc["q0|drop:1|gray", "status"] == "failed"
+    assert "could not be loaded" in side.loc["q0|drop:1|gray", "error"]
+    assert side.loc["q0|drop:1|gray", "n_tokens"] == 0
+    assert (side.drop(index="q0|drop:1|gray")["status"] == "ok").all()
+
+
+def test_resume_after_kill_gives_identical_store(tiny_models, tiny_shard, tmp_path, monkeypatch):  # noqa: F811
+    clean_store, clean_side = run(tiny_models, tiny_shard, tmp_path / "clean")
+
+    real = generate.TraceGenerator.generate
+    calls = {"n": 0}
+
+    def dies_on_second_batch(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("job killed")  # what a SIGINT/kill does to the running batch
+        return real(self, requests)
+
+    monkeypatch.setattr(generate.TraceGenerator, "generate", dies_on_second_batch)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_models, tiny_shard, out)
+    partial = out / "shard-0.partial"
+    assert sorted(p.name for p in partial.glob("batch-*.json")) == ["batch-00000.json"]
+    assert not (out / "shard-0.zarr").exists()
+
+    calls["n"] = 10  # the re-run must only generate the two unfinished batches
+    store, side = run(tiny_models, tiny_shard, out)
+    assert calls["n"] == 12
+    assert not partial.exists()
+    assert tree(store) == tree(clean_store)
+    a, b = xr.open_zarr(store, consolidated=False), xr.open_zarr(clean_store, consolidated=False)
+    xr.testing.assert_identical(a.load(), b.load())
+    assert tracestore.read_sidecars(side).equals(tracestore.read_sidecars(clean_side))
+
+
+def test_stale_partial_from_other_config_is_discarded(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    partial = out / "shard-0.partial"
+    partial.mkdir(parents=True)
+    (partial / "plan.json").write_text("{}")
+    (partial / "batch-00000.json").write_text("[]")
+    (partial / "batch-00000.npz").write_bytes(b"")
+    _, side = run(tiny_models, tiny_shard, out)
+    assert len(tracestore.read_sidecars(side)) == 6
+
+
+def test_open_traces_pads_and_concatenates_shards(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    s0, c0 = run(tiny_models, tiny_shard, out, shard=0)
+    s1, c1 = run(tiny_models, tiny_shard, out, shard=1)  # item q2 only
+    ds = tracestore.open_traces([s0, s1])
+    side = tracestore.read_sidecars([c0, c1])
+    assert ds.sizes["trace"] == 9 == len(side)
+    assert list(ds["trace_id"].values) == list(side["trace_id"])
+    one = xr.open_zarr(s1, consolidated=False)
+    n = int(one["n_patches"][0])
+    np.testing.assert_array_equal(ds["patch_box"][6, :n].values, one["patch_box"][0, :n].values)
+    assert (ds["token_id"].values[6:, one.sizes["token"]:] == -1).all()
+    assert ds["token_id"].dtype == np.int32
+
+
+def test_empty_shard_writes_an_empty_store(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    store, side = run(tiny_models, tiny_shard, tmp_path / "out", shard=5)
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.sizes["trace"] == 0
+    assert len(tracestore.read_sidecars(side)) == 0

@@ -1,0 +1,50 @@
+# Steps, alignment and Contrastive Region Masking (docs/crm.md): one job each per (model, dataset).
+
+
+rule steps:
+    input:
+        sidecars=lambda w: trace_shards(w.m, w.d),
+        code=code("steps"),
+    output:
+        R("steps/{m}/{d}.parquet"),
+    params:
+        sections=stage_params("steps"),
+        segmenter=lambda w: model_cfg(w.m)["segmenter"],
+    log:
+        LOG("steps/{m}/{d}"),
+    conda:
+        "../../envs/crm.yaml"
+    script:
+        "../scripts/steps.py"
+
+
+rule crm:
+    input:
+        steps=R("steps/{m}/{d}.parquet"),
+        sidecars=lambda w: trace_shards(w.m, w.d),
+        masks_table=R("masks/{d}.parquet"),
+        items_table=R("items/{d}.parquet"),
+        code=code("crm", "alignment", "steps"),
+    output:
+        alignment=R("crm/{m}/{d}/alignment.parquet"),
+        attribution=R("crm/{m}/{d}/attribution.parquet"),
+        modes=R("crm/{m}/{d}/modes.parquet"),
+        summary=R("crm/{m}/{d}/summary.csv"),
+    params:
+        sections=stage_params("alignment", "crm"),
+    threads: 1
+    log:
+        LOG("crm/{m}/{d}"),
+    conda:
+        "../../envs/crm.yaml"
+    script:
+        "../scripts/crm.py"
+
+
+FINAL_OUTPUTS.append(
+    lambda: [
+        R(f"crm/{m}/{d}/{name}")
+        for m, d in model_dataset_pairs()
+        for name in ("alignment.parquet", "attribution.parquet", "modes.parquet", "summary.csv")
+    ]
+)

@@ -1,0 +1,38 @@
+# Items stage: the dataset's adapter -> items/{d}.parquet, rejects, normalised images.
+# The dataset entry and the seed are params, so editing them re-runs the stage;
+# a file-based dataset's file (and its boxes file) are inputs for the same reason.
+
+
+rule items:
+    input:
+        # this dataset's adapter only: editing another adapter must not re-run it (and its traces)
+        code=lambda wc: code(
+            "items", "answers", "datasets.base", f"datasets.{dataset_cfg(wc.d)['adapter']}"
+        ),
+        data=lambda wc: [
+            p
+            for p in (
+                dataset_cfg(wc.d)["options"].get("path"),
+                dataset_cfg(wc.d).get("boxes"),
+            )
+            if p and Path(p).is_file()
+        ],
+    output:
+        table=R("items/{d}.parquet"),
+        rejects=R("items/{d}.rejects.parquet"),
+        images=directory(R("items/{d}/images")),
+    params:
+        dataset=lambda wc: dataset_cfg(wc.d),
+        seed=config["seed"],
+    log:
+        LOG("items/{d}"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/items.py"
+
+
+FINAL_OUTPUTS.append(
+    lambda: expand(R("items/{d}.parquet"), d=DATASETS)
+    + expand(R("items/{d}.rejects.parquet"), d=DATASETS)
+)

@@ -1,0 +1,29 @@
+# Masks stage: base, drop:k, drop:all, keep:evidence and ctrl:k images per item,
+# in every configured fill -> masks/{d}.parquet, skipped variants, masked images.
+
+
+rule masks:
+    input:
+        code=code("masks", "items", "datasets.base"),
+        items_table=R("items/{d}.parquet"),
+        item_images=R("items/{d}/images"),
+    output:
+        table=R("masks/{d}.parquet"),
+        skipped=R("masks/{d}.skipped.parquet"),
+        images=directory(R("masks/{d}/images")),
+    params:
+        masks=config["masks"],
+        seed=config["seed"],
+        enabled=lambda wc: dataset_cfg(wc.d)["masks"],
+    log:
+        LOG("masks/{d}"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/masks.py"
+
+
+FINAL_OUTPUTS.append(
+    lambda: expand(R("masks/{d}.parquet"), d=DATASETS)
+    + expand(R("masks/{d}.skipped.parquet"), d=DATASETS)
+)
