@@ -195,7 +195,7 @@ def write_results_tree(root, models=("grounded", "blind-spot"), datasets=("panel
                     if variant != "base" and not it["regions"]:
                         continue
                     hidden = variant == "drop:0"
-                    look = 0.15 if (m == "grounded" and hidden) else 0.6
+                    look = 0.15 if (m == "grounded" and hidden) else rng.uniform(0.3, 0.8)
                     T = 6
                     ent = rng.uniform(0.2, 2.0, T)
                     attn = np.full((T, 1, 4), (1 - look) / 3)
@@ -207,7 +207,7 @@ def write_results_tree(root, models=("grounded", "blind-spot"), datasets=("panel
                                    "image_attn": attn, "patch_box": QUAD_BOXES})
                     spans[tid] = [("think", 0, 2), ("think", 2, 4), ("answer", 4, 6)]
                     abstain = m == "grounded" and hidden
-                    correct = (not abstain) and bool(rng.random() < 1 / (1 + np.exp(-(2.5 - 1.2 * ent.mean()))))
+                    correct = (not abstain) and bool(rng.random() < 1 / (1 + np.exp(-(2.0 - 1.2 * ent.mean() + 3 * (look - 0.55)))))
                     side.append({"item_id": it["item_id"], "variant": variant, "trace_id": tid,
                                  "answer_text": "unknown" if abstain else ("red" if correct else "blue"),
                                  "abstained": abstain, "correct": correct, "n_tokens": T})
@@ -225,10 +225,10 @@ def write_results_tree(root, models=("grounded", "blind-spot"), datasets=("panel
                     continue
                 for step in range(3):
                     dep = float(rng.uniform(0.5, 1.0) if m == "grounded" and step == 0 else rng.uniform(0, 0.1))
-                    att.append({"model": m, "dataset": d, "item_id": it["item_id"], "region": 0, "fill": "gray",
+                    att.append({"item_id": it["item_id"], "region": 0, "fill": "gray",
                                 "base_step": step, "dependence": dep, "control_dependence": 0.05,
                                 "changed": dep > 0.1, "depends": dep > 0.15, "gold_depends": step == 0})
-                modes.append({"model": m, "dataset": d, "item_id": it["item_id"], "region": 0, "fill": "gray",
+                modes.append({"item_id": it["item_id"], "region": 0, "fill": "gray",
                               "mode": "grounded" if m == "grounded" else "hallucination", "rule": "constructed"})
             crm = root / "crm" / m / d
             inputs["attribution"].append(write_table(pd.DataFrame(att), crm / "attribution.parquet"))

@@ -8,9 +8,11 @@ whitespace, punctuation on its own), as a real tokenizer would give.
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pandas as pd
+import pytest
 
 _TOKEN_RE = re.compile(r"[ \t]*(?:\w+|[^\w\s])|\s+")
 
@@ -89,3 +91,15 @@ def masks_for(items: list[dict], fill: str = "gray") -> pd.DataFrame:
                 v = f"{kind}:{k}"
                 rows.append({"mask_id": f"{it['item_id']}|{v}|{fill}", "item_id": it["item_id"], "variant": v, "fill": fill, "region": k})
     return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def peekaboo_log(caplog):
+    """caplog that also sees the package's records when ``peekaboo.logs.to_file`` stopped their propagation."""
+    logger = logging.getLogger("peekaboo")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)

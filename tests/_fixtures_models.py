@@ -75,3 +75,30 @@ def tiny_shard(tmp_path):
                     results / "masks/toy.skipped.parquet")
     return {"results": results, "items": results / "items/toy.parquet", "masks": results / "masks/toy.parquet",
             "spec": spec}
+
+
+def full_length(model, processor) -> None:
+    """Stop only on a token the random model does not emit in these tests, so rows run to max_new_tokens."""
+    token = "<|video_pad|>" if "<|video_pad|>" in processor.tokenizer.get_vocab() else "<|video|>"
+    model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids(token)]
+
+
+@pytest.fixture(scope="module")
+def sample_images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("sample_images")
+    return [noise_png(root / "a.png", (150, 100), 1), noise_png(root / "b.png", (60, 90), 2),
+            noise_png(root / "c.png", (90, 64), 3)]
+
+
+def sample_requests(images, batched: bool):
+    """One request with one image and two regions; batched adds a longer two-image prompt, so the
+    first row is left-padded."""
+    from peekaboo.generate import TraceRequest
+
+    first = TraceRequest("r0", "What is in the picture?", [images[0]],
+                         [{"box": [0, 0, 75, 50], "image": 0}, {"box": [50, 20, 150, 100], "image": 0}])
+    if not batched:
+        return [first]
+    second = TraceRequest("r1", "Compare the two pictures and say which one is brighter, step by step.",
+                          [images[1], images[2]], [{"box": [0, 0, 30, 45], "image": 1}])
+    return [first, second]

@@ -183,8 +183,11 @@ def test_bad_traces_are_reported_not_dropped(hand_case):
 
 def test_empty_and_clipped_spans(hand_case):
     traces, side, _, items = hand_case
-    steps = steps_rows({TID: [("think", 0, 2), ("think", 3, 3), ("answer", 2, 9)]})
+    steps = steps_rows({TID: [("think", 0, 2), ("think", 3, 3), ("answer", 2, 9), ("think", 0, 1)]})
+    steps["token_start"] = steps["token_start"].astype("Int64")
+    steps.loc[3, ["token_start", "token_end"]] = pd.NA  # the steps stage's "offsets unusable"
     s = run(traces, side, steps, items).steps.set_index("step")
+    assert np.isnan(s.loc[3, "image_share"]) and s.loc[3, "note"] == "no token span"
     assert np.isnan(s.loc[1, "evidence_share"]) and "empty token span" in s.loc[1, "note"]
     assert "clipped" in s.loc[2, "note"] and s.loc[2, "n_step_tokens"] == 2
     assert s.loc[2, "evidence_share"] == pytest.approx(0.125, abs=1e-3)
@@ -242,3 +245,15 @@ def test_run_stage_writes_tables_with_provenance(tmp_path, hand_case, monkeypatc
     maps = read_table(outs["maps"])
     assert len(maps) == 2 * 4 and set(maps["step"]) == {0, 1}
     np.testing.assert_allclose(maps.groupby("step")["share"].sum(), 1.0, atol=1e-3)
+
+
+def test_shards_read_one_by_one_equal_one_store(hand_case):
+    _, side, steps, items = hand_case
+    tids = ["m|it1|base|none", "m|it1|drop:0|gray", "m|it1|ctrl:0|gray"]
+    side = sidecar_rows([{"item_id": "it1", "variant": v} for v in ("base", "drop:0", "ctrl:0")])
+    steps = steps_rows({t: [("think", 0, 2), ("answer", 2, 4)] for t in tids})
+    whole = run(make_traces([one_trace(trace_id=t) for t in tids]), side, steps, items)
+    shards = [make_traces([one_trace(trace_id=tids[0])]), make_traces([one_trace(trace_id=t) for t in tids[1:]])]
+    split = run(shards, side, steps, items)
+    pd.testing.assert_frame_equal(whole.steps, split.steps)
+    pd.testing.assert_frame_equal(whole.traces, split.traces)

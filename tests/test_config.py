@@ -109,11 +109,17 @@ def test_paths_not_checked_when_asked(raw_config, tmp_path):
     pcfg.validate(cfg, base_dir=tmp_path, check_paths=False)
 
 
-def test_load_resolves_paths_against_the_file(raw_config, tmp_path, monkeypatch):
-    path = tmp_path / "config.yaml"
+def test_load_resolves_paths_against_the_working_directory(raw_config, tmp_path, monkeypatch):
+    # as in a Snakemake run: relative dataset paths are relative to where the run starts
+    path = tmp_path / "configs" / "config.yaml"
+    path.parent.mkdir()
     path.write_text(yaml.safe_dump(raw_config))
-    monkeypatch.chdir(tmp_path.parent)  # elsewhere: data/d.jsonl only exists next to the config
+    monkeypatch.chdir(tmp_path)
     assert pcfg.load(path)["datasets"]["mine"]["options"]["path"] == "data/d.jsonl"
+    monkeypatch.chdir(path.parent)
+    with pytest.raises(pcfg.ConfigError, match="datasets.mine.options.path: no such file data/d.jsonl"):
+        pcfg.load(path)
+    assert pcfg.load(path, base_dir=tmp_path)["seed"] == 0
 
 
 def test_load_rejects_a_non_mapping(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _fixtures_crm import item_row, masks_for, sidecar, sidecar_row
+from _fixtures_crm import peekaboo_log, item_row, masks_for, sidecar, sidecar_row
 from peekaboo.alignment import StepEncoder
 from peekaboo.crm import (
     MODE_RULES,
@@ -199,21 +199,20 @@ def test_missing_control_leaves_depends_undecided_and_is_counted(encoder):
 # --- bad input ---------------------------------------------------------------------------
 
 
-def test_failed_and_missing_traces_are_skipped_and_counted(encoder, caplog):
+def test_failed_and_missing_traces_are_skipped_and_counted(encoder, peekaboo_log):
     sc = traces_of("grounded")
     fail = lambda tid: sc.index[sc["trace_id"] == tid][0]  # noqa: E731
     for tid in ("m|c1|base|none", "m|a1|ctrl:0|gray"):
         sc.loc[fail(tid), ["status", "error", "text"]] = ["failed", "out of memory", None]
-    with caplog.at_level(logging.WARNING, logger="peekaboo"):
-        out = crm_of(sc, encoder)
+    out = crm_of(sc, encoder)
     assert out.counts["failed_traces"] == 2
     assert out.counts["items_without_base"] == 1  # c1 lost its base: no attribution, no crash
     assert out.counts["masked_without_base"] == 4  # c1's drop:0, drop:1, ctrl:0, ctrl:1
     assert set(out.modes["item_id"]) == {"a1"}
     assert set(out.alignment["item_id"]) == {"a1"}
     assert out.summary.iloc[0]["n_failed_traces"] == 2
-    assert "m|c1|base|none: status failed (out of memory)" in caplog.text
-    assert "item c1: no usable base trace" in caplog.text
+    assert "m|c1|base|none: status failed (out of memory)" in peekaboo_log.text
+    assert "item c1: no usable base trace" in peekaboo_log.text
 
 
 def test_missing_drop_trace_is_counted(encoder):
@@ -375,3 +374,13 @@ def test_crm_stage_writes_its_tables(tmp_path, encoder, monkeypatch):
     assert read_provenance(outputs["alignment"])["counts"]["items_without_regions"] == 1
     summary = pd.read_csv(outputs["summary"])
     assert summary.loc[0, "share_grounded"] == 1.0 and summary.loc[0, "model"] == "m"
+
+
+def test_items_with_regions_but_no_masked_traces_are_counted(encoder):
+    # a dataset run with masks off: base traces only
+    sc = traces_of("grounded")
+    sc = sc[sc["variant"] == "base"]
+    out = crm_of(sc, encoder)
+    assert len(out.modes) == 0 and len(out.alignment) == 0
+    assert out.counts["items_without_masked_traces"] == 2
+    assert out.counts["items_without_regions"] == 1

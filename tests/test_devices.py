@@ -140,6 +140,17 @@ def test_waiting_job_gets_the_device_when_it_is_released(gpu_env, tmp_path):
     assert finish(waiting[0], waiting[2]) == 0
 
 
+def test_job_without_gpus_claims_nothing(gpu_env):
+    with claim_device(count=2, timeout=0):
+        # every device is taken, yet a job asking for none runs at once and leaves the env alone
+        with claim_device(count=0, timeout=0) as device:
+            assert device is None
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    with pytest.raises(ValueError, match="0 or more"):
+        with claim_device(count=-1):
+            pass
+
+
 def test_under_slurm_it_does_nothing(gpu_env, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
@@ -163,14 +174,18 @@ def test_cpu_only_machine_yields_none(monkeypatch, tmp_path):
     assert device_pool() == []
 
 
-def test_pool_precedence_and_errors(monkeypatch):
+def test_pool_precedence_and_errors(monkeypatch, tmp_path):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.delenv("PEEKABOO_GPUS", raising=False)
     assert device_pool() == ["2", "3"]
     monkeypatch.setenv("PEEKABOO_GPUS", "0, 5")
     assert device_pool() == ["0", "5"]
     assert device_pool([1, 2]) == ["1", "2"]
-    assert device_pool("GPU-8f6c,MIG-1a2b") == ["GPU-8f6c", "MIG-1a2b"]
+    assert device_pool("GPU-8f6c,MIG-GPU-8f6c/1/0") == ["GPU-8f6c", "MIG-GPU-8f6c/1/0"]
+    with claim_device(pool="MIG-GPU-8f6c/1/0", lock_dir=tmp_path, timeout=0) as device:
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == device == "MIG-GPU-8f6c/1/0"
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu-MIG-GPU-8f6c_1_0.lock"]
     with pytest.raises(ValueError, match="twice"):
         device_pool("0,0")
     with pytest.raises(ValueError, match="not a GPU index"):

@@ -9,7 +9,7 @@ from peekaboo import figures
 
 from _fixtures_collapse import write_results_tree
 
-CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 60}
+CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def _digest(paths):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
-def test_every_figure_written_listed_and_reproducible(results):
+def test_every_figure_written_and_listed_with_sources_and_captions(results):
     root, inputs = results
     manifest = figures.make_figures(inputs, root, root / "figures", CFG, root / "figures" / "manifest.json")
     entries = {e["name"]: e for e in manifest["figures"]}
@@ -39,10 +39,17 @@ def test_every_figure_written_listed_and_reproducible(results):
     assert entries["attention_strip"]["attention_sinks"] == "kept"
     assert entries["collapse_curve"]["caption"].endswith("Attention sinks kept.")
     assert json.loads((root / "figures" / "manifest.json").read_text()) == manifest
-    files = [root / f for e in manifest["figures"] for f in e["files"]]
-    first = _digest(files)
-    figures.make_figures(inputs, root, root / "figures", CFG, root / "figures" / "manifest.json")
-    assert _digest(files) == first
+
+
+def test_same_tables_give_the_same_bytes(tmp_path, results, monkeypatch):
+    root, inputs = results
+    # two figures (seaborn with bootstrap intervals; an image with overlays) keep the test short
+    monkeypatch.setattr(figures, "FIGURES", {k: figures.FIGURES[k] for k in ("collapse_curve", "attention_strip")})
+    runs = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        manifest = figures.make_figures(inputs, root, out, CFG, out / "manifest.json")
+        runs.append(_digest([out / f"{e['name']}.{fmt}" for e in manifest["figures"] for fmt in CFG["formats"]]))
+    assert runs[0] == runs[1] and len(runs[0]) == 4
 
 
 def test_empty_tables_give_placeholders_and_reasons(tmp_path, results):
@@ -61,18 +68,37 @@ def test_a_failing_figure_does_not_stop_the_others(tmp_path, results, monkeypatc
         raise KeyError("column_that_does_not_exist")
 
     monkeypatch.setitem(figures.DRAW, "coefficients", broken)
+    monkeypatch.setattr(figures, "FIGURES", {k: figures.FIGURES[k] for k in ("coefficients", "crm_modes")})
     manifest = figures.make_figures(inputs, root, tmp_path / "figs", {"formats": ["png"], "dpi": 50})
-    status = {e["name"]: e["status"] for e in manifest["figures"]}
-    assert status.pop("coefficients") == "failed"
-    assert set(status.values()) == {"ok"}
+    status = {e["name"]: (e["status"], e["reason"]) for e in manifest["figures"]}
+    assert status == {"coefficients": ("failed", "KeyError: 'column_that_does_not_exist'"), "crm_modes": ("ok", "")}
+    assert (tmp_path / "figs" / "coefficients.png").exists()
 
 
 def test_masking_table_shows_planted_reaction(results):
     root, inputs = results
     tables = figures.load_tables({"collapse_traces": inputs["collapse_traces"]}, root)
-    t = figures.masking_table(tables.frames["collapse_traces"]).groupby(["model", "group"])[
+    from peekaboo.features import masking_response
+
+    t = masking_response(tables.frames["collapse_traces"]).groupby(["model", "group"])[
         ["vision", "abstained"]].mean()
     assert t.loc[("grounded", "evidence hidden"), "vision"] < t.loc[("grounded", "unmasked"), "vision"] - 0.2
     assert t.loc[("grounded", "evidence hidden"), "abstained"] == 1.0
     assert t.loc[("blind-spot", "evidence hidden"), "abstained"] == 0.0
     assert abs(t.loc[("blind-spot", "evidence hidden"), "vision"] - t.loc[("blind-spot", "unmasked"), "vision"]) < 0.05
+
+
+def test_collapse_truth_check_prints_the_numbers(results, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    root, _ = results
+    spec = importlib.util.spec_from_file_location("collapse_truth", Path(__file__).parents[1] / "checks" / "collapse_truth.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "planted structure shown (grounded reacts more than blind-spot): yes" in out
+    assert "grounded        panels          evidence hidden" in out
+    assert "Errors per regression fit" in out and "errors=" in out
+    assert "Vision veto" in out

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from _fixtures_crm import sidecar, sidecar_row, tokenize
+from _fixtures_crm import peekaboo_log, sidecar, sidecar_row, tokenize
 from peekaboo.steps import (
     STEPS_COLUMNS,
     SegmentationError,
@@ -169,10 +169,9 @@ def _sidecar():
     return sidecar(rows)
 
 
-def test_segment_traces_columns_failed_and_empty(caplog):
+def test_segment_traces_columns_failed_and_empty(peekaboo_log):
     df = _sidecar()
-    with caplog.at_level(logging.INFO, logger="peekaboo"):
-        steps = segment_traces(df, "auto", {"think_split": "sentences", "min_chars": 2})
+    steps = segment_traces(df, "auto", {"think_split": "sentences", "min_chars": 2})
     assert list(steps.columns) == STEPS_COLUMNS
     assert steps["trace_id"].unique().tolist() == ["m|i1|base|none", "m|i2|base|none"]
     base = steps[steps["trace_id"] == "m|i1|base|none"]
@@ -185,19 +184,18 @@ def test_segment_traces_columns_failed_and_empty(caplog):
     assert base["token_end"].iloc[-1] == n_tokens - 1
     truncated = steps[steps["trace_id"] == "m|i2|base|none"]
     assert truncated["kind"].tolist() == ["think", "think"]
-    assert "1 failed (left out)" in caplog.text
-    assert "1 without any step" in caplog.text
-    assert "m|i1|drop:1|gray: status failed" in caplog.text
+    assert "1 failed (left out)" in peekaboo_log.text
+    assert "1 without any step" in peekaboo_log.text
+    assert "m|i1|drop:1|gray: status failed" in peekaboo_log.text
 
 
-def test_segment_traces_bad_offsets_leave_token_spans_null(caplog):
+def test_segment_traces_bad_offsets_leave_token_spans_null(peekaboo_log):
     row = sidecar_row("m", "panels", "i1", "base", PANELS_OUTPUT)
     row["token_char_start"] = None
-    with caplog.at_level(logging.WARNING, logger="peekaboo"):
-        steps = segment_traces(sidecar([row]), "markers", {})
+    steps = segment_traces(sidecar([row]), "markers", {})
     assert len(steps) == 4
     assert steps["token_start"].isna().all() and steps["char_start"].notna().all()
-    assert "no per-token character offsets" in caplog.text
+    assert "no per-token character offsets" in peekaboo_log.text
 
 
 def test_segment_traces_needs_text_column():

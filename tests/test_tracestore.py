@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ def tree(root: Path) -> dict[str, str]:
 
 def test_store_layout_and_sidecar(tiny_models, tiny_shard, tmp_path):  # noqa: F811
     store, sidecar = run(tiny_models, tiny_shard, tmp_path / "out")
-    ds = xr.open_zarr(store, consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plain open_zarr finds consolidated metadata, no fallback
+        ds = xr.open_zarr(store)
     side = tracestore.read_sidecars([sidecar])
     # shard 0 = items q0, q1 (shard_size 2), each base + drop:0 + drop:1
     assert list(side["item_id"]) == ["q0"] * 3 + ["q1"] * 3
@@ -104,7 +106,7 @@ def test_resume_after_kill_gives_identical_store(tiny_models, tiny_shard, tmp_pa
     assert calls["n"] == 12
     assert not partial.exists()
     assert tree(store) == tree(clean_store)
-    a, b = xr.open_zarr(store, consolidated=False), xr.open_zarr(clean_store, consolidated=False)
+    a, b = xr.open_zarr(store), xr.open_zarr(clean_store)
     xr.testing.assert_identical(a.load(), b.load())
     assert tracestore.read_sidecars(side).equals(tracestore.read_sidecars(clean_side))
 
@@ -128,7 +130,7 @@ def test_open_traces_pads_and_concatenates_shards(tiny_models, tiny_shard, tmp_p
     side = tracestore.read_sidecars([c0, c1])
     assert ds.sizes["trace"] == 9 == len(side)
     assert list(ds["trace_id"].values) == list(side["trace_id"])
-    one = xr.open_zarr(s1, consolidated=False)
+    one = xr.open_zarr(s1)
     n = int(one["n_patches"][0])
     np.testing.assert_array_equal(ds["patch_box"][6, :n].values, one["patch_box"][0, :n].values)
     assert (ds["token_id"].values[6:, one.sizes["token"]:] == -1).all()
@@ -137,6 +139,6 @@ def test_open_traces_pads_and_concatenates_shards(tiny_models, tiny_shard, tmp_p
 
 def test_empty_shard_writes_an_empty_store(tiny_models, tiny_shard, tmp_path):  # noqa: F811
     store, side = run(tiny_models, tiny_shard, tmp_path / "out", shard=5)
-    ds = xr.open_zarr(store, consolidated=False)
+    ds = xr.open_zarr(store)
     assert ds.sizes["trace"] == 0
     assert len(tracestore.read_sidecars(side)) == 0

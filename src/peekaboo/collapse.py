@@ -271,6 +271,9 @@ def step_reductions(data: TraceData, spans: Sequence[tuple[int, str, int, int]],
     for step, kind, start, end in spans:
         s, e = max(0, int(start)), min(int(end), data.n_tokens)
         note = ""
+        if start < 0 or end < 0:
+            out.append(StepRaw(step, kind, int(start), int(end), 0, np.nan, np.nan, None, "no token span"))
+            continue
         if e <= s:
             note = f"empty token span [{start}, {end}) within {data.n_tokens} tokens"
             out.append(StepRaw(step, kind, int(start), int(end), 0, np.nan, np.nan, None, note))
@@ -495,8 +498,8 @@ def compute(
 ) -> CollapseTables:
     """All collapse tables for one (model, dataset) from an opened trace store and its tables.
 
-    ``traces`` is an xarray Dataset with the documented arrays (``open_traces``);
-    it is read a block of traces at a time. Failed traces, traces without steps
+    ``traces`` is an xarray Dataset with the documented arrays (``open_traces``)
+    or a list of them (one per shard); each is read a block of traces at a time. Failed traces, traces without steps
     and items without evidence are kept as rows with a note, never dropped.
     """
     top_k = int(collapse_cfg.get("top_k", 5))
@@ -517,15 +520,26 @@ def compute(
     spans_by_trace: dict[str, list[tuple[int, str, int, int]]] = {}
     step_text: dict[tuple[str, int], str] = {}
     for r in steps.sort_values(["trace_id", "step"], kind="stable").itertuples(index=False):
-        spans_by_trace.setdefault(r.trace_id, []).append((int(r.step), str(r.kind), int(r.token_start), int(r.token_end)))
+        # a null span (the sidecar's offsets were unusable) becomes an empty span, reported per step
+        start = int(r.token_start) if pd.notna(r.token_start) else -1
+        end = int(r.token_end) if pd.notna(r.token_end) else -1
+        spans_by_trace.setdefault(r.trace_id, []).append((int(r.step), str(r.kind), start, end))
         step_text[(r.trace_id, int(r.step))] = str(getattr(r, "text", ""))
 
-    store_ids = [str(t) for t in np.asarray(traces["trace_id"].values)] if traces is not None else []
-    store_index = {t: i for i, t in enumerate(store_ids)}
-    n_layers = int(traces.sizes["layer"]) if traces is not None and "layer" in traces.sizes else 0
+    # one Dataset per shard (read lazily, a block at a time) or one already concatenated
+    stores = [] if traces is None else ([traces] if hasattr(traces, "data_vars") else [t for t in traces if t is not None])
+    store_index: dict[str, tuple[int, int]] = {}
+    store_ids: list[str] = []
+    for k, ds in enumerate(stores):
+        ids = [str(t) for t in np.asarray(ds["trace_id"].values)] if "trace_id" in ds else []
+        for i, t in enumerate(ids):
+            store_index.setdefault(t, (k, i))
+        store_ids += ids
+    layer_counts = {int(ds.sizes["layer"]) for ds in stores if "layer" in ds.sizes and ds.sizes.get("trace", 0)}
+    if len(layer_counts) > 1:
+        raise CollapseError(f"{model}/{dataset}: shards disagree on the number of layers ({sorted(layer_counts)})")
+    n_layers = layer_counts.pop() if layer_counts else 0
     layers = resolve_layers(collapse_cfg.get("layers", "all"), n_layers) if n_layers else np.arange(0)
-    has_attn = traces is not None and "image_attn" in traces
-    has_image = traces is not None and "patch_image" in traces
 
     meta_rows = []
     notes: dict[str, list[str]] = {}
@@ -566,13 +580,15 @@ def compute(
         log.warning("%d traces in the store have no sidecar row and are not measured (first: %s)", len(stray), stray[0])
 
     wanted.sort()
-    blocks: dict[int, list[tuple[int, str]]] = {}
-    for i, tid in wanted:
-        blocks.setdefault(i // READ_BLOCK, []).append((i, tid))
+    blocks: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    for (k, i), tid in wanted:
+        blocks.setdefault((k, i // READ_BLOCK), []).append((i, tid))
     bar = progress(total=len(wanted), desc=f"collapse {model}/{dataset}", unit="trace")
-    for b, members in sorted(blocks.items()):
+    for (k, b), members in sorted(blocks.items()):
+        ds = stores[k]
         start = b * READ_BLOCK
-        block = _read_block(traces, start, min(start + READ_BLOCK, len(store_ids)), has_attn, has_image)
+        block = _read_block(ds, start, min(start + READ_BLOCK, int(ds.sizes["trace"])),
+                            "image_attn" in ds, "patch_image" in ds)
         for i, tid in members:
             data = _trace_data(block, i - start, tid)
             row = sidecar_rows[tid]
@@ -771,9 +787,18 @@ def run_stage(
     from .tracestore import open_traces, read_sidecars
 
     sidecar = read_sidecars([str(p) for p in sidecar_paths])
-    # a (model, dataset) whose traces all failed may have stores without arrays
-    any_ok = len(sidecar) and (sidecar["status"].fillna("ok") == "ok").any()
-    traces = open_traces([str(p) for p in store_paths]) if any_ok else None
+    # shards one at a time (open_traces concatenates several in memory); an empty or
+    # unreadable shard is logged and its traces reported as missing from the store
+    stores = []
+    for path in store_paths:
+        try:
+            ds = open_traces([str(path)])
+        except Exception as exc:
+            log.warning("cannot open trace store %s: %s", path, exc)
+            continue
+        if int(ds.sizes.get("trace", 0)):
+            stores.append(ds)
+    traces = stores
     steps = read_table(steps_path)
     items = read_table(items_path)
     tables = compute(traces, sidecar, steps, items, config["collapse"], config["features"], model, dataset)

@@ -470,6 +470,98 @@ def decide_mode(case: Case, crm_cfg: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def attribute_region(
+    k: int,
+    label: str,
+    base: Trace,
+    ev: Trace,
+    ev_res: MatchResult,
+    ctrl: Trace | None,
+    ctrl_res: MatchResult | None,
+    gold_regions: Sequence[frozenset[int] | None] | None,
+    needed: bool | None,
+    crm_cfg: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Attribution rows (one per base step) and the mode row of one (item, region k, fill).
+
+    ``ev``/``ctrl`` are the ``drop:k``/``ctrl:k`` traces aligned to ``base``;
+    ``gold_regions`` the gold regions of each base step (None: no gold solution);
+    ``needed`` whether the gold solution uses region k at all (None: no gold).
+    """
+    change_threshold = float(crm_cfg.get("change_threshold", 0.1))
+    margin = float(crm_cfg.get("control_margin", 0.1))
+    n = len(base.texts)
+    dep = step_dependence(ev_res)
+    ctrl_dep = step_dependence(ctrl_res) if ctrl_res is not None else np.full(n, np.nan)
+    changed = dep > change_threshold
+    ctrl_changed = ctrl_dep > change_threshold  # False where NaN
+    depends = depends_flags(dep, ctrl_dep if ctrl is not None else None, change_threshold, margin)
+    gold_depends = [None if g is None else k in g for g in gold_regions] if gold_regions is not None else [None] * n
+    rows = [
+        {
+            "item_id": base.item_id,
+            "region": k,
+            "region_label": label,
+            "fill": ev.fill,
+            "base_step": b,
+            "base_kind": base.kinds[b],
+            "base_text": base.texts[b],
+            "dependence": float(dep[b]),
+            "control_dependence": float(ctrl_dep[b]),
+            "changed": bool(changed[b]),
+            "control_changed": None if ctrl is None else bool(ctrl_changed[b]),
+            "depends": depends[b],
+            "gold_depends": gold_depends[b],
+            "base_trace_id": base.trace_id,
+            "trace_id": ev.trace_id,
+            "control_trace_id": ctrl.trace_id if ctrl else None,
+        }
+        for b in range(n)
+    ]
+    # steps that do not depend on the region: by gold where known, else those that changed under the control too
+    if gold_regions is not None:
+        off_target = np.array([g is False for g in gold_depends], dtype=bool)
+    else:
+        off_target = np.array([d is False for d in depends], dtype=bool)
+    case = Case(
+        evidence_change=float(dep.mean()) if n else 0.0,
+        evidence_step_changed=bool(changed.any()),
+        answer_changed=answer_changed(ev, base),
+        abstained=ev.abstained,
+        newly_abstained=ev.abstained and not base.abstained,
+        has_answer=ev.has_answer,
+        match_f1=0.0 if math.isnan(ev_res.match_f1) else float(ev_res.match_f1),
+        off_target_changed=bool(np.any(changed & off_target)),
+        needed=needed,
+        has_control=ctrl is not None,
+    )
+    if ctrl is not None:
+        case.control_change = float(ctrl_dep.mean()) if n else 0.0
+        case.control_step_changed = bool(ctrl_changed.any())
+        case.control_answer_changed = answer_changed(ctrl, base)
+        case.control_newly_abstained = ctrl.abstained and not base.abstained
+    mode, rule, detail = decide_mode(case, crm_cfg)
+    mode_row = {
+        "item_id": base.item_id,
+        "region": k,
+        "region_label": label,
+        "fill": ev.fill,
+        "mode": mode,
+        "rule": rule,
+        "detail": detail,
+        "needed": case.needed,
+        "has_control": case.has_control,
+        "evidence_change": case.evidence_change,
+        "control_change": case.control_change,
+        "match_f1": case.match_f1,
+        "abstained": case.abstained,
+        "answer_changed": case.answer_changed,
+        "control_answer_changed": case.control_answer_changed if ctrl else None,
+        "control_abstained": ctrl.abstained if ctrl else None,
+    }
+    return rows, mode_row
+
+
 def run_crm(
     steps_df: pd.DataFrame,
     sidecar_df: pd.DataFrame,
@@ -482,8 +574,6 @@ def run_crm(
     """Alignment, attribution, modes and the summary for one (model, dataset)."""
     threshold = float(alignment_cfg.get("threshold", 0.35))
     alpha = float(alignment_cfg.get("alpha", 0.3))
-    change_threshold = float(crm_cfg.get("change_threshold", 0.1))
-    margin = float(crm_cfg.get("control_margin", 0.1))
     if encoder is None:
         encoder = get_encoder(alignment_cfg.get("encoder", "all-MiniLM-L6-v2"), alignment_cfg.get("batch_size", 64))
 
@@ -494,6 +584,7 @@ def run_crm(
         "items": len(items_df),
         "items_without_regions": 0,
         "items_without_base": 0,
+        "items_without_masked_traces": 0,
         "cases": 0,
         "cases_without_evidence_trace": 0,
         "cases_without_control": 0,
@@ -530,10 +621,12 @@ def run_crm(
         alignment_rows.append(_alignment_row(t, base, res))
 
     by_key: dict[tuple[str, str, int, str], Trace] = {}
+    fills_by_item: dict[str, set[str]] = {}
     for t in traces:
         kind, k = region_of_variant(t.variant)
         if k is not None and t.trace_id in results:
             by_key[(t.item_id, kind, k, t.fill)] = t
+            fills_by_item.setdefault(t.item_id, set()).add(t.fill)
 
     attribution_rows, mode_rows = [], []
     for item in items:
@@ -547,10 +640,13 @@ def run_crm(
             counts["items_without_base"] += 1
             log.warning("item %s: no usable base trace; no attribution", item_id)
             continue
+        fills = sorted(fills_by_item.get(item_id, ()))
+        if not fills:
+            counts["items_without_masked_traces"] += 1
+            continue
         gold = golds.get(item_id)
-        gold_regions = map_gold_to_steps(base.kinds, base.texts, gold, encoder, threshold) if gold else [None] * len(base.texts)
-        needed_union = frozenset().union(*(g.regions for g in gold)) if gold else None
-        fills = sorted({t.fill for (i, kind, _, _), t in by_key.items() if i == item_id and kind in ("drop", "ctrl")})
+        gold_regions = map_gold_to_steps(base.kinds, base.texts, gold, encoder, threshold) if gold else None
+        gold_union = frozenset().union(*(g.regions for g in gold)) if gold else None
         for k, label in enumerate(labels):
             for fill in fills:
                 counts["cases"] += 1
@@ -562,76 +658,13 @@ def run_crm(
                 ctrl = by_key.get((item_id, "ctrl", k, fill))
                 if ctrl is None:
                     counts["cases_without_control"] += 1
-                ev_res = results[ev.trace_id]
-                dep = step_dependence(ev_res)
-                ctrl_dep = step_dependence(results[ctrl.trace_id]) if ctrl else np.full(len(base.texts), np.nan)
-                changed = dep > change_threshold
-                ctrl_changed = ctrl_dep > change_threshold  # False where NaN
-                depends = depends_flags(dep, ctrl_dep if ctrl else None, change_threshold, margin)
-                for b in range(len(base.texts)):
-                    attribution_rows.append(
-                        {
-                            "item_id": item_id,
-                            "region": k,
-                            "region_label": label,
-                            "fill": fill,
-                            "base_step": b,
-                            "base_kind": base.kinds[b],
-                            "base_text": base.texts[b],
-                            "dependence": float(dep[b]),
-                            "control_dependence": float(ctrl_dep[b]),
-                            "changed": bool(changed[b]),
-                            "control_changed": None if ctrl is None else bool(ctrl_changed[b]),
-                            "depends": depends[b],
-                            "gold_depends": None if gold_regions[b] is None else k in gold_regions[b],
-                            "base_trace_id": base.trace_id,
-                            "trace_id": ev.trace_id,
-                            "control_trace_id": ctrl.trace_id if ctrl else None,
-                        }
-                    )
-                # steps that do not read the region: by gold where known, else those that changed under the control too
-                if gold:
-                    off_target = [g is not None and k not in g for g in gold_regions]
-                else:
-                    off_target = [d is False for d in depends]
-                case = Case(
-                    evidence_change=float(dep.mean()) if dep.size else 0.0,
-                    evidence_step_changed=bool(changed.any()),
-                    answer_changed=answer_changed(ev, base),
-                    abstained=ev.abstained,
-                    newly_abstained=ev.abstained and not base.abstained,
-                    has_answer=ev.has_answer,
-                    match_f1=float(ev_res.match_f1) if not math.isnan(ev_res.match_f1) else 0.0,
-                    off_target_changed=bool(np.any(changed & np.asarray(off_target, dtype=bool))),
-                    needed=None if needed_union is None else k in needed_union,
-                    has_control=ctrl is not None,
+                rows, mode_row = attribute_region(
+                    k, label, base, ev, results[ev.trace_id],
+                    ctrl, results[ctrl.trace_id] if ctrl else None,
+                    gold_regions, None if gold_union is None else k in gold_union, crm_cfg,
                 )
-                if ctrl is not None:
-                    case.control_change = float(ctrl_dep.mean()) if ctrl_dep.size else 0.0
-                    case.control_step_changed = bool(ctrl_changed.any())
-                    case.control_answer_changed = answer_changed(ctrl, base)
-                    case.control_newly_abstained = ctrl.abstained and not base.abstained
-                mode, rule, detail = decide_mode(case, crm_cfg)
-                mode_rows.append(
-                    {
-                        "item_id": item_id,
-                        "region": k,
-                        "region_label": label,
-                        "fill": fill,
-                        "mode": mode,
-                        "rule": rule,
-                        "detail": detail,
-                        "needed": case.needed,
-                        "has_control": case.has_control,
-                        "evidence_change": case.evidence_change,
-                        "control_change": case.control_change,
-                        "match_f1": case.match_f1,
-                        "abstained": case.abstained,
-                        "answer_changed": case.answer_changed,
-                        "control_answer_changed": case.control_answer_changed if ctrl else None,
-                        "control_abstained": ctrl.abstained if ctrl else None,
-                    }
-                )
+                attribution_rows.extend(rows)
+                mode_rows.append(mode_row)
 
     alignment = _frame(alignment_rows, ALIGNMENT_SCHEMA)
     attribution = _frame(attribution_rows, ATTRIBUTION_SCHEMA)
@@ -729,8 +762,8 @@ def crm_stage(
     from pathlib import Path
 
     from .provenance import record
-    from .steps import read_sidecars
     from .tables import read_table, write_table
+    from .tracestore import read_sidecars
 
     tables = run_crm(
         read_table(steps_path),

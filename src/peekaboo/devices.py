@@ -66,7 +66,7 @@ def device_pool(pool: Sequence[str | int] | str | None = None) -> list[str]:
     if len(set(devices)) != len(devices):
         raise ValueError(f"device pool lists a device twice: {','.join(devices)}")
     for device in devices:
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", device):
+        if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", device):
             raise ValueError(f"device pool entry {device!r} is not a GPU index, UUID or MIG id")
     return devices
 
@@ -113,7 +113,7 @@ def default_lock_dir() -> Path:
 
 
 def _lock_path(lock_dir: Path, device: str) -> Path:
-    return lock_dir / f"gpu-{device.replace(':', '_')}.lock"
+    return lock_dir / f"gpu-{re.sub(r'[:/]', '_', device)}.lock"
 
 
 def _try_lock(lock_dir: Path, device: str) -> int | None:
@@ -169,9 +169,11 @@ def claim_device(
 ) -> Iterator[str | None]:
     """Hold ``count`` free GPUs of the pool for the duration of the ``with`` block.
 
+    Meant to wrap a trace job, with ``count`` its ``gpu`` resource:
+    ``with claim_device(count=snakemake.resources.get("gpu", 1)): ...``.
     Yields the ``CUDA_VISIBLE_DEVICES`` value it set (the device id, or ids
     joined by commas), or None when it placed nothing: under SLURM (which
-    assigns GPUs itself) and on a machine without GPUs. While the block runs
+    assigns GPUs itself), on a machine without GPUs, and for ``count=0``. While the block runs
     the job sees only its devices, renumbered from 0; on leaving, also by an
     exception, the locks are released and ``CUDA_VISIBLE_DEVICES`` restored.
 
@@ -183,8 +185,13 @@ def claim_device(
     ``lock_dir`` must be the same for every job sharing the GPUs (default:
     ``PEEKABOO_GPU_LOCK_DIR`` or a per-user folder in the temp dir).
     """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
+    if count < 0:
+        raise ValueError(f"count must be 0 or more, got {count}")
+    if count == 0:
+        # a job configured without GPUs (resources.trace_gpus: 0) leaves them all to others
+        log.info("the job asks for no GPU: running without device placement")
+        yield None
+        return
     if os.environ.get("SLURM_JOB_ID"):
         log.info("running under SLURM (job %s): the scheduler placed the GPUs (%s=%s)",
                  os.environ["SLURM_JOB_ID"], VISIBLE_ENV, os.environ.get(VISIBLE_ENV, "unset"))

@@ -158,6 +158,51 @@ def _answer_changed(df: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=df.index, dtype="object")
 
 
+VARIANT_GROUPS = {"base": "unmasked", "drop": "evidence hidden", "ctrl": "control hidden"}
+
+
+def variant_group(variant: Any) -> str | None:
+    """unmasked (base), evidence hidden (drop:k) or control hidden (ctrl:k); None for other variants."""
+    if variant == "base":
+        return VARIANT_GROUPS["base"]
+    head, _, tail = str(variant).partition(":")
+    if head in ("drop", "ctrl") and tail.isdigit():
+        return VARIANT_GROUPS[head]
+    return None
+
+
+def _rate(values: pd.Series) -> float:
+    values = values.dropna().astype(bool)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def masking_response(traces: pd.DataFrame) -> pd.DataFrame:
+    """How answers and vision engagement react to a hidden evidence region vs a hidden control region.
+
+    One row per (model, dataset, variant group) over the ok traces of items with
+    evidence: mean vision engagement and mean evidence share (whole-trace AUC),
+    and the rates of changed answers (vs the item's base trace), abstentions and
+    correct answers.
+    """
+    ok = traces["status"].fillna("ok").eq("ok")
+    if "n_evidence_regions" in traces:
+        ok &= traces["n_evidence_regions"].fillna(0).astype(int) > 0
+    df = traces[ok].copy()
+    df["group"] = df["variant"].map(variant_group)
+    df = df[df["group"].notna()]
+    rows = []
+    for (m, d, g), sub in df.groupby(["model", "dataset", "group"], sort=False):
+        rows.append({
+            "model": m, "dataset": d, "group": g, "n": len(sub),
+            "vision": float(sub["vision"].astype(float).mean()),
+            "evidence_share": float(sub["evidence_share_auc"].astype(float).mean()) if "evidence_share_auc" in sub else np.nan,
+            "answer_changed": _rate(sub["answer_changed"]), "abstained": _rate(sub["abstained"]),
+            "accuracy": _rate(sub["correct"]),
+        })
+    return pd.DataFrame(rows, columns=["model", "dataset", "group", "n", "vision", "evidence_share",
+                                       "answer_changed", "abstained", "accuracy"])
+
+
 def load_features(paths: Sequence[str | Path], variants: Sequence[str] | None = None) -> pd.DataFrame:
     """Concatenate per-trace tables (``collapse/{m}/{d}.traces.parquet``), optionally only some variants."""
     from .tables import read_table

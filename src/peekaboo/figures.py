@@ -15,16 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import regression as reg  # noqa: E402
-from .logs import get_logger  # noqa: E402
+from .logs import get_logger
 
 log = get_logger("figures")
 
@@ -64,6 +58,16 @@ ATTENTION_FIGURES = {"collapse_curve", "masking_response", "attention_strip", "i
                      "risk_coverage"}
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (imported late: the rules file reads FIGURES at parse time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 class NothingToDraw(Exception):
     """The tables hold nothing this figure can show; the message says why."""
 
@@ -99,6 +103,9 @@ def load_tables(inputs: Mapping[str, Sequence[str | Path] | str | Path], results
                 log.warning("cannot read %s: %s", p, exc)
                 continue
             if len(df):
+                if "model" not in df and "dataset" not in df:
+                    # crm/{m}/{d}/*.parquet carry their model and dataset in the path only
+                    df = df.assign(model=p.parent.parent.name, dataset=p.parent.name)
                 frames.append(df)
         out.frames[key] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         out.paths[key] = [_rel(p, out.results_dir) for p in paths]
@@ -127,6 +134,7 @@ def _sink_line(status: str) -> str:
 
 
 def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
     steps = t.get("collapse_steps")
     df = steps[(steps["variant"] == "base") & np.isfinite(steps["evidence_share"].astype(float))].copy()
     if df.empty:
@@ -149,37 +157,12 @@ def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
     return fig, status
 
 
-VARIANT_GROUPS = {"base": "unmasked", "drop": "evidence hidden", "ctrl": "control hidden"}
-
-
-def variant_group(variant: str) -> str | None:
-    if variant == "base":
-        return VARIANT_GROUPS["base"]
-    head, _, tail = str(variant).partition(":")
-    if head in ("drop", "ctrl") and tail.isdigit():
-        return VARIANT_GROUPS[head]
-    return None
-
-
-def masking_table(traces: pd.DataFrame) -> pd.DataFrame:
-    """Per model, dataset and variant group: mean vision, answer-change and abstention rates (items with evidence)."""
-    df = traces[(traces["status"].fillna("ok") == "ok") & (traces.get("n_evidence_regions", 1) > 0)].copy()
-    df["group"] = df["variant"].map(variant_group)
-    df = df[df["group"].notna()]
-    rows = []
-    for (m, d, g), sub in df.groupby(["model", "dataset", "group"], sort=False):
-        changed = sub["answer_changed"].dropna().astype(bool)
-        rows.append({"model": m, "dataset": d, "group": g, "n": len(sub),
-                     "vision": float(sub["vision"].astype(float).mean()),
-                     "answer_changed": float(changed.mean()) if len(changed) else np.nan,
-                     "abstained": float(sub["abstained"].dropna().astype(bool).mean()) if sub["abstained"].notna().any() else np.nan,
-                     "accuracy": float(sub["correct"].dropna().astype(bool).mean()) if sub["correct"].notna().any() else np.nan})
-    return pd.DataFrame(rows)
-
-
 def fig_masking_response(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    from .features import VARIANT_GROUPS, masking_response
+
     traces = t.get("collapse_traces")
-    table = masking_table(traces)
+    table = masking_response(traces)
     if table.empty or set(table["group"]) == {VARIANT_GROUPS["base"]}:
         raise NothingToDraw("no masked traces of items with evidence regions")
     import seaborn as sns
@@ -201,6 +184,7 @@ def fig_masking_response(t: Tables, cfg: Mapping[str, Any]):
 
 
 def fig_crm_dependence(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
     att = t.get("attribution")
     att = att[np.isfinite(att["dependence"].astype(float))]
     if att.empty:
@@ -236,6 +220,7 @@ MODES = ("grounded", "hallucination", "collapse", "insensitive")
 
 
 def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
     modes = t.get("modes")
     share = (modes.groupby(["model", "dataset"])["mode"].value_counts(normalize=True).rename("share").reset_index())
     pivot = share.pivot_table(index=["model", "dataset"], columns="mode", values="share", fill_value=0.0, sort=False)
@@ -257,6 +242,7 @@ def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
 
 
 def fig_attention_strip(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
     maps = t.get("collapse_maps")
     first = maps.iloc[0]
     item, dataset = first["item_id"], first["dataset"]
@@ -340,6 +326,9 @@ def _fits(coef: pd.DataFrame) -> pd.DataFrame:
 
 
 def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
+    from . import regression as reg
+
+    plt = _pyplot()
     coef = _fits(t.get("coefficients"))
     pooled = coef[coef["scope"] == "pooled"]
     if pooled.empty:
@@ -366,18 +355,20 @@ def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
         ax.set_ylabel("P(correct)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=6)
-    fig.suptitle("Entropy x vision interaction (pooled fits)", fontsize=10)
+    status = sinks_status(t.frames.get("collapse_traces"))  # vision engagement is built on attention
+    fig.suptitle(f"Entropy x vision interaction (pooled fits; {_sink_line(status)})", fontsize=10)
     fig.tight_layout()
-    return fig, "not applicable"
+    return fig, status
 
 
 def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
     coef = _fits(t.get("coefficients"))
     coef = coef[coef["term"] != "const"]
     if coef.empty:
         raise NothingToDraw("no fitted interaction model (see regression/summary.txt for why)")
     models = list(dict.fromkeys(coef["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 0.5 + 0.35 * coef["term"].nunique() * 1.5),
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 1.4 + 0.5 * coef["term"].nunique()),
                              squeeze=False, sharey=False)
     for ax, m in zip(axes[0], models):
         sub = coef[coef["model"] == m]
@@ -396,15 +387,17 @@ def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
         ax.set_xlabel("estimate (logit, 95% CI)")
         ax.set_title(m, fontsize=9)
         ax.legend(fontsize=6)
-    fig.suptitle("Interaction logit coefficients", fontsize=10)
+    status = sinks_status(t.frames.get("collapse_traces"))
+    fig.suptitle(f"Interaction logit coefficients ({_sink_line(status)})", fontsize=10)
     fig.tight_layout()
-    return fig, "not applicable"
+    return fig, status
 
 
 SIGNAL_LABELS = {"neg_entropy": "entropy", "vision": "vision", "model": "model-based", "entropy+veto": "entropy + veto"}
 
 
 def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
     curves = t.get("selective_curves")
     summary = t.frames.get("selective_summary", pd.DataFrame())
     panels = list(dict.fromkeys(zip(curves["model"], curves["dataset"])))
@@ -460,6 +453,7 @@ def figure_files(out_dir: str | Path, formats: Sequence[str]) -> dict[str, list[
 
 
 def _placeholder(message: str):
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
@@ -467,6 +461,7 @@ def _placeholder(message: str):
 
 
 def _save(fig, paths: Sequence[Path], dpi: int) -> None:
+    plt = _pyplot()
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
         fmt = p.suffix.lstrip(".")
@@ -489,6 +484,7 @@ def make_figures(
     results_dir = Path(results_dir)
     tables = load_tables(inputs, results_dir)
     files = figure_files(out_dir, formats)
+    plt = _pyplot()
     entries = []
     with plt.rc_context({"pdf.fonttype": 42}):
         for name, (keys, caption) in FIGURES.items():
@@ -503,6 +499,7 @@ def make_figures(
 def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], results_dir: Path,
                 figures_cfg: Mapping[str, Any], dpi: int) -> dict[str, Any]:
     """Draw one figure (or a panel saying why not), save it in every format, return its manifest entry."""
+    plt = _pyplot()
     entry = {"name": name, "files": [_rel(p, results_dir) for p in files],
              "sources": sorted({p for k in keys for p in tables.paths.get(k, [])}), "caption": caption}
     try:

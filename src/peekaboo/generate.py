@@ -539,5 +539,8 @@ def run_shard(
         items_seen.update(r.request.meta.get("item_id") for r in results)
         bar.set_postfix(items=len(items_seen), tok_s=f"{n_tokens / elapsed:.1f}", failed=failed, refresh=False)
         bar.update(len(batch))
+        # the bar goes to stderr; the same figures go to the job's log file
+        log.info("batch %d/%d: %d/%d traces, %d items, %.1f tokens/s, %d failed", k + 1, len(batches), bar.n,
+                 len(requests), len(items_seen), n_tokens / elapsed, failed)
     bar.close()
     return writer.finalize()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import math
 import re
 import shutil
@@ -253,11 +254,11 @@ def build_items(
         log.warning("rejected %s%s: %s", item_id if item_id is not None else "record", where, reason)
 
     total = adapter.count()
+    records = adapter.records()
     if limit:
         total = min(total, limit)
-    for record in logs.progress(adapter.records(), total=total, desc=f"items {dataset}", unit="item"):
-        if limit and n_records >= limit:
-            break
+        records = itertools.islice(records, limit)  # the first N records, rejects included
+    for record in logs.progress(records, total=total, desc=f"items {dataset}", unit="item"):
         n_records += 1
         if isinstance(record, Reject):
             reject(record.reason, record.item_id, record.source_line)

@@ -127,14 +127,25 @@ def design(
     return np.column_stack(cols), names
 
 
-def usable_rows(df: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, int]:
-    """Rows with correctness and every needed feature present (finite); the count dropped."""
-    ok = df[OUTCOME].notna()
+def usable_rows(df: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, int, str]:
+    """Rows of ok traces with correctness and every needed feature finite; the count dropped and why."""
+    reasons = []
+    ok = pd.Series(True, index=df.index)
+    checks = [("failed traces", df["status"].fillna("ok").eq("ok") if "status" in df else ok),
+              ("no correctness", df[OUTCOME].notna())]
     for c in columns:
-        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float))
-    if "status" in df:
-        ok &= df["status"].fillna("ok").eq("ok").to_numpy()
-    return df[ok].reset_index(drop=True), int((~ok).sum())
+        what = "no vision engagement (e.g. no evidence regions)" if c == VISION else f"no {c}"
+        checks.append((what, pd.Series(np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)),
+                                       index=df.index)))
+    for what, good in checks:
+        good = good.fillna(False).astype(bool)
+        lost = int((ok & ~good).sum())
+        if lost:
+            reasons.append(f"{lost} {what}")
+        ok &= good
+    dropped = int((~ok).sum())
+    note = f"{dropped} rows left out ({', '.join(reasons)})" if dropped else ""
+    return df[ok.to_numpy()].reset_index(drop=True), dropped, note
 
 
 def fit_logit(
@@ -154,7 +165,7 @@ def fit_logit(
     """
     needs = [c for c, used in ((entropy_col, any("entropy" in t for t in terms)),
                                (vision_col, any("vision" in t for t in terms))) if used]
-    data, dropped = usable_rows(df, needs)
+    data, dropped, drop_note = usable_rows(df, needs)
     y = data[OUTCOME].astype(bool).to_numpy().astype(float) if len(data) else np.array([])
     n, n_correct = len(y), int(y.sum())
     n_errors = n - n_correct
@@ -162,7 +173,6 @@ def fit_logit(
     fit = Fit(status="not_fitted", note="", n=n, n_errors=n_errors, n_correct=n_correct,
               n_items=len(set(groups)), n_dropped=dropped,
               task_types=sorted(set(data["task_type"].dropna().astype(str))) if "task_type" in data else [])
-    drop_note = f"{dropped} rows without correctness or features dropped" if dropped else ""
 
     def fail(reason: str) -> Fit:
         fit.note = "; ".join(x for x in (reason, drop_note) if x)
@@ -394,7 +404,7 @@ def transfer(features: pd.DataFrame, regression_cfg: Mapping[str, Any]) -> pd.Da
                     if test == train:
                         continue
                     needs = [c for c, t in ((ENTROPY, "entropy"), (VISION, "vision")) if t in terms]
-                    sdf, dropped = usable_rows(mdf[mdf["dataset"] == test], needs)
+                    sdf, dropped, test_drop_note = usable_rows(mdf[mdf["dataset"] == test], needs)
                     y = sdf[OUTCOME].astype(bool).to_numpy() if len(sdf) else np.array([], bool)
                     row = {"model": model, "train_dataset": train, "test_dataset": test, "features": name,
                            "n_train": fit.n, "n_train_errors": fit.n_errors, "n_test": len(sdf),
@@ -407,7 +417,7 @@ def transfer(features: pd.DataFrame, regression_cfg: Mapping[str, Any]) -> pd.Da
                             row["status"] = "not_scored"
                             notes.append("test set has one class only (or no rows): AUROC undefined")
                     if dropped:
-                        notes.append(f"{dropped} test rows without correctness or features dropped")
+                        notes.append(f"test: {test_drop_note}")
                     row["note"] = "; ".join(notes)
                     rows.append(row)
     df = pd.DataFrame(rows)

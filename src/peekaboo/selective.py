@@ -323,12 +323,12 @@ def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regressio
     if features.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS), pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])
     for model, mdf in features.groupby("model", sort=False):
-        usable, dropped = reg.usable_rows(mdf, [reg.ENTROPY])
+        usable, _, _ = reg.usable_rows(mdf, [reg.ENTROPY])
         for dataset in dict.fromkeys(mdf["dataset"]):
             test = usable[usable["dataset"] == dataset].reset_index(drop=True)
             train = usable[usable["dataset"] != dataset].reset_index(drop=True)
-            n_dropped = int(((mdf["dataset"] == dataset)).sum()) - len(test)
-            base_note = f"{n_dropped} answers without correctness or entropy left out" if n_dropped else ""
+            _, n_dropped, why = reg.usable_rows(mdf[mdf["dataset"] == dataset], [reg.ENTROPY])
+            base_note = why.replace("rows left out", "answers left out") if n_dropped else ""
             if test.empty:
                 summary.append({"model": model, "dataset": dataset, "signal": None, "n": 0, "status": "no_data",
                                 "note": "; ".join(x for x in ("no usable answers", base_note) if x)})
@@ -346,15 +346,15 @@ def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regressio
                               seeded_rng(seed, "selective", model, dataset), coverages + [veto_cov])
             for s in SIGNALS:
                 e = err[orders[s]]
-                curve = risk_curve_from_errors(e)
-                curves.append(pd.DataFrame({"model": model, "dataset": dataset, "signal": s,
-                                            "n": np.arange(1, len(e) + 1), "coverage": np.arange(1, len(e) + 1) / len(e),
-                                            "risk": curve}))
+                # a signal with no value at all would only rank by the tie key: report nothing rather than that
+                computed = s not in conf or np.isfinite(conf[s]).any()
+                if computed:
+                    curves.append(pd.DataFrame({
+                        "model": model, "dataset": dataset, "signal": s, "n": np.arange(1, len(e) + 1),
+                        "coverage": np.arange(1, len(e) + 1) / len(e), "risk": risk_curve_from_errors(e)}))
                 m = metrics_from_errors(e, coverages)
                 row = {"model": model, "dataset": dataset, "signal": s, "n": len(e), "n_errors": int(e.sum()),
                        "error_rate": float(e.mean()), "status": "ok"}
-                # a signal with no value at all would only rank by the tie key: report nothing rather than that
-                computed = s not in conf or np.isfinite(conf[s]).any()
                 for key, value in m.items():
                     row[key] = value if computed else np.nan
                     row[f"{key}_low"], row[f"{key}_high"] = (

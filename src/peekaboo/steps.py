@@ -353,15 +353,6 @@ def steps_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
 
 
-def read_sidecars(paths: Sequence[str]) -> pd.DataFrame:
-    """The sidecar frames of a model's shards, concatenated in shard order."""
-    from .tables import read_table
-
-    frames = [read_table(p) for p in paths]
-    frames = [f for f in frames if len(f.columns)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["trace_id", "text"])
-
-
 def steps_stage(
     sidecar_paths: Sequence[str],
     output: str,
@@ -372,6 +363,7 @@ def steps_stage(
     """The ``steps`` rule: segment every shard's sidecar of one (model, dataset) into ``output``."""
     from .provenance import record
     from .tables import write_table
+    from .tracestore import read_sidecars
 
     steps = segment_traces(read_sidecars(sidecar_paths), segmenter, steps_cfg)
     provenance = record({"steps": dict(steps_cfg), "segmenter": segmenter}, code_files)

@@ -235,6 +235,14 @@ class ShardWriter:
                 ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=encoding, consolidated=False)
             else:
                 ds.to_zarr(tmp, append_dim="trace", zarr_format=3, consolidated=False)
+        import warnings
+
+        import zarr
+
+        with warnings.catch_warnings():
+            # consolidated metadata is a zarr-python extension in format 3; xarray reads it (one file, fast open)
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(tmp)
         if self.store_path.exists():
             shutil.rmtree(self.store_path)
         tmp.replace(self.store_path)
@@ -336,7 +344,7 @@ def open_traces(paths: str | Path | Iterable[str | Path]):
     """
     import xarray as xr
 
-    stores = [xr.open_zarr(p, consolidated=False) for p in _as_paths(paths)]
+    stores = [xr.open_zarr(p) for p in _as_paths(paths)]
     if not stores:
         raise ValueError("open_traces: no store given")
     if len(stores) == 1:
@@ -355,8 +363,9 @@ def open_traces(paths: str | Path | Iterable[str | Path]):
                 variables[name] = var
             s = xr.Dataset(variables, coords=dict(s.coords), attrs=s.attrs)
         padded.append(s)
-    return xr.concat(padded, dim="trace", data_vars="all", coords="different", compat="equals",
-                     combine_attrs="drop_conflicts")
+    out = xr.concat(padded, dim="trace", data_vars="all", coords="different", compat="equals",
+                    combine_attrs="drop_conflicts")
+    return out[list(stores[0].data_vars)]
 
 
 def read_sidecars(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:

@@ -148,6 +148,12 @@ def job_resources(stage):
     }
 
 
+def collapse_outputs(kind=""):
+    """Every (model, dataset)'s collapse table of one kind ("", "traces", "sinks", "maps")."""
+    suffix = f".{kind}.parquet" if kind else ".parquet"
+    return [R(f"collapse/{m}/{d}{suffix}") for m, d in model_dataset_pairs()]
+
+
 # Filled by the stage rules files: functions returning that stage's final outputs.
 FINAL_OUTPUTS = []
 

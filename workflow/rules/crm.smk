@@ -4,7 +4,7 @@
 rule steps:
     input:
         sidecars=lambda w: trace_shards(w.m, w.d),
-        code=code("steps"),
+        code=code("steps", "tracestore"),
     output:
         R("steps/{m}/{d}.parquet"),
     params:
@@ -24,7 +24,7 @@ rule crm:
         sidecars=lambda w: trace_shards(w.m, w.d),
         masks_table=R("masks/{d}.parquet"),
         items_table=R("items/{d}.parquet"),
-        code=code("crm", "alignment", "steps"),
+        code=code("crm", "alignment", "steps", "tracestore"),
     output:
         alignment=R("crm/{m}/{d}/alignment.parquet"),
         attribution=R("crm/{m}/{d}/attribution.parquet"),

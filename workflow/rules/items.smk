@@ -5,9 +5,14 @@
 
 rule items:
     input:
-        # this dataset's adapter only: editing another adapter must not re-run it (and its traces)
+        # this dataset's adapter (+ shared helpers) only: editing another adapter must not re-run it
         code=lambda wc: code(
-            "items", "answers", "datasets.base", f"datasets.{dataset_cfg(wc.d)['adapter']}"
+            "items",
+            "answers",
+            "datasets.base",
+            "datasets.boxes",
+            "datasets._common",
+            f"datasets.{dataset_cfg(wc.d)['adapter']}",
         ),
         data=lambda wc: [
             p

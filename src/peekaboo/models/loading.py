@@ -144,7 +144,7 @@ def load_model(
         dtype=str(model.dtype).removeprefix("torch."),
         attn_implementation=attn,
         device=str(model.device),
-        device_map=getattr(model, "hf_device_map", None),
+        device_map=getattr(model, "hf_device_map", None) or device_map,
         n_layers=int(text.num_hidden_layers),
         n_heads=int(text.num_attention_heads),
         n_kv_heads=int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads),

@@ -444,28 +444,46 @@ def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
 def control_boxes(item: P.PanelItem, g: np.random.Generator) -> list[tuple[float, float, float, float]]:
     """Non-evidence region(s) to hide, like the masks stage's ``ctrl:k`` and ``keep:evidence`` variants.
 
-    One of: a whole non-evidence panel; a box of a panel's size at a random
-    place that overlaps no evidence (it may straddle panels); every
-    non-evidence panel.
+    One of: a whole non-evidence panel; a box of an evidence region's size at a
+    random place that overlaps no evidence (it may straddle panels, as the
+    masks stage's control boxes do); every non-evidence panel.
     """
-    evidence = [item.panels[p].box for p in item.evidence]
     others = [p.box for i, p in enumerate(item.panels) if i not in item.evidence]
     kind = g.choice(3, p=[0.4, 0.4, 0.2])
-    if kind == 1:
-        x0, y0, x1, y1 = item.panels[item.evidence[0] if item.evidence else 0].box
-        w, h = x1 - x0, y1 - y0
-        W = max(p.box[2] for p in item.panels)
-        H = max(p.box[3] for p in item.panels)
-        for _ in range(50):
-            bx = int(g.integers(0, W - w + 1))
-            by = int(g.integers(0, H - h + 1))
-            box = (bx, by, bx + w, by + h)
-            if not any(_overlaps(box, e) for e in evidence):
-                return [tuple(map(float, box))]
-        kind = 0
+    if kind == 1 and item.evidence:
+        box = control_box(item, int(g.integers(len(item.evidence))), g)
+        if box is not None:
+            return [box]
     if kind == 2:
         return [tuple(map(float, b)) for b in others]
     return [tuple(map(float, others[int(g.integers(len(others)))]))]
+
+
+def control_box(item: P.PanelItem, k: int, g: np.random.Generator, attempts: int = 200):
+    """A box of region k's size overlapping no evidence region, or None when there is no such place.
+
+    Uniform random tries, then one draw among every valid position, as the
+    masks stage places ``ctrl:k``.
+    """
+    x0, y0, x1, y1 = item.panels[item.evidence[k]].box
+    w, h = x1 - x0, y1 - y0
+    W = max(p.box[2] for p in item.panels)
+    H = max(p.box[3] for p in item.panels)
+    evidence = [item.panels[p].box for p in item.evidence]
+    for _ in range(attempts):
+        bx, by = int(g.integers(0, W - w + 1)), int(g.integers(0, H - h + 1))
+        if not any(_overlaps((bx, by, bx + w, by + h), e) for e in evidence):
+            return (float(bx), float(by), float(bx + w), float(by + h))
+    free = [
+        (bx, by)
+        for by in range(H - h + 1)
+        for bx in range(W - w + 1)
+        if not any(_overlaps((bx, by, bx + w, by + h), e) for e in evidence)
+    ]
+    if not free:
+        return None
+    bx, by = free[int(g.integers(len(free)))]
+    return (float(bx), float(by), float(bx + w), float(by + h))
 
 
 def make_examples(
@@ -742,3 +760,107 @@ def train_reference(
     (out_dir / "training.json").write_text(json.dumps(report, indent=1, sort_keys=True, default=str) + "\n")
     log.info("%s: %d steps in %.0f s (data %.0f s), probe %.3f", name, step, seconds, data_seconds, final["accuracy"])
     return report
+
+
+# --------------------------------------------------------------------------- behaviour check
+
+
+def generate_texts(model, processor, images, questions, *, batch_size: int = 32, max_new_tokens: int = 48,
+                   system_prompt: str | None = None, thinking: bool = False) -> list[str]:
+    """Greedy responses, batched with left padding and ``<|im_end|>`` as end of sequence."""
+    import torch
+
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    side = tok.padding_side
+    tok.padding_side = "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(questions), batch_size):
+            prompts = [_prompt(processor, q, system_prompt, thinking) for q in questions[i : i + batch_size]]
+            batch = processor(text=prompts, images=list(images[i : i + batch_size]), padding=True, return_tensors="pt")
+            with torch.no_grad():
+                ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                     pad_token_id=tok.pad_token_id)
+            new = ids[:, batch["input_ids"].shape[1]:]
+            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def _answer(text: str) -> tuple[str | None, bool]:
+    """(parsed final answer, abstained) of a response."""
+    answer = P.final_answer(text)
+    if answer is None:
+        return None, False
+    if P.is_abstention(answer):
+        return None, True
+    return answer.strip().lower().strip(" ."), False
+
+
+def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 100, fills: Sequence[str] = ("gray",),
+                    seed: int | None = None, batch_size: int = 32, masks_seed: int = 0,
+                    conditions: Sequence[str] = ("clean", "evidence", "control")):
+    """Planted behaviour on held-out items: one row per (condition, fill, question type).
+
+    Conditions: ``clean`` (accuracy), ``evidence`` (each evidence region hidden
+    alone, as ``drop:k``: abstention and value-naming rates), ``control`` (a box
+    of the region's size overlapping no evidence, as ``ctrl:k``: rate of keeping
+    the clean answer, abstention rate). Items come from the test stream of
+    ``opts`` (the dataset's seed, or ``seed``), never from the training stream.
+    """
+    import pandas as pd
+
+    seed = opts.seed if seed is None else seed
+    counts = {"attribute": n_per_type, "comparison": n_per_type, "arithmetic": n_per_type}
+    test_opts = P.resolve_options({**_options_dict(opts), "counts": counts, "seed": seed})
+    items = list(P.generate_items(test_opts, id_prefix="check", stream="check"))
+    clean = generate_texts(model, processor, [i.image for i in items], [i.question for i in items], batch_size=batch_size)
+    rows = []
+    clean_answers = {}
+    for item, text in zip(items, clean):
+        answer, abstained = _answer(text)
+        clean_answers[item.item_id] = answer
+        gold = P.normalise(item.answer, item.answer_type)
+        rows.append({"condition": "clean", "fill": "none", "question_type": item.question_type,
+                     "correct": answer is not None and P.normalise(answer, item.answer_type) == gold,
+                     "abstained": abstained, "named": answer is not None, "kept": True})
+    visual = [i for i in items if i.evidence]
+    for fill in fills:
+        for condition in [c for c in ("evidence", "control") if c in conditions]:
+            cases = []
+            for item in visual:
+                for k in range(len(item.evidence)):
+                    box = tuple(map(float, item.panels[item.evidence[k]].box))
+                    if condition == "control":
+                        box = control_box(item, k, rng(masks_seed, "check", "ctrl", item.item_id, k))
+                        if box is None:
+                            continue
+                    cases.append((item, P.hide_boxes(item.image, [box], fill)))
+            texts = generate_texts(model, processor, [c[1] for c in cases], [c[0].question for c in cases],
+                                   batch_size=batch_size)
+            for (item, _), text in zip(cases, texts):
+                answer, abstained = _answer(text)
+                rows.append({"condition": condition, "fill": fill, "question_type": item.question_type,
+                             "correct": answer is not None
+                             and P.normalise(answer, item.answer_type) == P.normalise(item.answer, item.answer_type),
+                             "abstained": abstained, "named": answer is not None,
+                             "kept": answer is not None and answer == clean_answers[item.item_id]})
+    df = pd.DataFrame(rows)
+    return df.groupby(["condition", "fill", "question_type"], sort=False).agg(
+        n=("correct", "size"), accuracy=("correct", "mean"), abstain=("abstained", "mean"),
+        named=("named", "mean"), kept=("kept", "mean")).reset_index()
+
+
+def _options_dict(opts: P.PanelsOptions) -> dict[str, Any]:
+    """PanelsOptions back into the options mapping it was resolved from."""
+    return {
+        "seed": opts.seed, "shares": dict(opts.shares), "image_size": [opts.width, opts.height],
+        "grid": [opts.rows, opts.cols], "background": list(opts.background),
+        "colours": {k: list(v) for k, v in opts.colours.items()}, "shapes": list(opts.shapes),
+        "attributes": list(opts.attributes), "same_share": opts.same_share,
+        "arithmetic_terms": opts.arithmetic_terms, "max_operand": opts.max_operand,
+        "shape_size": list(opts.shape_size), "colour_jitter": opts.colour_jitter, "colour_mix": opts.colour_mix,
+        "noise": opts.noise, "blur": opts.blur, "clutter": opts.clutter,
+    }

@@ -1,0 +1,321 @@
+"""Benchmark of trace generation: cost of attention capture, and the trace store's size.
+
+    .venv/bin/python benchmarks/traces_bench.py            # tiny + ~100M Qwen3-VL, ~300 and ~2,000 tokens
+    .venv/bin/python benchmarks/traces_bench.py --quick    # tiny model only
+    .venv/bin/python benchmarks/traces_bench.py --device cuda --bf16 --qwen3-2b   # on a GPU
+
+For each (model, context) it times, on the same prompt, in a fresh process each
+(so peak memory is not blurred by an earlier run):
+
+  (a) plain  : ``model.generate`` with SDPA attention, nothing recorded;
+  (b) capture: the same with peekaboo's recording (capture attention, entropy and
+               log-probability hook), as the traces stage runs it;
+  (c) eager  : ``model.generate(output_attentions=True)`` with eager attention,
+               the usual way to get attention maps.
+
+Tokens/s is generated tokens over the wall time of ``generate`` (prefill
+included); decode tok/s leaves the prefill out. Peak memory is the process's
+peak resident set during ``generate`` (CPU) or ``torch.cuda.max_memory_allocated``
+(GPU). Then it writes the captured traces to a store with the default settings
+and reports Zarr bytes per generated token, and projects the store size per trace
+for a Qwen3-VL-8B-shaped run (36 layers, 32 heads, ~1,000 image tokens,
+1,000-token chains, 4 regions) from the array shapes and the compression
+measured here, for the options that trade size for detail.
+
+Random-initialised models: the timings are real, the attention patterns are not
+those of a trained model (compression ratios of real maps may differ; the raw
+sizes are exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+# ~100M parameters: a Qwen3-VL text tower of 14 layers x 768 with GQA (12 query / 4 kv heads)
+MEDIUM_TEXT = dict(hidden_size=768, intermediate_size=2560, num_hidden_layers=14, num_attention_heads=12,
+                   num_key_value_heads=4, head_dim=64, max_position_embeddings=8192)
+MEDIUM_VISION = dict(depth=2, hidden_size=256, intermediate_size=512, num_heads=4, num_position_embeddings=2304,
+                     deepstack_visual_indexes=[1])
+# Qwen3-VL-2B's published configuration (GPU runs only)
+QWEN3_2B_TEXT = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                     num_key_value_heads=8, head_dim=128, max_position_embeddings=32768)
+QWEN3_2B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                       num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17])
+
+# context -> (image side in pixels, question characters): Qwen3-VL cells are 32 px, one token each
+CONTEXTS = {300: (448, 60), 2000: (1024, 880)}
+
+
+# -- worker: one (model, context, mode) in its own process --------------------------------------
+class PeakRSS:
+    """Samples the resident set size every few milliseconds in a thread."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def make_request(root: Path, context: int):
+    from PIL import Image
+
+    from peekaboo.generate import TraceRequest
+
+    side, chars = CONTEXTS[context]
+    path = root / f"bench-{side}.png"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    words = ("describe the left panel then compare it with the right one and explain each step "
+             * 20)[:chars]
+    return TraceRequest("bench", words, [path], [{"box": [0, 0, side / 2, side / 2], "image": 0},
+                                                 {"box": [side / 4, side / 4, side, side], "image": 0}])
+
+
+def worker(args) -> dict:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from peekaboo.generate import GenerationSettings, TraceGenerator
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    attn = "eager" if args.mode == "eager" else "sdpa"
+    model = AutoModelForImageTextToText.from_pretrained(args.model_dir, attn_implementation=attn, dtype=dtype)
+    model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(args.model_dir)
+    # stop only on a token this random model does not emit: every run generates exactly n_new tokens
+    model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")]
+    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=args.new_tokens),
+                         capture_attention=args.mode == "capture")
+    request = make_request(Path(args.work), args.context)
+    prepared = gen.prepare(request)
+    batch, _ = gen.collate([prepared] * args.batch)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    prompt_len = int(batch["input_ids"].shape[1])
+    common = dict(do_sample=False, pad_token_id=gen.pad_id, eos_token_id=sorted(gen.eos_ids), temperature=None,
+                  top_p=None, top_k=None)
+
+    stamps: list[float] = []
+    model.register_forward_pre_hook(lambda *a: stamps.append(time.perf_counter()))
+    recorded = {}
+
+    def run(n_new: int):
+        stamps.clear()
+        with torch.inference_mode():
+            if args.mode == "plain":
+                return model.generate(**batch, max_new_tokens=n_new, **common)
+            if args.mode == "eager":
+                return model.generate(**batch, max_new_tokens=n_new, output_attentions=True,
+                                      return_dict_in_generate=True, **common)
+        results = gen._generate_batch([replace(prepared, budget=n_new)] * args.batch, retries=0)
+        recorded["results"] = results
+        return results
+
+    run(2)  # warm-up: first-call overheads out of the timing
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    sampler = PeakRSS()
+    with sampler:
+        start = time.perf_counter()
+        out = run(args.new_tokens)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    del out
+    n = args.new_tokens * args.batch
+    prefill = (stamps[1] - stamps[0]) if len(stamps) > 1 else wall
+    result = {
+        "mode": args.mode, "context": prompt_len, "batch": args.batch, "new_tokens": n,
+        "wall_s": wall, "tok_s": n / wall,
+        "decode_tok_s": (n - args.batch) / max(wall - prefill, 1e-9),
+        "peak_mb": (torch.cuda.max_memory_allocated() if device.startswith("cuda") else sampler.peak) / 2**20,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+    if device.startswith("cuda"):
+        result["peak_over_weights_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    if args.mode == "capture" and args.store:
+        result["store"] = store_size(recorded["results"], gen, Path(args.store))
+    return result
+
+
+def store_size(results, gen, path: Path) -> dict:
+    """Write the captured traces with the default store settings; sizes per array."""
+    from peekaboo.tracestore import ShardWriter
+
+    for k, r in enumerate(results):
+        r.request.trace_id = f"bench|{k}"
+    writer = ShardWriter(path / "shard-0.zarr", path / "shard-0.parquet", [[r.request.trace_id for r in results]],
+                         n_layers=gen.n_layers, n_heads=gen.n_heads, map_layers=gen.map_layers)
+    writer.start()
+    writer.write_batch(0, results)
+    store, _ = writer.finalize()
+    per_array = {}
+    for array in sorted(p for p in store.iterdir() if p.is_dir()):
+        per_array[array.name] = sum(f.stat().st_size for f in array.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    tokens = sum(r.n_tokens for r in results)
+    patches = len(results[0].patch_box)
+    raw = {"image_attn": tokens * len(gen.map_layers) * patches * 2, "image_mass": tokens * gen.n_layers * gen.n_heads * 2,
+           "region_mass": tokens * gen.n_layers * results[0].n_regions * 2}
+    return {"bytes": total, "tokens": tokens, "bytes_per_token": total / max(tokens, 1), "per_array": per_array,
+            "raw": raw, "patches": patches}
+
+
+# -- driver ------------------------------------------------------------------------------------
+def build(kind: str, root: Path) -> Path:
+    from peekaboo.models.tiny import build_tiny
+
+    path = root / kind
+    if kind == "tiny":
+        return build_tiny("qwen3_vl", path, max_image_tokens=1100)
+    if kind == "medium":
+        return build_tiny("qwen3_vl", path, text=MEDIUM_TEXT, vision=MEDIUM_VISION, max_image_tokens=1100)
+    return build_tiny("qwen3_vl", path, text=QWEN3_2B_TEXT, vision=QWEN3_2B_VISION, max_image_tokens=1100)
+
+
+def projection(measured: dict | None) -> list[tuple[str, float, float]]:
+    """Store MB per trace for a Qwen3-VL-8B-shaped run, raw and with the compression measured here."""
+    L, H, P, T, R = 36, 32, 1000, 1000, 4
+    ratio = {}
+    if measured:
+        for name, raw in measured["raw"].items():
+            ratio[name] = measured["per_array"].get(name, raw) / raw if raw else 1.0
+    r_map, r_mass, r_region = (ratio.get(k, 1.0) for k in ("image_attn", "image_mass", "region_mass"))
+    fixed = T * (4 + 4 + 4) + P * (16 + 2)  # token_id, logprob, entropy; patch_box, patch_image
+    mass = T * L * H * 2 * r_mass + T * L * R * 2 * r_region
+
+    def size(map_layers: int, heads: bool) -> tuple[float, float]:
+        raw_map = T * map_layers * P * 2 * (1 + (H if heads else 0))
+        raw = fixed + T * L * H * 2 + T * L * R * 2 + raw_map
+        return raw / 1e6, (fixed + mass + raw_map * r_map) / 1e6
+
+    rows = [("map_layers: mean (default)", *size(1, False)),
+            ("map_layers: 4 layers", *size(4, False)),
+            ("map_layers: all (36)", *size(36, False)),
+            ("map_layers: mean + keep_heads", *size(1, True)),
+            ("map_layers: all + keep_heads", *size(36, True))]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model only")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--qwen3-2b", action="store_true", help="add a random model with Qwen3-VL-2B's configuration")
+    ap.add_argument("--json", help="also write the measurements here")
+    ap.add_argument("--worker", nargs=3, metavar=("MODEL_DIR", "CONTEXT", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        args.model_dir, context, args.mode = args.worker
+        args.context = int(context)
+        print(json.dumps(worker(args)))
+        return
+
+    kinds = ["tiny"] if args.quick else ["tiny", "medium"] + (["qwen3_2b"] if args.qwen3_2b else [])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="traces-bench-") as tmp:
+        root = Path(tmp)
+        for kind in kinds:
+            model_dir = build(kind, root / "models")
+            for context in CONTEXTS:
+                for mode in ("plain", "capture", "eager"):
+                    cmd = [sys.executable, __file__, "--worker", str(model_dir), str(context), mode, "--work", tmp,
+                           "--new-tokens", str(args.new_tokens), "--batch", str(args.batch),
+                           "--threads", str(args.threads), "--device", args.device]
+                    if args.bf16:
+                        cmd.append("--bf16")
+                    if mode == "capture":
+                        cmd += ["--store", str(root / f"store-{kind}-{context}")]
+                    t = time.perf_counter()
+                    done = subprocess.run(cmd, capture_output=True, text=True)
+                    if done.returncode:
+                        sys.stderr.write(done.stderr[-3000:])
+                        raise SystemExit(f"worker failed: {kind} {context} {mode}")
+                    row = json.loads(done.stdout.strip().splitlines()[-1])
+                    row.update(model=kind, target_context=context, elapsed=time.perf_counter() - t)
+                    rows.append(row)
+                    print(f"  {kind:8s} ~{context:5d} {mode:8s} {row['tok_s']:8.1f} tok/s  "
+                          f"{row['peak_mb']:8.0f} MB  ({row['elapsed']:.0f} s)", file=sys.stderr, flush=True)
+    report(rows, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def report(rows: list[dict], args) -> None:
+    print(f"\nTrace generation on {args.device} ({args.threads} threads, batch {args.batch}, "
+          f"{args.new_tokens} new tokens per sequence, {'bf16' if args.bf16 else 'float32'})\n")
+    print("| model | params | context | mode | tok/s | decode tok/s | peak MB | capture vs plain (tok/s, peak) "
+          "| capture vs eager |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    by = {(r["model"], r["target_context"], r["mode"]): r for r in rows}
+    for r in rows:
+        plain = by[(r["model"], r["target_context"], "plain")]
+        eager = by[(r["model"], r["target_context"], "eager")]
+        vs_plain = vs_eager = ""
+        if r["mode"] == "capture":
+            vs_plain = f"{r['tok_s'] / plain['tok_s']:.2f}x, {r['peak_mb'] / plain['peak_mb'] - 1:+.1%}"
+            vs_eager = f"{r['tok_s'] / eager['tok_s']:.2f}x faster"
+        print(f"| {r['model']} | {r['params_m']:.1f}M | {r['context']} | {r['mode']} | {r['tok_s']:.1f} | "
+              f"{r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {vs_plain} | {vs_eager} |")
+    stores = [r for r in rows if "store" in r]
+    print("\n| model | context | generated tokens | store bytes | bytes per generated token |")
+    print("|---|---|---|---|---|")
+    for r in stores:
+        s = r["store"]
+        print(f"| {r['model']} | {r['context']} | {s['tokens']} | {s['bytes']} | {s['bytes_per_token']:.0f} |")
+    biggest = max(stores, key=lambda r: (r["model"] != "tiny", r["target_context"]))["store"] if stores else None
+    print("\nProjected store size per trace, Qwen3-VL-8B shape (36 layers, 32 heads, 1,000 image tokens, "
+          "1,000 generated tokens, 4 regions):\n")
+    print("| traces settings | raw MB | MB with measured zstd ratio |")
+    print("|---|---|---|")
+    for name, raw, packed in projection(biggest):
+        print(f"| {name} | {raw:.1f} | {packed:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

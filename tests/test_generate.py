@@ -1,0 +1,162 @@
+"""Batched generation: entropy/log-probabilities from raw logits, failures, OOM splitting, sampling."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from _fixtures_models import full_length, load, tiny_models  # noqa: F401
+from _fixtures_models import sample_images  # noqa: F401
+from _fixtures_models import sample_requests as requests
+from peekaboo.datasets.base import Score
+from peekaboo.generate import GenerationSettings, TraceGenerator, TraceRequest, decode_with_offsets
+from peekaboo.models.tiny import FAMILIES
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_entropy_and_logprob_equal_those_of_output_logits(family, batched, tiny_models, sample_images):  # noqa: F811
+    torch.set_num_threads(1)
+    model, processor = load(tiny_models[family])
+    full_length(model, processor)
+    reqs = requests(sample_images, batched)
+    gen = TraceGenerator(model, processor, family, GenerationSettings(max_new_tokens=4), capture_attention=False)
+    results = gen.generate(reqs)
+    batch, _ = gen.collate([gen.prepare(r) for r in reqs])
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=gen.pad_id, eos_token_id=sorted(gen.eos_ids),
+                             temperature=None, top_p=None, top_k=None)
+    logits = torch.stack(out.logits, 1)  # [B, steps, V] raw float32 logits
+    logp = torch.log_softmax(logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    chosen = out.sequences[:, batch["input_ids"].shape[1]:]
+    for b, r in enumerate(results):
+        np.testing.assert_array_equal(r.token_ids, chosen[b].numpy())
+        np.testing.assert_allclose(r.entropy, entropy[b].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r.logprob, logp[b].gather(1, chosen[b][:, None])[:, 0].numpy(), atol=1e-5)
+        assert r.truncated  # stopped by max_new_tokens, not by a stop token
+
+
+def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeypatch):  # noqa: F811
+    """A real out-of-memory error cannot be produced on CPU: the model's forward is wrapped to raise
+    torch.OutOfMemoryError for batches of more than one row, as CUDA would."""
+    model, processor = load(tiny_models["qwen2_vl"])
+    full_length(model, processor)
+    reqs = requests(sample_images, batched=True) + [TraceRequest("r2", "Anything?", [sample_images[2]], [])]
+    settings = GenerationSettings(max_new_tokens=3)
+    alone = [TraceGenerator(model, processor, "qwen2_vl", settings).generate([r])[0] for r in reqs]
+    real_forward = model.forward
+    calls = []
+
+    @functools.wraps(real_forward)  # generate checks its kwargs against forward's signature
+    def forward(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        calls.append(rows)
+        if rows > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    split = TraceGenerator(model, processor, "qwen2_vl", settings).generate(reqs)
+    assert calls[0] == 3 and 2 in calls  # 3 -> 2 + 1 -> 1 + 1 + 1
+    assert [r.retries for r in split] == [2, 2, 1]
+    for a, s in zip(alone, split):
+        assert s.status == "ok"
+        np.testing.assert_array_equal(a.token_ids, s.token_ids)
+        np.testing.assert_allclose(a.image_attn, s.image_attn, atol=1e-6)
+
+    @functools.wraps(real_forward)
+    def always(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(model, "forward", always)
+    failed = TraceGenerator(model, processor, "qwen2_vl", settings).generate(reqs[:1])[0]
+    assert failed.status == "failed" and "out of memory" in failed.error and failed.retries == 1
+
+
+def test_failed_image_and_too_long_prompt_fail_alone(tiny_models, sample_images, tmp_path):  # noqa: F811
+    model, processor = load(tiny_models["glm4v"])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    reqs = [
+        TraceRequest("ok", "What is this?", [sample_images[0]], []),
+        TraceRequest("missing", "What is this?", [tmp_path / "nope.png"], []),
+        TraceRequest("broken", "What is this?", [broken], []),
+        TraceRequest("long", "Why? " * 400, [sample_images[0]], []),
+        TraceRequest("ok2", "And this?", [sample_images[1]], []),
+    ]
+    gen = TraceGenerator(model, processor, "glm4v", GenerationSettings(max_new_tokens=3), context_length=300)
+    results = {r.request.trace_id: r for r in gen.generate(reqs)}
+    assert results["ok"].status == "ok" and results["ok2"].status == "ok"
+    assert "could not be loaded" in results["missing"].error and "nope.png" in results["missing"].error
+    assert results["broken"].status == "failed" and "broken.png" in results["broken"].error
+    assert results["long"].status == "failed" and "context of 300" in results["long"].error
+    # a prompt that fits but leaves little room is cut where the context ends, and says so
+    prompt_len = gen.prepare(reqs[0]).encoding["input_ids"].shape[1]
+    tight = TraceGenerator(model, processor, "glm4v", GenerationSettings(max_new_tokens=50),
+                           context_length=prompt_len + 2)
+    full_length(model, processor)
+    tight.eos_ids = {int(e) for e in model.generation_config.eos_token_id}
+    cut = tight.generate(reqs[:1])[0]
+    assert cut.n_tokens == 2 and cut.truncated
+
+
+def test_stop_token_ends_the_trace_untruncated(tiny_models, sample_images):  # noqa: F811
+    model, processor = load(tiny_models["qwen3_vl"])
+    full_length(model, processor)
+    settings = GenerationSettings(max_new_tokens=6)
+    first = TraceGenerator(model, processor, "qwen3_vl", settings).generate(requests(sample_images, False))[0]
+    stop = int(first.token_ids[2])
+    model.generation_config.eos_token_id = [stop]
+    stopped = TraceGenerator(model, processor, "qwen3_vl", settings).generate(requests(sample_images, False))[0]
+    k = int(np.flatnonzero(first.token_ids == stop)[0])
+    assert stopped.n_tokens == k + 1 and not stopped.truncated
+    np.testing.assert_array_equal(stopped.token_ids, first.token_ids[: k + 1])
+    assert stopped.image_attn.shape[0] == k + 1 and stopped.entropy.shape == (k + 1,)
+
+
+def test_sampling_is_seeded(tiny_models, sample_images):  # noqa: F811
+    model, processor = load(tiny_models["qwen2_5_vl"])
+    full_length(model, processor)
+    reqs = requests(sample_images, batched=True)
+
+    def sample(seed):
+        settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=seed)
+        return [r.token_ids for r in TraceGenerator(model, processor, "qwen2_5_vl", settings).generate(reqs)]
+
+    a, b, c = sample(1), sample(1), sample(2)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_scoring_and_text_offsets(tiny_models, sample_images):  # noqa: F811
+    model, processor = load(tiny_models["qwen3_vl"])
+    full_length(model, processor)
+    seen = []
+
+    def score(request, text):
+        seen.append((request.trace_id, text))
+        return Score(answer_text="A", correct=True, abstained=False)
+
+    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6), score=score)
+    result = gen.generate(requests(sample_images, False))[0]
+    assert seen == [("r0", result.text)] and result.correct is True and result.answer_text == "A"
+    starts, ends = result.token_char_start, result.token_char_end
+    assert len(starts) == result.n_tokens and starts[0] == 0 and ends[-1] == len(result.text)
+    assert all(s <= e for s, e in zip(starts, ends)) and all(e == s for e, s in zip(ends[:-1], starts[1:]))
+
+
+def test_decode_offsets_with_split_characters(tiny_models):  # noqa: F811
+    _, processor = load(tiny_models["qwen2_vl"])
+    tok = processor.tokenizer
+    ids = tok.encode("héllo wörld", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
+    text, starts, ends = decode_with_offsets(tok, ids)
+    assert text == "héllo wörld"
+    assert len(starts) == len(ids) and ends[-1] == len(text) and starts[-1] == ends[-1]  # EOS spans nothing
+    assert "".join(text[s:e] for s, e in zip(starts, ends)) == text
+    assert all(a <= b for a, b in zip(ends, ends[1:]))

@@ -1,0 +1,29 @@
+# Evidence collapse (docs/analysis.md): per (model, dataset), per-step and per-trace
+# evidence measures, per-trace features, attention sinks and example attention maps.
+
+
+rule collapse:
+    input:
+        stores=lambda w: trace_stores(w.m, w.d),
+        sidecars=lambda w: trace_shards(w.m, w.d),
+        steps=R("steps/{m}/{d}.parquet"),
+        items_table=R("items/{d}.parquet"),
+        code=code("collapse", "features", "geometry", "tracestore"),
+    output:
+        steps=R("collapse/{m}/{d}.parquet"),
+        traces=R("collapse/{m}/{d}.traces.parquet"),
+        sinks=R("collapse/{m}/{d}.sinks.parquet"),
+        maps=R("collapse/{m}/{d}.maps.parquet"),
+    params:
+        sections=stage_params("collapse", "features"),
+    log:
+        LOG("collapse/{m}/{d}"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/collapse.py"
+
+
+FINAL_OUTPUTS.append(
+    lambda: [p for kind in ("", "traces", "sinks", "maps") for p in collapse_outputs(kind)]
+)

@@ -1,0 +1,37 @@
+# The entropy x vision interaction logit and its transfer across datasets (docs/analysis.md),
+# over every (model, dataset)'s per-trace features.
+
+
+rule regression:
+    input:
+        traces=collapse_outputs("traces"),
+        code=code("regression", "features"),
+    output:
+        coefficients=report(
+            R("regression/coefficients.csv"),
+            caption="../report/coefficients_table.rst",
+            category="Tables",
+        ),
+        transfer=report(
+            R("regression/transfer.csv"),
+            caption="../report/transfer_table.rst",
+            category="Tables",
+        ),
+        summary=report(
+            R("regression/summary.txt"),
+            caption="../report/regression_summary.rst",
+            category="Tables",
+        ),
+    params:
+        sections=stage_params("regression", "features"),
+    log:
+        LOG("regression/regression"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/regression.py"
+
+
+FINAL_OUTPUTS.append(
+    lambda: [R(f"regression/{f}") for f in ("coefficients.csv", "transfer.csv", "summary.txt")]
+)

@@ -1,0 +1,26 @@
+# Selective prediction: risk-coverage, AURC, E-AURC, risk at coverage, and the vision veto
+# fitted leave-one-dataset-out (docs/analysis.md).
+
+
+rule selective:
+    input:
+        traces=collapse_outputs("traces"),
+        code=code("selective", "regression", "features"),
+    output:
+        curves=R("selective/curves.parquet"),
+        summary=report(
+            R("selective/summary.csv"),
+            caption="../report/selective_table.rst",
+            category="Tables",
+        ),
+    params:
+        sections=stage_params("selective", "regression", "features"),
+    log:
+        LOG("selective/selective"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/selective.py"
+
+
+FINAL_OUTPUTS.append(lambda: [R("selective/curves.parquet"), R("selective/summary.csv")])
