@@ -214,7 +214,7 @@ def test_run_stage_writes_tables_with_provenance(tmp_path, hand_case, monkeypatc
     from peekaboo import tables
 
     store = tmp_path / "shard-0.zarr"
-    traces.to_zarr(store)
+    traces.to_zarr(store, consolidated=False)
     tables.write_table(side, tmp_path / "shard-0.parquet")
     tables.write_table(steps, tmp_path / "steps.parquet")
     tables.write_table(items, tmp_path / "items.parquet")

@@ -212,3 +212,48 @@ def test_max_memory_map():
 def test_lock_dir_default_is_per_user(monkeypatch):
     monkeypatch.delenv("PEEKABOO_GPU_LOCK_DIR", raising=False)
     assert devices.default_lock_dir().name == f"peekaboo-gpu-locks-{os.getuid()}"
+
+
+TOY_SNAKEFILE = """
+rule all:
+    input: expand("held/{i}.txt", i=range(4))
+
+rule trace:
+    output: "held/{i}.txt"
+    resources: gpu=1
+    shell: "{PYTHON} -c \\"$JOB\\" {output}"
+"""
+
+TOY_JOB = textwrap.dedent(
+    """
+    import os, sys, time
+    from peekaboo.devices import claim_device
+    with claim_device(poll_seconds=0.05) as device:
+        start = time.time()
+        time.sleep(1.0)
+        end = time.time()
+    open(sys.argv[1], "w").write(f"{device} {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')} {start} {end}")
+    """
+)
+
+
+@pytest.mark.slow
+def test_snakemake_trace_jobs_share_two_gpus_without_overlap(gpu_env, tmp_path):
+    """Four GPU jobs at once under Snakemake (no --resources limit) on two simulated GPUs:
+    never two on one device at the same time; the two that find both taken wait."""
+    (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE.replace("{PYTHON}", sys.executable))
+    env = dict(os.environ, JOB=TOY_JOB)
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "4", "--directory", str(tmp_path),
+                          "--snakefile", str(tmp_path / "Snakefile")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    held = [(tmp_path / "held" / f"{i}.txt").read_text().split() for i in range(4)]
+    by_device: dict[str, list[tuple[float, float]]] = {}
+    for device, visible_after, start, end in held:
+        # the claim was released and CUDA_VISIBLE_DEVICES restored once the job's block ended
+        assert device in {"0", "1"} and visible_after == "unset"
+        by_device.setdefault(device, []).append((float(start), float(end)))
+    assert sorted(by_device) == ["0", "1"]
+    for intervals in by_device.values():
+        intervals.sort()
+        assert all(prev_end <= next_start for (_, prev_end), (next_start, _) in zip(intervals, intervals[1:]))

@@ -90,7 +90,7 @@ def test_missing_rows_are_dropped_before_fitting_and_counted():
     df.loc[15, "entropy_full"] = np.inf
     fit = reg.fit_logit(df)
     assert fit.status == "ok" and fit.n == 384 and fit.n_dropped == 16
-    assert "16 rows left out (5 no correctness, 1 no entropy_full, 10 no vision engagement" in fit.note
+    assert "16 rows left out (5 without correctness, 1 without entropy_full, 10 without vision engagement)" in fit.note
 
 
 def test_fit_all_goes_on_past_a_degenerate_dataset_and_drops_a_lone_moderator():

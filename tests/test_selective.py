@@ -125,7 +125,7 @@ def test_evaluate_degenerate_inputs_are_reported():
     empty.loc[empty["dataset"] == "b", "entropy_full"] = np.nan
     _, summary = sel.evaluate(empty, cfg, {"min_errors": 5})
     b = summary[summary["dataset"] == "b"].iloc[0]
-    assert b["status"] == "no_data" and "20 answers left out (20 no entropy_full)" in b["note"]
+    assert b["status"] == "no_data" and "20 answers left out (20 without entropy_full)" in b["note"]
     a_veto = summary[(summary["dataset"] == "a") & (summary["signal"] == "entropy+veto")].iloc[0]
     assert "no training datasets" in a_veto["note"]
     small = _veto_world(20, 13, datasets=("a", "b"))  # b: too few errors to fit the interaction on

@@ -14,6 +14,7 @@ through the slurm profile, asks for GPUs in trace jobs and nowhere else.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -65,23 +66,41 @@ TINY_CONFIG = {
 # running snakemake with a hard kill
 
 
-def run_snakemake(args: list[str], workdir: Path, env: dict, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """snakemake in its own process group, killed with everything it started when it overruns."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
+class Snakemake:
+    """snakemake started in its own process group, killed with everything it started when it overruns."""
+
+    def __init__(self, args: list[str], workdir: Path, env: dict):
+        self.args, self.workdir = args, workdir
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               *args]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+
+    def wait(self, deadline: float) -> tuple[int, str, float]:
+        """(exit status, output, seconds); fails the test at the deadline (time.monotonic())."""
         try:
-            out, _ = proc.communicate(timeout=20)
+            out, _ = self.proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        pytest.fail(f"snakemake {' '.join(args)} ran past {timeout} s; killed. Output:\n{out[-6000:]}")
-    (workdir / "snakemake.out").write_text(out)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                out, _ = self.proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                out, _ = self.proc.communicate()
+            pytest.fail(f"snakemake {' '.join(self.args)} ran past its deadline; killed. Output:\n{out[-6000:]}")
+        (self.workdir / "snakemake.out").write_text(out)
+        return self.proc.returncode, out, time.monotonic() - self.started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+
+
+def run_snakemake(args: list[str], workdir: Path, env: dict, timeout: float = RUN_TIMEOUT_S) -> tuple[int, str]:
+    code, out, _ = Snakemake(args, workdir, env).wait(time.monotonic() + timeout)
+    return code, out
 
 
 def base_env(**extra) -> dict:
@@ -144,6 +163,15 @@ def result_files(results: Path) -> dict[str, Path]:
 
 
 _VOLATILE_TEXT = re.compile(r"^(Date|Time):.*$", re.MULTILINE)  # statsmodels summaries carry the clock
+_VOLATILE_KEYS = {"seconds"}  # wall-clock durations (reference/<m>/training.json)
+
+
+def _without_volatile(value):
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
 
 
 def assert_same_content(rel: str, a: Path, b: Path) -> None:
@@ -158,12 +186,14 @@ def assert_same_content(rel: str, a: Path, b: Path) -> None:
 
         with xr.open_zarr(a) as left, xr.open_zarr(b) as right:
             xr.testing.assert_equal(left, right)
-    elif rel.endswith((".csv", ".json", ".txt", ".tsv", ".yaml")):
-        left, right = a.read_text(), b.read_text()
-        if rel.endswith(".txt"):
-            left, right = _VOLATILE_TEXT.sub("", left), _VOLATILE_TEXT.sub("", right)
+    elif rel.endswith(".json"):
+        left, right = (_without_volatile(json.loads(p.read_text())) for p in (a, b))
+        assert left == right, f"{rel}: differs between the local and the SLURM run"
+    elif rel.endswith(".txt"):
+        left, right = (_VOLATILE_TEXT.sub("", p.read_text()) for p in (a, b))
         assert left == right, f"{rel}: text differs between the local and the SLURM run"
-    # figures and images: present in both (checked by the caller); their bytes carry metadata
+    elif not rel.endswith(".pdf"):  # PDFs carry their creation date
+        assert a.read_bytes() == b.read_bytes(), f"{rel}: bytes differ between the local and the SLURM run"
 
 
 # ---------------------------------------------------------------------------
@@ -181,26 +211,28 @@ def test_workflow_through_slurm_profile_matches_local_run(slurm_cluster, tmp_pat
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_CONFIG, sort_keys=False))
 
-    local = tmp_path / "local"
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
     local.mkdir()
-    started = time.monotonic()
-    run = run_snakemake(["--configfile", str(config), "--cores", "2"], local, base_env())
-    local_s = time.monotonic() - started
-    assert run.returncode == 0, f"local run failed:\n{run.stdout[-6000:]}"
-
-    cluster = tmp_path / "cluster"
     cluster.mkdir()
-    started = time.monotonic()
+    # side by side: the SLURM run spends much of its time waiting between status checks
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    local_run = Snakemake(["--configfile", str(config), "--cores", "2"], local, base_env())
     # a short first status check: the tiny jobs finish in seconds (the profile's 10 s suits real clusters)
-    run = run_snakemake(["--configfile", str(config), "--profile", str(SLURM_PROFILE),
-                         "--slurm-init-seconds-before-status-checks", "2"], cluster, slurm_cluster["env"])
-    slurm_s = time.monotonic() - started
-    print(f"local run {local_s:.0f} s, SLURM run {slurm_s:.0f} s")
-    assert run.returncode == 0, f"SLURM run failed:\n{run.stdout[-6000:]}"
+    slurm_run = Snakemake(["--configfile", str(config), "--profile", str(SLURM_PROFILE),
+                           "--slurm-init-seconds-before-status-checks", "2"], cluster, slurm_cluster["env"])
+    try:
+        code, out, local_s = local_run.wait(deadline)
+        assert code == 0, f"local run failed:\n{out[-6000:]}"
+        code, out, slurm_s = slurm_run.wait(deadline)
+        assert code == 0, f"SLURM run failed:\n{out[-6000:]}"
+    finally:
+        local_run.kill()
+        slurm_run.kill()
+    print(f"local run {local_s:.0f} s, SLURM run {slurm_s:.0f} s (side by side)")
 
     # every job that was not a local rule went through sbatch, and SLURM ran it
-    remote_rules = _REMOTE_RULE.findall(run.stdout)
-    submitted = _SUBMITTED.findall(run.stdout)
+    remote_rules = _REMOTE_RULE.findall(out)
+    submitted = _SUBMITTED.findall(out)
     assert "traces" in remote_rules and "train_reference" in remote_rules, sorted(set(remote_rules))
     assert len(submitted) == len(remote_rules), f"{len(remote_rules)} remote jobs, {len(submitted)} submitted"
     slurm_ids = [int(slurm_id) for _, slurm_id, _ in submitted]
@@ -210,14 +242,14 @@ def test_workflow_through_slurm_profile_matches_local_run(slurm_cluster, tmp_pat
         log = Path(log)
         # SLURM itself wrote this file (sbatch --output=.../%j.log), named by the job id
         assert log.is_file() and log.stem == slurm_id, log
-        assert log.is_relative_to(cluster / ".snakemake" / "slurm_logs")
+        assert log.resolve().is_relative_to((cluster / ".snakemake" / "slurm_logs").resolve())
         assert "Finished jobid" in log.read_text(), log.read_text()[-2000:]
     states = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T"], capture_output=True,
                             text=True, env=slurm_cluster["env"], check=True).stdout
     final = dict(line.split("|") for line in states.split())
     assert all(final.get(str(i)) == "COMPLETED" for i in slurm_ids), {i: final.get(str(i)) for i in slurm_ids}
     # local rules (bookkeeping) did not go through SLURM
-    assert not set(_LOCAL_RULE.findall(run.stdout)) & set(remote_rules)
+    assert not set(_LOCAL_RULE.findall(out)) & set(remote_rules)
 
     # same tables as the local run
     local_files = result_files(local / "results")
@@ -266,11 +298,11 @@ def test_paper_config_dry_run_asks_for_gpus_in_trace_jobs_only(tmp_path):
         config["datasets"][name]["options"].update(options)
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    run = run_snakemake(["-n", "--profile", str(SLURM_PROFILE), "--configfile", str(tmp_path / "paper.yaml")],
-                        tmp_path, base_env(), timeout=300)
-    assert run.returncode == 0, run.stdout[-6000:]
-    jobs = dry_run_jobs(run.stdout)
-    assert jobs, run.stdout[-3000:]
+    code, out = run_snakemake(["-n", "--profile", str(SLURM_PROFILE), "--configfile", str(tmp_path / "paper.yaml")],
+                              tmp_path, base_env(), timeout=300)
+    assert code == 0, out[-6000:]
+    jobs = dry_run_jobs(out)
+    assert jobs, out[-3000:]
     with_gpu = {rule for rule, res in jobs if asks_for_gpu(res)}
     assert with_gpu == {"traces"}
     traces = [res for rule, res in jobs if rule == "traces"]

@@ -499,8 +499,9 @@ def compute(
     """All collapse tables for one (model, dataset) from an opened trace store and its tables.
 
     ``traces`` is an xarray Dataset with the documented arrays (``open_traces``)
-    or a list of them (one per shard); each is read a block of traces at a time. Failed traces, traces without steps
-    and items without evidence are kept as rows with a note, never dropped.
+    or a list of them (one per shard); each is read a block of traces at a
+    time. Failed traces, traces without steps and items without evidence are
+    kept as rows with a note, never dropped.
     """
     top_k = int(collapse_cfg.get("top_k", 5))
     sink_cfg = dict(collapse_cfg.get("sinks") or {})
@@ -555,8 +556,10 @@ def compute(
     sidecar_rows = {}
     for row in sidecar.to_dict("records"):
         tid = row["trace_id"]
-        if tid in sidecar_rows:
-            raise CollapseError(f"{model}/{dataset}: trace_id {tid} appears twice in the sidecars")
+        if tid in sidecar_rows:  # an upstream bug; one row per trace id keeps the tables joinable
+            counts["duplicate"] = counts.get("duplicate", 0) + 1
+            log.error("%s/%s: trace_id %s appears twice in the sidecars: the later row is left out", model, dataset, tid)
+            continue
         sidecar_rows[tid] = row
         notes[tid] = []
         meta_rows.append(row)

@@ -132,9 +132,10 @@ def usable_rows(df: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame,
     reasons = []
     ok = pd.Series(True, index=df.index)
     checks = [("failed traces", df["status"].fillna("ok").eq("ok") if "status" in df else ok),
-              ("no correctness", df[OUTCOME].notna())]
+              ("without correctness", df[OUTCOME].notna())]
     for c in columns:
-        what = "no vision engagement (e.g. no evidence regions)" if c == VISION else f"no {c}"
+        # vision is missing mostly for items without evidence regions (e.g. arithmetic)
+        what = "without vision engagement" if c == VISION else f"without {c}"
         checks.append((what, pd.Series(np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)),
                                        index=df.index)))
     for what, good in checks:

@@ -27,7 +27,7 @@ rule figures:
         selective_summary=R("selective/summary.csv"),
         # the attention strips draw the items' images
         items_tables=expand(R("items/{d}.parquet"), d=DATASETS),
-        code=code("figures", "regression"),
+        code=code("figures", "features", "regression"),
     output:
         manifest=R("figures/manifest.json"),
         **FIGURE_OUTPUTS,
