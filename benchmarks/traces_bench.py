@@ -106,7 +106,23 @@ def make_request(root: Path, context: int):
                                                  {"box": [side / 4, side / 4, side, side], "image": 0}])
 
 
-def worker(args) -> dict:
+def release_freed_memory() -> None:
+    """Hand memory freed by earlier runs back to the OS, so the next run's RSS peak is its own."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: peaks may then include earlier runs' leftovers
+        pass
+
+
+def worker(args) -> list[dict]:
+    """Time the three modes on one (model, context), interleaved round by round.
+
+    Interleaving matters on a shared machine: other jobs come and go, and a mode
+    timed alone in its own window would carry that window's load. Each mode's
+    figures are medians over the rounds (per-step medians for decoding).
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -114,73 +130,88 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     device = args.device
+    cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    attn = "eager" if args.mode == "eager" else "sdpa"
-    model = AutoModelForImageTextToText.from_pretrained(args.model_dir, attn_implementation=attn, dtype=dtype)
-    model.to(device).eval()
     processor = AutoProcessor.from_pretrained(args.model_dir)
-    # stop only on a token this random model does not emit: every run generates exactly n_new tokens
-    model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")]
-    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=args.new_tokens),
-                         capture_attention=args.mode == "capture")
-    request = make_request(Path(args.work), args.context)
-    prepared = gen.prepare(request)
-    batch, _ = gen.collate([prepared] * args.batch)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    prompt_len = int(batch["input_ids"].shape[1])
-    common = dict(do_sample=False, pad_token_id=gen.pad_id, eos_token_id=sorted(gen.eos_ids), temperature=None,
-                  top_p=None, top_k=None)
-
-    stamps: list[float] = []
-    model.register_forward_pre_hook(lambda *a: stamps.append(time.perf_counter()))
-    recorded = {}
-
-    def run(n_new: int):
-        stamps.clear()
-        with torch.inference_mode():
-            if args.mode == "plain":
-                return model.generate(**batch, max_new_tokens=n_new, **common)
-            if args.mode == "eager":
-                return model.generate(**batch, max_new_tokens=n_new, output_attentions=True,
-                                      return_dict_in_generate=True, **common)
-        results = gen._generate_batch([replace(prepared, budget=n_new)] * args.batch, retries=0)
-        recorded["results"] = results
-        return results
-
-    run(2)  # warm-up: first-call overheads out of the timing
-    walls, prefills = [], []
-    peak = 0.0
-    for rep in range(args.repeats):
-        # the best of a few runs: other processes on a shared machine only ever add time
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        sampler = PeakRSS()
-        with sampler:
-            start = time.perf_counter()
-            out = run(args.new_tokens)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            walls.append(time.perf_counter() - start)
-        del out
-        prefills.append((stamps[1] - stamps[0]) if len(stamps) > 1 else walls[-1])
-        peak = max(peak, (torch.cuda.max_memory_allocated() if device.startswith("cuda") else sampler.peak) / 2**20)
-    n = args.new_tokens * args.batch
-    wall = min(walls)
-    decode = min(w - p for w, p in zip(walls, prefills))
-    result = {
-        "mode": args.mode, "context": prompt_len, "batch": args.batch, "new_tokens": n,
-        "wall_s": wall, "tok_s": n / wall, "prefill_s": min(prefills),
-        "decode_tok_s": (n - args.batch) / max(decode, 1e-9),
-        "peak_mb": peak,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    stop = [processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")]
+    models = {}
+    for attn in ("sdpa", "eager"):
+        model = AutoModelForImageTextToText.from_pretrained(args.model_dir, attn_implementation=attn, dtype=dtype)
+        model.to(device).eval()
+        # stop only on a token this random model does not emit: every run generates exactly n_new tokens
+        model.generation_config.eos_token_id = stop
+        models[attn] = model
+    gens = {
+        "plain": TraceGenerator(models["sdpa"], processor, "qwen3_vl", GenerationSettings(args.new_tokens),
+                                capture_attention=False),
+        "capture": TraceGenerator(models["sdpa"], processor, "qwen3_vl", GenerationSettings(args.new_tokens)),
+        "eager": TraceGenerator(models["eager"], processor, "qwen3_vl", GenerationSettings(args.new_tokens),
+                                capture_attention=False),
     }
-    if device.startswith("cuda"):
-        result["peak_over_weights_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    if args.mode == "capture" and args.store:
-        result["store"] = store_size(recorded["results"], gen, Path(args.store))
-    return result
+    root = Path(args.work)
+    prepared = gens["plain"].prepare(make_request(root, args.context))
+    warm = gens["plain"].prepare(make_request(root, 300))
+    stamps: list[float] = []
+    for model in models.values():
+        model.register_forward_pre_hook(lambda *a: stamps.append(time.perf_counter()))
+
+    def run(mode: str, prep, n_new: int):
+        gen = gens[mode]
+        if mode == "capture":  # the traces stage's path: capture, entropy hook, per-trace results
+            return gen._generate_batch([replace(prep, budget=n_new)] * args.batch, retries=0)
+        batch, _ = gen.collate([prep] * args.batch)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        extra = dict(output_attentions=True, return_dict_in_generate=True) if mode == "eager" else {}
+        with torch.inference_mode():
+            return gen.model.generate(**batch, max_new_tokens=n_new, do_sample=False, pad_token_id=gen.pad_id,
+                                      eos_token_id=stop, temperature=None, top_p=None, top_k=None, **extra)
+
+    modes = ("plain", "capture", "eager")
+    for mode in modes:
+        run(mode, warm, 2)  # warm-up on a short prompt: first-call overheads out of the timing
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    last = {}
+    for r in range(args.repeats):
+        for mode in modes[r % 3:] + modes[: r % 3]:  # rotate the order between rounds
+            release_freed_memory()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() if cuda else PeakRSS().rss()
+            stamps.clear()
+            with PeakRSS() as sampler:
+                start = time.perf_counter()
+                out = run(mode, prepared, args.new_tokens)
+                if cuda:
+                    torch.cuda.synchronize()
+                end = time.perf_counter()
+            peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
+            steps = np.diff(stamps + [end])  # forward-to-forward: a whole generation step each
+            runs[mode].append({"wall": end - start, "prefill": stamps[1] - stamps[0], "steps": steps[1:],
+                               "peak": peak, "over": peak - base})
+            last[mode] = out
+            del out
+    n = args.new_tokens * args.batch
+    prompt_len = int(prepared.encoding["input_ids"].shape[1])
+    rows = []
+    for mode in modes:
+        rr = runs[mode]
+        step = float(np.median(np.concatenate([x["steps"] for x in rr])))
+        row = {
+            "mode": mode, "context": prompt_len, "batch": args.batch, "new_tokens": n, "rounds": len(rr),
+            "wall_s": float(np.median([x["wall"] for x in rr])), "prefill_s": float(np.median([x["prefill"] for x in rr])),
+            "decode_tok_s": args.batch / step,
+            "peak_over_model_mb": max(x["over"] for x in rr) / 2**20,
+            "params_m": sum(p.numel() for p in models["sdpa"].parameters()) / 1e6,
+        }
+        # both an SDPA and an eager copy are loaded: count one of them, as a real run would
+        other = sum(p.numel() * p.element_size() for p in models["eager"].parameters())
+        row["peak_mb"] = (max(x["peak"] for x in rr) - (0 if cuda else other)) / 2**20
+        row["tok_s"] = n / row["wall_s"]
+        if mode == "capture" and args.store:
+            row["store"] = store_size(last["capture"], gens["capture"], Path(args.store))
+        rows.append(row)
+    return rows
 
 
 def store_size(results, gen, path: Path) -> dict:
@@ -251,18 +282,19 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best counts")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved rounds per (model, context); medians count (1 round for ~100M at 2,000)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--qwen3-2b", action="store_true", help="add a random model with Qwen3-VL-2B's configuration")
     ap.add_argument("--json", help="also write the measurements here")
-    ap.add_argument("--worker", nargs=3, metavar=("MODEL_DIR", "CONTEXT", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, metavar=("MODEL_DIR", "CONTEXT", "ALL"), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
-        args.model_dir, context, args.mode = args.worker
+        args.model_dir, context, _ = args.worker
         args.context = int(context)
         print(json.dumps(worker(args)))
         return
@@ -274,36 +306,37 @@ def main() -> None:
         for kind in kinds:
             model_dir = build(kind, root / "models")
             for context in CONTEXTS:
-                for mode in ("plain", "capture", "eager"):
-                    cmd = [sys.executable, __file__, "--worker", str(model_dir), str(context), mode, "--work", tmp,
-                           "--new-tokens", str(args.new_tokens), "--batch", str(args.batch),
-                           "--threads", str(args.threads), "--device", args.device,
-                           "--repeats", str(args.repeats if context < 1000 else max(1, args.repeats - 1))]
-                    if args.bf16:
-                        cmd.append("--bf16")
-                    if mode == "capture":
-                        cmd += ["--store", str(root / f"store-{kind}-{context}")]
-                    t = time.perf_counter()
-                    done = subprocess.run(cmd, capture_output=True, text=True)
-                    if done.returncode:
-                        sys.stderr.write(done.stderr[-3000:])
-                        raise SystemExit(f"worker failed: {kind} {context} {mode}")
-                    row = json.loads(done.stdout.strip().splitlines()[-1])
-                    row.update(model=kind, target_context=context, elapsed=time.perf_counter() - t)
+                cmd = [sys.executable, __file__, "--worker", str(model_dir), str(context), "all", "--work", tmp,
+                       "--new-tokens", str(args.new_tokens), "--batch", str(args.batch),
+                       "--threads", str(args.threads), "--device", args.device,
+                       "--repeats", str(args.repeats if (context < 1000 or kind == "tiny") else 1),
+                       "--store", str(root / f"store-{kind}-{context}")]
+                if args.bf16:
+                    cmd.append("--bf16")
+                t = time.perf_counter()
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    sys.stderr.write(done.stderr[-3000:])
+                    raise SystemExit(f"worker failed: {kind} {context}")
+                for row in json.loads(done.stdout.strip().splitlines()[-1]):
+                    row.update(model=kind, target_context=context)
                     rows.append(row)
-                    print(f"  {kind:8s} ~{context:5d} {mode:8s} {row['tok_s']:8.1f} tok/s  "
-                          f"{row['peak_mb']:8.0f} MB  ({row['elapsed']:.0f} s)", file=sys.stderr, flush=True)
+                    print(f"  {kind:8s} ~{context:5d} {row['mode']:8s} {row['tok_s']:8.2f} tok/s "
+                          f"{row['decode_tok_s']:8.2f} decode tok/s {row['peak_mb']:8.0f} MB", file=sys.stderr,
+                          flush=True)
+                print(f"  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
     report(rows, args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 def report(rows: list[dict], args) -> None:
-    print(f"\nTrace generation on {args.device} ({args.threads} threads, batch {args.batch}, best of {args.repeats}, "
-          f"{args.new_tokens} new tokens per sequence, {'bf16' if args.bf16 else 'float32'})\n")
-    print("| model | params | context | mode | tok/s | prefill s | decode tok/s | peak MB "
-          "| capture vs plain (tok/s, decode tok/s, peak) | capture vs eager (tok/s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\nTrace generation on {args.device} ({args.threads} thread(s), batch {args.batch}, "
+          f"{args.new_tokens} new tokens per sequence, {'bf16' if args.bf16 else 'float32'}; medians over "
+          f"interleaved rounds)\n")
+    print("| model | params | context | mode | tok/s | prefill s | decode tok/s | peak MB | peak above model MB "
+          "| capture / plain: tok/s, decode tok/s, peak | capture / eager: tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     by = {(r["model"], r["target_context"], r["mode"]): r for r in rows}
     for r in rows:
         plain = by[(r["model"], r["target_context"], "plain")]
@@ -312,9 +345,10 @@ def report(rows: list[dict], args) -> None:
         if r["mode"] == "capture":
             vs_plain = (f"{r['tok_s'] / plain['tok_s']:.2f}x, {r['decode_tok_s'] / plain['decode_tok_s']:.2f}x, "
                         f"{r['peak_mb'] / plain['peak_mb'] - 1:+.1%}")
-            vs_eager = f"{r['tok_s'] / eager['tok_s']:.2f}x faster"
-        print(f"| {r['model']} | {r['params_m']:.1f}M | {r['context']} | {r['mode']} | {r['tok_s']:.1f} | "
-              f"{r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {vs_plain} | {vs_eager} |")
+            vs_eager = f"{r['tok_s'] / eager['tok_s']:.2f}x"
+        print(f"| {r['model']} | {r['params_m']:.1f}M | {r['context']} | {r['mode']} | {r['tok_s']:.2f} | "
+              f"{r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_model_mb']:.0f} "
+              f"| {vs_plain} | {vs_eager} |")
     stores = [r for r in rows if "store" in r]
     print("\n| model | context | generated tokens | store bytes | bytes per generated token |")
     print("|---|---|---|---|---|")

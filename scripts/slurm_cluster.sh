@@ -25,8 +25,9 @@
 # to DIR/pids; `stop` kills those and nothing else.
 #
 # Ports: slurmctld/slurmd listen on the first free pair from 6817 upwards
-# (SLURM_CLUSTER_PORT overrides the start), so a second cluster on the same
-# machine does not collide with the first.
+# (SLURM_CLUSTER_PORT overrides the start), so that whatever else listens on
+# SLURM's usual ports is left alone. One test cluster at a time per machine
+# (the default config path can point at only one).
 set -euo pipefail
 
 PACKAGES=(munge slurmctld slurmd slurm-client)
@@ -220,6 +221,8 @@ start() {
     dir=$(cd "$dir" && pwd)
     [[ ! -s $dir/pids ]] || die "$dir/pids exists: a cluster may be running there; run '$0 stop $dir' first"
     install_packages || exit $?
+    # a fresh cluster: no jobs or node state from an earlier run in the same DIR
+    rm -rf "$dir/state" "$dir/spool"
     mkdir -p "$dir/state" "$dir/spool" "$dir/log"
     : >"$dir/pids"
     # from here on, a failure (die, or set -e) stops what was started so far
@@ -230,8 +233,7 @@ start() {
     write_conf "$dir" "$port"
     link_system_conf "$dir"
     export SLURM_CONF=$dir/slurm.conf
-    # -D: stay in the foreground (of this background job), so $! is the daemon itself;
-    # -i: ignore state left by an earlier run in the same DIR
+    # -D: stay in the foreground (of this background job), so $! is the daemon itself
     slurmctld -D -i -f "$SLURM_CONF" >"$dir/log/slurmctld.out" 2>&1 &
     echo "slurmctld $!" >>"$dir/pids"
     slurmd -D -f "$SLURM_CONF" -N "$(hostname -s)" >"$dir/log/slurmd.out" 2>&1 &

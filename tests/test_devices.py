@@ -257,3 +257,5 @@ def test_snakemake_trace_jobs_share_two_gpus_without_overlap(gpu_env, tmp_path):
     for intervals in by_device.values():
         intervals.sort()
         assert all(prev_end <= next_start for (_, prev_end), (next_start, _) in zip(intervals, intervals[1:]))
+    # and the jobs did run side by side, one per device
+    assert any(s0 < e1 and s1 < e0 for s0, e0 in by_device["0"] for s1, e1 in by_device["1"])

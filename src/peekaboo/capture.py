@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -81,6 +82,10 @@ class BatchImages:
     valid: torch.Tensor
     weights: torch.Tensor
     _by_device: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def all_valid(self) -> bool:
+        return bool(self.valid.all())
 
     @classmethod
     def from_rows(cls, positions: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> "BatchImages":
@@ -155,7 +160,8 @@ class Recorder:
     def record(self, layer: int, probs_image: torch.Tensor) -> None:
         """``probs_image`` float32 [B, H, P]: the captured row's attention on each image token."""
         _, valid, weights = self.images.on(probs_image.device)
-        probs_image = probs_image * valid[:, None, :]
+        if not self.images.all_valid:  # rows with fewer image tokens point their padding at key 0
+            probs_image = probs_image * valid[:, None, :]
         mass = probs_image.sum(-1)  # [B, H]
         head_mean = probs_image.mean(1)  # [B, P]
         region = torch.bmm(head_mean[:, None, :], weights)[:, 0, :]  # [B, R]
@@ -240,12 +246,12 @@ def _last_row_probs(
     """float32 [B, H, K]: softmax over the keys for the last query row, as the forward pass had it."""
     B, H, _, D = query.shape
     n_kv = key.shape[1]
-    q = query[:, :, -1, :].float()  # [B, H, D]
-    k = key.float()  # [B, Hkv, K, D]
-    # query heads h*rep .. h*rep+rep-1 share key head h (repeat_kv's layout)
+    # the scale goes on the one query row rather than on every score
+    q = query[:, :, -1, :].float() * (scaling if scaling is not None else D**-0.5)  # [B, H, D]
+    k = key.float()  # [B, Hkv, K, D]; no copy in float32, float32 scores in half precision
+    # query heads h*rep .. h*rep+rep-1 share key head h (repeat_kv's layout): no repeated keys
     rep = H // n_kv
     scores = torch.matmul(q.view(B, n_kv, rep, D), k.transpose(-1, -2)).view(B, H, -1)
-    scores = scores * (scaling if scaling is not None else D**-0.5)
     if attention_mask is not None:
         row = attention_mask[:, :, -1, :]  # [B or 1, 1 or H, K]
         if row.dtype == torch.bool:

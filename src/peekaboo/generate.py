@@ -131,9 +131,8 @@ class _LogitStats:
                 raise RuntimeError("decode step without input_ids: cannot tell the emitted token")
             self.logprob.append(self._gather(emitted[:, -1]))
         logp = torch.log_softmax(logits, dim=-1)
-        p = logp.exp()
-        # 0 * log 0 = 0 for tokens the model rules out entirely
-        self.entropy.append(-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1).cpu())
+        # entr(p) = -p log p, and 0 where the model rules a token out entirely (p = 0)
+        self.entropy.append(torch.special.entr(logp.exp()).sum(-1).cpu())
         self._prev = logp
 
     def _gather(self, tokens: torch.Tensor) -> torch.Tensor:

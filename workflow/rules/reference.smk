@@ -2,42 +2,24 @@
 # dataset, with planted behaviour under masking -> reference/{m}/ (model,
 # processor, training.json). Only models with a `reference` entry use this rule;
 # the trace stage loads the directory like any hub model (model_path in common.smk).
-
-
-def reference_spec(m):
-    spec = model_cfg(m).get("reference")
-    if not spec:
-        raise WorkflowError(f"models.{m}: has no 'reference' entry, so reference/{m} cannot be trained")
-    return spec
-
-
-def reference_training_options(m):
-    """The panels options that shape training images; the test set's seed and size are left out
-    so that resizing the test set does not retrain the models."""
-    options = dict(dataset_cfg(pcfg.reference_dataset(config, m))["options"])
-    for key in ("seed", "n_items", "counts"):
-        options.pop(key, None)
-    return options
-
-
-def reference_init(m):
-    init = reference_spec(m).get("init_from") or ""
-    return [R(f"reference/{init}")] if init else []
+# Params hold the model's reference entry and the training dataset's options
+# (less the test set's seed and size), so editing them re-trains the model.
+from peekaboo.models import reference as reference_models
 
 
 rule train_reference:
     input:
         code=code("models.reference", "datasets.panels", "datasets.base", "prompting"),
-        init=lambda wc: reference_init(wc.m),
+        init=lambda wc: [R(f"reference/{m}") for m in [reference_models.init_model(config, wc.m)] if m],
     output:
         model=directory(R("reference/{m}")),
     params:
-        reference=lambda wc: reference_spec(wc.m),
-        options=lambda wc: reference_training_options(wc.m),
+        reference=lambda wc: reference_models.model_spec(config, wc.m),
+        options=lambda wc: reference_models.training_options(config, wc.m),
         system_prompt=lambda wc: model_cfg(wc.m)["system_prompt"],
         thinking=lambda wc: model_cfg(wc.m)["thinking"],
         seed=config["seed"],
-    threads: lambda wc: reference_spec(wc.m)["threads"]
+    threads: lambda wc: reference_models.model_spec(config, wc.m)["threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],

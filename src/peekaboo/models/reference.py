@@ -278,6 +278,42 @@ def training_spec(spec: Mapping[str, Any], where: str = "reference") -> dict[str
     return out
 
 
+def model_spec(cfg: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The ``reference`` entry of a model of the validated config; an error for models from a hub/path."""
+    spec = cfg["models"][model].get("reference")
+    if not spec:
+        raise ReferenceError(f"models.{model}: has no 'reference' entry, so reference/{model} cannot be trained")
+    return dict(spec)
+
+
+def training_dataset(cfg: Mapping[str, Any], model: str) -> str:
+    """The panels dataset a reference model trains on: ``reference.dataset`` or the first panels dataset."""
+    spec = model_spec(cfg, model)
+    if spec.get("dataset"):
+        return spec["dataset"]
+    for name, entry in cfg["datasets"].items():
+        if entry["adapter"] == "panels":
+            return name
+    raise ReferenceError(f"models.{model}.reference: needs a panels dataset in datasets")
+
+
+def training_options(cfg: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The panels options that shape training images.
+
+    The test set's seed and size are left out, so that resizing the test set
+    does not retrain the models (the options are the training rule's params).
+    """
+    options = dict(cfg["datasets"][training_dataset(cfg, model)].get("options") or {})
+    for key in ("seed", "n_items", "counts"):
+        options.pop(key, None)
+    return options
+
+
+def init_model(cfg: Mapping[str, Any], model: str) -> str | None:
+    """The reference model this one is fine-tuned from (``reference.init_from``), or None."""
+    return model_spec(cfg, model).get("init_from") or None
+
+
 # --------------------------------------------------------------------------- tokenizer, processor, config
 
 
