@@ -199,7 +199,8 @@ def worker(args) -> list[dict]:
         step = float(np.median(np.concatenate([x["steps"] for x in rr])))
         row = {
             "mode": mode, "context": prompt_len, "batch": args.batch, "new_tokens": n, "rounds": len(rr),
-            "wall_s": float(np.median([x["wall"] for x in rr])), "prefill_s": float(np.median([x["prefill"] for x in rr])),
+            "wall_s": float(np.median([x["wall"] for x in rr])),
+            "prefill_s": float(np.median([x["prefill"] for x in rr])),
             "decode_tok_s": args.batch / step,
             "peak_over_model_mb": max(x["over"] for x in rr) / 2**20,
             "params_m": sum(p.numel() for p in models["sdpa"].parameters()) / 1e6,

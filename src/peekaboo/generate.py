@@ -505,7 +505,8 @@ def run_shard(
         "model_revision": info.commit or info.revision,
         "family": family,
         "dtype": info.dtype,
-        "attn_implementation": f"{capture.CAPTURE_IMPL} (layer outputs by sdpa; model configured {info.attn_implementation})",
+        "attn_implementation": (f"{capture.CAPTURE_IMPL} (layer outputs by sdpa; "
+                                f"model configured {info.attn_implementation})"),
         "generation": settings.as_dict(),
         "prompt_template": getattr(processor, "chat_template", None) or "",
         "thinking": bool(model_spec.get("thinking", False)),

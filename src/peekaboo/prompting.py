@@ -23,9 +23,9 @@ def messages(question: str, n_images: int, system_prompt: str | None = None) -> 
 def render(processor, msgs: list[dict[str, Any]], thinking: bool = False) -> str:
     """The prompt text through the model's own chat template, ending with the assistant header.
 
-    ``enable_thinking`` is passed to templates that read it (Qwen3, GLM-4.1V and
-    later) and ignored by the others.
+    ``enable_thinking`` goes only to templates that read it (Qwen3, GLM-4.1V and
+    later); the others would pass it on to the processor call with a warning.
     """
-    return processor.apply_chat_template(
-        msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
-    )
+    template = getattr(processor, "chat_template", None) or ""
+    extra = {"enable_thinking": thinking} if "enable_thinking" in template else {}
+    return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **extra)

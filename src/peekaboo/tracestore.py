@@ -193,7 +193,6 @@ class ShardWriter:
 
     def finalize(self) -> tuple[Path, Path]:
         """Assemble the Zarr store and the sidecar from the batch files; remove the partial folder."""
-        import xarray as xr
         from zarr.codecs import ZstdCodec
 
         missing = [k for k in range(len(self.plan)) if not all(p.is_file() for p in self._batch_files(k))]

@@ -12,8 +12,10 @@ from peekaboo.generate import run_shard  # noqa: E402
 params = snakemake.params  # noqa: F821
 store = Path(snakemake.output.store)  # noqa: F821
 
-# claim the GPU before anything initialises CUDA; the device is released when the job ends, however it ends
-with claim_device() as visible:
+# claim the job's GPUs (several for a model spread by a device map) before anything initialises CUDA;
+# they are released when the job ends, however it ends
+n_gpus = max(1, int(snakemake.resources.get("gpu", 1) or 1))  # noqa: F821
+with claim_device(count=n_gpus) as visible:
     logs.get_logger("traces").info("device: %s", f"CUDA_VISIBLE_DEVICES={visible}" if visible else "as found")
     run_shard(
         items_path=snakemake.input.items_table,  # noqa: F821

@@ -45,10 +45,12 @@ QWEN2_VL_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -147,7 +149,9 @@ GLM46V_TEMPLATE = """\
 {%- for m in messages %}
     {%- if m.role == 'system' %}
         {{- '<|system|>\\n' }}
-        {%- if m.content is string %}{{- m.content }}{%- else %}{%- for item in m.content %}{%- if item.type == 'text' %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}
+        {%- if m.content is string %}{{- m.content }}{%- else %}
+            {%- for item in m.content %}{%- if item.type == 'text' %}{{- item.text }}{%- endif %}{%- endfor %}
+        {%- endif %}
     {%- elif m.role == 'user' %}
         {{- '<|user|>\\n' }}
         {%- if m.content is string %}
