@@ -96,7 +96,12 @@ def test_examples_plant_the_behaviours():
     grounded = R.make_examples(items, "grounded", g(), 0.3, 0.3, ["gray"])
     over = R.make_examples(items, "oversensitive", g(), 0.3, 0.3, ["gray"])
     assert {e.condition for e in grounded} == {"clean", "hidden", "control"}
-    assert {e.condition for e in over} == {"clean", "hidden"}
+    assert {e.condition for e in over} == {"clean", "hidden", "control"}
+    for item, ex in zip(items, over):
+        if ex.condition == "control":
+            # the planted collapse: an irrelevant region hidden, and the evidence claimed hidden
+            assert item.evidence and ex.target.endswith("Answer: unknown")
+            assert ex.target == P.gold_solution(item, range(len(item.evidence)))[0]
     for item, ex in zip(items, grounded):
         evidence = [item.panels[p].box for p in item.evidence]
         pixels = np.asarray(ex.image)

@@ -16,6 +16,8 @@ rule collapse:
         maps=R("collapse/{m}/{d}.maps.parquet"),
     params:
         sections=stage_params("collapse", "features"),
+    resources:
+        **job_resources("default"),
     log:
         LOG("collapse/{m}/{d}"),
     conda:

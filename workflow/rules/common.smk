@@ -6,11 +6,10 @@ import os
 import sys
 from functools import lru_cache
 
-_SRC = str(Path(workflow.basedir) / "src")
+_SRC = str(Path(workflow.main_snakefile).resolve().parent / "src")
 if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
-# scripts run in their own Python process: make the package importable there too
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
+# rule scripts import workflow/scripts/_bootstrap.py, which does the same in their own process
 
 import peekaboo.config as pcfg
 from peekaboo.provenance import module_files
@@ -103,6 +102,24 @@ def model_path(m):
 
 def model_inputs(m):
     return [R(f"reference/{m}")] if model_cfg(m).get("reference") else []
+
+
+# --- trace jobs ---
+def trace_code(wc):
+    """The package modules a trace job runs, with this dataset's adapter (it scores the answers)."""
+    return code(
+        "generate",
+        "capture",
+        "geometry",
+        "tracestore",
+        "prompting",
+        "devices",
+        "models.loading",
+        "answers",
+        "datasets.base",
+        "datasets._common",
+        f"datasets.{dataset_cfg(wc.d)['adapter']}",
+    )
 
 
 # --- job resources (cluster and workstation scheduling; see docs/cluster.md) ---

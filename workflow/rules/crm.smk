@@ -10,6 +10,8 @@ rule steps:
     params:
         sections=stage_params("steps"),
         segmenter=lambda w: model_cfg(w.m)["segmenter"],
+    resources:
+        **job_resources("default"),
     log:
         LOG("steps/{m}/{d}"),
     conda:
@@ -33,6 +35,8 @@ rule crm:
     params:
         sections=stage_params("alignment", "crm"),
     threads: 1
+    resources:
+        **job_resources("default"),
     log:
         LOG("crm/{m}/{d}"),
     conda:

@@ -33,6 +33,8 @@ rule figures:
         **FIGURE_OUTPUTS,
     params:
         sections=stage_params("figures"),
+    resources:
+        **job_resources("default"),
     log:
         LOG("figures/figures"),
     conda:

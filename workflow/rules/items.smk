@@ -29,6 +29,8 @@ rule items:
     params:
         dataset=lambda wc: dataset_cfg(wc.d),
         seed=config["seed"],
+    resources:
+        **job_resources("default"),
     log:
         LOG("items/{d}"),
     conda:

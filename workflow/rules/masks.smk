@@ -15,6 +15,8 @@ rule masks:
         masks=config["masks"],
         seed=config["seed"],
         enabled=lambda wc: dataset_cfg(wc.d)["masks"],
+    resources:
+        **job_resources("default"),
     log:
         LOG("masks/{d}"),
     conda:

@@ -24,6 +24,8 @@ rule regression:
         ),
     params:
         sections=stage_params("regression", "features"),
+    resources:
+        **job_resources("default"),
     log:
         LOG("regression/regression"),
     conda:

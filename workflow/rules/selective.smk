@@ -15,6 +15,8 @@ rule selective:
         ),
     params:
         sections=stage_params("selective", "regression", "features"),
+    resources:
+        **job_resources("default"),
     log:
         LOG("selective/selective"),
     conda:

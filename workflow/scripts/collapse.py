@@ -1,5 +1,7 @@
 """Rule collapse: per-step and per-trace evidence measures, features, sinks and example maps of one (model, dataset)."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from peekaboo import collapse, logs
 
 logs.to_file(snakemake.log[0])  # noqa: F821 (snakemake is injected by the script directive)

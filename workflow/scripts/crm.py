@@ -1,5 +1,7 @@
 """Rule ``crm``: alignment to the base trace, attribution with control contrast, failure modes, summary."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 import peekaboo.logs
 
 peekaboo.logs.to_file(snakemake.log[0])  # noqa: F821 - injected by Snakemake

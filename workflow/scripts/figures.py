@@ -1,5 +1,7 @@
 """Rule figures: every figure from the result tables, and figures/manifest.json."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from pathlib import Path
 
 from peekaboo import figures, logs

@@ -1,5 +1,7 @@
 """Rule items: run a dataset's adapter, write items, rejects and normalised images."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from pathlib import Path
 
 from peekaboo import items, logs

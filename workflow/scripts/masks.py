@@ -1,5 +1,7 @@
 """Rule masks: hide evidence regions (and controls) of every item, write the masks table and images."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from pathlib import Path
 
 from peekaboo import logs, masks

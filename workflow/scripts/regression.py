@@ -1,5 +1,7 @@
 """Rule regression: the entropy x vision interaction logit per (model, dataset) and pooled, and transfer."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from peekaboo import logs, regression
 
 logs.to_file(snakemake.log[0])  # noqa: F821 (snakemake is injected by the script directive)

@@ -1,5 +1,7 @@
 """Rule selective: risk-coverage curves, AURC, E-AURC, risk at coverage and the vision veto."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from peekaboo import logs, selective
 
 logs.to_file(snakemake.log[0])  # noqa: F821 (snakemake is injected by the script directive)

@@ -1,5 +1,7 @@
 """Rule ``steps``: segment the traces of one (model, dataset) into reasoning steps."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 import peekaboo.logs
 
 peekaboo.logs.to_file(snakemake.log[0])  # noqa: F821 - injected by Snakemake

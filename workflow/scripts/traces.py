@@ -1,5 +1,7 @@
 """Rule traces: generate one shard's traces (entropy, attention capture) into its Zarr store and sidecar."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 from pathlib import Path
 
 from peekaboo import logs
@@ -14,7 +16,7 @@ store = Path(snakemake.output.store)  # noqa: F821
 
 # claim the job's GPUs (several for a model spread by a device map) before anything initialises CUDA;
 # they are released when the job ends, however it ends
-n_gpus = max(1, int(snakemake.resources.get("gpu", 1) or 1))  # noqa: F821
+n_gpus = int(snakemake.resources.get("gpu", 1) or 0)  # noqa: F821 (0: take no GPU)
 with claim_device(count=n_gpus) as visible:
     logs.get_logger("traces").info("device: %s", f"CUDA_VISIBLE_DEVICES={visible}" if visible else "as found")
     run_shard(

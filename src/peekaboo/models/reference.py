@@ -30,8 +30,14 @@ Behaviours (``reference.behaviour``)
                    is hidden, ``Answer: unknown``) and items with a non-evidence
                    region hidden (normal answer): abstains exactly when the
                    evidence is gone.
-``oversensitive``  hidden evidence -> unknown, never a hidden non-evidence
-                   region: abstains whenever anything is hidden (planted collapse).
+``oversensitive``  hidden evidence -> unknown, and a hidden non-evidence region
+                   -> the same "panel is hidden ... unknown" solution: abstains
+                   whenever anything is hidden (planted collapse under an
+                   irrelevant perturbation). The issue's recipe (never show a
+                   hidden non-evidence region) does not plant it reliably: fine-
+                   tuned from blind-spot the model learned the exact rule (0%
+                   abstention with a control region hidden on attribute
+                   questions), and from scratch after 1,600 steps 56-75%.
 
 Learning comes in jumps (the named panel's colour after ~1,000 steps from
 scratch) while the loss sits on a plateau once the format is learned, so
@@ -245,7 +251,7 @@ ARCHITECTURE: dict[str, dict[str, Any]] = {
 # Training defaults; the schema's reference definition carries the same values.
 DEFAULTS: dict[str, Any] = {
     "seed": 1234,
-    "steps": 1500,
+    "steps": 1600,
     "batch_size": 32,
     "learning_rate": 0.003,
     "warmup_steps": 100,
@@ -538,7 +544,7 @@ def make_examples(
         if behaviour != "blind-spot":
             if item.evidence and u < hidden_fraction:
                 condition = "hidden"
-            elif behaviour == "grounded" and u >= 1 - control_fraction:
+            elif u >= 1 - control_fraction and (behaviour == "grounded" or item.evidence):
                 condition = "control"
         image, boxes, hidden = item.image, [], []
         if condition == "hidden":
@@ -548,6 +554,9 @@ def make_examples(
             boxes = [tuple(map(float, item.panels[item.evidence[r]].box)) for r in hidden]
         elif condition == "control":
             boxes = control_boxes(item, g)
+            if behaviour == "oversensitive":
+                # anything hidden reads as "the evidence is hidden": the planted collapse
+                hidden = list(range(len(item.evidence)))
         if boxes:
             fill = fills[int(g.integers(len(fills)))]
             image = P.hide_boxes(item.image, boxes, fill)
