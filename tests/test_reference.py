@@ -98,8 +98,8 @@ def test_examples_plant_the_behaviours():
     assert {e.condition for e in grounded} == {"clean", "hidden", "control"}
     assert {e.condition for e in over} == {"clean", "hidden", "control"}
     for item, ex in zip(items, over):
-        if ex.condition == "control":
-            # the planted collapse: an irrelevant region hidden, and the evidence claimed hidden
+        if ex.condition != "clean":
+            # the planted collapse: whatever is hidden, every panel-reading step says hidden
             assert item.evidence and ex.target.endswith("Answer: unknown")
             assert ex.target == P.gold_solution(item, range(len(item.evidence)))[0]
     for item, ex in zip(items, grounded):

@@ -122,7 +122,7 @@ def trace_code(wc):
     )
 
 
-# --- job resources (cluster and workstation scheduling; see docs/cluster.md) ---
+# --- job resources (cluster and workstation scheduling; see "Running on a cluster" in README.md) ---
 # Maps a model's `resources` keys to Snakemake/SLURM resource names.
 _MODEL_RESOURCE_NAMES = {"gpu_model": "gpu_model", "gres": "gres", "cpus": "cpus_per_task"}
 

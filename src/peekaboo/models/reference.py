@@ -30,10 +30,10 @@ Behaviours (``reference.behaviour``)
                    is hidden, ``Answer: unknown``) and items with a non-evidence
                    region hidden (normal answer): abstains exactly when the
                    evidence is gone.
-``oversensitive``  hidden evidence -> unknown, and a hidden non-evidence region
-                   -> the same "panel is hidden ... unknown" solution: abstains
-                   whenever anything is hidden (planted collapse under an
-                   irrelevant perturbation). The issue's recipe (never show a
+``oversensitive``  whatever is hidden (evidence or not), every step that reads a
+                   panel says the panel is hidden and the answer is unknown:
+                   abstains whenever anything is hidden (planted collapse under
+                   an irrelevant perturbation). The issue's recipe (never show a
                    hidden non-evidence region) does not plant it reliably: fine-
                    tuned from blind-spot the model learned the exact rule (0%
                    abstention with a control region hidden on attribute
@@ -554,9 +554,9 @@ def make_examples(
             boxes = [tuple(map(float, item.panels[item.evidence[r]].box)) for r in hidden]
         elif condition == "control":
             boxes = control_boxes(item, g)
-            if behaviour == "oversensitive":
-                # anything hidden reads as "the evidence is hidden": the planted collapse
-                hidden = list(range(len(item.evidence)))
+        if behaviour == "oversensitive" and boxes:
+            # anything hidden reads as "every panel I need is hidden": the planted collapse
+            hidden = list(range(len(item.evidence)))
         if boxes:
             fill = fills[int(g.integers(len(fills)))]
             image = P.hide_boxes(item.image, boxes, fill)
