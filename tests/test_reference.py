@@ -31,7 +31,8 @@ def trained(tmp_path_factory):
     """Two models trained with the same spec, and one fine-tuned from the first (init_from)."""
     root = tmp_path_factory.mktemp("reference")
     spec = {"behaviour": "grounded", **QUICK}
-    reports = [R.train_reference(spec, {}, root / name, name=name) for name in ("a", "b")]
+    # b builds its batches in a worker process: the weights must not change
+    reports = [R.train_reference({**spec, "data_workers": w}, {}, root / n, name=n) for n, w in (("a", 0), ("b", 1))]
     tuned = R.train_reference({"behaviour": "oversensitive", **QUICK, "steps": 2}, {}, root / "c", init_dir=root / "a")
     return root, reports, tuned
 

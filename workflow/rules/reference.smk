@@ -19,7 +19,8 @@ rule train_reference:
         system_prompt=lambda wc: model_cfg(wc.m)["system_prompt"],
         thinking=lambda wc: model_cfg(wc.m)["thinking"],
         seed=config["seed"],
-    threads: lambda wc: reference_models.model_spec(config, wc.m)["threads"]
+    # torch threads plus the batch-building worker processes, each on a core of its own
+    threads: lambda wc: reference_models.job_threads(config, wc.m)
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],

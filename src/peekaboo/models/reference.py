@@ -265,6 +265,7 @@ DEFAULTS: dict[str, Any] = {
     "stop_patience": 2,
     "cooldown_steps": 100,
     "threads": 1,
+    "data_workers": 0,
     "architecture": {},
 }
 
@@ -318,6 +319,12 @@ def training_options(cfg: Mapping[str, Any], model: str) -> dict[str, Any]:
 def init_model(cfg: Mapping[str, Any], model: str) -> str | None:
     """The reference model this one is fine-tuned from (``reference.init_from``), or None."""
     return model_spec(cfg, model).get("init_from") or None
+
+
+def job_threads(cfg: Mapping[str, Any], model: str) -> int:
+    """Cores a training job occupies: torch threads plus batch-building workers."""
+    spec = model_spec(cfg, model)
+    return int(spec.get("threads") or 1) + int(spec.get("data_workers") or 0)
 
 
 # --------------------------------------------------------------------------- tokenizer, processor, config
@@ -656,6 +663,82 @@ def lr_at(step: int, total: int, warmup: int, base: float, floor: float = 0.05) 
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@dataclass
+class BatchPlan:
+    """Everything that decides the training batch of a step (so a worker process can build it too)."""
+
+    processor: Any
+    opts: P.PanelsOptions
+    seed: int
+    behaviour: str
+    batch_size: int
+    hidden_fraction: float
+    control_fraction: float
+    fills: tuple[str, ...]
+    system_prompt: str | None
+    thinking: bool
+
+    def batch(self, step: int):
+        """The collated batch of ``step``: fresh items, and draws of their own, whoever builds it."""
+        items = P.training_items(self.opts, self.seed, step * self.batch_size, self.batch_size)
+        g = rng(self.seed, "reference", self.behaviour, "examples", step)
+        examples = make_examples(items, self.behaviour, g, self.hidden_fraction, self.control_fraction, self.fills)
+        return collate(self.processor, examples, self.system_prompt, self.thinking)
+
+
+_WORKER_PLAN: BatchPlan | None = None
+
+
+def _worker_init(plan: BatchPlan) -> None:
+    global _WORKER_PLAN
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_PLAN = plan
+
+
+def _worker_batch(step: int) -> dict[str, np.ndarray]:
+    assert _WORKER_PLAN is not None
+    # numpy arrays cross the process boundary as plain buffers
+    return {k: v.numpy() for k, v in _WORKER_PLAN.batch(step).items()}
+
+
+class BatchSource:
+    """Training batches by step, built here or (``workers`` > 0) a few steps ahead in worker processes.
+
+    Batches depend only on the step, so the weights are the same with or
+    without workers; a worker only moves image drawing and processing to
+    another core while this one runs the model.
+    """
+
+    def __init__(self, plan: BatchPlan, workers: int = 0, ahead: int = 4):
+        self.plan = plan
+        self.pool = None
+        self.pending: dict[int, Any] = {}
+        self.ahead = max(1, ahead) * max(1, workers)
+        if workers > 0:
+            import multiprocessing
+
+            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(plan,))
+
+    def get(self, step: int, last: int):
+        if self.pool is None:
+            return self.plan.batch(step)
+        import torch
+
+        for s in range(step, min(last, step + self.ahead)):
+            if s not in self.pending:
+                self.pending[s] = self.pool.apply_async(_worker_batch, (s,))
+        arrays = self.pending.pop(step).get()
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
 def train_reference(
     spec: Mapping[str, Any],
     dataset_options: Mapping[str, Any],
@@ -697,7 +780,6 @@ def train_reference(
     model.train()
     log.info("%s: %s, %d parameters, init %s", name, behaviour, n_parameters(model), init_dir or "random")
 
-    data_rng = rng(seed, "reference", behaviour, "examples")
     probe_items = P.training_items(opts, derive_seed(seed, "probe") % (2**31), 0, int(cfg["probe_items"]))
     # the probe over-samples the hidden conditions so that each behaviour is checked on enough items
     probe_examples = make_examples(
@@ -734,43 +816,49 @@ def train_reference(
     step = 0
     from ..logs import progress
 
+    plan = BatchPlan(
+        processor, opts, seed, behaviour, bs, float(cfg["hidden_fraction"]), float(cfg["control_fraction"]),
+        tuple(cfg["fills"]), system_prompt, thinking,
+    )
+    source = BatchSource(plan, workers=int(cfg["data_workers"]))
     bar = progress(total=total, desc=f"train {name}", unit="step")
-    while step < total:
-        if cooldown_from is not None:
-            if step >= cooldown_from + cooldown:
-                break
-            lr = base_lr * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(1, cooldown))) * lr_at(
-                cooldown_from, total, warmup, 1.0
-            )
-        else:
-            lr = lr_at(step, total, warmup, base_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        items = P.training_items(opts, seed, step * bs, bs)
-        examples = make_examples(items, behaviour, data_rng, cfg["hidden_fraction"], cfg["control_fraction"], cfg["fills"])
-        batch = collate(processor, examples, system_prompt, thinking)
-        data_seconds += time.perf_counter() - t0
-        out = model(**batch, use_cache=False)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(out.loss.detach()))
-        step += 1
-        bar.update(1)
-        if probe_every and (step % probe_every == 0 or step == total):
-            result = probe(model, probe_batches)
-            result["step"] = step
-            result["loss"] = float(np.mean(losses[-probe_every:]))
-            probes.append(result)
-            log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s", name, step, result["loss"], result["accuracy"],
-                     result["token_accuracy"], result["by_group"])
-            if cooldown_from is None and stop_accuracy is not None:
-                streak = streak + 1 if result["accuracy"] >= float(stop_accuracy) else 0
-                if streak >= patience and step + cooldown < total:
-                    cooldown_from = step
-                    log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
+    try:
+        while step < total:
+            if cooldown_from is not None:
+                if step >= cooldown_from + cooldown:
+                    break
+                lr = base_lr * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(1, cooldown))) * lr_at(
+                    cooldown_from, total, warmup, 1.0
+                )
+            else:
+                lr = lr_at(step, total, warmup, base_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            batch = source.get(step, total)
+            data_seconds += time.perf_counter() - t0
+            out = model(**batch, use_cache=False)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(out.loss.detach()))
+            step += 1
+            bar.update(1)
+            if probe_every and (step % probe_every == 0 or step == total):
+                result = probe(model, probe_batches)
+                result["step"] = step
+                result["loss"] = float(np.mean(losses[-probe_every:]))
+                probes.append(result)
+                log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s", name, step, result["loss"], result["accuracy"],
+                         result["token_accuracy"], result["by_group"])
+                if cooldown_from is None and stop_accuracy is not None:
+                    streak = streak + 1 if result["accuracy"] >= float(stop_accuracy) else 0
+                    if streak >= patience and step + cooldown < total:
+                        cooldown_from = step
+                        log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
+    finally:
+        source.close()
     bar.close()
     final = probe(model, probe_batches)
     final["step"] = step
@@ -792,6 +880,7 @@ def train_reference(
         "seconds": round(seconds, 1),
         "data_seconds": round(data_seconds, 1),
         "threads": int(cfg["threads"]),
+        "data_workers": int(cfg["data_workers"]),
         "loss": {
             "first": losses[0] if losses else None,
             "last": float(np.mean(losses[-chunks:])) if losses else None,
