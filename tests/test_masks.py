@@ -196,10 +196,12 @@ def test_control_found_by_scan_when_random_tries_miss(tmp_path, list_adapter):
 def test_control_skipped_per_fill_with_reason(tmp_path, list_adapter):
     items_df, res = make_items(tmp_path, [raw("full", [texture()], [Region("all", (0, 0, 64, 48))])])
     df, skipped = masks.build_masks(items_df, cfg(fills=["gray", "noise"]), res, "t", 0)
-    assert set(df.variant) == {"base", "drop:0", "drop:all"}
+    assert set(df.variant) == {"base", "drop:0"}
     assert sorted(zip(skipped.variant, skipped.fill)) == [
-        ("ctrl:0", "gray"), ("ctrl:0", "noise"), ("keep:evidence", "gray"), ("keep:evidence", "noise"),
+        ("ctrl:0", "gray"), ("ctrl:0", "noise"), ("drop:all", "gray"), ("drop:all", "noise"),
+        ("keep:evidence", "gray"), ("keep:evidence", "noise"),
     ]
+    assert skipped[skipped.variant == "drop:all"].reason.iloc[0] == "the item has one region: drop:all would repeat drop:0"
     ctrl_reason = skipped[skipped.variant == "ctrl:0"].reason.iloc[0]
     assert ctrl_reason == "no place for a 64x48 control box in image 0 (64x48) that overlaps no evidence region"
 
@@ -281,10 +283,34 @@ def test_run_stage_tables_and_determinism(tmp_path, list_adapter):
                         code_files=code_files)
         hashes.append({k: v for k, v in tree_hashes(out).items() if k.startswith("masks")})
     assert hashes[0] == hashes[1]
-    assert len(hashes[0]) == 2 + 5 * (6 + 4)  # tables + one image per (variant, fill)
+    assert len(hashes[0]) == 2 + 5 * (6 + 3)  # tables + one image per (variant, fill); no drop:all with one region
     out = tmp_path / "one"
     assert pq.read_schema(out / "masks/t.parquet").remove_metadata() == masks.MASKS_SCHEMA
     assert pq.read_schema(out / "masks/t.skipped.parquet").remove_metadata() == masks.SKIPPED_SCHEMA
     prov = tables.read_provenance(out / "masks/t.parquet")
     assert prov["config_hash"] == provenance.config_hash({"masks": c, "seed": 5, "enabled": True})
     assert prov["code_hash"] == provenance.code_hash(code_files)
+
+
+def test_control_uses_the_adapters_proposed_places(tmp_path, list_adapter):
+    # a 2 x 2 grid of 32 x 24 cells; the evidence is the top-left cell; the adapter proposes all four
+    cells = [(0, 0, 32, 24), (32, 0, 64, 24), (0, 24, 32, 48), (32, 24, 64, 48)]
+    meta = {"control_candidates": [{"box": list(c), "image": 0} for c in cells]}
+    items_df, res = make_items(tmp_path, [raw("grid", [texture()], [Region("tl", cells[0])], meta=meta)])
+    chosen = set()
+    for seed in range(12):
+        df, skipped = masks.build_masks(items_df, cfg(variants=["control"]), res, "t", seed=seed)
+        ctrl = df[df["variant"] == "ctrl:0"].iloc[0]
+        box = tuple(int(v) for v in ctrl["hidden_boxes"][0])
+        assert box in cells[1:], box  # a whole non-evidence cell, never the evidence, never straddling
+        chosen.add(box)
+    assert len(chosen) > 1  # drawn among the proposals, not always the first
+
+
+def test_control_falls_back_to_any_place_when_no_proposal_fits(tmp_path, list_adapter):
+    meta = {"control_candidates": [{"box": [0, 0, 10, 10], "image": 0}]}  # wrong size: ignored
+    items_df, res = make_items(tmp_path, [raw("x", [texture()], [Region("r", (4, 4, 20, 20))], meta=meta)])
+    df, _ = masks.build_masks(items_df, cfg(variants=["control"]), res, "t", seed=0)
+    box = tuple(int(v) for v in df[df["variant"] == "ctrl:0"].iloc[0]["hidden_boxes"][0])
+    assert (box[2] - box[0], box[3] - box[1]) == (16, 16)
+    assert box[0] >= 20 or box[1] >= 20 or box[2] <= 4 or box[3] <= 4

@@ -98,10 +98,12 @@ def test_items_and_masks_run_and_rerun_does_nothing(project):
 
     m = tables.read_table(out / "masks/mine.parquet")
     per_item = m.groupby("item_id").size().to_dict()
-    # a: 2 regions -> base + (drop:0, drop:1, drop:all, keep:evidence, ctrl:0, ctrl:1) x 2 fills
-    assert per_item == {"a": 13, "b": 9, "plain": 1}
+    # a: 2 regions -> base + (drop:0, drop:1, drop:all, keep:evidence, ctrl:0, ctrl:1) x 2 fills;
+    # b: 1 region -> base + (drop:0, keep:evidence, ctrl:0) x 2 fills (drop:all would repeat drop:0)
+    assert per_item == {"a": 13, "b": 7, "plain": 1}
     assert all((out / p).is_file() for p in m.image)
-    assert tables.read_table(out / "masks/mine.skipped.parquet").empty
+    skipped = tables.read_table(out / "masks/mine.skipped.parquet")
+    assert sorted(zip(skipped.item_id, skipped.variant)) == [("b", "drop:all"), ("b", "drop:all")]
 
     nomask = tables.read_table(out / "masks/nomask.parquet")
     assert list(nomask.variant) == ["base", "base"]

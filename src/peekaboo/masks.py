@@ -23,6 +23,8 @@ boxes) over the pixel count of all the item's images.
 
 from __future__ import annotations
 
+import json
+
 import math
 import shutil
 from dataclasses import dataclass
@@ -229,6 +231,24 @@ def _as_list(value: Any) -> list:
     return list(value)
 
 
+def control_candidates(meta: Any) -> list[tuple[int, Rect | Sequence[float]]]:
+    """Places an adapter proposes for control masks (``meta.control_candidates``: [{box, image}]).
+
+    ``panels`` proposes its panel boxes, so that a control hides a whole
+    non-evidence panel, as a panel is hidden for the evidence, rather than
+    parts of two.
+    """
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta else {}
+        except ValueError:
+            return []
+    out = []
+    for cand in (meta or {}).get("control_candidates") or []:
+        out.append((int(cand.get("image", 0)), cand["box"]))
+    return out
+
+
 def _plan(
     item_id: str,
     regions: list[dict[str, Any]],
@@ -236,8 +256,13 @@ def _plan(
     masks_cfg: Mapping[str, Any],
     seed: int,
     dataset: str,
+    candidates: Sequence[tuple[int, Sequence[float]]] = (),
 ) -> list[_Variant]:
-    """The hidden variants of one item, in ``masks.variants`` order, with their pixel boxes."""
+    """The hidden variants of one item, in ``masks.variants`` order, with their pixel boxes.
+
+    A control box is drawn among ``candidates`` of the region's size that
+    overlap no evidence when there are any, else anywhere in the image.
+    """
     rects = [(int(r["image"]), pixel_rect(r["box"], *sizes[int(r["image"])])) for r in regions]
     evidence_by_image: dict[int, list[Rect]] = {}
     for j, rect in rects:
@@ -247,7 +272,9 @@ def _plan(
         if kind == "drop":
             out.extend(_Variant(f"drop:{k}", k, {j: [rect]}) for k, (j, rect) in enumerate(rects))
         elif kind == "drop_all":
-            out.append(_Variant("drop:all", None, {j: list(rs) for j, rs in sorted(evidence_by_image.items())}))
+            # with one region drop:all is drop:0: skip it rather than generate the same trace twice
+            reason = "the item has one region: drop:all would repeat drop:0" if len(rects) == 1 else None
+            out.append(_Variant("drop:all", None, {j: list(rs) for j, rs in sorted(evidence_by_image.items())}, reason))
         elif kind == "keep_evidence":
             hidden = {}
             for j, (width, height) in enumerate(sizes):
@@ -260,8 +287,19 @@ def _plan(
             for k, (j, rect) in enumerate(rects):
                 size = (rect[2] - rect[0], rect[3] - rect[1])
                 rng = seeding.rng(seed, "ctrl", dataset, item_id, k)
-                attempts = int(masks_cfg.get("control_attempts", 200))
-                found = find_control_rect(size, evidence_by_image[j], sizes[j], rng, attempts)
+                proposed = [
+                    rect
+                    for cj, box in candidates
+                    if cj == j
+                    for rect in [pixel_rect(box, *sizes[j])]
+                    if (rect[2] - rect[0], rect[3] - rect[1]) == size
+                    and not any(rects_overlap(rect, e) for e in evidence_by_image[j])
+                ]
+                if proposed:
+                    found = proposed[int(rng.integers(0, len(proposed)))]
+                else:
+                    attempts = int(masks_cfg.get("control_attempts", 200))
+                    found = find_control_rect(size, evidence_by_image[j], sizes[j], rng, attempts)
                 if found is None:
                     width, height = sizes[j]
                     reason = (
@@ -340,7 +378,10 @@ def build_masks(
             continue
         sizes = [img.size for img in images]
         total_pixels = sum(w * h for w, h in sizes)
-        variants = _plan(item_id, [dict(r) for r in regions], sizes, masks_cfg, mseed, dataset)
+        variants = _plan(
+            item_id, [dict(r) for r in regions], sizes, masks_cfg, mseed, dataset,
+            candidates=control_candidates(getattr(item, "meta", None)),
+        )
         filler = _Filler(images, masks_cfg, mseed, dataset, item_id)
         for variant in variants:
             if variant.skip_reason:
