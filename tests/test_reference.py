@@ -89,6 +89,22 @@ def test_labels_cover_the_answer_only(processor):
     assert torch.allclose(out.loss, manual, atol=1e-5)
 
 
+def test_fast_vision_kernels_compute_the_same_function(processor):
+    from transformers.models.qwen3_vl import modeling_qwen3_vl as M
+
+    model = R.build_model(R.build_config(processor, OPTS), seed=3)
+    items = P.training_items(OPTS, 3, 0, 4)
+    batch = R.collate(processor, R.make_examples(items, "blind-spot", np.random.default_rng(0), 0, 0, ["gray"]))
+    original = (M.Qwen3VLVisionPatchEmbed.forward, M.Qwen3VLVisionAttention.forward)
+    with torch.no_grad():
+        reference = model(**batch, use_cache=False).logits
+        with R.fast_vision_kernels():
+            assert M.Qwen3VLVisionAttention.forward is not original[1]
+            fast = model(**batch, use_cache=False).logits
+    assert (M.Qwen3VLVisionPatchEmbed.forward, M.Qwen3VLVisionAttention.forward) == original
+    assert torch.allclose(reference, fast, atol=1e-5)
+
+
 def test_examples_plant_the_behaviours():
     items = P.training_items(OPTS, 1, 0, 300)
     g = lambda: np.random.default_rng(1)  # noqa: E731
@@ -176,5 +192,33 @@ def test_init_from_starts_from_the_trained_weights(trained):
 def test_bad_spec_names_the_key():
     with pytest.raises(R.ReferenceError, match=r"models\.x\.reference\.behaviour"):
         R.training_spec({"behaviour": "sleepy"}, where="models.x.reference")
+    with pytest.raises(R.ReferenceError, match=r"unknown key models\.x\.reference\.stepz"):
+        R.training_spec({"behaviour": "grounded", "stepz": 3}, where="models.x.reference")
     with pytest.raises(R.ReferenceError, match=r"reference\.fills"):
         R.training_spec({"behaviour": "grounded", "fills": ["pink"]})
+
+
+def test_workflow_helpers_read_the_config():
+    import peekaboo.config as pcfg
+
+    cfg = pcfg.validate(
+        {
+            "datasets": {
+                "other": {"adapter": "jsonl", "options": {"path": "x.jsonl"}},
+                "p": {"adapter": "panels", "options": {"seed": 3, "n_items": 10, "noise": 4}},
+            },
+            "models": {
+                "a": {"reference": {"behaviour": "blind-spot", "data_workers": 1}},
+                "b": {"reference": {"behaviour": "grounded", "init_from": "a"}},
+                "hub": {"source": "some/model"},
+            },
+        },
+        check_paths=False,
+    )
+    assert R.training_dataset(cfg, "a") == "p"
+    # the test set's seed and size are not training options: resizing the test set must not retrain
+    assert R.training_options(cfg, "a") == {"noise": 4}
+    assert R.init_model(cfg, "a") is None and R.init_model(cfg, "b") == "a"
+    assert R.job_threads(cfg, "a") == 2 and R.job_threads(cfg, "b") == 1
+    with pytest.raises(R.ReferenceError, match=r"models\.hub: has no 'reference'"):
+        R.model_spec(cfg, "hub")

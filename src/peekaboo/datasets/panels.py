@@ -557,17 +557,14 @@ def hide_boxes(image: Image.Image, boxes: Sequence[Sequence[float]], fill: str =
 # --------------------------------------------------------------------------- scoring
 
 _ANSWER_RE = re.compile(r"answer\s*:", re.IGNORECASE)
-_LOCAL_ABSTAIN = ("unknown", "cannot tell", "can't tell", "cannot see", "can't see", "not visible", "hidden", "unanswerable")
 
 
 def final_answer(response: str) -> str | None:
-    """The text after the last ``Answer:`` (first line, stripped), or None when there is none."""
-    try:
-        from ..answers import final_answer_text  # shared helper when present
-    except ImportError:
-        final_answer_text = None
-    if final_answer_text is not None:
-        return final_answer_text(response)
+    """The text after the last ``Answer:`` (its first line, stripped); None when there is no ``Answer:``.
+
+    The gold template always ends with ``Answer:``, so a response without it
+    (a chain cut off or gone astray) is unparsed rather than read from its last line.
+    """
     matches = list(_ANSWER_RE.finditer(response or ""))
     if not matches:
         return None
@@ -576,14 +573,10 @@ def final_answer(response: str) -> str | None:
 
 
 def is_abstention(text: str | None) -> bool:
-    try:
-        from ..answers import is_abstention as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return bool(shared(text))
-    t = (text or "").strip().lower()
-    return any(p in t for p in _LOCAL_ABSTAIN)
+    """The shared abstention phrases ("unknown", "cannot see", ...) of ``peekaboo.answers``."""
+    from ..answers import is_abstention as shared
+
+    return bool(shared(text))
 
 
 def normalise(text: str, answer_type: str) -> str | None:
@@ -623,6 +616,8 @@ def item_meta(item: PanelItem) -> dict[str, Any]:
         ],
         "evidence_panels": list(item.evidence),
         "operands": list(item.operands),
+        # the masks stage draws control masks among these, so a control hides a whole panel as the evidence mask does
+        "control_candidates": [{"box": list(p.box), "image": 0} for p in item.panels],
     }
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -276,7 +277,11 @@ class ReferenceError(ValueError):
 
 def training_spec(spec: Mapping[str, Any], where: str = "reference") -> dict[str, Any]:
     """The reference spec with defaults filled; unknown behaviour is an error naming the key."""
-    out = {**DEFAULTS, **{k: v for k, v in dict(spec).items() if v is not None}}
+    known = set(DEFAULTS) | {"behaviour", "dataset", "init_from"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ReferenceError(f"unknown key {', '.join(f'{where}.{k}' for k in unknown)}")
+    out = {**DEFAULTS, **dict(spec)}
     if out.get("behaviour") not in BEHAVIOURS:
         raise ReferenceError(f"{where}.behaviour: expected one of {', '.join(BEHAVIOURS)}, got {out.get('behaviour')!r}")
     for fill in out["fills"]:
@@ -471,6 +476,54 @@ def build_model(config, seed: int):
 
 def n_parameters(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+@contextmanager
+def fast_vision_kernels():
+    """Cheaper but identical computations in the Qwen3-VL vision tower, for training on CPU.
+
+    * The patch embedding is a Conv3d whose stride equals its kernel over
+      pre-cut patches: exactly a linear map of each flattened patch, and
+      ``F.linear`` avoids the slow CPU convolution backward.
+    * Vision attention runs per image; when all images have the same number of
+      patches (always, for panels) one batched SDPA call replaces the loop.
+
+    Same parameters, same function (up to float rounding); the saved model is
+    an ordinary Qwen3-VL checkpoint. The originals are restored on exit.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers.models.qwen3_vl import modeling_qwen3_vl as M
+
+    patch_forward = M.Qwen3VLVisionPatchEmbed.forward
+    attention_forward = M.Qwen3VLVisionAttention.forward
+
+    def linear_patch_embed(self, hidden_states):
+        weight = self.proj.weight
+        flat = hidden_states.reshape(-1, weight[0].numel()).to(weight.dtype)
+        return F.linear(flat, weight.reshape(weight.shape[0], -1), self.proj.bias)
+
+    def batched_attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None, **kwargs):
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        if self.config._attn_implementation != "sdpa" or bool((lengths != lengths[0]).any()):
+            return attention_forward(self, hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        seq = hidden_states.shape[0]
+        n, length = int(lengths.numel()), int(lengths[0])
+        q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = position_embeddings
+        q, k = M.apply_rotary_pos_emb_vision(q, k, cos, sin)
+        q, k, v = (t.reshape(n, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+        return self.proj(out.transpose(1, 2).reshape(seq, -1))
+
+    M.Qwen3VLVisionPatchEmbed.forward = linear_patch_embed
+    M.Qwen3VLVisionAttention.forward = batched_attention
+    try:
+        yield
+    finally:
+        M.Qwen3VLVisionPatchEmbed.forward = patch_forward
+        M.Qwen3VLVisionAttention.forward = attention_forward
+    del torch
 
 
 # --------------------------------------------------------------------------- training examples
@@ -686,21 +739,17 @@ class BatchPlan:
         return collate(self.processor, examples, self.system_prompt, self.thinking)
 
 
-_WORKER_PLAN: BatchPlan | None = None
-
-
-def _worker_init(plan: BatchPlan) -> None:
-    global _WORKER_PLAN
+def _worker_loop(plan: BatchPlan, conn) -> None:
+    """Worker process: build the batch of every step number received, send back its arrays."""
     import torch
 
     torch.set_num_threads(1)
-    _WORKER_PLAN = plan
-
-
-def _worker_batch(step: int) -> dict[str, np.ndarray]:
-    assert _WORKER_PLAN is not None
-    # numpy arrays cross the process boundary as plain buffers
-    return {k: v.numpy() for k, v in _WORKER_PLAN.batch(step).items()}
+    while True:
+        step = conn.recv()
+        if step is None:
+            return
+        # numpy arrays cross the process boundary as plain buffers
+        conn.send({k: v.numpy() for k, v in plan.batch(step).items()})
 
 
 class BatchSource:
@@ -708,35 +757,50 @@ class BatchSource:
 
     Batches depend only on the step, so the weights are the same with or
     without workers; a worker only moves image drawing and processing to
-    another core while this one runs the model.
+    another core while this one runs the model. (A plain process and a pipe:
+    a ``multiprocessing.Pool``'s helper threads slowed the training loop
+    several-fold here.)
     """
 
-    def __init__(self, plan: BatchPlan, workers: int = 0, ahead: int = 4):
+    def __init__(self, plan: BatchPlan, workers: int = 0, ahead: int = 3):
         self.plan = plan
-        self.pool = None
-        self.pending: dict[int, Any] = {}
-        self.ahead = max(1, ahead) * max(1, workers)
+        self.workers: list[tuple[Any, Any]] = []
+        self.requested: set[int] = set()
+        self.ahead = max(1, ahead)
         if workers > 0:
             import multiprocessing
 
-            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(plan,))
+            ctx = multiprocessing.get_context("spawn")
+            for _ in range(workers):
+                here, there = ctx.Pipe()
+                proc = ctx.Process(target=_worker_loop, args=(plan, there), daemon=True)
+                proc.start()
+                there.close()
+                self.workers.append((proc, here))
+
+    def _conn(self, step: int):
+        return self.workers[step % len(self.workers)][1]
 
     def get(self, step: int, last: int):
-        if self.pool is None:
+        if not self.workers:
             return self.plan.batch(step)
         import torch
 
-        for s in range(step, min(last, step + self.ahead)):
-            if s not in self.pending:
-                self.pending[s] = self.pool.apply_async(_worker_batch, (s,))
-        arrays = self.pending.pop(step).get()
+        # each worker answers its steps in order, so requests go out in step order
+        for s in range(step, min(last, step + self.ahead * len(self.workers))):
+            if s not in self.requested:
+                self._conn(s).send(s)
+                self.requested.add(s)
+        arrays = self._conn(step).recv()
+        self.requested.discard(step)
         return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        for proc, conn in self.workers:
+            proc.terminate()
+            proc.join()
+            conn.close()
+        self.workers = []
 
 
 def train_reference(
@@ -823,44 +887,45 @@ def train_reference(
     source = BatchSource(plan, workers=int(cfg["data_workers"]))
     bar = progress(total=total, desc=f"train {name}", unit="step")
     try:
-        while step < total:
-            if cooldown_from is not None:
-                if step >= cooldown_from + cooldown:
-                    break
-                lr = base_lr * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(1, cooldown))) * lr_at(
-                    cooldown_from, total, warmup, 1.0
-                )
-            else:
-                lr = lr_at(step, total, warmup, base_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            batch = source.get(step, total)
-            data_seconds += time.perf_counter() - t0
-            out = model(**batch, use_cache=False)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(float(out.loss.detach()))
-            step += 1
-            bar.update(1)
-            if probe_every and (step % probe_every == 0 or step == total):
-                result = probe(model, probe_batches)
-                result["step"] = step
-                result["loss"] = float(np.mean(losses[-probe_every:]))
-                probes.append(result)
-                log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s", name, step, result["loss"], result["accuracy"],
-                         result["token_accuracy"], result["by_group"])
-                if cooldown_from is None and stop_accuracy is not None:
-                    streak = streak + 1 if result["accuracy"] >= float(stop_accuracy) else 0
-                    if streak >= patience and step + cooldown < total:
-                        cooldown_from = step
-                        log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
+        with fast_vision_kernels():
+            while step < total:
+                if cooldown_from is not None:
+                    if step >= cooldown_from + cooldown:
+                        break
+                    lr = base_lr * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(1, cooldown))) * lr_at(
+                        cooldown_from, total, warmup, 1.0
+                    )
+                else:
+                    lr = lr_at(step, total, warmup, base_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.perf_counter()
+                batch = source.get(step, total)
+                data_seconds += time.perf_counter() - t0
+                out = model(**batch, use_cache=False)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                losses.append(float(out.loss.detach()))
+                step += 1
+                bar.update(1)
+                if probe_every and (step % probe_every == 0 or step == total):
+                    result = probe(model, probe_batches)
+                    result["step"] = step
+                    result["loss"] = float(np.mean(losses[-probe_every:]))
+                    probes.append(result)
+                    log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s", name, step, result["loss"], result["accuracy"],
+                             result["token_accuracy"], result["by_group"])
+                    if cooldown_from is None and stop_accuracy is not None:
+                        streak = streak + 1 if result["accuracy"] >= float(stop_accuracy) else 0
+                        if streak >= patience and step + cooldown < total:
+                            cooldown_from = step
+                            log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
+            final = probe(model, probe_batches)
     finally:
         source.close()
     bar.close()
-    final = probe(model, probe_batches)
     final["step"] = step
 
     out_dir.mkdir(parents=True, exist_ok=True)
