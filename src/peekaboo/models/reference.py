@@ -744,12 +744,13 @@ def _worker_loop(plan: BatchPlan, conn) -> None:
     import torch
 
     torch.set_num_threads(1)
-    while True:
-        step = conn.recv()
-        if step is None:
-            return
-        # numpy arrays cross the process boundary as plain buffers
-        conn.send({k: v.numpy() for k, v in plan.batch(step).items()})
+    try:
+        while True:
+            step = conn.recv()
+            # numpy arrays cross the process boundary as plain buffers
+            conn.send({k: v.numpy() for k, v in plan.batch(step).items()})
+    except (EOFError, OSError):  # the trainer closed the pipe or is gone: nothing left to do
+        return
 
 
 class BatchSource:
