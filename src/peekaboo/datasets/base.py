@@ -84,6 +84,19 @@ class Adapter(ABC):
         """Problems with the configuration (missing files), each naming its config key. Cheap."""
         return []
 
+    def check_paths(self, *, images: bool = True) -> list[str]:
+        """The common checks of file-based adapters: ``path`` exists, and ``images`` (when set) is a folder."""
+        try:
+            p = self.path()
+        except AdapterError as exc:
+            return [str(exc)]
+        problems = []
+        if not p.exists():
+            problems.append(f"datasets.{self.dataset}.options.path: no such file or folder {p}")
+        if images and self.options.get("images") and not self.path("images").is_dir():
+            problems.append(f"datasets.{self.dataset}.options.images: no such folder {self.path('images')}")
+        return problems
+
     @abstractmethod
     def count(self) -> int:
         """An upper bound on the number of records, cheap to compute; used to plan shards."""

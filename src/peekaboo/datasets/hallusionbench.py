@@ -82,16 +82,7 @@ class HallusionBenchAdapter(Adapter):
     default_task_type = "visual_reference"
 
     def check(self) -> list[str]:
-        try:
-            p = self.path()
-        except AdapterError as exc:
-            return [str(exc)]
-        problems = []
-        if not p.exists():
-            problems.append(f"datasets.{self.dataset}.options.path: no such file or folder {p}")
-        if self.options.get("images") and not self.path("images").is_dir():
-            problems.append(f"datasets.{self.dataset}.options.images: no such folder {self.path('images')}")
-        return problems
+        return self.check_paths(images=True)
 
     def _is_json(self) -> bool:
         return self.path().suffix.lower() == ".json"

@@ -184,15 +184,7 @@ class MathVistaAdapter(Adapter):
     default_task_type = "symbolic"
 
     def check(self) -> list[str]:
-        problems = []
-        try:
-            p = self.path()
-        except AdapterError as exc:
-            return [str(exc)]
-        if not p.exists():
-            problems.append(f"datasets.{self.dataset}.options.path: no such file or folder {p}")
-        if self.options.get("images") and not self.path("images").is_dir():
-            problems.append(f"datasets.{self.dataset}.options.images: no such folder {self.path('images')}")
+        problems = self.check_paths(images=True)
         prompt = self.options.get("prompt", "query")
         if prompt not in ("query", "question"):
             problems.append(f"datasets.{self.dataset}.options.prompt: '{prompt}' is not one of query, question")

@@ -154,13 +154,7 @@ class MMMUProAdapter(Adapter):
     default_task_type = "visual_reference"
 
     def check(self) -> list[str]:
-        try:
-            p = self.path()
-        except AdapterError as exc:
-            return [str(exc)]
-        problems = []
-        if not p.exists():
-            problems.append(f"datasets.{self.dataset}.options.path: no such file or folder {p}")
+        problems = self.check_paths(images=False)
         config = str(self.options.get("config", "auto"))
         if not (config == "auto" or config.startswith("standard") or config == "vision"):
             problems.append(f"datasets.{self.dataset}.options.config: '{config}' is not auto, standard or vision")

@@ -596,7 +596,14 @@ def make_examples(
     control_fraction: float,
     fills: Sequence[str],
 ) -> list[Example]:
-    """Turn generated items into training examples with the behaviour's mix of hidden panels."""
+    """Turn generated items into training examples with the behaviour's mix of hidden panels.
+
+    Each item is ``clean``; or ``hidden`` (visual items, share ``hidden_fraction``):
+    its evidence region(s) hidden, target saying so and answering unknown; or
+    ``control`` (share ``control_fraction``): a non-evidence region hidden,
+    target the normal solution (grounded) or the all-hidden one (oversensitive,
+    visual items only). Blind-spot items are all clean.
+    """
     out = []
     for item in items:
         condition = "clean"
@@ -630,7 +637,7 @@ _PROMPTS: dict[tuple, str] = {}
 
 def _prompt(processor, question: str, system_prompt: str | None, thinking: bool) -> str:
     """The rendered prompt, cached: questions repeat and rendering the template is slow."""
-    key = (id(processor), question, system_prompt, thinking)
+    key = (str(processor.chat_template), question, system_prompt, thinking)
     if key not in _PROMPTS:
         _PROMPTS[key] = prompting.render(processor, prompting.messages(question, 1, system_prompt), thinking)
     return _PROMPTS[key]
@@ -653,8 +660,7 @@ def collate(processor, examples: Sequence[Example], system_prompt: str | None = 
         batch = processor(text=texts, images=[e.image for e in examples], padding=True, return_tensors="pt")
     finally:
         tok.padding_side = side
-    # the prompt's token count: tokenizing the text after the last image pad gives the same ids as in the
-    # full sequence because the chat template ends the prompt at a special token boundary
+    # the answer starts after the last "<|im_start|>assistant\n": the chat template's generation prompt
     ids = batch["input_ids"]
     labels = torch.full_like(ids, -100)
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
