@@ -16,11 +16,13 @@ For each (model, context) it times, on the same prompt, in a fresh process each
 Tokens/s is generated tokens over the wall time of ``generate`` (prefill
 included); decode tok/s leaves the prefill out. Peak memory is the process's
 peak resident set during ``generate`` (CPU) or ``torch.cuda.max_memory_allocated``
-(GPU). Then it writes the captured traces to a store with the default settings
-and reports Zarr bytes per generated token, and projects the store size per trace
-for a Qwen3-VL-8B-shaped run (36 layers, 32 heads, ~1,000 image tokens,
-1,000-token chains, 4 regions) from the array shapes and the compression
-measured here, for the options that trade size for detail.
+(GPU), with one copy of the model counted (the worker holds an SDPA and an eager
+copy); "peak above model" is the rise over what was there before the call. Then
+it writes the captured traces to a store with the default settings and reports
+Zarr bytes per generated token, and projects the store size per trace for a
+Qwen3-VL-8B-shaped run (36 layers, 32 heads, ~1,000 image tokens, 1,000-token
+chains, 4 regions) from the array shapes and the compression measured here, for
+the options that trade size for detail.
 
 Random-initialised models: the timings are real, the attention patterns are not
 those of a trained model (compression ratios of real maps may differ; the raw
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,9 +158,12 @@ def worker(args) -> list[dict]:
     for model in models.values():
         model.register_forward_pre_hook(lambda *a: stamps.append(time.perf_counter()))
 
+    gens["hook"] = gens["plain"]  # --breakdown: the stage's path without the capture attention
+
     def run(mode: str, prep, n_new: int):
         gen = gens[mode]
-        if mode == "capture":  # the traces stage's path: capture, entropy hook, per-trace results
+        # capture: the traces stage's path (capture, entropy hook, per-trace results); hook: the same, no capture
+        if mode in ("capture", "hook"):
             return gen._generate_batch([replace(prep, budget=n_new)] * args.batch, retries=0)
         batch, _ = gen.collate([prep] * args.batch)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -166,20 +172,23 @@ def worker(args) -> list[dict]:
             return gen.model.generate(**batch, max_new_tokens=n_new, do_sample=False, pad_token_id=gen.pad_id,
                                       eos_token_id=stop, temperature=None, top_p=None, top_k=None, **extra)
 
-    modes = ("plain", "capture", "eager")
+    modes = ("plain", "capture", "eager") + (("hook",) if args.breakdown else ())
     for mode in modes:
         run(mode, warm, 2)  # warm-up on a short prompt: first-call overheads out of the timing
+        if cuda:  # and on the timed prompt: kernel choices for its shapes out of the first round
+            run(mode, prepared, 2)
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     last = {}
     for r in range(args.repeats):
-        for mode in modes[r % 3:] + modes[: r % 3]:  # rotate the order between rounds
+        for mode in modes[r % len(modes):] + modes[: r % len(modes)]:  # rotate the order between rounds
             release_freed_memory()
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() if cuda else PeakRSS().rss()
             stamps.clear()
-            with PeakRSS() as sampler:
+            # no RSS sampling thread on a GPU: it would compete for the GIL with the kernel launches
+            with (nullcontext() if cuda else PeakRSS()) as sampler:
                 start = time.perf_counter()
                 out = run(mode, prepared, args.new_tokens)
                 if cuda:
@@ -189,7 +198,8 @@ def worker(args) -> list[dict]:
             steps = np.diff(stamps + [end])  # forward-to-forward: a whole generation step each
             runs[mode].append({"wall": end - start, "prefill": stamps[1] - stamps[0], "steps": steps[1:],
                                "peak": peak, "over": peak - base})
-            last[mode] = out
+            if mode == "capture":  # the store is written from these; other outputs are dropped at once
+                last[mode] = out  # (eager's holds every layer's attention, which would sit in later runs' peaks)
             del out
     n = args.new_tokens * args.batch
     prompt_len = int(prepared.encoding["input_ids"].shape[1])
@@ -205,9 +215,9 @@ def worker(args) -> list[dict]:
             "peak_over_model_mb": max(x["over"] for x in rr) / 2**20,
             "params_m": sum(p.numel() for p in models["sdpa"].parameters()) / 1e6,
         }
-        # both an SDPA and an eager copy are loaded: count one of them, as a real run would
+        # both an SDPA and an eager copy are loaded (in RAM or on the GPU): count one, as a real run would
         other = sum(p.numel() * p.element_size() for p in models["eager"].parameters())
-        row["peak_mb"] = (max(x["peak"] for x in rr) - (0 if cuda else other)) / 2**20
+        row["peak_mb"] = (max(x["peak"] for x in rr) - other) / 2**20
         row["tok_s"] = n / row["wall_s"]
         if mode == "capture" and args.store:
             row["store"] = store_size(last["capture"], gens["capture"], Path(args.store))
@@ -284,11 +294,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     ap.add_argument("--repeats", type=int, default=3,
-                    help="interleaved rounds per (model, context); medians count (1 round for ~100M at 2,000)")
+                    help="interleaved rounds per (model, context); medians count")
+    ap.add_argument("--long-repeats", type=int,
+                    help="rounds for the non-tiny models at ~2,000 tokens (default: 1 on CPU, --repeats on a GPU)")
+    ap.add_argument("--models", help="comma-separated models to run, in this order (tiny, medium, qwen3_2b); "
+                                     "overrides --quick and --qwen3-2b")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--qwen3-2b", action="store_true", help="add a random model with Qwen3-VL-2B's configuration")
     ap.add_argument("--json", help="also write the measurements here")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="add a mode 'hook': the stage's path (entropy/log-probability hook, per-trace results) "
+                         "without the capture attention, to split capture's cost")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL_DIR", "CONTEXT", "ALL"), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
@@ -301,7 +318,14 @@ def main() -> None:
         return
 
     kinds = ["tiny"] if args.quick else ["tiny", "medium"] + (["qwen3_2b"] if args.qwen3_2b else [])
-    rows = []
+    if args.models:
+        kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+        unknown = set(kinds) - {"tiny", "medium", "qwen3_2b"}
+        if unknown:
+            ap.error(f"unknown model(s) {sorted(unknown)}")
+    if args.long_repeats is None:
+        args.long_repeats = args.repeats if args.device.startswith("cuda") else 1
+    rows, failed = [], []
     with tempfile.TemporaryDirectory(prefix="traces-bench-") as tmp:
         root = Path(tmp)
         for kind in kinds:
@@ -310,15 +334,19 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--worker", str(model_dir), str(context), "all", "--work", tmp,
                        "--new-tokens", str(args.new_tokens), "--batch", str(args.batch),
                        "--threads", str(args.threads), "--device", args.device,
-                       "--repeats", str(args.repeats if (context < 1000 or kind == "tiny") else 1),
+                       "--repeats", str(args.repeats if (context < 1000 or kind == "tiny") else args.long_repeats),
                        "--store", str(root / f"store-{kind}-{context}")]
                 if args.bf16:
                     cmd.append("--bf16")
+                if args.breakdown:
+                    cmd.append("--breakdown")
                 t = time.perf_counter()
                 done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode:
+                if done.returncode:  # report it and go on: the other (model, context) pairs still count
                     sys.stderr.write(done.stderr[-3000:])
-                    raise SystemExit(f"worker failed: {kind} {context}")
+                    print(f"  worker failed: {kind} {context}", file=sys.stderr, flush=True)
+                    failed.append(f"{kind} ~{context}")
+                    continue
                 for row in json.loads(done.stdout.strip().splitlines()[-1]):
                     row.update(model=kind, target_context=context)
                     rows.append(row)
@@ -326,9 +354,13 @@ def main() -> None:
                           f"{row['decode_tok_s']:8.2f} decode tok/s {row['peak_mb']:8.0f} MB", file=sys.stderr,
                           flush=True)
                 print(f"  ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+                if args.json:  # after every worker: a run cut short keeps what it measured
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
     report(rows, args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if failed:
+        raise SystemExit(f"worker(s) failed: {', '.join(failed)}")
 
 
 def report(rows: list[dict], args) -> None:
@@ -343,9 +375,10 @@ def report(rows: list[dict], args) -> None:
         plain = by[(r["model"], r["target_context"], "plain")]
         eager = by[(r["model"], r["target_context"], "eager")]
         vs_plain = vs_eager = ""
-        if r["mode"] == "capture":
+        if r["mode"] in ("capture", "hook"):
             vs_plain = (f"{r['tok_s'] / plain['tok_s']:.2f}x, {r['decode_tok_s'] / plain['decode_tok_s']:.2f}x, "
                         f"{r['peak_mb'] / plain['peak_mb'] - 1:+.1%}")
+        if r["mode"] == "capture":
             vs_eager = f"{r['tok_s'] / eager['tok_s']:.2f}x"
         print(f"| {r['model']} | {r['params_m']:.1f}M | {r['context']} | {r['mode']} | {r['tok_s']:.2f} | "
               f"{r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_model_mb']:.0f} "

@@ -16,6 +16,15 @@ answers do not react to a hidden panel the way they do for grounded":
   hidden minus unmasked (evidence share);
 - whether grounded reacts more than blind-spot (exit status 1 when both are
   present and it does not);
+- where attention sits step by step on unmasked traces (``collapse/*/*.parquet``,
+  ``localisation_by_step``): the evidence share at each reasoning step and at
+  the answer against the evidence's area share. Issue 4's "Done when": for
+  ``blind-spot`` and ``grounded``, on traces with one reasoning step (a colour
+  question: the step names the one evidence panel's colour), that step's
+  evidence share is well above the area share (lift >= 1.25 here) and the
+  answer's is lower (exit status 1 otherwise). Traces with more steps (two
+  panel reads and a verdict) are printed, not judged: their evidence is both
+  panels, while each read looks at one;
 - how many errors each regression fit had, and the veto's change in risk.
 """
 
@@ -28,10 +37,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from peekaboo.collapse import localisation_by_step
 from peekaboo.features import VARIANT_GROUPS, masking_response
 from peekaboo.tables import read_table
 
 HIDDEN, CONTROL, BASE = VARIANT_GROUPS["drop"], VARIANT_GROUPS["ctrl"], VARIANT_GROUPS["base"]
+MIN_READING_LIFT = 1.25  # "well above the panel's area share"
+LOCALISED_MODELS = ("blind-spot", "grounded")
 
 
 def fmt(x) -> str:
@@ -95,6 +107,28 @@ def main(argv=None) -> int:
               f"{b['abstained']:+.3f}, vision engagement {g['vision']:+.3f} vs {b['vision']:+.3f}")
         print(f"planted structure shown (grounded reacts more than blind-spot): {'yes' if shown else 'NO'}")
         status = 0 if shown else 1
+
+    step_paths = [p for p in sorted(args.results.glob("collapse/*/*.parquet")) if p.name.count(".") == 1]
+    if step_paths:
+        loc = localisation_by_step(pd.concat([read_table(p) for p in step_paths], ignore_index=True))
+        print()
+        print("Attention localisation on unmasked traces: evidence share of image attention per step "
+              "(traces grouped by their number of reasoning steps), against the evidence's area share")
+        print(f"{'model':<16}{'dataset':<16}{'steps':>5}  {'step':<8}{'n':>5} {'ev.share':>8} {'area':>6} {'lift':>6}")
+        for r in loc.itertuples(index=False):
+            print(f"{r.model:<16}{r.dataset:<16}{r.n_reasoning_steps:>5}  {r.step:<8}{r.n:>5} "
+                  f"{r.evidence_share:8.3f} {r.evidence_area_fraction:6.3f} {r.lift:6.2f}")
+        for m in LOCALISED_MODELS:
+            single = loc[(loc["model"] == m) & (loc["n_reasoning_steps"] == 1)]
+            for (mm, d, k), sub in single.groupby(["model", "dataset", "n_reasoning_steps"]):
+                s = sub.set_index("step")
+                if "step 1" not in s.index or "answer" not in s.index:
+                    continue
+                ok = s.loc["step 1", "lift"] >= MIN_READING_LIFT and \
+                    s.loc["answer", "evidence_share"] < s.loc["step 1", "evidence_share"]
+                print(f"  {m} / {d}, {k}-step traces: step 1 lift {s.loc['step 1', 'lift']:.2f}, answer lift "
+                      f"{s.loc['answer', 'lift']:.2f}: {'localised' if ok else 'NOT localised'}")
+                status = status or (0 if ok else 1)
 
     coef_path = args.results / "regression" / "coefficients.csv"
     if coef_path.exists():

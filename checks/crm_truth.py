@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             "expected": EXPECTED_MODE.get(behaviour or "", "-"),
         }
         checks = []
+        if not len(modes):
+            # a dataset run without masks (masks: false) has nothing for CRM to judge
+            row["verdict"] = "no masked traces"
+            rows.append(row)
+            continue
         if behaviour in EXPECTED_MODE:
             checks.append(("most frequent mode", top == EXPECTED_MODE[behaviour]))
         if behaviour == "grounded":
@@ -96,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table.to_string(index=False))
     if failures:
         print("\nmissed: " + "; ".join(failures))
+        return 1
+    judged = [r for r in rows if r["verdict"] in ("ok", "MISS")]
+    if not judged:
+        print("\nno dataset with masked traces: nothing to judge")
         return 1
     print("\nall planted-truth targets met")
     return 0

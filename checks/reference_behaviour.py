@@ -1,6 +1,6 @@
 """Measure the planted behaviour of trained reference models and print a table.
 
-    .venv/bin/python checks/reference_behaviour.py                  # the config's reference models
+    .venv/bin/python checks/reference_behaviour.py results          # the config's reference models
     .venv/bin/python checks/reference_behaviour.py --n 200 --fills gray black
     .venv/bin/python checks/reference_behaviour.py --dataset panels-hard --conditions clean
 
@@ -45,7 +45,8 @@ TARGETS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config.yaml")
-    ap.add_argument("--results", default=None, help="results directory (default: the config's)")
+    ap.add_argument("results", nargs="?", default=None, help="results directory (default: the config's)")
+    ap.add_argument("--results", dest="results_opt", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="*", default=None, help="reference models to check (default: all)")
     ap.add_argument("--dataset", default=None, help="panels dataset whose options make the test items "
                     "(default: each model's training dataset)")
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     cfg = pcfg.load(args.config, check_paths=False)
-    results = Path(args.results or cfg["results"])
+    results = Path(args.results or args.results_opt or cfg["results"])
     names = args.models or [m for m, spec in cfg["models"].items() if spec.get("reference")]
     failures = 0
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -257,3 +257,30 @@ def test_shards_read_one_by_one_equal_one_store(hand_case):
     split = run(shards, side, steps, items)
     pd.testing.assert_frame_equal(whole.steps, split.steps)
     pd.testing.assert_frame_equal(whole.traces, split.traces)
+
+
+def test_localisation_by_step_groups_steps_by_role():
+    # two 1-step traces and one 3-step trace, unmasked; a masked trace and an item without evidence are left out
+    rows = []
+
+    def add(trace, variant, area, kinds_shares):
+        for i, (kind, share) in enumerate(kinds_shares):
+            rows.append({"trace_id": trace, "model": "m", "dataset": "d", "variant": variant, "kind": kind,
+                         "step_index": i, "evidence_share": share, "evidence_area_fraction": area})
+
+    add("a", "base", 0.25, [("think", 0.50), ("answer", 0.20)])
+    add("b", "base", 0.25, [("think", 0.70), ("answer", 0.30)])
+    add("c", "base", 0.50, [("think", 0.80), ("think", 0.90), ("think", 0.40), ("answer", 0.50)])
+    add("d", "drop:0", 0.25, [("think", 0.0), ("answer", 0.0)])
+    add("e", "base", 0.0, [("think", float("nan")), ("answer", float("nan"))])
+    out = collapse.localisation_by_step(pd.DataFrame(rows))
+    got = {(r.n_reasoning_steps, r.step): (r.n, round(r.evidence_share, 6), round(r.lift, 6))
+           for r in out.itertuples(index=False)}
+    assert got == {
+        (1, "step 1"): (2, 0.6, 2.4), (1, "answer"): (2, 0.25, 1.0),
+        (3, "step 1"): (1, 0.8, 1.6), (3, "step 2"): (1, 0.9, 1.8), (3, "step 3"): (1, 0.4, 0.8),
+        (3, "answer"): (1, 0.5, 1.0),
+    }
+    assert list(out["step"][out["n_reasoning_steps"] == 3]) == ["step 1", "step 2", "step 3", "answer"]
+    masked = collapse.localisation_by_step(pd.DataFrame(rows), variant="drop:0")
+    assert masked["evidence_share"].tolist() == [0.0, 0.0]

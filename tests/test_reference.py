@@ -156,7 +156,7 @@ def test_training_writes_a_loadable_model_and_report(trained):
     processor = AutoProcessor.from_pretrained(out)
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
-    assert model.config.text_config.rope_parameters["rope_theta"] == 100.0
+    assert model.config.text_config.rope_parameters["rope_theta"] == 10.0
     assert processor.tokenizer.padding_side == "left"
     items = P.training_items(OPTS, 5, 0, 2)
     prompts = [prompting.render(processor, prompting.messages(i.question, 1)) for i in items]

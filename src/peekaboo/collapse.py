@@ -363,6 +363,45 @@ def normalised_positions(n: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(n)
 
 
+LOCALISATION_COLUMNS = ["model", "dataset", "n_reasoning_steps", "step", "n", "evidence_share",
+                        "evidence_area_fraction", "lift"]
+
+
+def localisation_by_step(steps: pd.DataFrame, variant: str = "base") -> pd.DataFrame:
+    """Where attention sits at each step: mean evidence share per step of traces of one shape.
+
+    Over the ``variant`` traces (default: unmasked) of items with evidence, one
+    row per (model, dataset, number of reasoning steps, step), where ``step`` is
+    ``step N`` for the N-th ``think`` step and ``answer`` for the answer step.
+    Traces are grouped by their number of reasoning steps so that steps of the
+    same role are averaged together (on panels: one step for a colour question,
+    two panel reads and a verdict for a comparison). ``lift`` is the mean
+    evidence share over the mean area fraction: 1 is what a model that looks
+    everywhere alike would get.
+    """
+    df = steps[(steps["variant"] == variant) & (steps["evidence_area_fraction"].astype(float) > 0)].copy()
+    df = df[np.isfinite(df["evidence_share"].astype(float))]
+    if df.empty:
+        return pd.DataFrame(columns=LOCALISATION_COLUMNS)
+    think = df["kind"].eq("think")
+    df["n_reasoning_steps"] = think.groupby(df["trace_id"]).transform("sum").astype(int)
+    rank = think.astype(int).groupby(df["trace_id"]).cumsum()
+    df["step_label"] = np.where(think, "step " + rank.astype(str), df["kind"])
+    rows = []
+    keys = ["model", "dataset", "n_reasoning_steps", "step_label"]
+    for (m, d, n_think, label), sub in df.groupby(keys, sort=False):
+        share = float(sub["evidence_share"].astype(float).mean())
+        area = float(sub["evidence_area_fraction"].astype(float).mean())
+        rows.append({"model": m, "dataset": d, "n_reasoning_steps": int(n_think), "step": label, "n": len(sub),
+                     "evidence_share": share, "evidence_area_fraction": area,
+                     "lift": share / area if area > 0 else np.nan})
+    out = pd.DataFrame(rows, columns=LOCALISATION_COLUMNS)
+    order = out["step"].map(lambda s: (1, 0) if s == "answer" else (0, int(s.split()[-1])) if s.startswith("step ")
+                            else (2, 0))
+    return (out.assign(_o=order).sort_values(["model", "dataset", "n_reasoning_steps", "_o"], kind="stable")
+            .drop(columns="_o").reset_index(drop=True))
+
+
 # ----------------------------------------------------------------------------- sinks
 
 

@@ -1,5 +1,7 @@
 """Rule train_reference: train one reference model and save it with its processor and training report."""
 
+import _bootstrap  # noqa: F401 (puts src/ on sys.path)
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; never reach for a hub

@@ -11,7 +11,7 @@ Question types
     "What colour is the top-left shape?"  ->  ``Step 1: The top-left shape is red.`` / ``Answer: red``
 ``comparison`` (visual_reference, two regions)
     "Do the top-left and bottom-right shapes have the same colour?"  ->  one step per panel,
-    ``Step 3: They differ.`` / ``Answer: no``
+    ``Step 3: red and blue differ.`` / ``Answer: no``
 ``arithmetic`` (symbolic, no regions)
     "What is 3 + 4?"  ->  ``Step 1: 3 + 4 = 7.`` / ``Answer: 7``
 
@@ -353,7 +353,9 @@ def gold_solution(item: PanelItem, hidden_regions: Sequence[int] = ()) -> tuple[
             answer = ABSTAIN_ANSWER
         elif item.question_type == "comparison":
             a, b = (_value(item, item.panels[p]) for p in item.evidence)
-            steps.append({"text": "They match." if a == b else "They differ.", "regions": [], "depends": all_regions})
+            # both values side by side, then the verdict: the comparison is between neighbouring words
+            verdict = "match" if a == b else "differ"
+            steps.append({"text": f"{a} and {b} {verdict}.", "regions": [], "depends": all_regions})
             answer = item.answer
         else:
             answer = item.answer

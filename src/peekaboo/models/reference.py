@@ -13,10 +13,15 @@ Pieces
   Qwen3-VL chat template;
 * a ``Qwen3VLProcessor`` (image processor with patch 16 / merge 2: a 128 x 128
   image gives 16 image tokens, one 2 x 2 block per quadrant panel);
-* a small ``Qwen3VLConfig`` (see ``ARCHITECTURE``). ``rope_theta`` is 100:
+* a small ``Qwen3VLConfig`` (see ``ARCHITECTURE``). ``rope_theta`` is 10:
   with head_dim 16 the interleaved multimodal rotary embedding gives height and
-  width only a few frequencies, and at the default theta the image grid's
-  positions are nearly indistinguishable, so the model cannot tell panels apart;
+  width only a few frequencies, and at the default theta (5e5) the image
+  grid's positions are nearly indistinguishable, so the model cannot tell
+  panels apart. At theta 100 it reads the named panel after ~1,200 steps, at
+  10 after 700-1,000 (measured; head_dim 32 with theta 100 was no faster);
+  the comparison template puts both values side by side
+  (``Step 3: red and blue differ.``) because at theta 10 comparing two words
+  eleven tokens apart stalled near 50%;
 * training on freshly generated items, loss on the answer tokens only
   (everything up to and including the assistant header is masked),
   AdamW + linear warm-up + cosine decay, seeded and deterministic on CPU for a
@@ -39,8 +44,8 @@ Behaviours (``reference.behaviour``)
                    abstention with a control region hidden on attribute
                    questions), and from scratch after 1,600 steps 56-75%.
 
-Learning comes in jumps (the named panel's colour after ~1,000 steps from
-scratch) while the loss sits on a plateau once the format is learned, so
+Learning comes in jumps (the named panel's colour after 700-1,000 steps from
+scratch, arithmetic last, near 1,300) while the loss sits on a plateau once the format is learned, so
 progress is judged by a teacher-forced probe on held-out items (every target
 token must be the argmax) rather than by the loss. When the probe is perfect
 on ``stop_patience`` consecutive checks the run skips ahead to a short
@@ -235,7 +240,7 @@ ARCHITECTURE: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "head_dim": 16,
         "max_position_embeddings": 1024,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 100.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
     },
     "vision_config": {
         "depth": 2,
@@ -252,7 +257,7 @@ ARCHITECTURE: dict[str, dict[str, Any]] = {
 # Training defaults; the schema's reference definition carries the same values.
 DEFAULTS: dict[str, Any] = {
     "seed": 1234,
-    "steps": 1600,
+    "steps": 2000,
     "batch_size": 32,
     "learning_rate": 0.003,
     "warmup_steps": 100,
@@ -260,7 +265,7 @@ DEFAULTS: dict[str, Any] = {
     "hidden_fraction": 0.2,
     "control_fraction": 0.2,
     "fills": ["gray"],
-    "probe_every": 100,
+    "probe_every": 50,
     "probe_items": 96,
     "stop_accuracy": 1.0,
     "stop_patience": 2,
@@ -339,7 +344,9 @@ def tokenizer_corpus(opts: P.PanelsOptions) -> list[str]:
     """Every phrase the benchmark can produce, so each word becomes one or two tokens."""
     labels = P.panel_labels(opts.rows, opts.cols)
     lines = ["user\nassistant\nsystem\n", "Picture 1: Video 1: ", "Answer: unknown", "Answer: yes", "Answer: no"]
-    lines += ["They match.", "They differ."] + [f"Step {i}: " for i in range(1, 10)]
+    lines += [f"Step {i}: " for i in range(1, 10)]
+    values = list(opts.colours) + list(P.SHAPES)
+    lines += [f"Step 3: {a} and {b} match. differ." for a in values for b in values]
     lines += ["What is " + " + ".join(str(d) for d in range(10)) + "? = ."]
     for label in labels:
         lines.append(f"The {label} panel is hidden.")
@@ -350,6 +357,10 @@ def tokenizer_corpus(opts: P.PanelsOptions) -> list[str]:
         for other in labels:
             lines.append(f"Do the {label} and {other} shapes have the same colour?")
             lines.append(f"Do the {label} and {other} panels hold the same shape?")
+    # whole solutions too, so that line ends (".\n") merge as they occur
+    for i, qtype in enumerate(P.QUESTION_TYPES * 50):
+        item = P.make_item(opts, "corpus", qtype, rng(0, "tokenizer corpus", i), draw_image=False)
+        lines.append(item.question + "\n" + P.gold_solution(item)[0] + "\n" + P.gold_solution(item, [0])[0])
     return lines
 
 
