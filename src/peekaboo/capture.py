@@ -128,7 +128,6 @@ class Recorder:
         self.n_heads = int(cfg.num_attention_heads)
         self.map_mean = map_layers == "mean"
         self.map_layers = resolve_map_layers(map_layers, self.n_layers)
-        self.map_slot = {layer: k for k, layer in enumerate(self.map_layers)} if not self.map_mean else {}
         self.keep_heads = bool(keep_heads)
         self.images: BatchImages | None = None
         self.steps: list[dict[str, torch.Tensor]] = []
@@ -158,16 +157,14 @@ class Recorder:
         return self.layer_of.get(id(module))
 
     def record(self, layer: int, probs_image: torch.Tensor) -> None:
-        """``probs_image`` float32 [B, H, P]: the captured row's attention on each image token."""
-        _, valid, weights = self.images.on(probs_image.device)
-        if not self.images.all_valid:  # rows with fewer image tokens point their padding at key 0
-            probs_image = probs_image * valid[:, None, :]
-        mass = probs_image.sum(-1)  # [B, H]
-        head_mean = probs_image.mean(1)  # [B, P]
-        region = torch.bmm(head_mean[:, None, :], weights)[:, 0, :]  # [B, R]
-        in_map = self.map_mean or layer in self.map_slot
-        heads = probs_image if (in_map and self.keep_heads) else None
-        self._current[layer] = (mass, region, head_mean if in_map else None, heads)
+        """``probs_image`` float32 [B, H, P]: the captured row's attention on each image token.
+
+        Only kept here: the reductions run once per forward pass over all
+        layers (``_end_of_forward``), because on a GPU a decode step is bound
+        by kernel launches and a few small kernels per layer cost more than
+        the arithmetic.
+        """
+        self._current[layer] = probs_image
 
     def _end_of_forward(self, module, args, output) -> None:
         if self.images is None or not self._current:
@@ -175,21 +172,22 @@ class Recorder:
         if len(self._current) != self.n_layers:
             missing = sorted(set(range(self.n_layers)) - set(self._current))
             raise RuntimeError(f"capture saw no attention for layers {missing}: is the capture attention set?")
-        # stack on the first layer's device, one host copy per array and step
-        device = self._current[0][0].device
-        layers = range(self.n_layers)
-
-        def gather(slot: int, which) -> torch.Tensor:
-            return torch.stack([self._current[i][slot].to(device) for i in which], 1)  # [B, L', ...]
-
-        step = {"image_mass": gather(0, layers), "region_mass": gather(1, layers)}
-        kept = layers if self.map_mean else self.map_layers
-        step["image_attn"] = gather(2, kept)
-        if self.keep_heads:
-            step["image_attn_heads"] = gather(3, kept)
-        for name in ("image_attn", "image_attn_heads"):
-            if self.map_mean and name in step:
-                step[name] = step[name].mean(1, keepdim=True)
+        # all layers on the first layer's device, reduced together, one host copy per array and step
+        device = self._current[0].device
+        image = torch.stack([self._current[i].to(device) for i in range(self.n_layers)], 1)  # [B, L, H, P]
+        _, valid, weights = self.images.on(device)
+        if not self.images.all_valid:  # rows with fewer image tokens point their padding at key 0
+            image = image * valid[:, None, None, :]
+        head_mean = image.mean(2)  # [B, L, P]
+        step = {"image_mass": image.sum(-1), "region_mass": torch.matmul(head_mean, weights)}  # [B, L, H], [B, L, R]
+        if self.map_mean:
+            step["image_attn"] = head_mean.mean(1, keepdim=True)
+            if self.keep_heads:
+                step["image_attn_heads"] = image.mean(1, keepdim=True)
+        else:
+            step["image_attn"] = head_mean[:, self.map_layers]
+            if self.keep_heads:
+                step["image_attn_heads"] = image[:, self.map_layers]
         # float32 here (exact comparisons in tests); the store rounds to float16
         self.steps.append({k: v.cpu() for k, v in step.items()})
         self._current = {}
