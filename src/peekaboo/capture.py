@@ -131,7 +131,7 @@ class Recorder:
         self.keep_heads = bool(keep_heads)
         self.images: BatchImages | None = None
         self.steps: list[dict[str, torch.Tensor]] = []
-        self._current: dict[int, tuple] = {}
+        self._current: dict[int, torch.Tensor] = {}  # layer -> captured row on image tokens [B, H, P]
         self._hook = None
         self._lm = language_model(model)
 
