@@ -108,7 +108,9 @@ def main(argv=None) -> int:
         print(f"planted structure shown (grounded reacts more than blind-spot): {'yes' if shown else 'NO'}")
         status = 0 if shown else 1
 
-    step_paths = [p for p in sorted(args.results.glob("collapse/*/*.parquet")) if p.name.count(".") == 1]
+    # the per-step table beside each per-trace one: collapse/{m}/{d}.parquet
+    step_paths = [p.with_name(p.name.removesuffix(".traces.parquet") + ".parquet") for p in paths]
+    step_paths = [p for p in step_paths if p.exists()]
     if step_paths:
         loc = localisation_by_step(pd.concat([read_table(p) for p in step_paths], ignore_index=True))
         print()

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     for name in names:
         spec = cfg["models"][name]["reference"]
-        dataset = args.dataset or pcfg.reference_dataset(cfg, name)
+        dataset = args.dataset or R.training_dataset(cfg, name)
         opts = P.resolve_options(cfg["datasets"][dataset]["options"], default_seed=cfg["seed"])
         path = results / "reference" / name
         processor = AutoProcessor.from_pretrained(path)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             for (cond, measure, who), minimum in TARGETS.items():
                 if cond != row.condition or (who and who != behaviour) or row.fill not in ("none", "gray"):
                     continue
-                if args.dataset and args.dataset != pcfg.reference_dataset(cfg, name):
+                if args.dataset and args.dataset != R.training_dataset(cfg, name):
                     continue  # other datasets (panels-hard) are meant to produce errors: report only
                 value = getattr(row, measure)
                 ok = value >= minimum

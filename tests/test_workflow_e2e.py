@@ -12,7 +12,6 @@ that touching a module's modification time cannot disturb other tests.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,8 @@ import yaml
 from peekaboo import tables
 from peekaboo.models.tiny import build_tiny
 
-REPO = Path(__file__).resolve().parents[1]
+from _fixtures_workflow import copy_workflow
+
 
 pytestmark = pytest.mark.slow
 
@@ -71,10 +71,7 @@ def _planned_rules(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, work / name)
-    for name in ("workflow", "src", "envs"):
-        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    copy_workflow(work)
     tiny = build_tiny("qwen2_5_vl", work / "models" / "tiny-qwen25", seed=0)
     (work / "config.test.yaml").write_text(yaml.safe_dump(_config(Path(tiny)), sort_keys=False))
     log = _snakemake(work)

@@ -6,7 +6,6 @@ modification times decide what would re-run.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from _fixtures_workflow import copy_workflow
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 pytestmark = pytest.mark.slow
@@ -35,10 +35,7 @@ def _jobs(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def workflow_copy(tmp_path_factory):
     repo = tmp_path_factory.mktemp("wf")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, repo / name)
-    for name in ("workflow", "src", "envs"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    copy_workflow(repo)
     summary = _snakemake(repo, "--summary")
     future = time.time() + 100
     outputs = []

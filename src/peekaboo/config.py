@@ -179,10 +179,3 @@ def model_datasets(cfg: Mapping[str, Any], model: str) -> list[str]:
     """The datasets a model runs on, in config order."""
     chosen = cfg["models"][model].get("datasets") or []
     return [d for d in cfg["datasets"] if not chosen or d in chosen]
-
-
-def reference_dataset(cfg: Mapping[str, Any], model: str) -> str:
-    ref = cfg["models"][model]["reference"]
-    if ref.get("dataset"):
-        return ref["dataset"]
-    return next(d for d, spec in cfg["datasets"].items() if spec["adapter"] == "panels")

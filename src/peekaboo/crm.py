@@ -20,7 +20,6 @@ and counted; an item without a usable base trace is reported and skipped.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .alignment import MatchResult, StepEncoder, get_encoder, greedy_match, match_scores
+from .items import parse_meta
 from .logs import get_logger, progress
 from .steps import ANSWER_RE, MARKER_RE
 
@@ -217,11 +217,8 @@ def gold_steps(item: Mapping[str, Any]) -> list[GoldStep] | None:
     ``meta.expected_dependencies`` ([{step, uses, text}], VisArgs: ``uses``
     names regions by label and earlier steps by name, followed transitively).
     """
-    raw_meta = item.get("meta")
-    if _is_missing(raw_meta) or raw_meta == "":
-        return None
     try:
-        meta = json.loads(raw_meta) if isinstance(raw_meta, str) else dict(raw_meta)
+        meta = parse_meta(item.get("meta"))
     except (ValueError, TypeError) as exc:
         log.warning("item %s: meta is not JSON (%s); no gold dependencies", item.get("item_id"), exc)
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import math
 import re
 import shutil
@@ -377,6 +378,16 @@ def _check_item(
         "meta": meta,
     }
     return row, images
+
+
+def parse_meta(raw: Any) -> dict[str, Any]:
+    """An items table's ``meta`` (JSON text, see ``_check_item``) as a dict; {} when empty or missing.
+
+    Raises ValueError or TypeError when it is neither JSON text nor a mapping.
+    """
+    if raw is None or raw is pd.NA or (isinstance(raw, float) and math.isnan(raw)) or raw == "":
+        return {}
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
 
 
 def write_items(

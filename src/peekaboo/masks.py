@@ -23,8 +23,6 @@ boxes) over the pixel count of all the item's images.
 
 from __future__ import annotations
 
-import json
-
 import math
 import shutil
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ import pyarrow as pa
 from PIL import Image, ImageFilter
 
 from . import logs, provenance, seeding, tables
-from .items import write_png
+from .items import parse_meta, write_png
 
 log = logs.get_logger("masks")
 
@@ -238,13 +236,12 @@ def control_candidates(meta: Any) -> list[tuple[int, Rect | Sequence[float]]]:
     non-evidence panel, as a panel is hidden for the evidence, rather than
     parts of two.
     """
-    if isinstance(meta, str):
-        try:
-            meta = json.loads(meta) if meta else {}
-        except ValueError:
-            return []
+    try:
+        meta = parse_meta(meta)
+    except (ValueError, TypeError):
+        return []
     out = []
-    for cand in (meta or {}).get("control_candidates") or []:
+    for cand in meta.get("control_candidates") or []:
         out.append((int(cand.get("image", 0)), cand["box"]))
     return out
 

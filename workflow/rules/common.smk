@@ -12,6 +12,7 @@ if _SRC not in sys.path:
 # rule scripts import workflow/scripts/_bootstrap.py, which does the same in their own process
 
 import peekaboo.config as pcfg
+from peekaboo.models import reference as reference_models
 from peekaboo.provenance import module_files
 from snakemake.exceptions import WorkflowError
 
@@ -102,6 +103,12 @@ def model_path(m):
 
 def model_inputs(m):
     return [R(f"reference/{m}")] if model_cfg(m).get("reference") else []
+
+
+def reference_init(m):
+    """The trained model a reference model is fine-tuned from (reference.init_from), as an input."""
+    init = reference_models.init_model(config, m)
+    return [R(f"reference/{init}")] if init else []
 
 
 # --- trace jobs ---

@@ -4,13 +4,13 @@
 # the trace stage loads the directory like any hub model (model_path in common.smk).
 # Params hold the model's reference entry and the training dataset's options
 # (less the test set's seed and size), so editing them re-trains the model.
-from peekaboo.models import reference as reference_models
+# reference_models (peekaboo.models.reference) and reference_init come from common.smk.
 
 
 rule train_reference:
     input:
         code=code("models.reference", "datasets.panels", "datasets.base", "prompting"),
-        init=lambda wc: [R(f"reference/{m}") for m in [reference_models.init_model(config, wc.m)] if m],
+        init=lambda wc: reference_init(wc.m),
     output:
         model=directory(R("reference/{m}")),
     params:

@@ -502,7 +502,6 @@ def fast_vision_kernels():
     Same parameters, same function (up to float rounding); the saved model is
     an ordinary Qwen3-VL checkpoint. The originals are restored on exit.
     """
-    import torch
     import torch.nn.functional as F
     from transformers.models.qwen3_vl import modeling_qwen3_vl as M
 
@@ -534,7 +533,6 @@ def fast_vision_kernels():
     finally:
         M.Qwen3VLVisionPatchEmbed.forward = patch_forward
         M.Qwen3VLVisionAttention.forward = attention_forward
-    del torch
 
 
 # --------------------------------------------------------------------------- training examples
