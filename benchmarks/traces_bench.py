@@ -214,6 +214,9 @@ def worker(args) -> list[dict]:
             "decode_tok_s": args.batch / step,
             "peak_over_model_mb": max(x["over"] for x in rr) / 2**20,
             "params_m": sum(p.numel() for p in models["sdpa"].parameters()) / 1e6,
+            # per round, for ratios paired within a round (the machine's load drifts between rounds)
+            "round_tok_s": [n / x["wall"] for x in rr],
+            "round_decode_tok_s": [args.batch / float(np.median(x["steps"])) for x in rr],
         }
         # both an SDPA and an eager copy are loaded (in RAM or on the GPU): count one, as a real run would
         other = sum(p.numel() * p.element_size() for p in models["eager"].parameters())
@@ -366,23 +369,26 @@ def main() -> None:
 def report(rows: list[dict], args) -> None:
     print(f"\nTrace generation on {args.device} ({args.threads} thread(s), batch {args.batch}, "
           f"{args.new_tokens} new tokens per sequence, {'bf16' if args.bf16 else 'float32'}; medians over "
-          f"interleaved rounds)\n")
+          f"interleaved rounds; paired: the median over rounds of the ratio within each round)\n")
     print("| model | params | context | mode | tok/s | prefill s | decode tok/s | peak MB | peak above model MB "
-          "| capture / plain: tok/s, decode tok/s, peak | capture / eager: tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| capture / plain: tok/s, decode tok/s, peak | paired capture / plain: tok/s, decode tok/s "
+          "| capture / eager: tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     by = {(r["model"], r["target_context"], r["mode"]): r for r in rows}
     for r in rows:
         plain = by[(r["model"], r["target_context"], "plain")]
         eager = by[(r["model"], r["target_context"], "eager")]
-        vs_plain = vs_eager = ""
+        vs_plain = paired = vs_eager = ""
         if r["mode"] in ("capture", "hook"):
             vs_plain = (f"{r['tok_s'] / plain['tok_s']:.2f}x, {r['decode_tok_s'] / plain['decode_tok_s']:.2f}x, "
                         f"{r['peak_mb'] / plain['peak_mb'] - 1:+.1%}")
+            paired = ", ".join(f"{np.median(np.divide(r[k], plain[k])):.2f}x"
+                               for k in ("round_tok_s", "round_decode_tok_s"))
         if r["mode"] == "capture":
             vs_eager = f"{r['tok_s'] / eager['tok_s']:.2f}x"
         print(f"| {r['model']} | {r['params_m']:.1f}M | {r['context']} | {r['mode']} | {r['tok_s']:.2f} | "
               f"{r['prefill_s']:.2f} | {r['decode_tok_s']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_model_mb']:.0f} "
-              f"| {vs_plain} | {vs_eager} |")
+              f"| {vs_plain} | {paired} | {vs_eager} |")
     stores = [r for r in rows if "store" in r]
     print("\n| model | context | generated tokens | store bytes | bytes per generated token |")
     print("|---|---|---|---|---|")

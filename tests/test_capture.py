@@ -105,3 +105,45 @@ def test_capture_across_a_device_map_with_offloaded_layers(tiny_models, sample_i
         np.testing.assert_array_equal(x.token_ids, y.token_ids)
         np.testing.assert_allclose(x.image_attn, y.image_attn, atol=1e-6)
         np.testing.assert_allclose(x.image_mass, y.image_mass, atol=1e-6)
+
+
+DEVICES = [pytest.param("cpu", torch.float32, id="cpu-float32"),
+           pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=pytest.mark.skipif(
+               not torch.cuda.is_available(), reason="needs a CUDA device (the half-precision matmul path)"))]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICES)
+@pytest.mark.parametrize("mask", ["none", "bool-padding", "bool-one-row", "float-per-head"])
+def test_last_row_probabilities_follow_the_mask_with_grouped_heads(mask, device, dtype):
+    """The captured row against softmax(q k^T * scale + mask) written out with repeated keys, in
+    float64 from the same (possibly half-precision) q and k: the folded scale, the mask made into a
+    bias once per forward pass (broadcast over batch rows and head groups) and the grouped heads."""
+    gen = torch.Generator().manual_seed(3)
+    B, H, n_kv, Q, K, D = 3, 6, 2, 2, 9, 8
+    query = torch.randn(B, H, Q, D, generator=gen).to(device, dtype)
+    key = torch.randn(B, n_kv, K, D, generator=gen).to(device, dtype)
+    keep = torch.ones(B, 1, Q, K, dtype=torch.bool)
+    keep[1, :, :, :3] = False  # row 1 left-padded by three
+    attention_mask = {"none": None,
+                      "bool-padding": keep,
+                      "bool-one-row": keep[:1],  # one mask row shared by the whole batch
+                      "float-per-head": torch.randn(B, H, Q, K, generator=gen)}[mask]
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+    mask_bias = capture.MaskBias()
+    grouped = capture._last_row_probs(mask_bias, query, key, attention_mask, scaling=0.3)
+    assert grouped.shape == (B * n_kv, H // n_kv, K)
+    probs = grouped.view(B, H, K)
+
+    q, k = query[:, :, -1].double().cpu(), key.double().cpu().repeat_interleave(H // n_kv, dim=1)
+    scores = torch.einsum("bhd,bhkd->bhk", q, k) * 0.3
+    if attention_mask is not None:
+        row = attention_mask[:, :, -1].cpu()
+        scores = scores + (torch.where(row, 0.0, float("-inf")).double() if row.dtype == torch.bool else row)
+    expected = torch.softmax(scores, -1)
+    assert probs.dtype == torch.float32
+    np.testing.assert_allclose(probs.cpu().numpy(), expected.numpy(), atol=1e-6)
+    if mask == "bool-padding":
+        assert float(probs[1, :, :3].abs().max()) == 0.0
+    # the same mask object again (the next layer of the same forward pass) reuses the bias
+    assert capture._last_row_probs(mask_bias, query, key, attention_mask, scaling=0.3).equal(grouped)

@@ -22,7 +22,9 @@ SDPA run builds). Switched on for the language model only
   the head-mean attention on every image token (optionally per head).
 
 The ``[query, key]`` matrix is never formed for the prefill: one row per
-sequence per layer. Image positions are per batch row (left padding moves
+sequence per layer. A GPU decode step is bound by kernel launches, so the
+work per layer is kept to a few operations and the reductions over layers run
+once per forward pass; captured steps reach the host in blocks. Image positions are per batch row (left padding moves
 them), and tensors follow each layer's device, so it works when a device map
 spreads the layers over several devices.
 """
@@ -103,14 +105,56 @@ class BatchImages:
         return cls(pos, valid, wts)
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = str(device)
+        if device not in self._by_device:
+            self._by_device[device] = (self.positions.to(device), self.valid.to(device), self.weights.to(device))
+        return self._by_device[device]
+
+    def gather_index(self, device: torch.device, n_kv: int, rep: int) -> torch.Tensor:
+        """int64 [B*n_kv, rep, P]: the image columns for scores grouped by key head (made once per device)."""
+        key = (device, n_kv, rep)
         if key not in self._by_device:
-            self._by_device[key] = (self.positions.to(device), self.valid.to(device), self.weights.to(device))
+            B, P = self.positions.shape
+            index = self.positions[:, None, None, :].expand(B, n_kv, rep, P).reshape(B * n_kv, rep, P)
+            self._by_device[key] = index.to(device)
         return self._by_device[key]
 
     def select(self, rows: Sequence[int]) -> "BatchImages":
         idx = torch.as_tensor(list(rows), dtype=torch.long)
         return BatchImages(self.positions[idx], self.valid[idx], self.weights[idx])
+
+
+class MaskBias:
+    """The attention mask's last row as an additive float32 bias on the grouped scores, made once per mask.
+
+    Every layer of a forward pass gets the same mask object, so the bias is
+    made once per forward pass, not once per layer.
+    """
+
+    def __init__(self) -> None:
+        self._zero: torch.Tensor | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        self._mask: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
+
+    def __call__(self, attention_mask: torch.Tensor | None, batch: int, n_kv: int,
+                 device: torch.device) -> tuple[torch.Tensor, float]:
+        """(bias float32 [batch*n_kv, 1 or rep, K], beta): beta 0 and a zero bias without a mask."""
+        if attention_mask is None:
+            if self._zero is None or self._zero.device != device:
+                self._zero = torch.zeros(1, 1, 1, device=device)
+            return self._zero, 0.0
+        if attention_mask is not self._mask:
+            row = attention_mask[:, :, -1, :]  # [B or 1, 1 or H, K]
+            row = torch.where(row, 0.0, float("-inf")) if row.dtype == torch.bool else row.float()
+            _, heads, K = row.shape
+            if heads == 1:  # one row for every head: broadcast over each key head's group of query heads
+                bias = row.expand(batch, n_kv, K).reshape(batch * n_kv, 1, K)
+            else:  # a row per query head: grouped like the scores
+                bias = row.expand(batch, heads, K).reshape(batch * n_kv, heads // n_kv, K)
+            self._mask, self._bias = attention_mask, bias
+        return self._bias, 1.0
 
 
 class Recorder:
@@ -128,18 +172,26 @@ class Recorder:
         self.n_heads = int(cfg.num_attention_heads)
         self.map_mean = map_layers == "mean"
         self.map_layers = resolve_map_layers(map_layers, self.n_layers)
+        # a slice where the kept layers are consecutive: indexing a GPU tensor with a list copies the list there
+        first, last = self.map_layers[0], self.map_layers[-1]
+        consecutive = self.map_layers == list(range(first, last + 1))
+        self._map_index = slice(first, last + 1) if consecutive else self.map_layers
         self.keep_heads = bool(keep_heads)
         self.images: BatchImages | None = None
-        self.steps: list[dict[str, torch.Tensor]] = []
-        self._current: dict[int, torch.Tensor] = {}  # layer -> captured row on image tokens [B, H, P]
+        self._blocks: list[dict[str, torch.Tensor]] = []  # on the host, float32, [B, steps, ...] each
+        self._pending: list[dict[str, torch.Tensor]] = []  # on the device, not yet copied to the host
+        self.mask_bias = MaskBias()
+        self._current: dict[int, torch.Tensor] = {}  # layer -> captured row on image tokens [B*n_kv, rep, P]
         self._hook = None
         self._lm = language_model(model)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, images: BatchImages) -> None:
         self.images = images
-        self.steps = []
+        self._blocks = []
+        self._pending = []
         self._current = {}
+        self.mask_bias.clear()
         if self._hook is None:
             self._hook = self._lm.register_forward_hook(self._end_of_forward)
 
@@ -147,24 +199,29 @@ class Recorder:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._flush()
         self.images = None
         self._current = {}
+        self.mask_bias.clear()
 
     # -- called from the attention function ---------------------------------
-    def wants(self, module) -> int | None:
-        if self.images is None:
-            return None
-        return self.layer_of.get(id(module))
+    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+               scaling: float | None) -> None:
+        """Keep this layer's captured row on the image tokens, float32 [B*n_kv, rep, P] (grouped heads).
 
-    def record(self, layer: int, probs_image: torch.Tensor) -> None:
-        """``probs_image`` float32 [B, H, P]: the captured row's attention on each image token.
-
-        Only kept here: the reductions run once per forward pass over all
-        layers (``_end_of_forward``), because on a GPU a decode step is bound
-        by kernel launches and a few small kernels per layer cost more than
-        the arithmetic.
+        Only that is done per layer: the reductions run once per forward pass
+        over all layers (``_end_of_forward``). A GPU decode step is bound by
+        kernel launches and by the Python that issues them, so every operation
+        per layer counts.
         """
-        self._current[layer] = probs_image
+        probs = _last_row_probs(self.mask_bias, query, key, attention_mask, scaling)
+        index = self.images.gather_index(probs.device, probs.shape[0] // query.shape[0], probs.shape[1])
+        self._current[layer] = torch.gather(probs, 2, index)
+
+    # steps copied to the host in blocks: a copy per token would stall the GPU queue each token, keeping
+    # them all on the device would grow its memory with the chain
+    FLUSH_STEPS = 32
+    FLUSH_BYTES = 64 * 2**20
 
     def _end_of_forward(self, module, args, output) -> None:
         if self.images is None or not self._current:
@@ -172,9 +229,14 @@ class Recorder:
         if len(self._current) != self.n_layers:
             missing = sorted(set(range(self.n_layers)) - set(self._current))
             raise RuntimeError(f"capture saw no attention for layers {missing}: is the capture attention set?")
-        # all layers on the first layer's device, reduced together, one host copy per array and step
-        device = self._current[0].device
-        image = torch.stack([self._current[i].to(device) for i in range(self.n_layers)], 1)  # [B, L, H, P]
+        # all layers on the first layer's device, reduced together
+        rows = [self._current[i] for i in range(self.n_layers)]
+        device = rows[0].device
+        if any(r.device != device for r in rows):  # layers spread over devices by a device map
+            rows = [r.to(device) for r in rows]
+        grouped = torch.stack(rows)  # [L, B*n_kv, rep, P]
+        L, _, rep, P = grouped.shape
+        image = grouped.view(L, self.images.positions.shape[0], -1, P).transpose(0, 1)  # [B, L, H, P]
         _, valid, weights = self.images.on(device)
         if not self.images.all_valid:  # rows with fewer image tokens point their padding at key 0
             image = image * valid[:, None, None, :]
@@ -185,18 +247,28 @@ class Recorder:
             if self.keep_heads:
                 step["image_attn_heads"] = image.mean(1, keepdim=True)
         else:
-            step["image_attn"] = head_mean[:, self.map_layers]
+            step["image_attn"] = head_mean[:, self._map_index]
             if self.keep_heads:
-                step["image_attn_heads"] = image[:, self.map_layers]
-        # float32 here (exact comparisons in tests); the store rounds to float16
-        self.steps.append({k: v.cpu() for k, v in step.items()})
+                step["image_attn_heads"] = image[:, self._map_index]
+        self._pending.append(step)
         self._current = {}
+        self.mask_bias.clear()  # the next forward pass has a longer mask
+        step_bytes = sum(v.numel() * v.element_size() for v in step.values())
+        if len(self._pending) >= min(self.FLUSH_STEPS, max(1, self.FLUSH_BYTES // step_bytes)):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Copy the pending steps to the host (float32: exact comparisons in tests; the store rounds to float16)."""
+        if self._pending:
+            self._blocks.append({k: torch.stack([s[k] for s in self._pending], 1).cpu() for k in self._pending[0]})
+            self._pending = []
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Per array, [B, steps, ...]: row ``t`` belongs to the forward pass that produced token ``t``."""
-        if not self.steps:
+        self._flush()
+        if not self._blocks:
             return {}
-        return {k: torch.stack([s[k] for s in self.steps], 1) for k in self.steps[0]}
+        return {k: torch.cat([b[k] for b in self._blocks], 1) for k in self._blocks[0]}
 
 
 def resolve_map_layers(map_layers: str | Sequence[int], n_layers: int) -> list[int]:
@@ -216,6 +288,17 @@ def resolve_map_layers(map_layers: str | Sequence[int], n_layers: int) -> list[i
 
 
 _ACTIVE: Recorder | None = None
+_SDPA = None
+
+
+def _sdpa():
+    """transformers' SDPA attention function (looked up once: this runs for every layer and token)."""
+    global _SDPA
+    if _SDPA is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        _SDPA = sdpa_attention_forward
+    return _SDPA
 
 
 @contextmanager
@@ -239,24 +322,30 @@ def capturing(model, recorder: Recorder, images: BatchImages) -> Iterator[Record
 
 
 def _last_row_probs(
-    module, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+    mask_bias: MaskBias, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+    scaling: float | None,
 ) -> torch.Tensor:
-    """float32 [B, H, K]: softmax over the keys for the last query row, as the forward pass had it."""
+    """float32 [B*n_kv, rep, K]: softmax over the keys for the last query row, as the forward pass had it.
+
+    Query heads h*rep .. h*rep+rep-1 share key head h (repeat_kv's layout), so
+    the scores are one batched matmul per key head, keys not repeated; it folds
+    in the scale and the mask (``scale * q k^T + bias``). Then one softmax.
+    """
     B, H, _, D = query.shape
     n_kv = key.shape[1]
-    # the scale goes on the one query row rather than on every score
-    q = query[:, :, -1, :].float() * (scaling if scaling is not None else D**-0.5)  # [B, H, D]
-    k = key.float()  # [B, Hkv, K, D]; no copy in float32, float32 scores in half precision
-    # query heads h*rep .. h*rep+rep-1 share key head h (repeat_kv's layout): no repeated keys
-    rep = H // n_kv
-    scores = torch.matmul(q.view(B, n_kv, rep, D), k.transpose(-1, -2)).view(B, H, -1)
-    if attention_mask is not None:
-        row = attention_mask[:, :, -1, :]  # [B or 1, 1 or H, K]
-        if row.dtype == torch.bool:
-            scores = scores.masked_fill(~row, float("-inf"))
-        else:
-            scores = scores + row.float()
+    q = query.select(2, -1).reshape(B * n_kv, H // n_kv, D)
+    k_t = key.reshape(B * n_kv, -1, D).mT  # [B*n_kv, D, K]
+    bias, beta = mask_bias(attention_mask, B, n_kv, query.device)
+    scale = scaling if scaling is not None else D**-0.5
+    if query.is_cuda and query.dtype in _HALF:
+        # float32 products and sums straight from the half-precision q and k: no float32 copy of the key cache
+        scores = torch.baddbmm(bias, q, k_t, beta=beta, alpha=scale, out_dtype=torch.float32)
+    else:
+        scores = torch.baddbmm(bias, q.float(), k_t.float(), beta=beta, alpha=scale)
     return torch.softmax(scores, dim=-1)
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def capture_attention_forward(
@@ -271,17 +360,16 @@ def capture_attention_forward(
     **kwargs: Any,
 ):
     """transformers attention function: SDPA's output, plus the captured row (see the module doc)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    output = sdpa_attention_forward(
+    output = _sdpa()(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
     recorder = _ACTIVE
-    layer = recorder.wants(module) if recorder is not None else None
-    if layer is not None:
-        with torch.no_grad():
-            probs = _last_row_probs(module, query, key, attention_mask, scaling)
-            positions, _, _ = recorder.images.on(probs.device)
-            index = positions[:, None, :].expand(-1, probs.shape[1], -1)
-            recorder.record(layer, torch.gather(probs, 2, index))
+    if recorder is not None and recorder.images is not None:
+        layer = recorder.layer_of.get(id(module))
+        if layer is not None:
+            if torch.is_grad_enabled():  # outside generate: keep the captured rows out of any autograd graph
+                with torch.no_grad():
+                    recorder.record(layer, query, key, attention_mask, scaling)
+            else:
+                recorder.record(layer, query, key, attention_mask, scaling)
     return output

@@ -131,20 +131,21 @@ class _LogitStats:
                 raise RuntimeError("decode step without input_ids: cannot tell the emitted token")
             self.logprob.append(self._gather(emitted[:, -1]))
         logp = torch.log_softmax(logits, dim=-1)
-        # entr(p) = -p log p, and 0 where the model rules a token out entirely (p = 0)
-        self.entropy.append(torch.special.entr(logp.exp()).sum(-1).cpu())
+        # entr(p) = -p log p, and 0 where the model rules a token out entirely (p = 0);
+        # kept on the device until the end: a host copy per token would stall the GPU queue each token
+        self.entropy.append(torch.special.entr(logp.exp()).sum(-1))
         self._prev = logp
 
     def _gather(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._prev.gather(1, tokens.to(self._prev.device).long()[:, None])[:, 0].cpu()
+        return self._prev.gather(1, tokens.to(self._prev.device).long()[:, None])[:, 0]
 
     def finish(self, generated: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """[B, G] entropy and log-probability for the G generated columns."""
         n = generated.shape[1]
         if len(self.logprob) < n and self._prev is not None:
             self.logprob.append(self._gather(generated[:, len(self.logprob)]))
-        entropy = torch.stack(self.entropy[:n], 1).numpy() if n else np.zeros((generated.shape[0], 0), np.float32)
-        logprob = torch.stack(self.logprob[:n], 1).numpy() if n else np.zeros((generated.shape[0], 0), np.float32)
+        entropy = torch.stack(self.entropy[:n], 1).cpu().numpy() if n else np.zeros((generated.shape[0], 0), np.float32)
+        logprob = torch.stack(self.logprob[:n], 1).cpu().numpy() if n else np.zeros((generated.shape[0], 0), np.float32)
         return entropy.astype(np.float32), logprob.astype(np.float32)
 
 
@@ -157,7 +158,9 @@ class _RowBudget:
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         new = input_ids.shape[1] - self.prompt_len
-        return (self.budget.to(input_ids.device) <= new)
+        if self.budget.device != input_ids.device:  # moved once, not a host-to-device copy per token
+            self.budget = self.budget.to(input_ids.device)
+        return self.budget <= new
 
 
 def load_image(source: Any):
