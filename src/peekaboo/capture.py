@@ -136,6 +136,7 @@ class MaskBias:
 
     def clear(self) -> None:
         self._mask: torch.Tensor | None = None
+        self._shape: tuple[int, int] | None = None
         self._bias: torch.Tensor | None = None
 
     def __call__(self, attention_mask: torch.Tensor | None, batch: int, n_kv: int,
@@ -145,7 +146,7 @@ class MaskBias:
             if self._zero is None or self._zero.device != device:
                 self._zero = torch.zeros(1, 1, 1, device=device)
             return self._zero, 0.0
-        if attention_mask is not self._mask:
+        if attention_mask is not self._mask or (batch, n_kv) != self._shape:
             row = attention_mask[:, :, -1, :]  # [B or 1, 1 or H, K]
             row = torch.where(row, 0.0, float("-inf")) if row.dtype == torch.bool else row.float()
             _, heads, K = row.shape
@@ -153,7 +154,7 @@ class MaskBias:
                 bias = row.expand(batch, n_kv, K).reshape(batch * n_kv, 1, K)
             else:  # a row per query head: grouped like the scores
                 bias = row.expand(batch, heads, K).reshape(batch * n_kv, heads // n_kv, K)
-            self._mask, self._bias = attention_mask, bias
+            self._mask, self._shape, self._bias = attention_mask, (batch, n_kv), bias
         return self._bias, 1.0
 
 
