@@ -144,8 +144,11 @@ class _LogitStats:
         n = generated.shape[1]
         if len(self.logprob) < n and self._prev is not None:
             self.logprob.append(self._gather(generated[:, len(self.logprob)]))
-        entropy = torch.stack(self.entropy[:n], 1).cpu().numpy() if n else np.zeros((generated.shape[0], 0), np.float32)
-        logprob = torch.stack(self.logprob[:n], 1).cpu().numpy() if n else np.zeros((generated.shape[0], 0), np.float32)
+        if not n:
+            empty = np.zeros((generated.shape[0], 0), np.float32)
+            return empty, empty.copy()
+        entropy = torch.stack(self.entropy[:n], 1).cpu().numpy()
+        logprob = torch.stack(self.logprob[:n], 1).cpu().numpy()
         return entropy.astype(np.float32), logprob.astype(np.float32)
 
 
