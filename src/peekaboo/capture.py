@@ -24,9 +24,10 @@ SDPA run builds). Switched on for the language model only
 The ``[query, key]`` matrix is never formed for the prefill: one row per
 sequence per layer. A GPU decode step is bound by kernel launches, so the
 work per layer is kept to a few operations and the reductions over layers run
-once per forward pass; captured steps reach the host in blocks. Image positions are per batch row (left padding moves
-them), and tensors follow each layer's device, so it works when a device map
-spreads the layers over several devices.
+once per forward pass; captured steps reach the host in blocks. Image
+positions are per batch row (left padding moves them), and tensors follow each
+layer's device, so it works when a device map spreads the layers over several
+devices.
 """
 
 from __future__ import annotations
@@ -169,8 +170,6 @@ class Recorder:
         self.modules = attention_modules(model)
         self.n_layers = len(self.modules)
         self.layer_of = {id(m): i for i, m in enumerate(self.modules)}
-        cfg = language_model(model).config
-        self.n_heads = int(cfg.num_attention_heads)
         self.map_mean = map_layers == "mean"
         self.map_layers = resolve_map_layers(map_layers, self.n_layers)
         # a slice where the kept layers are consecutive: indexing a GPU tensor with a list copies the list there
@@ -216,7 +215,7 @@ class Recorder:
         per layer counts.
         """
         probs = _last_row_probs(self.mask_bias, query, key, attention_mask, scaling)
-        index = self.images.gather_index(probs.device, probs.shape[0] // query.shape[0], probs.shape[1])
+        index = self.images.gather_index(probs.device, key.shape[1], probs.shape[1])
         self._current[layer] = torch.gather(probs, 2, index)
 
     # steps copied to the host in blocks: a copy per token would stall the GPU queue each token, keeping
