@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .alignment import MatchResult, StepEncoder, get_encoder, greedy_match, match_scores
-from .items import parse_meta
+from .items import as_list, is_missing, parse_meta
 from .logs import get_logger, progress
 from .steps import ANSWER_RE, MARKER_RE
 
@@ -149,34 +149,22 @@ def region_of_variant(variant: str) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (str(variant), None)
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
 def normalise_answer(value: Any) -> str | None:
     """Answer text compared across traces: lower case, single spaces, no trailing full stop."""
-    if _is_missing(value):
+    if is_missing(value):
         return None
     text = " ".join(str(value).lower().split()).strip(" .")
     return text or None
 
 
 def _flag(value: Any) -> bool:
-    return False if _is_missing(value) else bool(value)
-
-
-def _as_list(value: Any) -> list:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    return list(value)
+    return False if is_missing(value) else bool(value)
 
 
 def item_regions(item: Mapping[str, Any]) -> list[str]:
     """The labels of an item's regions (index = region number); empty when it has none."""
     labels = []
-    for k, region in enumerate(_as_list(item.get("regions"))):
+    for k, region in enumerate(as_list(item.get("regions"))):
         label = region.get("label") if isinstance(region, Mapping) else None
         labels.append(str(label) if label else f"region {k}")
     return labels
@@ -309,7 +297,7 @@ def _traces(sidecar_df: pd.DataFrame, steps_df: pd.DataFrame, masks_df: pd.DataF
     region_by_mask: dict[str, int] = {}
     if masks_df is not None and len(masks_df) and "region" in masks_df.columns:
         for mask_id, region in zip(masks_df["mask_id"], masks_df["region"]):
-            if not _is_missing(region):
+            if not is_missing(region):
                 region_by_mask[str(mask_id)] = int(region)
     by_trace: dict[str, list[tuple[int, str, str]]] = {}
     for tid, step, kind, text in zip(steps_df["trace_id"], steps_df["step"], steps_df["kind"], steps_df["text"]):

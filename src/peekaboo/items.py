@@ -380,12 +380,24 @@ def _check_item(
     return row, images
 
 
+def is_missing(value: Any) -> bool:
+    """None, pandas' NA or a float NaN: how a table read back leaves a cell empty."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def as_list(value: Any) -> list:
+    """A list cell of the items or masks table (``regions``, ``images``) as a list; [] when missing."""
+    return [] if is_missing(value) else list(value)
+
+
 def parse_meta(raw: Any) -> dict[str, Any]:
     """An items table's ``meta`` (JSON text, see ``_check_item``) as a dict; {} when empty or missing.
 
     Raises ValueError or TypeError when it is neither JSON text nor a mapping.
     """
-    if raw is None or raw is pd.NA or (isinstance(raw, float) and math.isnan(raw)) or raw == "":
+    if is_missing(raw) or raw == "":
         return {}
     return json.loads(raw) if isinstance(raw, str) else dict(raw)
 

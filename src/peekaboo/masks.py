@@ -35,7 +35,7 @@ import pyarrow as pa
 from PIL import Image, ImageFilter
 
 from . import logs, provenance, seeding, tables
-from .items import parse_meta, write_png
+from .items import as_list, parse_meta, write_png
 
 log = logs.get_logger("masks")
 
@@ -221,14 +221,6 @@ class _Variant:
     skip_reason: str | None = None
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, float) and math.isnan(value):
-        return []
-    return list(value)
-
-
 def control_candidates(meta: Any) -> list[tuple[int, Rect | Sequence[float]]]:
     """Places an adapter proposes for control masks (``meta.control_candidates``: [{box, image}]).
 
@@ -344,8 +336,8 @@ def build_masks(
         items_df.itertuples(index=False), total=len(items_df), desc=f"masks {dataset}", unit="item"
     ):
         item_id = str(item.item_id)
-        image_paths = [str(p) for p in _as_list(item.images)]
-        regions = _as_list(item.regions)
+        image_paths = [str(p) for p in as_list(item.images)]
+        regions = as_list(item.regions)
         rows.append(
             {
                 "mask_id": mask_id(item_id, "base", "none"),
