@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/traces_bench.py            # tiny + ~100M Qwen3-VL, ~300 and ~2,000 tokens
     .venv/bin/python benchmarks/traces_bench.py --quick    # tiny model only
     .venv/bin/python benchmarks/traces_bench.py --device cuda --bf16 --qwen3-2b   # on a GPU
+    .venv/bin/python benchmarks/traces_bench.py --models medium --contexts 2000,3000,4000   # longer contexts
 
 For each (model, context) it times, on the same prompt, in a fresh process each
 (so peak memory is not blurred by an earlier run):
@@ -63,6 +64,17 @@ QWEN3_2B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_h
 CONTEXTS = {300: (448, 60), 2000: (1024, 880)}
 
 
+def context_shape(context: int) -> tuple[int, int]:
+    """Image side and question length for a target context: the two calibrated ones, or longer
+    contexts as the ~2,000-token image (1,024 image tokens) with more text (about a token a character)."""
+    if context in CONTEXTS:
+        return CONTEXTS[context]
+    if context < 2000:
+        raise ValueError(f"context {context}: besides {sorted(CONTEXTS)}, only contexts of 2,000 tokens or more")
+    side, chars = CONTEXTS[2000]
+    return side, chars + context - 2000
+
+
 # -- worker: one (model, context, mode) in its own process --------------------------------------
 class PeakRSS:
     """Samples the resident set size every few milliseconds in a thread."""
@@ -98,13 +110,13 @@ def make_request(root: Path, context: int):
 
     from peekaboo.generate import TraceRequest
 
-    side, chars = CONTEXTS[context]
+    side, chars = context_shape(context)
     path = root / f"bench-{side}.png"
     if not path.exists():
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
-    words = ("describe the left panel then compare it with the right one and explain each step "
-             * 20)[:chars]
+    sentence = "describe the left panel then compare it with the right one and explain each step "
+    words = (sentence * (chars // len(sentence) + 1))[:chars]
     return TraceRequest("bench", words, [path], [{"box": [0, 0, side / 2, side / 2], "image": 0},
                                                  {"box": [side / 4, side / 4, side, side], "image": 0}])
 
@@ -299,9 +311,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3,
                     help="interleaved rounds per (model, context); medians count")
     ap.add_argument("--long-repeats", type=int,
-                    help="rounds for the non-tiny models at ~2,000 tokens (default: 1 on CPU, --repeats on a GPU)")
+                    help="rounds for the non-tiny models at ~2,000 tokens and more "
+                         "(default: 1 on CPU, --repeats on a GPU)")
     ap.add_argument("--models", help="comma-separated models to run, in this order (tiny, medium, qwen3_2b); "
                                      "overrides --quick and --qwen3-2b")
+    ap.add_argument("--contexts", default="300,2000",
+                    help="comma-separated target contexts in tokens (default 300,2000; longer ones add text to the "
+                         "~2,000-token prompt, e.g. 4000 to see where eager's quadratic cost shows)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--qwen3-2b", action="store_true", help="add a random model with Qwen3-VL-2B's configuration")
@@ -326,6 +342,12 @@ def main() -> None:
         unknown = set(kinds) - {"tiny", "medium", "qwen3_2b"}
         if unknown:
             ap.error(f"unknown model(s) {sorted(unknown)}")
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+        for c in contexts:
+            context_shape(c)
+    except ValueError as exc:
+        ap.error(f"--contexts: {exc}")
     if args.long_repeats is None:
         args.long_repeats = args.repeats if args.device.startswith("cuda") else 1
     rows, failed = [], []
@@ -333,7 +355,7 @@ def main() -> None:
         root = Path(tmp)
         for kind in kinds:
             model_dir = build(kind, root / "models")
-            for context in CONTEXTS:
+            for context in contexts:
                 cmd = [sys.executable, __file__, "--worker", str(model_dir), str(context), "all", "--work", tmp,
                        "--new-tokens", str(args.new_tokens), "--batch", str(args.batch),
                        "--threads", str(args.threads), "--device", args.device,
