@@ -84,7 +84,8 @@ class BatchImages:
     positions: torch.Tensor
     valid: torch.Tensor
     weights: torch.Tensor
-    _by_device: dict = field(default_factory=dict, repr=False)
+    _by_device: dict = field(default_factory=dict, repr=False)  # device -> (positions, valid, weights) there
+    _gather_indices: dict = field(default_factory=dict, repr=False)  # (device, n_kv, rep) -> gather index
 
     @cached_property
     def all_valid(self) -> bool:
@@ -113,11 +114,11 @@ class BatchImages:
     def gather_index(self, device: torch.device, n_kv: int, rep: int) -> torch.Tensor:
         """int64 [B*n_kv, rep, P]: the image columns for scores grouped by key head (made once per device)."""
         key = (device, n_kv, rep)
-        if key not in self._by_device:
+        if key not in self._gather_indices:
             B, P = self.positions.shape
             index = self.positions[:, None, None, :].expand(B, n_kv, rep, P).reshape(B * n_kv, rep, P)
-            self._by_device[key] = index.to(device)
-        return self._by_device[key]
+            self._gather_indices[key] = index.to(device)
+        return self._gather_indices[key]
 
     def select(self, rows: Sequence[int]) -> "BatchImages":
         idx = torch.as_tensor(list(rows), dtype=torch.long)
@@ -321,6 +322,9 @@ def capturing(model, recorder: Recorder, images: BatchImages) -> Iterator[Record
         model.set_attn_implementation({"text_config": previous})
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _last_row_probs(
     mask_bias: MaskBias, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
     scaling: float | None,
@@ -343,9 +347,6 @@ def _last_row_probs(
     else:
         scores = torch.baddbmm(bias, q.float(), k_t.float(), beta=beta, alpha=scale)
     return torch.softmax(scores, dim=-1)
-
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def capture_attention_forward(
