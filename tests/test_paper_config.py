@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import fixtures as fx
+from _fixtures_workflow import hub_cache
 import peekaboo.config as pcfg
 from peekaboo.datasets import RawItem, get_adapter
 
@@ -28,6 +29,16 @@ def pointed_at(options_by_dataset: dict) -> dict:
     for name, options in options_by_dataset.items():
         raw["datasets"][name]["options"].update(options)
     return raw
+
+
+@pytest.fixture
+def paper_models(tmp_path, monkeypatch):
+    """The paper's models in a hub cache, as on a machine that downloaded them (validation resolves every hub id)."""
+    import huggingface_hub.constants
+
+    cache = hub_cache(tmp_path / "hub", *(m["source"] for m in paper_raw()["models"].values()))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +78,12 @@ def test_placeholder_paths_are_reported_when_missing(tmp_path):
         pcfg.validate(paper_raw(), base_dir=tmp_path, check_paths=True)
     for name in ("mathvista", "hallusionbench", "mmmu_pro", "visargs"):
         assert f"datasets.{name}.options.path" in str(err.value)
+    # and the models, absent from this machine's (empty) hub cache, are named too
+    for name in paper_raw()["models"]:
+        assert f"models.{name}.source" in str(err.value)
 
 
-def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fixture_options, tmp_path):
+def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fixture_options, paper_models, tmp_path):
     cfg = pcfg.validate(pointed_at(fixture_options), base_dir=tmp_path, check_paths=True)
     for name, spec in cfg["datasets"].items():
         adapter = get_adapter(name, spec, seed=cfg["seed"], base_dir=tmp_path)
@@ -77,7 +91,7 @@ def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fi
         assert 0 < len(items) <= adapter.count(), name
 
 
-def test_items_stage_on_all_four_fixture_copies(fixture_options, tmp_path):
+def test_items_stage_on_all_four_fixture_copies(fixture_options, paper_models, tmp_path):
     cfg = pcfg.validate(pointed_at(fixture_options), base_dir=tmp_path, check_paths=True)
     from peekaboo.items import build_items
 
@@ -99,7 +113,9 @@ def test_snakemake_dry_run_with_the_paper_config_on_fixture_copies(fixture_optio
     config = tmp_path / "paper-fixtures.yaml"
     config.write_text(yaml.safe_dump(pointed_at(fixture_options)), encoding="utf-8")
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # the paper's models, as a machine that downloaded them has them (validation resolves every hub id)
+    cache = hub_cache(tmp_path / "hub", *(m["source"] for m in pointed_at(fixture_options)["models"].values()))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     proc = subprocess.run(
         [snakemake, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(config), "--cores", "1", "--quiet", "rules"],

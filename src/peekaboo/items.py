@@ -13,15 +13,13 @@ reason and the source line. ``write_items`` writes both tables with provenance.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
-import json
 import math
 import re
 import shutil
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -31,6 +29,8 @@ from PIL import Image
 from . import logs, provenance, tables
 from .datasets.base import ANSWER_TYPES, TASK_TYPES, RawItem, Region, Reject, get_adapter
 from .datasets.boxes import BoxReport, read_boxes
+from .images import ItemRejected, load_image, write_png
+from .stage import StageCall
 
 log = logs.get_logger("items")
 
@@ -71,10 +71,6 @@ _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_STEM = 80
 
 
-class ItemRejected(ValueError):
-    """One record cannot be used; the message is the reason stored in the rejects table."""
-
-
 # ----------------------------------------------------------------------------
 # file names
 
@@ -108,70 +104,6 @@ class _NameBook:
             name = f"{stem}-{k}-{digest}.png"
         self.used.add(name.casefold())
         return name
-
-
-# ----------------------------------------------------------------------------
-# images
-
-
-def load_image(source: Any, base_dir: str | Path = ".") -> Image.Image:
-    """An adapter's image (path, bytes or PIL image) decoded as RGB; ItemRejected when it cannot be."""
-    if isinstance(source, Image.Image):
-        img, where = source, "in-memory image"
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        where = "image bytes"
-        try:
-            img = Image.open(io.BytesIO(bytes(source)))
-            img.load()
-        except Exception as exc:  # PIL raises many types for corrupt data
-            raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
-    elif isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir) / path
-        where = str(path)
-        if not path.is_file():
-            raise ItemRejected(f"missing image: {where}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                img = opened.copy()
-        except Exception as exc:
-            raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
-    else:
-        raise ItemRejected(f"unreadable image: unsupported source type {type(source).__name__}")
-    if img.width < 1 or img.height < 1:
-        raise ItemRejected(f"unreadable image: {where} has no pixels")
-    try:
-        return to_rgb(img)
-    except Exception as exc:
-        raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB pixels with nothing else attached; transparent pixels composited onto white."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    # a fresh image from the pixel array carries no info dict (ICC, EXIF, dpi, dates)
-    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    """PNG encoding of an RGB image; the same pixels always give the same bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(img.convert("RGB"), dtype=np.uint8), mode="RGB").save(
-        buf, format="PNG", compress_level=6, optimize=False
-    )
-    return buf.getvalue()
-
-
-def write_png(img: Image.Image, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(img))
 
 
 # ----------------------------------------------------------------------------
@@ -380,28 +312,6 @@ def _check_item(
     return row, images
 
 
-def is_missing(value: Any) -> bool:
-    """None, pandas' NA or a float NaN: how a table read back leaves a cell empty."""
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def as_list(value: Any) -> list:
-    """A list cell of the items or masks table (``regions``, ``images``) as a list; [] when missing."""
-    return [] if is_missing(value) else list(value)
-
-
-def parse_meta(raw: Any) -> dict[str, Any]:
-    """An items table's ``meta`` (JSON text, see ``_check_item``) as a dict; {} when empty or missing.
-
-    Raises ValueError or TypeError when it is neither JSON text nor a mapping.
-    """
-    if is_missing(raw) or raw == "":
-        return {}
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
-
-
 def write_items(
     items_df: pd.DataFrame,
     rejects_df: pd.DataFrame,
@@ -414,24 +324,14 @@ def write_items(
     tables.write_table(rejects_df, rejects_path, provenance_record, schema=REJECTS_SCHEMA)
 
 
-def run_stage(
-    dataset: str,
-    spec: Mapping[str, Any],
-    seed: int,
-    results_dir: str | Path,
-    items_path: str | Path,
-    rejects_path: str | Path,
-    code_files: Iterable[str | Path] | None = None,
-    base_dir: str | Path = ".",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The whole stage as the workflow runs it: build, then write both tables with provenance."""
-    items_df, rejects_df = build_items(dataset, spec, seed, results_dir, base_dir=base_dir)
-    record = provenance.record(
-        {"dataset": dict(spec), "seed": seed},
-        code_files,
-        dataset=dataset,
-        n_items=len(items_df),
-        n_rejects=len(rejects_df),
-    )
-    write_items(items_df, rejects_df, items_path, rejects_path, record)
-    return items_df, rejects_df
+def run_stage(call: StageCall) -> None:
+    """The ``items`` rule: build one dataset's items (``config``: ``dataset`` entry, ``seed``) and write both tables.
+
+    Relative paths in the dataset entry resolve against the working directory
+    (where Snakemake runs).
+    """
+    dataset = call.wildcards["d"]
+    spec = call.config["dataset"]
+    items_df, rejects_df = build_items(dataset, spec, call.config["seed"], call.results_dir, base_dir=Path.cwd())
+    record = call.provenance(dataset=dataset, n_items=len(items_df), n_rejects=len(rejects_df))
+    write_items(items_df, rejects_df, call.output("table"), call.output("rejects"), record)

@@ -1,19 +1,10 @@
 # Items stage: the dataset's adapter -> items/{d}.parquet, rejects, normalised images.
-# The dataset entry and the seed are params, so editing them re-runs the stage;
+# The dataset entry and the seed are its config, so editing them re-runs the stage;
 # a file-based dataset's file (and its boxes file) are inputs for the same reason.
-
-
 rule items:
     input:
-        # this dataset's adapter (+ shared helpers) only: editing another adapter must not re-run it
-        code=lambda wc: code(
-            "items",
-            "answers",
-            "datasets.base",
-            "datasets.boxes",
-            "datasets._common",
-            f"datasets.{dataset_cfg(wc.d)['adapter']}",
-        ),
+        # this dataset's adapter only: editing another adapter must not re-run it
+        code=lambda wc: code("items", adapter_module(wc.d)),
         data=lambda wc: [
             p
             for p in (
@@ -27,8 +18,8 @@ rule items:
         rejects=R("items/{d}.rejects.parquet"),
         images=directory(R("items/{d}/images")),
     params:
-        dataset=lambda wc: dataset_cfg(wc.d),
-        seed=config["seed"],
+        config=lambda wc: {"dataset": dataset_cfg(wc.d), "seed": config["seed"]},
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:
