@@ -7,7 +7,9 @@ import sys
 from functools import lru_cache
 
 _SRC = str(Path(workflow.main_snakefile).resolve().parent / "src")
-if _SRC not in sys.path:
+if sys.path[:1] != [_SRC]:  # first: an editable install of another checkout must not win
+    while _SRC in sys.path:
+        sys.path.remove(_SRC)
     sys.path.insert(0, _SRC)
 # rule scripts import workflow/scripts/_bootstrap.py, which does the same in their own process
 
