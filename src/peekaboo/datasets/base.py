@@ -16,8 +16,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Union
 
 from PIL import Image
 
-TASK_TYPES = ("visual_reference", "symbolic")
-ANSWER_TYPES = ("multi_choice", "integer", "float", "yes_no", "text", "list")
+from ..scores import ANSWER_TYPES, TASK_TYPES, Score
 
 # An image as an adapter hands it over: a file path, encoded bytes, or a decoded image.
 ImageSource = Union[str, Path, bytes, Image.Image]
@@ -49,13 +48,6 @@ class Reject:
     reason: str
     item_id: str | None = None
     source_line: int | None = None
-
-
-@dataclass
-class Score:
-    answer_text: str | None  # the parsed answer, normalised like the gold answer; None when unparsed
-    correct: bool | None  # None only when the response could not be scored at all
-    abstained: bool = False  # the model said it cannot tell (e.g. "unknown", "cannot see")
 
 
 class AdapterError(ValueError):
@@ -106,8 +98,13 @@ class Adapter(ABC):
         """Every record of the dataset in a stable order."""
 
     @abstractmethod
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        """Score a model's full response against an item (a row of the items table)."""
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        """Score a model's full response against an item (a row of the items table).
+
+        ``thinking_open``: the rendered prompt ended inside an open thinking
+        block (``peekaboo.prompting.thinking_open``), so a response without a
+        closing tag never left its thinking: unparsed, wrong and ``truncated``.
+        """
 
     def summary_metrics(self, items, traces) -> dict[str, float]:
         """Dataset-specific aggregate metrics (e.g. HallusionBench's figure accuracy); optional."""
