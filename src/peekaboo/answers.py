@@ -326,7 +326,7 @@ def read_yes_no(answer_part: Any) -> tuple[str | None, bool]:
 
     The final answer's first word when it is yes or no (true or false) and
     the model commits to it ("No, I cannot tell" says no; "No way to tell"
-    and "Yes, but no, I cannot tell" abstain); else an abstention when the final answer is one; else the only
+    abstains) and does not name the other ("Yes and no": none); else an abstention when the final answer is one; else the only
     one of "yes" and "no" named in the stated answer, or, with no stated
     answer, in the whole answer part (as VLMEvalKit's ``YOrN_Extraction``
     reads a whole response).
@@ -336,9 +336,10 @@ def read_yes_no(answer_part: Any) -> tuple[str | None, bool]:
     abstained = is_abstention(final)
     if words and words[0] in _YES_WORDS | _NO_WORDS:
         said = "yes" if words[0] in _YES_WORDS else "no"
-        other = "no" if said == "yes" else "yes"
-        # "No, I cannot tell" commits to no; "No way to tell" and "Yes, but no, I cannot tell" abstain
-        committed = re.match(r"\W*[a-z]+\s*(?:[,.;:!?)\u2014\u2013-]|$)", final.lower()) and other not in words
+        if ("no" if said == "yes" else "yes") in words:  # "Yes and no", "Yes, but no, I cannot tell"
+            return None, abstained
+        # "No, I cannot tell" commits to no; "No way to tell" abstains
+        committed = re.match(r"\W*[a-z]+\s*(?:[,.;:!?)\u2014\u2013-]|$)", final.lower())
         if committed or not abstained:
             return said, False
     if abstained:
