@@ -45,7 +45,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from peekaboo.answers import final_answer, split_thinking
 from peekaboo.datasets import RawItem, get_adapter
@@ -229,10 +229,9 @@ def recorded_checks(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
         item = r["item"]
         ours = O.mathvista_normalize_extracted_answer(rec["extraction"], item["choices"], item["question_type"],
                                                       item["answer_type"], item["precision"])
-        same += str(ours) == str(rec["prediction"])
+        same += str(ours) == str(rec["prediction"]) and O.mathvista_safe_equal(ours, item["answer"]) == rec["true_false"]
     lines.append(f"  port vs the published normalisation (results/*.json): {same}/{len(real)} recorded GPT extractions "
-                 "normalise to the recorded prediction (the rest: integers like '3.4', which the published runs, "
-                 "made before int(float(x)), left unnormalised)")
+                 "normalise to the recorded prediction and verdict")
     adapter, rows = item_rows(benchmark, records)
     for r in real:
         score = adapter.score(rows[_key(benchmark, r["item"])], r["response"])

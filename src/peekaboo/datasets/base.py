@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Union
 
 from PIL import Image
 
-from ..scores import ANSWER_TYPES, TASK_TYPES, Score
+from ..scores import ANSWER_TYPES, TASK_TYPES, Score  # noqa: F401 (re-exported: their old home)
 
 # An image as an adapter hands it over: a file path, encoded bytes, or a decoded image.
 ImageSource = Union[str, Path, bytes, Image.Image]
