@@ -14,7 +14,8 @@ For each benchmark (MathVista, MMMU-Pro, HallusionBench) the response corpus
   VLMEvalKit's ``split_thinking`` hands the official scorers for a thinking
   model, and nothing for a chain that ended inside its thinking (``split_
   thinking`` with the response's ``thinking_open``). The rules: MathVista's
-  quick extraction (with ``--quick_extract``) and normalisation, MMMU-Pro's
+  quick extraction and normalisation (with the scripts' ``--quick_extract``
+  and ``--ignore_empty_extractions``), MMMU-Pro's
   ``parse_multi_choice_response``, VLMEvalKit's ``YOrN_Extraction`` for
   HallusionBench.
 
@@ -119,7 +120,9 @@ def item_rows(benchmark: str, records: list[dict[str, Any]]) -> dict[str, dict[s
 def official_decision(benchmark: str, item: dict[str, Any], text: str):
     """(answer, verdict) by the ported official rule, or None where it does not decide deterministically."""
     if benchmark == "mathvista":
-        decided = O.mathvista_decide(text, item, quick_extract=True)
+        # the scripts' own options: --quick_extract, and --ignore_empty_extractions (an empty answer stays
+        # unparsed rather than becoming the shortest choice, as the project scores it)
+        decided = O.mathvista_decide(text, item, quick_extract=True, ignore_empty_extractions=True)
         return None if decided is None else (decided[1], bool(decided[2]))
     if benchmark == "mmmu_pro":
         return O.mmmu_decide(text, item["options"], item["answer"])
@@ -150,8 +153,6 @@ def departure(benchmark: str, case: Case, item: dict[str, Any]) -> str:
     if case.abstained:
         return "abstention: the final answer declines to answer, the official rule reads a yes/no or option in it"
     answer_part, _ = split_thinking(case.response)
-    if benchmark == "mathvista" and not answer_part.strip():
-        return "empty answer: the official normalisation maps '' to the nearest (shortest) choice"
     final, stated = final_answer(answer_part)
     if stated:
         return f"stated answer: the project reads the last stated answer ({_short(final, 40)!r}), " \
@@ -232,6 +233,12 @@ def recorded_checks(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
         same += str(ours) == str(rec["prediction"]) and O.mathvista_safe_equal(ours, item["answer"]) == rec["true_false"]
     lines.append(f"  port vs the published normalisation (results/*.json): {same}/{len(real)} recorded GPT extractions "
                  "normalise to the recorded prediction and verdict")
+    empty = [r for r in records if not split_thinking(r["response"], bool(r.get("thinking_open")))[1]
+             and not split_thinking(r["response"], bool(r.get("thinking_open")))[0].strip()
+             and r["item"]["question_type"] == "multi_choice"]
+    lucky = sum(bool(O.mathvista_decide("", r["item"])[2]) for r in empty)
+    lines.append(f"  empty answers to multiple-choice problems: {len(empty)} (unparsed; the scripts without "
+                 f"--ignore_empty_extractions would take the shortest choice, right in {lucky})")
     adapter, rows = item_rows(benchmark, records)
     for r in real:
         score = adapter.score(rows[_key(benchmark, r["item"])], r["response"])

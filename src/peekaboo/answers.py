@@ -2,7 +2,7 @@
 
 A model's response is free text: a thinking model's reasoning block, then
 what it finally says, usually ending with a stated answer (``Answer: ...``,
-``\boxed{...}``, GLM's answer box). These helpers split off the thinking,
+``\\boxed{...}``, GLM's answer box). These helpers split off the thinking,
 find the final stated answer (the last one wins), tell an abstention
 ("unknown", "I cannot see the panel") from an answer, and read letters,
 yes/no and numbers out of it, normalised the same way as the gold answers so

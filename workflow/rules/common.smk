@@ -125,6 +125,10 @@ def trace_code(wc):
         "answers",
         "datasets.base",
         "datasets._common",
+        "datasets.official",
+        "scores",
+        "cells",
+        "jsonlines",
         f"datasets.{dataset_cfg(wc.d)['adapter']}",
     )
 

@@ -12,6 +12,10 @@ rule items:
             "datasets.base",
             "datasets.boxes",
             "datasets._common",
+            "datasets.official",
+            "scores",
+            "cells",
+            "jsonlines",
             f"datasets.{dataset_cfg(wc.d)['adapter']}",
         ),
         data=lambda wc: [

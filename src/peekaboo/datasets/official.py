@@ -194,17 +194,23 @@ def mathvista_safe_equal(prediction: Any, answer: Any) -> bool:
         return False
 
 
-def mathvista_decide(response: str, problem: Mapping[str, Any], quick_extract: bool = True):
+def mathvista_decide(response: str, problem: Mapping[str, Any], quick_extract: bool = True,
+                     ignore_empty_extractions: bool = False):
     """(extraction, prediction, true_false) as the official scripts give them, or None where GPT would extract.
 
     ``problem``: ``question_type``, ``answer_type``, ``choices``,
-    ``precision`` and ``answer`` as in ``testmini.json``.
+    ``precision`` and ``answer`` as in ``testmini.json``. The flags are the
+    scripts' ``--quick_extract`` (``extract_answer.py``) and
+    ``--ignore_empty_extractions`` (``calculate_score.py``: an empty
+    multiple-choice extraction stays None instead of becoming the nearest,
+    that is the shortest, choice).
     """
     extraction = mathvista_quick_extract(response, problem, quick_extract=quick_extract)
     if extraction is None:
         return None
     prediction = mathvista_normalize_extracted_answer(
-        extraction, problem["choices"], problem["question_type"], problem["answer_type"], problem["precision"]
+        extraction, problem["choices"], problem["question_type"], problem["answer_type"], problem["precision"],
+        ignore_empty_extractions=ignore_empty_extractions,
     )
     return extraction, prediction, mathvista_safe_equal(prediction, problem["answer"])
 

@@ -184,8 +184,11 @@ def wrap(style: str, rng: random.Random, final: str, hints: list[str], glm_final
         return f"{reasoning}\n\n{final}", False, None
     if style == "qwen3":  # Qwen3-VL-Thinking: the template wrote <think>, the model closes it
         return f"{reasoning}\n</think>\n\n{final}", True, "qwen3_vl"
-    if style == "glm":  # GLM-4.6V: think block, then the answer with its box tokens
-        return f"<think>{reasoning}</think><answer>{glm_final or final}</answer>", False, "glm46v"
+    if style == "glm":  # GLM-4.6V: think block, then the answer with its box tokens, bare or in a sentence
+        answer = glm_final or final
+        if glm_final and rng.random() < 0.5:
+            answer = f"Based on the figure, the answer is {glm_final}."
+        return f"<think>{reasoning}</think><answer>{answer}</answer>", False, "glm46v"
     if style == "cut_qwen3":  # cut off mid-thought: no tag at all, maybe a tentative answer inside
         return (f"{reasoning} {final}" if rng.random() < 0.6 else reasoning), True, "qwen3_vl"
     if style == "cut_glm":
@@ -346,10 +349,10 @@ def generate(benchmark: str, samples: list[dict[str, Any]]) -> list[dict[str, An
         if style == "cut":
             style = "cut_qwen3" if (n // len(STYLES)) % 2 == 0 else "cut_glm"
         kind, final, hints, glm_final = FINALS[benchmark](item, rng)
-        glm = glm_final if kind not in ("abstain", "garbage") else final
-        response, thinking_open, template = wrap(style, rng, final, hints, glm_final=glm)
+        boxed = style == "glm" and kind not in ("abstain", "garbage")  # GLM boxes its answer
+        response, thinking_open, template = wrap(style, rng, final, hints, glm_final=glm_final if boxed else None)
         out.append({"id": f"{benchmark}-g{n + 1:04d}", "benchmark": benchmark, "source": "generated",
-                    "kind": f"{style}/{kind}", "template": template, "thinking_open": thinking_open,
+                    "kind": f"{style}/{'box' if boxed else kind}", "template": template, "thinking_open": thinking_open,
                     "item": item, "response": response})
     if benchmark == "mathvista":
         for n in range(N_BARE_MATHVISTA):
