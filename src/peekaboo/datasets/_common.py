@@ -10,11 +10,10 @@ the final stated answer are in ``peekaboo.answers``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator, Sequence
-
 import math
 import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 

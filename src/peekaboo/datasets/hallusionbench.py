@@ -105,6 +105,14 @@ def _flag(value: Any) -> bool:
     return not is_blank(value) and bool(value)
 
 
+def _official_id(value: Any, field: str) -> str:
+    """An integer field as the official code keys records (``str(value)``): digits as written, a number as its
+    integer (a parquet copy may store 0 as 0.0); ValueError naming the field for anything else."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return value.strip()
+    return str(integer(value, field))
+
+
 class HallusionBenchAdapter(Adapter):
     name = "hallusionbench"
     default_task_type = "visual_reference"
@@ -146,9 +154,9 @@ class HallusionBenchAdapter(Adapter):
                 yield Reject(reason=f"missing {', '.join(missing)}", item_id=item_id, source_line=line)
                 continue
             try:
-                rec = {**rec, **{k: str(integer(rec[k], k)) for k in _INTEGER_KEYS}}
+                rec = {**rec, **{k: _official_id(rec[k], k) for k in _INTEGER_KEYS}}
             except ValueError as exc:
-                yield Reject(reason=str(exc), item_id=None, source_line=line)
+                yield Reject(reason=str(exc), item_id=item_key(rec), source_line=line)
                 continue
             item_id = item_key(rec)
             problem = _record_problem(rec)

@@ -30,7 +30,8 @@ choice, other text the nearest choice by edit distance; integers
 ``str(int(float(x)))``; floats rounded to the problem's precision; lists as
 their string) and exact match with the gold answer. Departures, all for
 responses the official script would hand to GPT or to its fallbacks: an empty
-answer is unparsed and wrong (the official one maps "" to the nearest choice);
+answer is unparsed and wrong (as the scripts' ``--ignore_empty_extractions``
+does; by default they map "" to the nearest choice);
 an abstention with no choice, number or list in it is unparsed, flagged and
 wrong; a free-form answer without a number is unparsed.
 
@@ -143,7 +144,7 @@ def _listed_numbers(text: str) -> str | None:
     parts = [p.strip(" .") for p in re.split(r"\s*(?:,|;|\band\b)\s*", text) if p.strip(" .")]
     if len(parts) < 2 or not all(re.fullmatch(r"[-+]?\d+(?:\.\d+)?", p) for p in parts):
         return None
-    return str([ast.literal_eval(p.lstrip("+")) for p in parts])
+    return str([int(p) if re.fullmatch(r"[-+]?\d+", p) else float(p) for p in parts])
 
 
 def extract_answer(
