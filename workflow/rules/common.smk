@@ -82,6 +82,20 @@ def model_dataset_pairs():
     return [(m, d) for m in MODELS for d in model_datasets(m)]
 
 
+# the analyses that read a (model, dataset)'s collapse tables (the per-trace features among them)
+COLLAPSE_ANALYSES = ("collapse", "regression", "transfer", "selective")
+
+
+def pairs_for(*analyses):
+    """The (model, dataset) pairs whose dataset feeds any of ``analyses`` (datasets.<d>.analyses)."""
+    return [(m, d) for m, d in model_dataset_pairs() if set(analyses) & set(dataset_cfg(d)["analyses"])]
+
+
+def analyses_config():
+    """Which analyses each dataset feeds: part of the config of the stages that pool datasets."""
+    return {d: list(dataset_cfg(d)["analyses"]) for d in DATASETS}
+
+
 def masks_config(d):
     """What the masks stage reads: a dataset without masks reads nothing else, so editing masks leaves it be."""
     if not dataset_cfg(d)["masks"]:
@@ -191,10 +205,10 @@ def job_resources(stage):
     }
 
 
-def collapse_outputs(kind=""):
-    """Every (model, dataset)'s collapse table of one kind ("", "traces", "sinks", "maps")."""
+def collapse_outputs(kind="", analyses=COLLAPSE_ANALYSES):
+    """The collapse tables of one kind ("", "traces", "sinks", "maps") of the pairs feeding ``analyses``."""
     suffix = f".{kind}.parquet" if kind else ".parquet"
-    return [R(f"collapse/{m}/{d}{suffix}") for m, d in model_dataset_pairs()]
+    return [R(f"collapse/{m}/{d}{suffix}") for m, d in pairs_for(*analyses)]
 
 
 # Filled by the stage rules files: functions returning that stage's final outputs.
