@@ -283,7 +283,7 @@ class StoreReader:
                 for i, tid in enumerate(np.asarray(ds["trace_id"].values)):
                     self.index.setdefault(str(tid), (k, i))
             if self.map_layers is None and "map_layers" in ds.attrs:
-                self.map_layers = [int(v) for v in as_list(ds.attrs["map_layers"])]
+                self.map_layers = [int(v) for v in json_list(ds.attrs["map_layers"])]
 
     def block_size(self, k: int) -> int:
         enc = self.stores[k]["entropy"].encoding.get("chunks") if "entropy" in self.stores[k] else None
