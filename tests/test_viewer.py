@@ -509,6 +509,11 @@ def test_tiles_scale_each_step_and_leave_missing_steps_empty():
     assert values.shape == (4, 2)
     np.testing.assert_allclose(values[:2], [[1.0, 0.5], [0.5, 0.0]])
     assert np.isnan(values[2:]).all()
+    # unequal cells: each patch painted over its part of the raster
+    raster = vmaps.patch_grid(np.array([[0, 0, 10, 10], [10, 0, 40, 10]], dtype=float))
+    painted = vmaps.tiles(np.array([[0.2, 0.8]]), raster, [0.8])
+    assert painted.shape == (32, 128)
+    assert (painted[:, :32] == 0.25).all() and (painted[:, 32:] == 1.0).all()
 
 
 def test_token_entropies_cut_a_step_into_its_tokens():
@@ -549,3 +554,42 @@ def test_scales_css_has_every_class_from_the_colormaps():
         assert f".e{k} {{ background: #" in css and f".d{k} {{ background: #" in css
     assert vmaps.class_of(0.0, 1.0) == 0 and vmaps.class_of(1.0, 1.0) == vmaps.N_CLASSES - 1
     assert vmaps.class_of(5.0, 1.0) == vmaps.N_CLASSES - 1 and vmaps.class_of(None, 1.0) is None
+
+
+def test_a_model_whose_pages_fail_is_reported_and_the_others_built(results, tmp_path, monkeypatch):
+    import shutil
+
+    root, _ = results
+    for kind in ("traces", "steps", "crm", "collapse"):  # a second model with the same files
+        src = root / kind / "m"
+        shutil.copytree(src, root / kind / "m2")
+    original = vdata.StoreReader
+
+    def fails_for_m2(paths):
+        if any("/m2/" in str(p) for p in paths):
+            raise OSError("constructed failure")
+        return original(paths)
+
+    monkeypatch.setattr(vdata, "StoreReader", fails_for_m2)
+    pairs = vdata.group_sources(input_paths(root) + sorted((root / "traces/m2").glob("*/*"))
+                                + sorted(root.glob("steps/m2/*")) + sorted(root.glob("crm/m2/*/*"))
+                                + [p for p in sorted(root.glob("collapse/m2/*")) if ".maps." not in p.name], root)
+    assert [(p.model, p.dataset) for p in pairs] == [("m", "toy"), ("m2", "toy")]
+    site = tmp_path / "site"
+    record = vsite.build_site(pairs, root, site, VIEWER_CFG, "all", {})
+    assert record["pairs"]["m/toy"]["counts"]["pages"] == 3
+    assert "constructed failure" in record["pairs"]["m2/toy"]["problems"][0]
+    home = (site / "index.html").read_text()
+    assert 'href="m/toy/index.html"' in home and "not built" in home and not (site / "m2").exists()
+
+
+def test_crm_rows_without_a_region_are_reported_and_left_out(results, tmp_path):
+    root, _ = results
+    attribution = read_table(root / "crm/m/toy/attribution.parquet")
+    attribution["region"] = attribution["region"].astype("Int64")
+    attribution.loc[1, "region"] = pd.NA
+    write_table(attribution, root / "crm/m/toy/attribution.parquet")
+    site = tmp_path / "site"
+    record = build(root, site)
+    assert "CRM attribution table row 1: no region; left out" in record["pairs"]["m/toy"]["problems"]
+    assert [s["base_step"] for s in _item_json(site, "toy-0")["crm"][0]["steps"]] == [0]

@@ -231,8 +231,10 @@ def load_pair(src: PairSources) -> PairTables:
     )
     for name in ("items", "sidecar"):
         frame = getattr(t, name)
-        if len(frame) and "item_id" not in frame.columns:
-            raise ViewerError(f"{src.model}/{src.dataset}: the {name} table has no item_id column")
+        if len(frame) and ("item_id" not in frame.columns or (name == "sidecar" and "trace_id" not in frame.columns)):
+            problems.append(f"the {name} table has no item_id or trace_id column: read as empty")
+            log.error("%s/%s: %s", src.model, src.dataset, problems[-1])
+            setattr(t, name, pd.DataFrame())
     if src.items is None:
         problems.append(f"no items table for dataset {src.dataset}: items are listed from the traces")
     return t
@@ -366,16 +368,17 @@ def trace_steps(steps: pd.DataFrame) -> dict[str, list[Step]]:
     if steps.empty or "trace_id" not in steps.columns:
         return out
     ordered = steps.assign(_step=steps["step"].astype("Int64")).sort_values(["trace_id", "_step"], kind="stable")
-    for tid, sub in ordered.groupby("trace_id", sort=False):
-        rows = []
-        for pos, r in enumerate(sub.to_dict("records")):
-            rows.append(Step(
-                position=pos, step=int(r["step"]), kind=str(r.get("kind") or "think"),
-                text="" if is_missing(r.get("text")) else str(r.get("text")),
-                char_start=optional_int(r.get("char_start")), char_end=optional_int(r.get("char_end")),
-                token_start=optional_int(r.get("token_start")), token_end=optional_int(r.get("token_end")),
-            ))
-        out[str(tid)] = rows
+    columns = {c: ordered[c].tolist() if c in ordered.columns else [None] * len(ordered)
+               for c in ("trace_id", "step", "kind", "text", "char_start", "char_end", "token_start", "token_end")}
+    for i, tid in enumerate(columns["trace_id"]):
+        rows = out.setdefault(str(tid), [])
+        text = columns["text"][i]
+        rows.append(Step(
+            position=len(rows), step=int(columns["step"][i]), kind=str(columns["kind"][i] or "think"),
+            text="" if is_missing(text) else str(text),
+            char_start=optional_int(columns["char_start"][i]), char_end=optional_int(columns["char_end"][i]),
+            token_start=optional_int(columns["token_start"][i]), token_end=optional_int(columns["token_end"][i]),
+        ))
     return out
 
 
@@ -453,6 +456,10 @@ def _num(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def _str(value: Any) -> str | None:
     return None if is_missing(value) else str(value)
 
@@ -521,6 +528,24 @@ def _records_by(frame: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
     return {str(r[key]): r for r in frame.to_dict("records")}
 
 
+def _rows_with(frame: pd.DataFrame, required: Sequence[str], what: str, problems: list[str]) -> list[dict[str, Any]]:
+    """The rows of a table that have every ``required`` cell; the others reported by row number and left out."""
+    if frame.empty:
+        return []
+    missing_columns = [c for c in required if c not in frame.columns]
+    if missing_columns:
+        problems.append(f"{what} table has no column {', '.join(missing_columns)}: not shown")
+        return []
+    out = []
+    for n, r in enumerate(frame.to_dict("records")):
+        absent = [c for c in required if is_missing(r.get(c))]
+        if absent:
+            problems.append(f"{what} table row {n}: no {', '.join(absent)}; left out")
+            continue
+        out.append(r)
+    return out
+
+
 def pair_context(tables: PairTables, variants: Sequence[str]) -> PairContext:
     """Index the tables of one (model, dataset) by trace and item."""
     problems = list(tables.problems)
@@ -535,16 +560,14 @@ def pair_context(tables: PairTables, variants: Sequence[str]) -> PairContext:
         sidecar_rows[tid] = r
         traces_by_item.setdefault(str(r.get("item_id")), []).append(tid)
     attribution: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    if len(tables.attribution):
-        for r in tables.attribution.to_dict("records"):
-            key = (str(r["item_id"]), int(r["region"]), str(r.get("fill")))
-            attribution.setdefault(key, []).append(r)
-        for rows in attribution.values():
-            rows.sort(key=lambda r: int(r["base_step"]))
+    for r in _rows_with(tables.attribution, ("item_id", "region", "base_step"), "CRM attribution", problems):
+        key = (str(r["item_id"]), int(r["region"]), str(r.get("fill")))
+        attribution.setdefault(key, []).append(r)
+    for rows in attribution.values():
+        rows.sort(key=lambda r: int(r["base_step"]))
     modes: dict[str, list[dict[str, Any]]] = {}
-    if len(tables.modes):
-        for r in tables.modes.to_dict("records"):
-            modes.setdefault(str(r["item_id"]), []).append(r)
+    for r in _rows_with(tables.modes, ("item_id", "region"), "CRM modes", problems):
+        modes.setdefault(str(r["item_id"]), []).append(r)
     measures: dict[tuple[str, int], dict[str, Any]] = {}
     if len(tables.collapse_steps) and {"trace_id", "step"} <= set(tables.collapse_steps.columns):
         for r in tables.collapse_steps.to_dict("records"):
@@ -841,8 +864,8 @@ def index_rows(ctx: PairContext, items: Sequence[Mapping[str, Any]], pages: Mapp
     """
     numbers, flags = index_columns(ctx.tables.collapse_traces)
     base_ids = {str(it["item_id"]): base_trace_id(ctx, str(it["item_id"])) for it in items}
-    ent = np.array([_num(ctx.trace_features.get(t or "", {}).get("entropy_full")) or np.nan for t in base_ids.values()],
-                   dtype=float)
+    ent = np.array([_nan_if_none(_num(ctx.trace_features.get(t or "", {}).get("entropy_full")))
+                    for t in base_ids.values()], dtype=float)
     finite = ent[np.isfinite(ent)]
     mean = float(finite.mean()) if len(finite) else math.nan
     sd = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan

@@ -198,7 +198,7 @@ def _item_top(views: Mapping[str, vdata.TraceView]) -> float:
 class PairSummary:
     model: str
     dataset: str
-    href: str
+    href: str | None  # None when the pair's pages could not be built
     counts: dict[str, Any]
     problems: list[str]
 
@@ -365,7 +365,14 @@ def build_site(pairs: Sequence[vdata.PairSources], results_dir: str | Path, out_
     images = ImageStore(results_dir, out_dir, int(viewer_cfg["image_max_side"]))
     summaries = []
     for src in pairs:
-        summaries.append(build_pair(env, src, out_dir, results_dir, images, viewer_cfg, collapse_layers))
+        try:
+            summaries.append(build_pair(env, src, out_dir, results_dir, images, viewer_cfg, collapse_layers))
+        except Exception as exc:  # one (model, dataset) that cannot be shown must not hide the others
+            msg = f"pages not built ({type(exc).__name__}: {exc})"
+            log.exception("%s/%s: %s", src.model, src.dataset, msg)
+            summaries.append(PairSummary(src.model, src.dataset, None, {"items": 0, "traces": 0, "pages": 0, "wrong": 0,
+                                                                        "abstained": 0, "modes": {}, "failed_traces": 0},
+                                         [msg]))
     html = env.get_template("home.html").render(pairs=summaries, images_problems=images.problems, root="",
                                                 title="peekaboo viewer", viewer_cfg=viewer_cfg,
                                                 collapse_layers=collapse_layers)
