@@ -190,8 +190,12 @@ def main() -> None:
     results = work / "results"
     try:
         t0 = time.perf_counter()
-        n_traces = write_results(results, args.items, args.variants, args.tokens, args.grid, args.steps,
-                                 args.shard_size, args.image_size)
+        # in a child process, so that this process's peak memory is the build's alone
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            n_traces = pool.apply(write_results, (results, args.items, args.variants, args.tokens, args.grid,
+                                                  args.steps, args.shard_size, args.image_size))
         made = time.perf_counter() - t0
         inputs = [p for p in sorted(results.rglob("*")) if p.suffix in (".parquet", ".zarr")
                   and p.parent.suffix != ".zarr" and ".zarr/" not in p.as_posix()]
@@ -213,7 +217,7 @@ def main() -> None:
             ("steps per trace", args.steps), ("trace store on disk (MB)", f"{_size(results / 'traces') / 2**20:,.0f}"),
             ("writing the synthetic results (s)", f"{made:.1f}"),
             ("building the viewer (s)", f"{built:.1f}"), ("per item (ms)", f"{1000 * built / max(1, len(pages)):.1f}"),
-            ("peak RSS before / after the build (MB)", f"{rss_before:,.0f} / {rss:,.0f}"),
+            ("peak memory (RSS) before / after the build (MB)", f"{rss_before:,.0f} / {rss:,.0f}"),
             ("site files", f"{len(files):,}"), ("site size (MB)", f"{sum(p.stat().st_size for p in files) / 2**20:,.1f}"),
             ("item page KB: median / max", f"{statistics.median(pages):.0f} / {max(pages):.0f}"),
             ("item JSON KB: median / max", f"{statistics.median(jsons):.0f} / {max(jsons):.0f}"),

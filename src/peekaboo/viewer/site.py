@@ -60,7 +60,7 @@ def _environment():
         keep_trailing_newline=True,
     )
     env.filters["num"] = _fmt_num
-    env.filters["pct"] = lambda v: "" if v is None else f"{100 * float(v):.4f}%"
+    env.filters["p3"] = lambda v: f"{float(v):.3f}".rstrip("0").rstrip(".")
     env.filters["entropy_class"] = lambda v, top: _cls("e", v, top)
     env.filters["dependence_class"] = lambda v: _cls("d", v, 1.0)
     env.filters["tojson_compact"] = lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"))
@@ -128,6 +128,12 @@ def site_path(rel: str) -> str:
 # ----------------------------------------------------------------------------- one item's files
 
 
+def _percent(x0: float, y0: float, x1: float, y1: float, width: float, height: float) -> list[float]:
+    """A box as left, top, width, height in percent of the image (three decimals: a thousandth of a percent)."""
+    return [round(100 * x0 / width, 3), round(100 * y0 / height, 3), round(100 * (x1 - x0) / width, 3),
+            round(100 * (y1 - y0) / height, 3)]
+
+
 def _figure(images: Sequence[str], sizes: Sequence[tuple[int, int] | None], regions, hidden_boxes, hidden_images,
             root: str) -> list[dict[str, Any]]:
     """The image panels of one trace: display path, aspect, evidence and hidden boxes as percentages."""
@@ -139,7 +145,7 @@ def _figure(images: Sequence[str], sizes: Sequence[tuple[int, int] | None], regi
             if not w or not h:
                 return None
             x0, y0, x1, y1 = (float(v) for v in box)
-            return [100 * x0 / w, 100 * y0 / h, 100 * (x1 - x0) / w, 100 * (y1 - y0) / h]
+            return _percent(x0, y0, x1, y1, w, h)
 
         out.append({
             "index": k, "src": f"{root}{site_path(path)}" if size else None, "width": w, "height": h,
@@ -175,14 +181,11 @@ def _sprites(view: vdata.TraceView, panels: list[dict[str, Any]], folder: Path, 
         w, h = panel["width"], panel["height"]
         panel["map"] = {
             "src": f"{rel_folder}/{name}", "rows": n, "exact": grid.exact,
-            "pct": [100 * x0 / w, 100 * y0 / h, 100 * (x1 - x0) / w, 100 * (y1 - y0) / h],
+            "pct": _percent(x0, y0, x1, y1, w, h),
         }
         boxes = view.patch_box
-        panel["sinks"] = [
-            [100 * boxes[p, 0] / w, 100 * boxes[p, 1] / h, 100 * (boxes[p, 2] - boxes[p, 0]) / w,
-             100 * (boxes[p, 3] - boxes[p, 1]) / h]
-            for p in sink_patches if p < len(boxes) and view.patch_image[p] == k
-        ]
+        panel["sinks"] = [_percent(*(float(v) for v in boxes[p]), w, h)
+                          for p in sink_patches if p < len(boxes) and view.patch_image[p] == k]
 
 
 def _item_top(views: Mapping[str, vdata.TraceView]) -> float:
