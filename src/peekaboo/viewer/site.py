@@ -244,7 +244,7 @@ def _settings(ctx: vdata.PairContext, reader: vdata.StoreReader, collapse_layers
     }
 
 
-def build_pair(env, src: vdata.PairSources, out_dir: Path, results_dir: Path, images: ImageStore,
+def build_pair(env, src: vdata.PairSources, out_dir: Path, images: ImageStore,
                viewer_cfg: Mapping[str, Any], collapse_layers: Any) -> PairSummary:
     """Every page of one (model, dataset): its index and one page per item."""
     tables = vdata.load_pair(src)
@@ -369,7 +369,7 @@ def build_site(pairs: Sequence[vdata.PairSources], results_dir: str | Path, out_
     summaries = []
     for src in pairs:
         try:
-            summaries.append(build_pair(env, src, out_dir, results_dir, images, viewer_cfg, collapse_layers))
+            summaries.append(build_pair(env, src, out_dir, images, viewer_cfg, collapse_layers))
         except Exception as exc:  # one (model, dataset) that cannot be shown must not hide the others
             msg = f"pages not built ({type(exc).__name__}: {exc})"
             log.exception("%s/%s: %s", src.model, src.dataset, msg)
