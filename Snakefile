@@ -28,6 +28,7 @@ include: "workflow/rules/collapse.smk"
 include: "workflow/rules/regression.smk"
 include: "workflow/rules/selective.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/viewer.smk"
 
 
 rule all:
