@@ -141,3 +141,27 @@ def test_embedded_default_config_is_valid(repo_dir):
 def test_key_path_format():
     assert schema.key_path(["datasets", "mine", "regions", 0, "box"]) == "datasets.mine.regions[0].box"
     assert schema.key_path([]) == "<top level>"
+
+
+def test_thinking_on_a_template_that_ignores_it_is_reported(raw_config, tmp_path):
+    import json
+
+    from peekaboo.models.tiny import build_processor
+
+    folder = tmp_path / "model"
+    raw_config["models"]["m"]["thinking"] = True
+    # the real Qwen3-VL template reads enable_thinking (via the processor's own template): nothing to report
+    build_processor("qwen3_vl").save_pretrained(folder)
+    assert pcfg.notices(pcfg.validate(raw_config, base_dir=tmp_path), tmp_path) == []
+    # a template that opens the thinking block whatever the switch says (as the Thinking checkpoints' do)
+    for leftover in folder.glob("chat_template*"):
+        leftover.unlink()
+    (folder / "chat_template.jinja").write_text("{{ messages }}<|im_start|>assistant\n<think>\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    notes = pcfg.notices(pcfg.validate(raw_config, base_dir=tmp_path), tmp_path)
+    assert len(notes) == 1 and notes[0].startswith("models.m.thinking: true, but the chat template of model does not")
+    assert "opens a thinking block" in notes[0]
+    raw_config["models"]["m"]["thinking"] = False
+    assert pcfg.notices(pcfg.validate(raw_config, base_dir=tmp_path), tmp_path) == []

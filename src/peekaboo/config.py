@@ -112,6 +112,69 @@ def _check_models(cfg: dict, base_dir: Path) -> list[str]:
     return problems
 
 
+def notices(cfg: Mapping[str, Any], base_dir: str | Path | None = None) -> list[str]:
+    """What a valid config does that its author may not expect, one line each (the workflow prints them).
+
+    Today: ``thinking: true`` on a model whose chat template does not read
+    ``enable_thinking``, so that the prompt is the same with thinking on or off
+    (the traces store records the prompt the model really got).
+    """
+
+    from .models.identity import hub_commit
+
+    out = []
+    base = Path(base_dir or ".")
+    for name, model in cfg["models"].items():
+        if not model.get("thinking") or not model.get("source"):
+            continue
+        folder = Path(resolve_path(model["source"], base)).expanduser()
+        if not folder.is_dir():
+            commit = hub_commit(model["source"], model["revision"])
+            cached = _hub_snapshot(model["source"], commit) if commit else None
+            if cached is None:
+                continue
+            folder = cached
+        template = chat_template_text(folder)
+        if template is None:
+            out.append(f"models.{name}.thinking: true, but {model['source']} has no chat template to read it")
+        elif "enable_thinking" not in template:
+            opens = "<think>" in template
+            out.append(f"models.{name}.thinking: true, but the chat template of {model['source']} does not read "
+                       f"enable_thinking: the prompt is the same with thinking on or off"
+                       + (" (the template itself opens a thinking block)" if opens else ""))
+    return out
+
+
+def chat_template_text(folder: Path) -> str | None:
+    """The chat template(s) a checkpoint folder ships, as one text (None when it has none)."""
+    import json
+
+    texts = []
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        texts.append(jinja.read_text(encoding="utf-8"))
+    for name in ("chat_template.json", "tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, list):  # [{name, template}, ...]
+            texts += [t.get("template", "") for t in value if isinstance(t, dict)]
+    return "\n".join(texts) if texts else None
+
+
+def _hub_snapshot(repo_id: str, commit: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=commit)
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
 def resolve_path(value: str, base_dir: Path) -> str:
     """A configured path resolved against ``base_dir`` when relative and present there; hub ids stay as given."""
     p = Path(value).expanduser()

@@ -18,6 +18,7 @@ from peekaboo import stages
 from peekaboo.models.identity import identify
 from peekaboo.models.reference import spec as reference_spec
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 try:
     _validated = pcfg.validate(config, base_dir=Path.cwd())
@@ -25,6 +26,8 @@ except pcfg.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 config.clear()
 config.update(_validated)
+for _notice in pcfg.notices(config, Path.cwd()):
+    logger.warning(f"config: {_notice}")
 
 RESULTS = config["results"].rstrip("/")
 DATASETS = list(config["datasets"])
