@@ -2,8 +2,10 @@
 
 ``build_items`` runs the configured adapter, applies the dataset entry's
 ``limit``, ``task_type``, ``task_type_overrides`` and optional evidence
-``boxes`` file (read by ``datasets.boxes``; its boxes go to items that have no
-regions of their own), reads every image (path, encoded bytes or decoded image),
+``boxes`` (a hand-made file, or the boxes stage's ``boxes/{d}.jsonl`` when a
+model makes them; read by ``datasets.boxes``; they go to items that have no
+regions of their own, and ``boxes_source`` records where each item's regions
+came from), reads every image (path, encoded bytes or decoded image),
 re-encodes it as an RGB PNG under ``items/{d}/images/`` (same pixels, same
 bytes: no timestamps or other metadata), checks every region box against its
 image, and sends each record it cannot use to the rejects table with the
@@ -30,7 +32,8 @@ from PIL import Image
 
 from . import logs, provenance, tables
 from .datasets.base import ANSWER_TYPES, TASK_TYPES, RawItem, Region, Reject, get_adapter
-from .datasets.boxes import BoxReport, read_boxes
+from .datasets.boxes import MODEL_KINDS, BoxReport, box_kind, file_path, read_boxes
+from .images import UnreadableImage, load_image, to_rgb  # noqa: F401 (items.load_image and to_rgb stay importable)
 
 log = logs.get_logger("items")
 
@@ -50,6 +53,7 @@ ITEMS_SCHEMA = pa.schema(
         ("answer_type", pa.string()),
         ("task_type", pa.string()),
         ("regions", pa.list_(REGION_TYPE)),
+        ("boxes_source", pa.string()),
         ("meta", pa.string()),
         ("source_line", pa.int64()),
     ]
@@ -114,51 +118,6 @@ class _NameBook:
 # images
 
 
-def load_image(source: Any, base_dir: str | Path = ".") -> Image.Image:
-    """An adapter's image (path, bytes or PIL image) decoded as RGB; ItemRejected when it cannot be."""
-    if isinstance(source, Image.Image):
-        img, where = source, "in-memory image"
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        where = "image bytes"
-        try:
-            img = Image.open(io.BytesIO(bytes(source)))
-            img.load()
-        except Exception as exc:  # PIL raises many types for corrupt data
-            raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
-    elif isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir) / path
-        where = str(path)
-        if not path.is_file():
-            raise ItemRejected(f"missing image: {where}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                img = opened.copy()
-        except Exception as exc:
-            raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
-    else:
-        raise ItemRejected(f"unreadable image: unsupported source type {type(source).__name__}")
-    if img.width < 1 or img.height < 1:
-        raise ItemRejected(f"unreadable image: {where} has no pixels")
-    try:
-        return to_rgb(img)
-    except Exception as exc:
-        raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB pixels with nothing else attached; transparent pixels composited onto white."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    # a fresh image from the pixel array carries no info dict (ICC, EXIF, dpi, dates)
-    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-
-
 def png_bytes(img: Image.Image) -> bytes:
     """PNG encoding of an RGB image; the same pixels always give the same bytes."""
     buf = io.BytesIO()
@@ -214,12 +173,15 @@ def build_items(
     seed: int,
     results_dir: str | Path,
     base_dir: str | Path = ".",
+    boxes_path: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run a dataset's adapter and write its normalised images; returns (items, rejects).
 
     ``spec`` is the dataset's validated config entry. Images go to
     ``{results_dir}/items/{dataset}/images/`` (emptied first); paths in the
-    tables are relative to ``results_dir``.
+    tables are relative to ``results_dir``. ``boxes_path`` is the boxes
+    stage's JSONL, needed when the entry's boxes are made by a model (kind
+    vlm or detector).
     """
     results_dir = Path(results_dir)
     base_dir = Path(base_dir)
@@ -235,9 +197,15 @@ def build_items(
     forced_type = spec.get("task_type")
     extra_boxes = None
     box_report = BoxReport()
-    if spec.get("boxes"):
-        boxes_path = Path(spec["boxes"]).expanduser()
+    boxes_kind = box_kind(spec["boxes"])
+    if boxes_kind == "file":
+        boxes_path = Path(file_path(spec["boxes"])).expanduser()
         boxes_path = boxes_path if boxes_path.is_absolute() else base_dir / boxes_path
+    elif boxes_kind in MODEL_KINDS and boxes_path is None:
+        raise ValueError(f"datasets.{dataset}.boxes: kind {boxes_kind} is made by the boxes stage; "
+                         f"give its boxes/{dataset}.jsonl as boxes_path")
+    if boxes_kind is not None:
+        boxes_path = Path(boxes_path)
         extra_boxes = read_boxes(boxes_path, dataset)
         box_report.errors = [str(e) for e in extra_boxes.errors]
         for error in extra_boxes.errors:
@@ -279,6 +247,7 @@ def build_items(
             continue
         seen[item_id] = line
         regions = list(record.regions or [])
+        source = "dataset" if regions else None
         boxes_line = None
         file_regions = extra_boxes.regions_for(item_id) if extra_boxes is not None else None
         if file_regions is not None:
@@ -286,6 +255,7 @@ def build_items(
                 box_report.kept_own += 1  # the dataset's own regions win
             elif file_regions:
                 regions = list(file_regions)
+                source = boxes_kind
                 boxes_line = extra_boxes.line_of[item_id]
                 box_report.attached += 1
         try:
@@ -293,7 +263,7 @@ def build_items(
         except ItemRejected as exc:
             reason = str(exc)
             if boxes_line is not None and reason.startswith(("box outside image", "zero-area box", "bad region")):
-                reason += f" [box from {spec['boxes']} line {boxes_line}]"
+                reason += f" [box from {boxes_path} line {boxes_line}]"
             reject(reason, item_id, line)
             continue
         paths = []
@@ -308,6 +278,7 @@ def build_items(
             images=paths,
             width=images[0].width if images else None,
             height=images[0].height if images else None,
+            boxes_source=source,
             source_line=line,
         )
         box_report.without_boxes += not row["regions"]
@@ -316,8 +287,8 @@ def build_items(
     if extra_boxes is not None:
         box_report.unknown_ids = sorted(set(extra_boxes.by_item) - set(seen))
         log.info(
-            "boxes file %s: %s; %d line(s) for other datasets",
-            spec["boxes"], box_report.summary(), extra_boxes.other_datasets,
+            "boxes file %s (%s): %s; %d line(s) for other datasets",
+            boxes_path, boxes_kind, box_report.summary(), extra_boxes.other_datasets,
         )
     unused_overrides = sorted(set(overrides) - {r["item_id"] for r in rows})
     if unused_overrides:
@@ -356,7 +327,10 @@ def _check_item(
     task_type = overrides.get(item_id) or forced_type or record.task_type or default_type
     if task_type not in TASK_TYPES:
         raise ItemRejected(f"bad task_type: {task_type!r} (known: {', '.join(TASK_TYPES)})")
-    images = [load_image(src, base_dir) for src in record.images or []]
+    try:
+        images = [load_image(src, base_dir) for src in record.images or []]
+    except UnreadableImage as exc:
+        raise ItemRejected(str(exc)) from None
     if regions and not images:
         raise ItemRejected("bad region: the item has regions but no image")
     sizes = [(img.width, img.height) for img in images]
@@ -423,9 +397,10 @@ def run_stage(
     rejects_path: str | Path,
     code_files: Iterable[str | Path] | None = None,
     base_dir: str | Path = ".",
+    boxes_path: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The whole stage as the workflow runs it: build, then write both tables with provenance."""
-    items_df, rejects_df = build_items(dataset, spec, seed, results_dir, base_dir=base_dir)
+    items_df, rejects_df = build_items(dataset, spec, seed, results_dir, base_dir=base_dir, boxes_path=boxes_path)
     record = provenance.record(
         {"dataset": dict(spec), "seed": seed},
         code_files,

@@ -18,4 +18,6 @@ items.run_stage(
     rejects_path=snakemake.output.rejects,  # noqa: F821
     code_files=snakemake.input.code,  # noqa: F821
     base_dir=Path.cwd(),
+    # the boxes stage's JSONL when a model makes the dataset's boxes
+    boxes_path=snakemake.input.boxes[0] if snakemake.input.boxes else None,  # noqa: F821
 )
