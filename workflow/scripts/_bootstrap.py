@@ -8,5 +8,9 @@ import sys
 from pathlib import Path
 
 _SRC = str(Path(__file__).resolve().parents[2] / "src")
-if _SRC not in sys.path:
+# first even when already on the path: Snakemake's script preamble appends the workflow's sys.path, which
+# holds this src/ behind site-packages, where an editable install of another checkout would win
+if sys.path[:1] != [_SRC]:
+    if _SRC in sys.path:
+        sys.path.remove(_SRC)
     sys.path.insert(0, _SRC)
