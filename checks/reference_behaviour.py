@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from peekaboo import config as pcfg  # noqa: E402
-from peekaboo.datasets import panels as P  # noqa: E402
+from peekaboo import synthetic as P  # noqa: E402
 from peekaboo.models import reference as R  # noqa: E402
 
 # (condition, measure, behaviour) -> minimum; fills other than gray are reported, not judged

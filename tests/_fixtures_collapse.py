@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from peekaboo.stage import StageCall
+
 # a 32 x 32 image cut into four 16 x 16 patches (row-major)
 QUAD_BOXES = np.array([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32], [16, 16, 32, 32]], dtype=float)
 
@@ -237,9 +239,12 @@ def write_results_tree(root, models=("grounded", "blind-spot"), datasets=("panel
               "selective": {"bootstrap": bootstrap, "seed": 0, "veto_quantiles": [0.1, 0.3], "coverages": [0.8, 0.9, 0.95]}}
     reg_out = {"coefficients": root / "regression" / "coefficients.csv", "transfer": root / "regression" / "transfer.csv",
                "summary": root / "regression" / "summary.txt"}
-    regression.run_stage(inputs["collapse_traces"], reg_out, config, [regression.__file__])
+    traces = {"traces": [str(p) for p in inputs["collapse_traces"]]}
+    regression.run_stage(StageCall(inputs=traces, outputs={k: str(v) for k, v in reg_out.items()},
+                                   config={k: config[k] for k in ("regression", "features")}, results_dir=root))
     sel_out = {"curves": root / "selective" / "curves.parquet", "summary": root / "selective" / "summary.csv"}
-    selective.run_stage(inputs["collapse_traces"], sel_out, config, [selective.__file__])
+    selective.run_stage(StageCall(inputs=traces, outputs={k: str(v) for k, v in sel_out.items()}, config=config,
+                                  results_dir=root))
     inputs.update(coefficients=reg_out["coefficients"], selective_curves=sel_out["curves"],
                   selective_summary=sel_out["summary"])
     return inputs

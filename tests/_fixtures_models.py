@@ -65,14 +65,19 @@ def write_dataset(root: Path, n_items: int = 3) -> tuple[Path, dict]:
 def tiny_shard(tmp_path):
     """Items and masks tables built by the real items and masks stages on a 3-item JSONL dataset."""
     from peekaboo import items, masks
+    from peekaboo.stage import StageCall
 
     _, spec = write_dataset(tmp_path / "src")
     results = tmp_path / "results"
-    items.run_stage("toy", spec, 0, results, results / "items/toy.parquet", results / "items/toy.rejects.parquet")
+    items.run_stage(StageCall(
+        inputs={}, outputs={"table": str(results / "items/toy.parquet"), "rejects": str(results / "items/toy.rejects.parquet")},
+        config={"dataset": spec, "seed": 0}, results_dir=results, wildcards={"d": "toy"}))
     masks_cfg = {"variants": ["drop"], "fills": ["gray"], "blur_radius": 12, "noise_std": 64,
                  "control_attempts": 50, "seed": 0}
-    masks.run_stage(results / "items/toy.parquet", masks_cfg, results, "toy", 0, results / "masks/toy.parquet",
-                    results / "masks/toy.skipped.parquet")
+    masks.run_stage(StageCall(
+        inputs={"items_table": [str(results / "items/toy.parquet")]},
+        outputs={"table": str(results / "masks/toy.parquet"), "skipped": str(results / "masks/toy.skipped.parquet")},
+        config={"enabled": True, "masks": masks_cfg, "seed": 0}, results_dir=results, wildcards={"d": "toy"}))
     return {"results": results, "items": results / "items/toy.parquet", "masks": results / "masks/toy.parquet",
             "spec": spec}
 

@@ -1,11 +1,14 @@
 """Shared test settings: offline hub, quiet tokenizers, small thread counts (2-core machines)."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# an empty hub cache of the tests' own: no test may depend on what this machine has downloaded
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="peekaboo-tests-hub-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -209,36 +209,22 @@ def test_answer_changed_against_base(hand_case):
     assert t.loc["drop:0", "region"] == 0
 
 
-def test_run_stage_writes_tables_with_provenance(tmp_path, hand_case, monkeypatch):
+def test_run_stage_writes_tables_with_provenance(tmp_path, hand_case):
     traces, side, steps, items = hand_case
     from peekaboo import tables
+    from peekaboo.stage import StageCall
 
     store = tmp_path / "shard-0.zarr"
     traces.to_zarr(store, consolidated=False)
     tables.write_table(side, tmp_path / "shard-0.parquet")
     tables.write_table(steps, tmp_path / "steps.parquet")
     tables.write_table(items, tmp_path / "items.parquet")
-    import sys
-    import types
-
-    import xarray as xr
-
-    try:
-        from peekaboo import tracestore
-
-        tracestore.open_traces([str(store)])
-    except Exception:
-        # the trace store module (another stage) may not exist or may not open a store written by
-        # xarray directly; xarray's own reader gives the same Dataset for this constructed store
-        tracestore = sys.modules.get("peekaboo.tracestore") or types.ModuleType("peekaboo.tracestore")
-        monkeypatch.setitem(sys.modules, "peekaboo.tracestore", tracestore)
-        monkeypatch.setattr(tracestore, "open_traces", lambda paths: xr.open_zarr(paths[0]), raising=False)
-        monkeypatch.setattr(tracestore, "read_sidecars", lambda paths: tables.read_table(paths[0]), raising=False)
-    outs = {k: tmp_path / f"out.{k}.parquet" for k in ("steps", "traces", "sinks", "maps")}
-    config = {"collapse": CFG, "features": FEATURES}
-    code = [collapse.__file__]
-    collapse.run_stage([store], [tmp_path / "shard-0.parquet"], tmp_path / "steps.parquet",
-                       tmp_path / "items.parquet", outs, config, code, "m", "d")
+    outs = {k: str(tmp_path / f"out.{k}.parquet") for k in ("steps", "traces", "sinks", "maps")}
+    collapse.run_stage(StageCall(
+        inputs={"stores": [str(store)], "sidecars": [str(tmp_path / "shard-0.parquet")],
+                "steps": [str(tmp_path / "steps.parquet")], "items_table": [str(tmp_path / "items.parquet")]},
+        outputs=outs, config={"collapse": CFG, "features": FEATURES}, results_dir=tmp_path,
+        code=[collapse.__file__], wildcards={"m": "m", "d": "d"}))
     got = read_table(outs["steps"])
     assert got["evidence_share"].iloc[0] == pytest.approx(0.175 / 0.375, abs=1e-3)
     assert read_provenance(outs["traces"])["code_hash"]

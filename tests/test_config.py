@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from peekaboo import config as pcfg
+from peekaboo import schema
 
 from _fixtures_items import good_record, write_jsonl
 
@@ -12,9 +13,12 @@ from _fixtures_items import good_record, write_jsonl
 def raw_config(tmp_path):
     """A minimal valid config (relative dataset path, as users write it) and its directory."""
     write_jsonl(tmp_path / "data" / "d.jsonl", [good_record("a")])
+    # a model folder as a checkpoint has one (validation reads it: a source that cannot be read is an error)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "qwen3_vl"}')
     return {
         "datasets": {"mine": {"adapter": "jsonl", "options": {"path": "data/d.jsonl"}}},
-        "models": {"m": {"source": "org/model"}},
+        "models": {"m": {"source": "model"}},
     }
 
 
@@ -135,5 +139,5 @@ def test_embedded_default_config_is_valid(repo_dir):
 
 
 def test_key_path_format():
-    assert pcfg.key_path(["datasets", "mine", "regions", 0, "box"]) == "datasets.mine.regions[0].box"
-    assert pcfg.key_path([]) == "<top level>"
+    assert schema.key_path(["datasets", "mine", "regions", 0, "box"]) == "datasets.mine.regions[0].box"
+    assert schema.key_path([]) == "<top level>"

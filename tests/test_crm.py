@@ -13,7 +13,6 @@ from peekaboo.alignment import StepEncoder
 from peekaboo.crm import (
     MODE_RULES,
     Case,
-    crm_stage,
     decide_mode,
     depends_flags,
     gold_steps,
@@ -21,6 +20,7 @@ from peekaboo.crm import (
     region_of_variant,
     run_crm,
 )
+from peekaboo.stage import StageCall
 from peekaboo.steps import segment_traces
 from peekaboo.tables import read_provenance, read_table, write_table
 
@@ -351,7 +351,7 @@ def test_region_of_variant():
 # --- the stage's files --------------------------------------------------------------------------
 
 
-def test_crm_stage_writes_its_tables(tmp_path, encoder, monkeypatch):
+def test_crm_run_stage_writes_its_tables(tmp_path, encoder, monkeypatch):
     import peekaboo.crm as crm
 
     sc = traces_of("grounded")
@@ -366,8 +366,11 @@ def test_crm_stage_writes_its_tables(tmp_path, encoder, monkeypatch):
     outputs["summary"] = str(tmp_path / "crm" / "summary.csv")
     # the stage builds its encoder from the config; hand it the module's already loaded one
     monkeypatch.setattr(crm, "get_encoder", lambda *a, **k: encoder)
-    crm_stage(str(steps_path), [str(sidecar_path)], str(masks_path), str(items_path), outputs,
-              {**ALIGN_CFG, "encoder": "all-MiniLM-L6-v2"}, CRM_CFG)
+    crm.run_stage(StageCall(
+        inputs={"steps": [str(steps_path)], "sidecars": [str(sidecar_path)], "masks_table": [str(masks_path)],
+                "items_table": [str(items_path)]},
+        outputs=outputs, config={"alignment": {**ALIGN_CFG, "encoder": "all-MiniLM-L6-v2"}, "crm": CRM_CFG},
+        results_dir=tmp_path))
     modes = read_table(outputs["modes"])
     assert modes["mode"].tolist() == ["grounded"] * 3
     assert len(read_table(outputs["attribution"])) == 2 + 2 * 4

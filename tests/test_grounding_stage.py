@@ -9,6 +9,7 @@ known text, through the real generation path.
 """
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -25,6 +26,7 @@ from peekaboo.datasets.boxes import read_boxes
 from peekaboo.grounding.coords import REJECT_KINDS
 from peekaboo.images import load_image
 from peekaboo.items import build_items
+from peekaboo.models.identity import ModelSourceError
 from peekaboo.models.loading import ModelLoadError
 from peekaboo.models.tiny import build_tiny
 
@@ -267,9 +269,14 @@ def test_detector_beside_human_boxes_reports_agreement_and_is_deterministic(mode
 
 
 def test_a_model_that_cannot_be_loaded_is_an_error_naming_the_key(models, data, tmp_path):
-    with pytest.raises(ModelLoadError, match=r"datasets\.mathvista\.boxes\.model: cannot read the config"):
+    with pytest.raises(ModelSourceError, match=r"datasets\.mathvista\.boxes\.model\.source: no model folder"):
         run_boxes_stage(tmp_path, "mathvista", data["mathvista"],
                         {"kind": "vlm", "model": {"source": str(tmp_path / "nowhere")}})
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    shutil.copy(models["qwen2_5_vl"] / "config.json", config_only / "config.json")  # no weights
+    with pytest.raises(ModelLoadError, match=r"datasets\.mathvista\.boxes\.model: cannot load"):
+        run_boxes_stage(tmp_path, "mathvista", data["mathvista"], {"kind": "vlm", "model": {"source": str(config_only)}})
     from peekaboo.grounding.detector import DetectorLoadError
 
     with pytest.raises(DetectorLoadError, match=r"datasets\.mathvista\.boxes\.model: model_type 'qwen3_vl' is not"):

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from peekaboo import items, logs, provenance, tables
+from peekaboo import items, logs, provenance, stages, tables
+from peekaboo.stage import StageCall
 from peekaboo.datasets import Region
 
 from _fixtures_items import (  # noqa: F401 (list_adapter is a fixture)
@@ -224,12 +225,19 @@ def test_stale_images_are_removed(tmp_path, data):
     assert sorted(p.name for p in stale.parent.iterdir()) == ["a.png"]
 
 
+def run_items_stage(spec, seed, results, out, code=()):
+    """The items stage of dataset "d" as the workflow runs it (its paths are absolute, so the cwd does not matter)."""
+    items.run_stage(StageCall(inputs={}, outputs={"table": str(out / "d.parquet"), "rejects": str(out / "d.rejects.parquet")},
+                              config={"dataset": spec, "seed": seed}, results_dir=results, code=code,
+                              wildcards={"d": "d"}))
+
+
 def test_run_stage_writes_tables_with_schema_and_provenance(tmp_path, data):
     path = write_jsonl(data / "d.jsonl", [good_record("a"), "broken"])
     spec = jsonl_spec(path)
-    code_files = provenance.module_files("items", "answers", "datasets.base", "datasets.jsonl")
+    code_files = stages.code_files("items", "peekaboo.datasets.jsonl")
     out = tmp_path / "res" / "items"
-    items.run_stage("d", spec, 3, tmp_path / "res", out / "d.parquet", out / "d.rejects.parquet", code_files, tmp_path)
+    run_items_stage(spec, 3, tmp_path / "res", out, code_files)
     assert pq.read_schema(out / "d.parquet").remove_metadata() == items.ITEMS_SCHEMA
     assert pq.read_schema(out / "d.rejects.parquet").remove_metadata() == items.REJECTS_SCHEMA
     prov = tables.read_provenance(out / "d.parquet")
@@ -243,7 +251,8 @@ def test_run_stage_writes_tables_with_schema_and_provenance(tmp_path, data):
 def test_empty_result_still_writes_typed_tables(tmp_path, data):
     path = write_jsonl(data / "d.jsonl", ["broken"])
     out = tmp_path / "res" / "items"
-    df, _ = items.run_stage("d", jsonl_spec(path), 0, tmp_path / "res", out / "d.parquet", out / "d.rejects.parquet")
+    run_items_stage(jsonl_spec(path), 0, tmp_path / "res", out)
+    df = tables.read_table(out / "d.parquet")
     assert df.empty and pq.read_schema(out / "d.parquet").remove_metadata() == items.ITEMS_SCHEMA
     assert (out / "d" / "images").is_dir()
 
@@ -255,7 +264,7 @@ def test_same_config_and_seed_give_identical_bytes(tmp_path, data):
     hashes = []
     for run in ("one", "two"):
         res = tmp_path / run
-        items.run_stage("d", spec, 0, res, res / "items/d.parquet", res / "items/d.rejects.parquet", None, tmp_path)
+        run_items_stage(spec, 0, res, res / "items")
         hashes.append(tree_hashes(res))
     assert len(hashes[0]) == 4  # two tables, two images
     assert hashes[0] == hashes[1]

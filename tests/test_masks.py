@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFilter
 
-from peekaboo import items, masks, provenance, seeding, tables
+from peekaboo import items, masks, provenance, seeding, stages, tables
+from peekaboo.stage import StageCall
 from peekaboo.datasets import Region
 
 from _fixtures_items import list_adapter, list_spec, raw, tree_hashes  # noqa: F401 (list_adapter is a fixture)
@@ -272,15 +273,17 @@ def test_run_stage_tables_and_determinism(tmp_path, list_adapter):
     records = [raw("a", [texture()], REGIONS), raw("b/c", [texture(seed=3)], REGIONS[:1])]
     items_df, res = make_items(tmp_path, records)
     c = cfg(fills=["gray", "mean", "blur", "noise", "black"])
-    code_files = provenance.module_files("masks", "items")
+    code_files = stages.code_files("masks")
     hashes = []
     for run in ("one", "two"):
         out = tmp_path / run
         for rel in ("items/t.parquet",) + tuple(str(p.relative_to(res)) for p in (res / "items/t/images").iterdir()):
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             (out / rel).write_bytes((res / rel).read_bytes())
-        masks.run_stage(out / "items/t.parquet", c, out, "t", 5, out / "masks/t.parquet", out / "masks/t.skipped.parquet",
-                        code_files=code_files)
+        masks.run_stage(StageCall(
+            inputs={"items_table": [str(out / "items/t.parquet")]},
+            outputs={"table": str(out / "masks/t.parquet"), "skipped": str(out / "masks/t.skipped.parquet")},
+            config={"enabled": True, "masks": c, "seed": 5}, results_dir=out, code=code_files, wildcards={"d": "t"}))
         hashes.append({k: v for k, v in tree_hashes(out).items() if k.startswith("masks")})
     assert hashes[0] == hashes[1]
     assert len(hashes[0]) == 2 + 5 * (6 + 3)  # tables + one image per (variant, fill); no drop:all with one region
@@ -288,7 +291,7 @@ def test_run_stage_tables_and_determinism(tmp_path, list_adapter):
     assert pq.read_schema(out / "masks/t.parquet").remove_metadata() == masks.MASKS_SCHEMA
     assert pq.read_schema(out / "masks/t.skipped.parquet").remove_metadata() == masks.SKIPPED_SCHEMA
     prov = tables.read_provenance(out / "masks/t.parquet")
-    assert prov["config_hash"] == provenance.config_hash({"masks": c, "seed": 5, "enabled": True})
+    assert prov["config_hash"] == provenance.config_hash({"enabled": True, "masks": c, "seed": 5})
     assert prov["code_hash"] == provenance.code_hash(code_files)
 
 

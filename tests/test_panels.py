@@ -8,6 +8,7 @@ from PIL import Image
 
 from peekaboo.datasets import get_adapter
 from peekaboo.datasets.base import AdapterError
+from peekaboo import synthetic as S
 from peekaboo.datasets import panels as P
 
 
@@ -40,27 +41,27 @@ def test_counts_follow_shares_and_count_is_n_items():
     adapter = get_adapter("p", {"adapter": "panels", "options": {"n_items": 50}})
     assert adapter.count() == 50
     types = [r.meta["question_type"] for r in adapter.records()]
-    assert {t: types.count(t) for t in P.QUESTION_TYPES} == {"attribute": 20, "comparison": 20, "arithmetic": 10}
+    assert {t: types.count(t) for t in S.QUESTION_TYPES} == {"attribute": 20, "comparison": 20, "arithmetic": 10}
     exact = get_adapter("p", {"adapter": "panels", "options": {"counts": {"attribute": 2, "arithmetic": 1}}})
     assert exact.count() == 3
     assert sorted(r.meta["question_type"] for r in exact.records()) == ["arithmetic", "attribute", "attribute"]
 
 
 def test_panel_boxes_tile_the_image():
-    assert P.panel_labels(2, 2) == ["top-left", "top-right", "bottom-left", "bottom-right"]
-    assert P.panel_boxes(128, 128, 2, 2) == [(0, 0, 64, 64), (64, 0, 128, 64), (0, 64, 64, 128), (64, 64, 128, 128)]
-    assert P.panel_labels(1, 3) == ["left", "middle", "right"]
-    boxes = P.panel_boxes(100, 90, 3, 4)
+    assert S.panel_labels(2, 2) == ["top-left", "top-right", "bottom-left", "bottom-right"]
+    assert S.panel_boxes(128, 128, 2, 2) == [(0, 0, 64, 64), (64, 0, 128, 64), (0, 64, 64, 128), (64, 64, 128, 128)]
+    assert S.panel_labels(1, 3) == ["left", "middle", "right"]
+    boxes = S.panel_boxes(100, 90, 3, 4)
     cover = np.zeros((90, 100), dtype=int)
     for x0, y0, x1, y1 in boxes:
         cover[y0:y1, x0:x1] += 1
     assert (cover == 1).all()
-    assert len(set(P.panel_labels(3, 4))) == 12
+    assert len(set(S.panel_labels(3, 4))) == 12
 
 
 def test_each_shape_lies_inside_its_panel_in_its_palette_colour():
-    opts = P.resolve_options({"n_items": 20, "seed": 1})
-    for item in P.generate_items(opts):
+    opts = S.resolve_options({"n_items": 20, "seed": 1})
+    for item in S.generate_items(opts):
         pixels = np.asarray(item.image)
         background = np.array(opts.background)
         for panel in item.panels:
@@ -119,40 +120,40 @@ def test_shape_questions():
 
 
 def test_hidden_solution_says_hidden_and_abstains():
-    opts = P.resolve_options({"counts": {"comparison": 1}, "seed": 1})
-    item = next(P.generate_items(opts))
+    opts = S.resolve_options({"counts": {"comparison": 1}, "seed": 1})
+    item = next(S.generate_items(opts))
     a, b = (item.panels[p].label for p in item.evidence)
-    text, steps = P.gold_solution(item, [1])
+    text, steps = S.gold_solution(item, [1])
     assert text.splitlines()[0] == f"Step 1: The {a} shape is {item.panels[item.evidence[0]].colour}."
     assert text.splitlines()[1] == f"Step 2: The {b} panel is hidden."
     assert text.endswith("Answer: unknown") and len(steps) == 3
     # hiding nothing gives the gold text
-    assert P.gold_solution(item)[0] == P.item_meta(item)["gold_text"]
+    assert S.gold_solution(item)[0] == P.item_meta(item)["gold_text"]
 
 
 def test_training_items_are_fresh_and_disjoint_from_test_items():
-    opts = P.resolve_options({"n_items": 40, "seed": 7})
-    test = {_digest(i.image) for i in P.generate_items(opts)}
-    train = P.training_items(opts, 7, 0, 40)  # even the same seed: another stream
+    opts = S.resolve_options({"n_items": 40, "seed": 7})
+    test = {_digest(i.image) for i in S.generate_items(opts)}
+    train = S.training_items(opts, 7, 0, 40)  # even the same seed: another stream
     assert not test & {_digest(i.image) for i in train}
-    again = P.training_items(opts, 7, 20, 20)
+    again = S.training_items(opts, 7, 20, 20)
     assert [_digest(i.image) for i in again] == [_digest(i.image) for i in train[20:]]
 
 
 def test_difficulty_knobs_change_the_drawn_colours():
-    hard = P.resolve_options({"n_items": 10, "colour_mix": 0.6, "colour_jitter": 10})
-    changed = [p.rgb != hard.colours[p.colour] for item in P.generate_items(hard) for p in item.panels]
+    hard = S.resolve_options({"n_items": 10, "colour_mix": 0.6, "colour_jitter": 10})
+    changed = [p.rgb != hard.colours[p.colour] for item in S.generate_items(hard) for p in item.panels]
     assert sum(changed) > 0.8 * len(changed)
-    noisy = P.resolve_options({"n_items": 1, "noise": 20, "blur": 1.0, "clutter": 3})
-    assert len(np.unique(np.asarray(next(P.generate_items(noisy)).image).reshape(-1, 3), axis=0)) > 100
+    noisy = S.resolve_options({"n_items": 1, "noise": 20, "blur": 1.0, "clutter": 3})
+    assert len(np.unique(np.asarray(next(S.generate_items(noisy)).image).reshape(-1, 3), axis=0)) > 100
 
 
 def test_hide_boxes_fill_matches_the_masks_stage():
     masks = pytest.importorskip("peekaboo.masks")
-    item = next(P.generate_items(P.resolve_options({"n_items": 1})))
+    item = next(S.generate_items(S.resolve_options({"n_items": 1})))
     box = (64.0, 0.0, 128.0, 64.0)
     for fill in ("gray", "black"):
-        ours = np.asarray(P.hide_boxes(item.image, [box], fill))
+        ours = np.asarray(S.hide_boxes(item.image, [box], fill))
         hidden = masks.rect_mask([masks.pixel_rect(box, 128, 128)], 128, 128)
         theirs = np.asarray(masks._Filler([item.image], {}, 0, "d", "i").fill(0, hidden, fill, "drop:0"))
         assert (ours == theirs).all()

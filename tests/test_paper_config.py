@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import fixtures as fx
+from _fixtures_workflow import hub_cache
 import peekaboo.config as pcfg
 from peekaboo.datasets import RawItem, get_adapter
 
@@ -22,12 +23,30 @@ def paper_raw() -> dict:
     return yaml.safe_load(PAPER.read_text(encoding="utf-8"))
 
 
+def hub_models(raw: dict) -> list[str]:
+    """Every hub id a config names: its models' sources and its boxes models'."""
+    sources = [m["source"] for m in raw["models"].values() if "source" in m]
+    sources += [d["boxes"]["model"]["source"] for d in raw["datasets"].values() if isinstance(d.get("boxes"), dict)
+                and "model" in d["boxes"]]
+    return sorted(set(sources))
+
+
 def pointed_at(options_by_dataset: dict) -> dict:
     """The paper's config with each dataset's path options replaced by fixture copies."""
     raw = copy.deepcopy(paper_raw())
     for name, options in options_by_dataset.items():
         raw["datasets"][name]["options"].update(options)
     return raw
+
+
+@pytest.fixture
+def paper_models(tmp_path, monkeypatch):
+    """The paper's models in a hub cache, as on a machine that downloaded them (validation resolves every hub id)."""
+    import huggingface_hub.constants
+
+    cache = hub_cache(tmp_path / "hub", *hub_models(paper_raw()))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +97,14 @@ def test_placeholder_paths_are_reported_when_missing(tmp_path):
         pcfg.validate(paper_raw(), base_dir=tmp_path, check_paths=True)
     for name in ("mathvista", "hallusionbench", "mmmu_pro", "visargs"):
         assert f"datasets.{name}.options.path" in str(err.value)
+    # and the models, absent from this machine's (empty) hub cache, are named too
+    for name in paper_raw()["models"]:
+        assert f"models.{name}.source" in str(err.value)
+    for name in ("mathvista", "hallusionbench", "mmmu_pro"):  # the grounding model
+        assert f"datasets.{name}.boxes.model.source" in str(err.value)
 
 
-def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fixture_options, tmp_path):
+def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fixture_options, paper_models, tmp_path):
     cfg = pcfg.validate(pointed_at(fixture_options), base_dir=tmp_path, check_paths=True)
     for name, spec in cfg["datasets"].items():
         adapter = get_adapter(name, spec, seed=cfg["seed"], base_dir=tmp_path)
@@ -88,7 +112,7 @@ def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fi
         assert 0 < len(items) <= adapter.count(), name
 
 
-def test_items_stage_on_all_four_fixture_copies(fixture_options, tmp_path):
+def test_items_stage_on_all_four_fixture_copies(fixture_options, paper_models, tmp_path):
     cfg = pcfg.validate(pointed_at(fixture_options), base_dir=tmp_path, check_paths=True)
     from peekaboo.items import build_items
 
@@ -112,7 +136,9 @@ def test_snakemake_dry_run_with_the_paper_config_on_fixture_copies(fixture_optio
     config = tmp_path / "paper-fixtures.yaml"
     config.write_text(yaml.safe_dump(pointed_at(fixture_options)), encoding="utf-8")
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # the paper's models, as a machine that downloaded them has them (validation resolves every hub id)
+    cache = hub_cache(tmp_path / "hub", *hub_models(pointed_at(fixture_options)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     proc = subprocess.run(
         [snakemake, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(config), "--cores", "1", "--quiet", "rules"],

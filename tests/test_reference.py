@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from peekaboo import prompting
-from peekaboo.datasets import panels as P
+from peekaboo import synthetic as S
+from peekaboo import schema
 from peekaboo.models import reference as R
+from peekaboo.models.reference import architecture, data, tokenizer, training
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-OPTS = P.resolve_options({})
+OPTS = S.resolve_options({})
 QUICK = {"steps": 3, "batch_size": 4, "warmup_steps": 1, "probe_every": 0, "probe_items": 4, "threads": 1}
 
 
@@ -39,7 +41,7 @@ def trained(tmp_path_factory):
 
 def test_tokenizer_has_qwen_special_tokens_and_template(processor):
     tok = processor.tokenizer
-    ids = [tok.convert_tokens_to_ids(t) for t, _ in R.QWEN_SPECIAL_TOKENS]
+    ids = [tok.convert_tokens_to_ids(t) for t, _ in tokenizer.QWEN_SPECIAL_TOKENS]
     assert len(set(ids)) == len(ids) and tok.unk_token_id not in ids
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.tokenize("<think>Answer</think>") == ["<think>", "Answer", "</think>"]
@@ -55,7 +57,7 @@ def test_tokenizer_has_qwen_special_tokens_and_template(processor):
 
 
 def test_processor_gives_16_image_tokens_for_128px(processor):
-    item = P.training_items(OPTS, 0, 0, 1)[0]
+    item = S.training_items(OPTS, 0, 0, 1)[0]
     batch = processor(text=["<|vision_start|><|image_pad|><|vision_end|>x"], images=[item.image], return_tensors="pt")
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
     assert int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 16
@@ -63,7 +65,7 @@ def test_processor_gives_16_image_tokens_for_128px(processor):
 
 
 def test_labels_cover_the_answer_only(processor):
-    items = P.training_items(OPTS, 0, 0, 6)
+    items = S.training_items(OPTS, 0, 0, 6)
     examples = R.make_examples(items, "grounded", np.random.default_rng(0), 0.5, 0.3, ["gray"])
     batch = R.collate(processor, examples)
     tok = processor.tokenizer
@@ -93,12 +95,12 @@ def test_fast_vision_kernels_compute_the_same_function(processor):
     from transformers.models.qwen3_vl import modeling_qwen3_vl as M
 
     model = R.build_model(R.build_config(processor, OPTS), seed=3)
-    items = P.training_items(OPTS, 3, 0, 4)
+    items = S.training_items(OPTS, 3, 0, 4)
     batch = R.collate(processor, R.make_examples(items, "blind-spot", np.random.default_rng(0), 0, 0, ["gray"]))
     original = (M.Qwen3VLVisionPatchEmbed.forward, M.Qwen3VLVisionAttention.forward)
     with torch.no_grad():
         reference = model(**batch, use_cache=False).logits
-        with R.fast_vision_kernels():
+        with architecture.fast_vision_kernels():
             assert M.Qwen3VLVisionAttention.forward is not original[1]
             fast = model(**batch, use_cache=False).logits
     assert (M.Qwen3VLVisionPatchEmbed.forward, M.Qwen3VLVisionAttention.forward) == original
@@ -106,7 +108,7 @@ def test_fast_vision_kernels_compute_the_same_function(processor):
 
 
 def test_examples_plant_the_behaviours():
-    items = P.training_items(OPTS, 1, 0, 300)
+    items = S.training_items(OPTS, 1, 0, 300)
     g = lambda: np.random.default_rng(1)  # noqa: E731
     blind = R.make_examples(items, "blind-spot", g(), 0.3, 0.3, ["gray"])
     assert {e.condition for e in blind} == {"clean"}
@@ -118,7 +120,7 @@ def test_examples_plant_the_behaviours():
         if ex.condition != "clean":
             # the planted collapse: whatever is hidden, every panel-reading step says hidden
             assert item.evidence and ex.target.endswith("Answer: unknown")
-            assert ex.target == P.gold_solution(item, range(len(item.evidence)))[0]
+            assert ex.target == S.gold_solution(item, range(len(item.evidence)))[0]
     for item, ex in zip(items, grounded):
         evidence = [item.panels[p].box for p in item.evidence]
         pixels = np.asarray(ex.image)
@@ -127,18 +129,18 @@ def test_examples_plant_the_behaviours():
             assert any(tuple(map(float, e)) == b for b in ex.hidden_boxes for e in evidence)
         elif ex.condition == "control":
             # the normal answer, and no evidence pixel touched
-            assert ex.target == P.gold_solution(item)[0]
-            assert ex.hidden_boxes and not any(R._overlaps(b, e) for b in ex.hidden_boxes for e in evidence)
+            assert ex.target == S.gold_solution(item)[0]
+            assert ex.hidden_boxes and not any(data._overlaps(b, e) for b in ex.hidden_boxes for e in evidence)
             for x0, y0, x1, y1 in evidence:
                 assert (pixels[y0:y1, x0:x1] == np.asarray(item.image)[y0:y1, x0:x1]).all()
             x0, y0, x1, y1 = (int(v) for v in ex.hidden_boxes[0])
-            assert (pixels[y0:y1, x0:x1] == P.GRAY).all()
+            assert (pixels[y0:y1, x0:x1] == S.GRAY).all()
         else:
-            assert ex.target == P.gold_solution(item)[0] and ex.image is item.image
+            assert ex.target == S.gold_solution(item)[0] and ex.image is item.image
 
 
 def test_lr_schedule_warms_up_and_decays():
-    lrs = [R.lr_at(s, 100, 10, 1.0) for s in range(100)]
+    lrs = [training.lr_at(s, 100, 10, 1.0) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 0.1
 
@@ -158,7 +160,7 @@ def test_training_writes_a_loadable_model_and_report(trained):
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert model.config.text_config.rope_parameters["rope_theta"] == 10.0
     assert processor.tokenizer.padding_side == "left"
-    items = P.training_items(OPTS, 5, 0, 2)
+    items = S.training_items(OPTS, 5, 0, 2)
     prompts = [prompting.render(processor, prompting.messages(i.question, 1)) for i in items]
     batch = processor(text=prompts, images=[i.image for i in items], padding=True, return_tensors="pt")
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -177,7 +179,7 @@ def test_training_is_deterministic(trained):
     assert reports[0]["loss"]["curve"] == reports[1]["loss"]["curve"]
     # and training changed the weights: a fresh model of the same seed differs
     processor = R.build_processor(OPTS)
-    fresh = R.build_model(R.build_config(processor, OPTS), seed=R.DEFAULTS["seed"]).state_dict()
+    fresh = R.build_model(R.build_config(processor, OPTS), seed=schema.definition("reference", {"behaviour": "grounded"})["seed"]).state_dict()
     assert any(not torch.equal(fresh[k], a[k]) for k in a if k in fresh)
 
 
@@ -190,11 +192,11 @@ def test_init_from_starts_from_the_trained_weights(trained):
 
 
 def test_bad_spec_names_the_key():
-    with pytest.raises(R.ReferenceError, match=r"models\.x\.reference\.behaviour"):
+    with pytest.raises(R.ReferenceSpecError, match=r"models\.x\.reference\.behaviour"):
         R.training_spec({"behaviour": "sleepy"}, where="models.x.reference")
-    with pytest.raises(R.ReferenceError, match=r"unknown key models\.x\.reference\.stepz"):
+    with pytest.raises(R.ReferenceSpecError, match=r"unknown key models\.x\.reference\.stepz"):
         R.training_spec({"behaviour": "grounded", "stepz": 3}, where="models.x.reference")
-    with pytest.raises(R.ReferenceError, match=r"reference\.fills"):
+    with pytest.raises(R.ReferenceSpecError, match=r"reference\.fills"):
         R.training_spec({"behaviour": "grounded", "fills": ["pink"]})
 
 
@@ -220,5 +222,5 @@ def test_workflow_helpers_read_the_config():
     assert R.training_options(cfg, "a") == {"noise": 4}
     assert R.init_model(cfg, "a") is None and R.init_model(cfg, "b") == "a"
     assert R.job_threads(cfg, "a") == 2 and R.job_threads(cfg, "b") == 1
-    with pytest.raises(R.ReferenceError, match=r"models\.hub: has no 'reference'"):
+    with pytest.raises(R.ReferenceSpecError, match=r"models\.hub: has no 'reference'"):
         R.model_spec(cfg, "hub")

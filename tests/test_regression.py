@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from peekaboo import interaction
 from peekaboo import regression as reg
+from peekaboo.stage import StageCall
 
 from _fixtures_collapse import simulate_features
 
@@ -15,7 +17,7 @@ def test_planted_interaction_inside_95_interval_in_90_of_100_simulations():
     hits = 0
     for seed in range(100):
         df = simulate_features(600, seed, TRUE)
-        fit = reg.fit_logit(df)
+        fit = interaction.fit_logit(df)
         assert fit.status == "ok", fit.note
         # the fit standardises with the sample's mean and sd: the planted coefficient on that scale
         s_e = df["entropy_full"].std(ddof=0) / 0.5
@@ -40,7 +42,7 @@ def test_pooled_fit_recovers_task_specific_interactions():
     assert diff["ci_low"] < 1.2 < diff["ci_high"] and diff["p"] < 0.001
     # the table alone rebuilds the fitted predictions
     params = dict(zip(pooled.index, pooled["estimate"]))
-    eta = reg.linear_predictor(params, 1.0, -1.0, "visual_reference")
+    eta = interaction.linear_predictor(params, 1.0, -1.0, "visual_reference")
     expected = sum(params[t] for t in ("const", "task[visual_reference]")) + sum(
         params[t] * v for t, v in (("entropy", 1), ("vision", -1), ("entropy:vision", -1),
                                    ("entropy:task[visual_reference]", 1), ("vision:task[visual_reference]", -1),
@@ -60,7 +62,7 @@ def test_tidy_table_has_fit_statistics_and_clustered_se():
         assert np.isfinite(row[c]), c
     assert row["converged"]
     # clustered by item, duplicated rows carry no extra information: SE equals the single-copy robust SE
-    single = reg.fit_logit(df)
+    single = interaction.fit_logit(df)
     assert row["se"] == pytest.approx(single.bse[single.terms.index("entropy:vision")], rel=0.01)
 
 
@@ -76,10 +78,10 @@ def test_tidy_table_has_fit_statistics_and_clustered_se():
 def test_degenerate_data_gives_a_row_saying_why(mutate, expected):
     df = mutate(simulate_features(200, 5, TRUE))
     df["correct"] = df["correct"].astype("boolean")
-    fit = reg.fit_logit(df, min_errors=5)
+    fit = interaction.fit_logit(df, min_errors=5)
     assert fit.status == "not_fitted"
     assert expected in fit.note
-    rows = reg.tidy(fit, model="m", dataset="d1", scope="dataset", formula="f")
+    rows = interaction.tidy(fit, model="m", dataset="d1", scope="dataset", formula="f")
     assert len(rows) == 1 and rows[0]["term"] is None and expected in rows[0]["note"]
 
 
@@ -88,7 +90,7 @@ def test_missing_rows_are_dropped_before_fitting_and_counted():
     df.loc[:9, "vision"] = np.nan
     df.loc[10:14, "correct"] = pd.NA
     df.loc[15, "entropy_full"] = np.inf
-    fit = reg.fit_logit(df)
+    fit = interaction.fit_logit(df)
     assert fit.status == "ok" and fit.n == 384 and fit.n_dropped == 16
     assert "16 rows left out (5 without correctness, 1 without entropy_full, 10 without vision engagement)" in fit.note
 
@@ -109,13 +111,13 @@ def test_fit_all_goes_on_past_a_degenerate_dataset_and_drops_a_lone_moderator():
 def test_transfer_scores_other_datasets_with_training_scaling():
     df = simulate_features(500, 6, TRUE, datasets=("a", "b"))
     out = reg.transfer(df, {"min_errors": 5})
-    assert set(out["features"]) == set(reg.FEATURE_SETS)
+    assert set(out["features"]) == set(interaction.FEATURE_SETS)
     assert set(zip(out["train_dataset"], out["test_dataset"])) == {("a", "b"), ("b", "a")}
     auc = out.set_index(["train_dataset", "features"])["auroc"]
     assert 0.5 < auc[("a", "vision")] < auc[("a", "additive")] < 0.95
     # entropy alone: AUROC equals that of -entropy on the test set (the fit is monotone, slope < 0)
     test = df[df["dataset"] == "b"]
-    assert auc[("a", "entropy")] == pytest.approx(reg.auroc(test["correct"].astype(bool), -test["entropy_full"]))
+    assert auc[("a", "entropy")] == pytest.approx(interaction.auroc(test["correct"].astype(bool), -test["entropy_full"]))
 
 
 def test_transfer_with_one_dataset_or_one_class_says_so():
@@ -133,8 +135,8 @@ def test_auroc_hand_computed_with_ties():
     y = np.array([1, 0, 1, 0, 1], bool)
     s = np.array([0.9, 0.9, 0.5, 0.1, 0.1])
     # pairs (pos, neg): (.9,.9)=.5 (.9,.1)=1 (.5,.9)=0 (.5,.1)=1 (.1,.9)=0 (.1,.1)=.5 -> 3 / 6
-    assert reg.auroc(y, s) == pytest.approx(0.5)
-    assert np.isnan(reg.auroc(np.ones(3, bool), np.arange(3)))
+    assert interaction.auroc(y, s) == pytest.approx(0.5)
+    assert np.isnan(interaction.auroc(np.ones(3, bool), np.arange(3)))
 
 
 def test_run_stage_writes_csvs_and_summary(tmp_path):
@@ -145,9 +147,11 @@ def test_run_stage_writes_csvs_and_summary(tmp_path):
         df = simulate_features(200, 8, TRUE, datasets=(d,))
         paths.append(write_table(df, tmp_path / f"{d}.traces.parquet"))
     outs = {k: tmp_path / f"{k}.{'txt' if k == 'summary' else 'csv'}" for k in ("coefficients", "transfer", "summary")}
-    reg.run_stage(paths, outs, {"regression": {"variants": ["base"], "min_errors": 5}, "features": {}}, [reg.__file__])
+    reg.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
+                            config={"regression": {"variants": ["base"], "min_errors": 5}, "features": {}},
+                            results_dir=tmp_path, code=[reg.__file__]))
     coef = pd.read_csv(outs["coefficients"])
     assert set(coef["dataset"]) == {"a", "b", "pooled"}
     assert list(coef.columns) == reg.COEF_COLUMNS
     assert "errors=" in outs["summary"].read_text()
-    assert len(pd.read_csv(outs["transfer"])) == 2 * len(reg.FEATURE_SETS)
+    assert len(pd.read_csv(outs["transfer"])) == 2 * len(interaction.FEATURE_SETS)

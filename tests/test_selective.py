@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+
 from peekaboo import selective as sel
+from peekaboo.stage import StageCall
 
 from _fixtures_collapse import simulate_features
 
@@ -140,7 +142,8 @@ def test_run_stage_writes_tables(tmp_path):
     paths = [write_table(_veto_world(80, 14, datasets=(d,)), tmp_path / f"{d}.parquet") for d in ("a", "b")]
     outs = {"curves": tmp_path / "curves.parquet", "summary": tmp_path / "summary.csv"}
     config = {"selective": {"bootstrap": 20, "seed": 0}, "regression": {"variants": ["base"], "min_errors": 5}}
-    sel.run_stage(paths, outs, config, [sel.__file__])
+    sel.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
+                            config=config, results_dir=tmp_path, code=[sel.__file__]))
     assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS)
     summary = pd.read_csv(outs["summary"])
     assert {"aurc", "aurc_low", "eaurc", "risk_80", "risk_90_high", "delta_risk"} <= set(summary.columns)

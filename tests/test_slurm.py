@@ -298,8 +298,11 @@ def test_paper_config_dry_run_asks_for_gpus_in_trace_jobs_only(tmp_path):
         config["datasets"][name]["options"].update(options)
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
+    from _fixtures_workflow import hub_cache
+
+    cache = hub_cache(tmp_path / "hub", *(m["source"] for m in paper["models"].values()))
     code, out = run_snakemake(["-n", "--profile", str(SLURM_PROFILE), "--configfile", str(tmp_path / "paper.yaml")],
-                              tmp_path, base_env(), timeout=300)
+                              tmp_path, base_env(HF_HUB_CACHE=str(cache)), timeout=300)
     assert code == 0, out[-6000:]
     jobs = dry_run_jobs(out)
     assert jobs, out[-3000:]

@@ -8,15 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from _fixtures_crm import peekaboo_log, sidecar, sidecar_row, tokenize
-from peekaboo.steps import (
-    STEPS_COLUMNS,
-    SegmentationError,
-    resolve_segmenter,
-    segment,
-    segment_traces,
-    steps_stage,
-    token_spans,
-)
+from peekaboo.segmentation import SegmentationError, resolve_segmenter, segment, token_spans
+from peekaboo.stage import StageCall
+from peekaboo.steps import STEPS_COLUMNS, run_stage, segment_traces
 from peekaboo.tables import read_provenance, read_table, write_table
 
 PANELS_OUTPUT = "Step 1: The top-left shape is red.\nStep 2: The bottom-right shape is blue.\nStep 3: They differ.\nAnswer: no"
@@ -203,14 +197,17 @@ def test_segment_traces_needs_text_column():
         segment_traces(pd.DataFrame({"trace_id": ["a"]}), "auto", {})
 
 
-def test_steps_stage_writes_table_with_provenance(tmp_path):
+def test_run_stage_writes_table_with_provenance(tmp_path):
     df = _sidecar()
     paths = []
     for i, part in enumerate((df.iloc[:2], df.iloc[2:])):
         paths.append(tmp_path / f"shard-{i}.parquet")
         write_table(part, paths[-1])
     out = tmp_path / "steps" / "m" / "panels.parquet"
-    steps = steps_stage([str(p) for p in paths], str(out), "auto", {"think_split": "sentences", "min_chars": 2})
+    steps_cfg = {"think_split": "sentences", "min_chars": 2}
+    run_stage(StageCall(inputs={"sidecars": [str(p) for p in paths]}, outputs={"steps": str(out)},
+                        config={"steps": steps_cfg, "segmenter": "auto"}, results_dir=tmp_path))
+    steps = segment_traces(df, "auto", steps_cfg)
     back = read_table(out)
     assert len(back) == len(steps) == 6
     assert back["text"].tolist() == steps["text"].tolist()
@@ -220,7 +217,8 @@ def test_steps_stage_writes_table_with_provenance(tmp_path):
     only_failed = tmp_path / "failed.parquet"
     write_table(df.iloc[2:3], only_failed)
     none = tmp_path / "none.parquet"
-    steps_stage([str(only_failed)], str(none), "auto", {})
+    run_stage(StageCall(inputs={"sidecars": [str(only_failed)]}, outputs={"steps": str(none)},
+                        config={"steps": steps_cfg, "segmenter": "auto"}, results_dir=tmp_path))
     assert len(read_table(none)) == 0
     assert pq.read_schema(none).names == STEPS_COLUMNS
     assert pq.read_schema(none).field("step").type == pa.int32()

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from _fixtures_models import tiny_models, tiny_shard  # noqa: F401
-from peekaboo import generate, tracestore
+from peekaboo import generate, traces, tracestore
 
 MODEL_SPEC = {"dtype": "float32", "attn_implementation": "sdpa", "batch_size": 2, "thinking": False,
               "system_prompt": None, "generation": {"max_new_tokens": 5, "do_sample": False}}
@@ -19,9 +19,10 @@ TRACES_CFG = {"map_layers": [0, -1], "keep_heads": False, "chunk_traces": 2, "co
 
 
 def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0):  # noqa: F811
-    return generate.run_shard(
+    return traces.generate_shard(
         items_path=shard_info["items"], masks_path=shard_info["masks"], results_dir=shard_info["results"],
-        model_name="tiny", model_spec=MODEL_SPEC, model_path=tiny_models["qwen3_vl"], dataset="toy",
+        model_name="tiny", model_spec={**MODEL_SPEC, "source": str(tiny_models["qwen3_vl"])},
+        model_path=tiny_models["qwen3_vl"], dataset="toy",
         dataset_spec=shard_info["spec"], seed=0, shard=shard, traces_cfg=traces_cfg,
         store_path=out / f"shard-{shard}.zarr", sidecar_path=out / f"shard-{shard}.parquet",
         config_section={"traces": traces_cfg, "model": MODEL_SPEC}, code_files=None, device="cpu",

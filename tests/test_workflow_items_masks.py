@@ -61,13 +61,16 @@ def project(tmp_path, repo_dir):
             good_record("plain", regions=None),
         ],
     )
+    # a model folder (validation reads every model source; these rules do not load it)
+    (work / "model").mkdir()
+    (work / "model" / "config.json").write_text('{"model_type": "qwen3_vl"}')
     config = {
         "results": "out",
         "datasets": {
             "mine": {"adapter": "jsonl", "options": {"path": "data/d.jsonl"}},
             "nomask": {"adapter": "jsonl", "options": {"path": "data/d.jsonl"}, "masks": False, "limit": 2},
         },
-        "models": {"m": {"source": "org/model"}},
+        "models": {"m": {"source": "model"}},
         "masks": {"fills": ["gray", "noise"]},
     }
     (work / "config.yaml").write_text(yaml.safe_dump(config))

@@ -15,7 +15,7 @@ import string
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
-from .datasets.base import ANSWER_TYPES, Score
+from .scores import ANSWER_TYPES, Score
 
 LETTERS = string.ascii_uppercase
 

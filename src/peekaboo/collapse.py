@@ -24,17 +24,19 @@ exact definitions.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import features as feats
+from . import schema
+from .cells import is_missing, json_list
 from .logs import get_logger, progress
+from .stage import StageCall
+from .tables import read_table, write_table
+from .tracestore import open_traces, read_sidecars
 
 log = get_logger("collapse")
 
@@ -112,31 +114,14 @@ class Evidence:
 def item_evidence(regions: Any) -> Evidence:
     """The evidence regions of an item: every annotated region (``items.regions``)."""
     boxes, images = [], []
-    for region in _as_list(regions):
+    for region in json_list(regions):
         box = region.get("box") if isinstance(region, Mapping) else None
         if box is None or len(box) != 4:
             continue
         boxes.append(tuple(float(v) for v in box))
         image = region.get("image")
-        images.append(int(image) if image is not None and not _isnan(image) else 0)
+        images.append(0 if is_missing(image) else int(image))
     return Evidence(boxes=boxes, images=images)
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return json.loads(value) if value.strip() else []
-    if isinstance(value, np.ndarray):
-        return list(value)
-    return list(value)
-
-
-def _isnan(value: Any) -> bool:
-    try:
-        return bool(np.isnan(value))
-    except TypeError:
-        return False
 
 
 def attach_patch_weights(
@@ -187,7 +172,7 @@ def attach_patch_weights(
     areas = {}
     for image in sorted(set(patch_image.tolist()) | set(evidence.images)):
         sel = patch_boxes[patch_image == image]
-        if image == 0 and width and height and not _isnan(width) and not _isnan(height):
+        if image == 0 and width and height and not is_missing(width) and not is_missing(height):
             areas[image] = float(width) * float(height)
         elif len(sel):
             areas[image] = float((sel[:, 2].max() - sel[:, 0].min()) * (sel[:, 3].max() - sel[:, 1].min()))
@@ -524,177 +509,163 @@ def _trace_data(block: dict[str, np.ndarray], j: int, trace_id: str) -> TraceDat
     )
 
 
-def compute(
-    traces,
-    sidecar: pd.DataFrame,
-    steps: pd.DataFrame,
-    items: pd.DataFrame,
-    collapse_cfg: Mapping[str, Any],
-    features_cfg: Mapping[str, Any],
-    model: str,
-    dataset: str,
-    map_items: int | None = None,
-) -> CollapseTables:
-    """All collapse tables for one (model, dataset) from an opened trace store and its tables.
+@dataclass
+class TraceRecord:
+    """Everything collapse learns about one trace of the sidecar, phase by phase.
 
-    ``traces`` is an xarray Dataset with the documented arrays (``open_traces``)
-    or a list of them (one per shard); each is read a block of traces at a
-    time. Failed traces, traces without steps and items without evidence are
-    kept as rows with a note, never dropped.
+    ``meta`` is the sidecar row; ``spans`` the steps table's (step, kind,
+    token_start, token_end) of the trace; ``location`` where the trace sits in
+    the stores ((store, index), None when it is not measured: failed, missing).
+    ``evidence``, ``raws``, ``entropy`` and the patch geometry are filled when
+    the store is read; ``notes`` collect why something is undefined.
     """
-    top_k = int(collapse_cfg.get("top_k", 5))
-    sink_cfg = dict(collapse_cfg.get("sinks") or {})
-    detect = bool(sink_cfg.get("detect", True))
-    exclude = bool(sink_cfg.get("exclude", False))
-    if exclude and not detect:
-        log.warning("collapse.sinks.exclude is true but detect is false: nothing to exclude")
-    map_items = int(collapse_cfg.get("map_items", 3) if map_items is None else map_items)
 
-    items = items.copy()
-    items["item_id"] = items["item_id"].astype(str)
-    item_rows = {r["item_id"]: r for r in items.to_dict("records")}
-    sidecar = sidecar.copy().reset_index(drop=True)
-    sidecar["trace_id"] = sidecar["trace_id"].astype(str)
-    steps = steps.copy()
-    steps["trace_id"] = steps["trace_id"].astype(str)
-    spans_by_trace: dict[str, list[tuple[int, str, int, int]]] = {}
-    step_text: dict[tuple[str, int], str] = {}
-    for r in steps.sort_values(["trace_id", "step"], kind="stable").itertuples(index=False):
-        # a null span (the sidecar's offsets were unusable) becomes an empty span, reported per step
+    trace_id: str
+    meta: dict[str, Any]
+    spans: list[tuple[int, str, int, int]] = field(default_factory=list)
+    step_text: dict[int, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    location: tuple[int, int] | None = None
+    evidence: Evidence | None = None
+    raws: list[StepRaw] | None = None
+    entropy: dict[str, Any] | None = None
+    patch_box: np.ndarray | None = None
+    patch_image: np.ndarray | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.raws is not None
+
+
+def _steps_by_trace(steps: pd.DataFrame) -> dict[str, list[tuple[int, str, int, int, str]]]:
+    """Per trace id, its steps as (step, kind, token_start, token_end, text); a null span becomes -1 (reported later)."""
+    out: dict[str, list[tuple[int, str, int, int, str]]] = {}
+    ordered = steps.assign(trace_id=steps["trace_id"].astype(str)).sort_values(["trace_id", "step"], kind="stable")
+    for r in ordered.itertuples(index=False):
         start = int(r.token_start) if pd.notna(r.token_start) else -1
         end = int(r.token_end) if pd.notna(r.token_end) else -1
-        spans_by_trace.setdefault(r.trace_id, []).append((int(r.step), str(r.kind), start, end))
-        step_text[(r.trace_id, int(r.step))] = str(getattr(r, "text", ""))
+        out.setdefault(r.trace_id, []).append((int(r.step), str(r.kind), start, end, str(getattr(r, "text", ""))))
+    return out
 
-    # one Dataset per shard (read lazily, a block at a time) or one already concatenated
-    stores = [] if traces is None else ([traces] if hasattr(traces, "data_vars") else [t for t in traces if t is not None])
-    store_index: dict[str, tuple[int, int]] = {}
-    store_ids: list[str] = []
+
+def _store_index(stores: Sequence[Any], where: str) -> tuple[dict[str, tuple[int, int]], list[str], int]:
+    """(trace id -> (store, index)), every trace id in the stores, and their number of layers."""
+    index: dict[str, tuple[int, int]] = {}
+    ids: list[str] = []
     for k, ds in enumerate(stores):
-        ids = [str(t) for t in np.asarray(ds["trace_id"].values)] if "trace_id" in ds else []
-        for i, t in enumerate(ids):
-            store_index.setdefault(t, (k, i))
-        store_ids += ids
+        store_ids = [str(t) for t in np.asarray(ds["trace_id"].values)] if "trace_id" in ds else []
+        for i, t in enumerate(store_ids):
+            index.setdefault(t, (k, i))
+        ids += store_ids
     layer_counts = {int(ds.sizes["layer"]) for ds in stores if "layer" in ds.sizes and ds.sizes.get("trace", 0)}
     if len(layer_counts) > 1:
-        raise CollapseError(f"{model}/{dataset}: shards disagree on the number of layers ({sorted(layer_counts)})")
-    n_layers = layer_counts.pop() if layer_counts else 0
-    layers = resolve_layers(collapse_cfg.get("layers", "all"), n_layers) if n_layers else np.arange(0)
+        raise CollapseError(f"{where}: shards disagree on the number of layers ({sorted(layer_counts)})")
+    return index, ids, (layer_counts.pop() if layer_counts else 0)
 
-    meta_rows = []
-    notes: dict[str, list[str]] = {}
-    raws: dict[str, list[StepRaw]] = {}
-    evidences: dict[str, Evidence] = {}
-    entropy_rows: dict[str, dict[str, Any]] = {}
-    patch_geom: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    counter = SinkCounter(ratio=float(sink_cfg.get("ratio", 5.0)), min_fraction=float(sink_cfg.get("min_fraction", 0.5)))
-    counts = {"traces": len(sidecar), "failed": 0, "missing_in_store": 0, "no_steps": 0, "no_evidence": 0, "no_item": 0}
 
-    # sidecar rows grouped by the store block they live in, so each block is read once
-    wanted = []
-    sidecar_rows = {}
+def trace_records(sidecar: pd.DataFrame, steps_by_trace: Mapping[str, list], store_index: Mapping[str, tuple[int, int]],
+                  counts: dict[str, int], where: str) -> list[TraceRecord]:
+    """One record per sidecar trace (a duplicate id is reported and left out), located in the stores when measurable."""
+    records: list[TraceRecord] = []
+    seen: set[str] = set()
     for row in sidecar.to_dict("records"):
-        tid = row["trace_id"]
-        if tid in sidecar_rows:  # an upstream bug; one row per trace id keeps the tables joinable
+        tid = str(row["trace_id"])
+        if tid in seen:  # an upstream bug; one row per trace id keeps the tables joinable
             counts["duplicate"] = counts.get("duplicate", 0) + 1
-            log.error("%s/%s: trace_id %s appears twice in the sidecars: the later row is left out", model, dataset, tid)
+            log.error("%s: trace_id %s appears twice in the sidecars: the later row is left out", where, tid)
             continue
-        sidecar_rows[tid] = row
-        notes[tid] = []
-        meta_rows.append(row)
+        seen.add(tid)
+        steps = steps_by_trace.get(tid, [])
+        rec = TraceRecord(tid, {**row, "trace_id": tid}, spans=[s[:4] for s in steps],
+                          step_text={s[0]: s[4] for s in steps})
+        records.append(rec)
         status = str(row.get("status", "ok") or "ok")
         if status != "ok":
             counts["failed"] += 1
             err = row.get("error")
-            notes[tid].append(f"trace failed: {err}" if err else "trace failed")
+            rec.notes.append(f"trace failed: {err}" if err else "trace failed")
             continue
         if tid not in store_index:
             counts["missing_in_store"] += 1
-            notes[tid].append("trace not found in the trace store")
+            rec.notes.append("trace not found in the trace store")
             continue
-        if tid not in spans_by_trace:
+        if tid not in steps_by_trace:
             counts["no_steps"] += 1
-            notes[tid].append("no steps in the steps table")
-        wanted.append((store_index[tid], tid))
-    in_sidecar = set(sidecar["trace_id"])
-    stray = [t for t in store_ids if t not in in_sidecar]
-    if stray:
-        log.warning("%d traces in the store have no sidecar row and are not measured (first: %s)", len(stray), stray[0])
+            rec.notes.append("no steps in the steps table")
+        rec.location = store_index[tid]
+    return records
 
-    wanted.sort()
-    blocks: dict[tuple[int, int], list[tuple[int, str]]] = {}
-    for (k, i), tid in wanted:
-        blocks.setdefault((k, i // READ_BLOCK), []).append((i, tid))
-    bar = progress(total=len(wanted), desc=f"collapse {model}/{dataset}", unit="trace")
-    for (k, b), members in sorted(blocks.items()):
+
+def measure_traces(records: Sequence[TraceRecord], stores: Sequence[Any], item_rows: Mapping[str, Mapping],
+                   layers: np.ndarray, counter: SinkCounter | None, counts: dict[str, int], where: str) -> None:
+    """Read the located traces from the stores, a block at a time, and fill their evidence, step reductions and entropy."""
+    blocks: dict[tuple[int, int], list[tuple[int, TraceRecord]]] = {}
+    located = sorted((r for r in records if r.location is not None), key=lambda r: r.location)
+    for rec in located:
+        k, i = rec.location
+        blocks.setdefault((k, i // READ_BLOCK), []).append((i, rec))
+    bar = progress(total=len(located), desc=f"collapse {where}", unit="trace")
+    for (k, b), members in sorted(blocks.items(), key=lambda kv: kv[0]):
         ds = stores[k]
         start = b * READ_BLOCK
         block = _read_block(ds, start, min(start + READ_BLOCK, int(ds.sizes["trace"])),
                             "image_attn" in ds, "patch_image" in ds)
-        for i, tid in members:
-            data = _trace_data(block, i - start, tid)
-            row = sidecar_rows[tid]
-            item = item_rows.get(str(row["item_id"]))
-            if item is None:
-                counts["no_item"] += 1
-                notes[tid].append(f"item {row['item_id']} not in the items table")
-                evidence = Evidence(boxes=[], images=[])
-            else:
-                evidence = item_evidence(item.get("regions"))
-            n_item_regions = len(evidence.boxes)
-            n_store_regions = data.region_mass.shape[2]
-            if n_item_regions != n_store_regions and not evidence.empty:
-                notes[tid].append(f"store has {n_store_regions} regions, item has {n_item_regions}: using the first {min(n_item_regions, n_store_regions)}")
-                evidence.boxes = evidence.boxes[:n_store_regions]
-                evidence.images = evidence.images[:n_store_regions]
-            if evidence.empty and item is not None:
-                counts["no_evidence"] += 1
-                notes[tid].append("item has no evidence regions: evidence measures undefined")
-            attach_patch_weights(evidence, data.patch_box, data.patch_image,
-                                 item.get("width") if item else None, item.get("height") if item else None)
-            evidences[tid] = evidence
-            patch_geom[tid] = (data.patch_box, data.patch_image)
-            spans = spans_by_trace.get(tid, [])
-            raws[tid] = step_reductions(data, spans, layers, len(evidence.boxes))
-            entropy_rows[tid] = feats.entropy_features(
-                data.entropy, data.n_tokens, [(s, e) for _, k, s, e in spans if k == "answer"])
-            if detect:
-                counter.add_trace(r.patch_map for r in raws[tid])
+        for i, rec in members:
+            _measure(rec, _trace_data(block, i - start, rec.trace_id), item_rows, layers, counts)
+            if counter is not None:
+                counter.add_trace(r.patch_map for r in rec.raws)
             bar.update(1)
     bar.close()
 
-    sinks_table = counter.table(model, dataset, exclude) if detect else pd.DataFrame(columns=SINK_COLUMNS)
-    sink_patches = (
-        sinks_table.loc[sinks_table["is_sink"], "patch"].to_numpy(dtype=int)
-        if detect and exclude and len(sinks_table) else np.array([], dtype=int)
-    )
-    sinks_excluded = bool(detect and exclude)
-    if detect:
-        log.info("%s/%s: %d attention sink patches detected (%s)", model, dataset, int(sinks_table["is_sink"].sum()) if len(sinks_table) else 0,
-                 "excluded" if sinks_excluded else "kept")
 
-    # per-step rows
-    step_rows = []
-    for meta in meta_rows:
-        tid = meta["trace_id"]
-        if tid not in raws:
+def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping], layers: np.ndarray,
+             counts: dict[str, int]) -> None:
+    item = item_rows.get(str(rec.meta["item_id"]))
+    if item is None:
+        counts["no_item"] += 1
+        rec.notes.append(f"item {rec.meta['item_id']} not in the items table")
+        evidence = Evidence(boxes=[], images=[])
+    else:
+        evidence = item_evidence(item.get("regions"))
+    n_item_regions, n_store_regions = len(evidence.boxes), data.region_mass.shape[2]
+    if n_item_regions != n_store_regions and not evidence.empty:
+        rec.notes.append(f"store has {n_store_regions} regions, item has {n_item_regions}: "
+                         f"using the first {min(n_item_regions, n_store_regions)}")
+        evidence.boxes = evidence.boxes[:n_store_regions]
+        evidence.images = evidence.images[:n_store_regions]
+    if evidence.empty and item is not None:
+        counts["no_evidence"] += 1
+        rec.notes.append("item has no evidence regions: evidence measures undefined")
+    attach_patch_weights(evidence, data.patch_box, data.patch_image,
+                         item.get("width") if item else None, item.get("height") if item else None)
+    rec.evidence = evidence
+    rec.patch_box, rec.patch_image = data.patch_box, data.patch_image
+    rec.raws = step_reductions(data, rec.spans, layers, len(evidence.boxes))
+    rec.entropy = feats.entropy_features(data.entropy, data.n_tokens, [(s, e) for _, k, s, e in rec.spans if k == "answer"])
+
+
+def step_rows(records: Sequence[TraceRecord], item_rows: Mapping[str, Mapping], top_k: int, sinks: np.ndarray | None,
+              sinks_excluded: bool, model: str, dataset: str) -> pd.DataFrame:
+    """The per-step table: the four measures of every step of every measured trace."""
+    rows = []
+    for rec in records:
+        if not rec.measured:
             continue
-        evidence = evidences[tid]
-        raw_steps = raws[tid]
-        n = len(raw_steps)
+        meta, evidence = rec.meta, rec.evidence
+        n = len(rec.raws)
         positions = normalised_positions(n)
         task_type = _item_value(item_rows, meta, "task_type")
-        for k, raw in enumerate(raw_steps):
+        for k, raw in enumerate(rec.raws):
             if raw.n_tokens == 0:
                 m = dict.fromkeys(("image_share", "evidence_mass", "evidence_share", "lift", "topk_overlap"), np.nan)
                 m["sink_share"] = np.nan
             else:
-                m = step_measures(raw, evidence, top_k, sink_patches if sinks_excluded else None)
+                m = step_measures(raw, evidence, top_k, sinks if sinks_excluded else None)
             note = [raw.note] if raw.note else []
             if raw.n_tokens and raw.patch_map is None:
                 note.append("no per-patch map: top-k overlap undefined")
-            step_rows.append({
-                "trace_id": tid, "model": model, "dataset": dataset, "item_id": str(meta.get("item_id")),
+            rows.append({
+                "trace_id": rec.trace_id, "model": model, "dataset": dataset, "item_id": str(meta.get("item_id")),
                 "mask_id": meta.get("mask_id"), "variant": meta.get("variant"), "fill": meta.get("fill"),
                 "task_type": task_type, "step": raw.step, "step_index": k, "n_steps": n,
                 "position": float(positions[k]), "kind": raw.kind, "token_start": raw.token_start,
@@ -704,40 +675,97 @@ def compute(
                 "lift": m["lift"], "topk_overlap": m["topk_overlap"], "sink_share": m["sink_share"],
                 "sinks_excluded": sinks_excluded, "note": "; ".join(note),
             })
-    steps_df = pd.DataFrame(step_rows, columns=STEP_COLUMNS)
-    steps_df = _typed_steps(steps_df)
+    return _typed_steps(pd.DataFrame(rows, columns=STEP_COLUMNS))
 
-    # per-trace rows: trajectories + features
-    traj_rows = []
+
+def trajectory_rows(records: Sequence[TraceRecord], steps_df: pd.DataFrame) -> pd.DataFrame:
+    """Per trace: step counts, the evidence's size and every measure's first, last, drop and AUC."""
     by_trace = {tid: sub for tid, sub in steps_df.groupby("trace_id", sort=False)}
-    empty_steps = steps_df.iloc[0:0]
-    for meta in meta_rows:
-        tid = meta["trace_id"]
-        row: dict[str, Any] = {"trace_id": tid}
-        sub = by_trace.get(tid, empty_steps)
-        row["n_steps"] = int(len(sub))
-        row["n_think_steps"] = int((sub["kind"] == "think").sum())
-        ev = evidences.get(tid)
+    empty = steps_df.iloc[0:0]
+    rows = []
+    for rec in records:
+        sub = by_trace.get(rec.trace_id, empty)
+        row: dict[str, Any] = {"trace_id": rec.trace_id, "n_steps": int(len(sub)),
+                               "n_think_steps": int((sub["kind"] == "think").sum())}
+        ev = rec.evidence
         row["evidence_area_fraction"] = ev.area_fraction if ev is not None else np.nan
         row["n_evidence_regions"] = len(ev.boxes) if ev is not None else 0
         for measure in MEASURES:
             stats = trajectory(sub[measure].to_numpy(dtype=float), sub["position"].to_numpy(dtype=float))
             for s in TRAJECTORY_STATS:
                 row[f"{measure}_{s}"] = stats[s]
-        traj_rows.append(row)
-    traj = pd.DataFrame(traj_rows)
-    meta_df = pd.DataFrame(meta_rows)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compute(
+    traces,
+    sidecar: pd.DataFrame,
+    steps: pd.DataFrame,
+    items: pd.DataFrame,
+    collapse_cfg: Mapping[str, Any] | None,
+    features_cfg: Mapping[str, Any] | None,
+    model: str,
+    dataset: str,
+    map_items: int | None = None,
+) -> CollapseTables:
+    """All collapse tables for one (model, dataset) from an opened trace store and its tables.
+
+    ``traces`` is an xarray Dataset with the documented arrays (``open_traces``)
+    or a list of them (one per shard); each is read a block of traces at a
+    time. Failed traces, traces without steps and items without evidence are
+    kept as rows with a note, never dropped. ``collapse_cfg`` and
+    ``features_cfg`` are the config's sections (absent keys take the schema's
+    defaults).
+    """
+    collapse_cfg = schema.section("collapse", collapse_cfg)
+    features_cfg = schema.section("features", features_cfg)
+    sink_cfg = collapse_cfg["sinks"]
+    detect, exclude = bool(sink_cfg["detect"]), bool(sink_cfg["exclude"])
+    if exclude and not detect:
+        log.warning("collapse.sinks.exclude is true but detect is false: nothing to exclude")
+    map_items = int(collapse_cfg["map_items"] if map_items is None else map_items)
+    where = f"{model}/{dataset}"
+
+    items = items.assign(item_id=items["item_id"].astype(str))
+    item_rows = {r["item_id"]: r for r in items.to_dict("records")}
+    # one Dataset per shard (read lazily, a block at a time) or one already concatenated
+    stores = [] if traces is None else ([traces] if hasattr(traces, "data_vars") else [t for t in traces if t is not None])
+    store_index, store_ids, n_layers = _store_index(stores, where)
+    layers = resolve_layers(collapse_cfg["layers"], n_layers) if n_layers else np.arange(0)
+
+    counts = {"traces": len(sidecar), "failed": 0, "missing_in_store": 0, "no_steps": 0, "no_evidence": 0, "no_item": 0}
+    records = trace_records(sidecar.reset_index(drop=True), _steps_by_trace(steps), store_index, counts, where)
+    in_sidecar = {r.trace_id for r in records}
+    stray = [t for t in store_ids if t not in in_sidecar]
+    if stray:
+        log.warning("%d traces in the store have no sidecar row and are not measured (first: %s)", len(stray), stray[0])
+
+    counter = SinkCounter(ratio=float(sink_cfg["ratio"]), min_fraction=float(sink_cfg["min_fraction"])) if detect else None
+    measure_traces(records, stores, item_rows, layers, counter, counts, where)
+
+    sinks_table = counter.table(model, dataset, exclude) if detect else pd.DataFrame(columns=SINK_COLUMNS)
+    sink_patches = (
+        sinks_table.loc[sinks_table["is_sink"], "patch"].to_numpy(dtype=int)
+        if detect and exclude and len(sinks_table) else np.array([], dtype=int)
+    )
+    sinks_excluded = bool(detect and exclude)
+    if detect:
+        log.info("%s: %d attention sink patches detected (%s)", where,
+                 int(sinks_table["is_sink"].sum()) if len(sinks_table) else 0, "excluded" if sinks_excluded else "kept")
+
+    steps_df = step_rows(records, item_rows, int(collapse_cfg["top_k"]), sink_patches, sinks_excluded, model, dataset)
+    meta_df = pd.DataFrame([r.meta for r in records])
     traces_df = feats.build_trace_table(
-        meta=meta_df, items=items, trajectories=traj, collapse_steps=steps_df,
-        entropy=entropy_rows, notes=notes, features_cfg=features_cfg,
+        meta=meta_df, items=items, trajectories=trajectory_rows(records, steps_df), collapse_steps=steps_df,
+        entropy={r.trace_id: r.entropy for r in records if r.entropy is not None},
+        notes={r.trace_id: r.notes for r in records}, features_cfg=features_cfg,
         model=model, dataset=dataset, sinks_excluded=sinks_excluded,
     )
-
-    maps_df = example_maps(meta_df, item_rows, raws, evidences, patch_geom, step_text, sink_patches if detect else np.array([], int),
-                           sinks_excluded, model, dataset, map_items)
+    maps_df = example_maps(records, item_rows, sink_patches, sinks_excluded, model, dataset, map_items)
     for key, value in counts.items():
         if value and key != "traces":
-            log.info("%s/%s: %d traces: %s", model, dataset, value, key.replace("_", " "))
+            log.info("%s: %d traces: %s", where, value, key.replace("_", " "))
     return CollapseTables(steps=steps_df, traces=traces_df, sinks=sinks_table, maps=maps_df, counts=counts)
 
 
@@ -758,43 +786,42 @@ def _typed_steps(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def example_maps(meta: pd.DataFrame, item_rows, raws, evidences, patch_geom, step_text, sink_patches,
+def example_maps(records: Sequence[TraceRecord], item_rows: Mapping[str, Mapping], sink_patches: np.ndarray,
                  sinks_excluded: bool, model: str, dataset: str, n_items: int) -> pd.DataFrame:
     """Per-step attention maps of the base traces of the first ``n_items`` items with evidence (for the figures).
 
     Items are taken in items-table order, so every model shows the same items.
     """
-    if n_items <= 0 or meta.empty:
+    if n_items <= 0:
         return pd.DataFrame(columns=MAP_COLUMNS)
-    base = meta[(meta["variant"] == "base") & meta["trace_id"].isin(list(raws))]
+    first_base: dict[str, TraceRecord] = {}
+    for rec in records:
+        if rec.measured and rec.meta.get("variant") == "base":
+            first_base.setdefault(str(rec.meta.get("item_id")), rec)
     chosen = []
     for item_id in item_rows:
-        sub = base[base["item_id"].astype(str) == item_id]
-        if sub.empty:
+        rec = first_base.get(item_id)
+        if rec is None or rec.evidence.empty or not rec.raws or all(r.patch_map is None for r in rec.raws):
             continue
-        tid = sub["trace_id"].iloc[0]
-        if evidences[tid].empty or not raws[tid] or all(r.patch_map is None for r in raws[tid]):
-            continue
-        chosen.append((item_id, tid))
+        chosen.append((item_id, rec))
         if len(chosen) >= n_items:
             break
     rows = []
     sink_set = set(int(p) for p in sink_patches)
-    for item_id, tid in chosen:
+    for item_id, rec in chosen:
         item = item_rows[item_id]
-        boxes, _ = patch_geom[tid]
-        ev = evidences[tid]
+        boxes, ev = rec.patch_box, rec.evidence
         ev_boxes = [list(b) for b in ev.boxes]
-        for k, raw in enumerate(raws[tid]):
+        for k, raw in enumerate(rec.raws):
             if raw.patch_map is None:
                 continue
             total = float(np.nansum(raw.patch_map))
             share = raw.patch_map / total if total > 0 else np.zeros_like(raw.patch_map)
             for p in range(len(share)):
                 rows.append({
-                    "model": model, "dataset": dataset, "item_id": item_id, "trace_id": tid, "variant": "base",
+                    "model": model, "dataset": dataset, "item_id": item_id, "trace_id": rec.trace_id, "variant": "base",
                     "image": item.get("image"), "width": _num(item.get("width")), "height": _num(item.get("height")),
-                    "step": raw.step, "step_index": k, "kind": raw.kind, "step_text": step_text.get((tid, raw.step), ""),
+                    "step": raw.step, "step_index": k, "kind": raw.kind, "step_text": rec.step_text.get(raw.step, ""),
                     "patch": p, "x0": float(boxes[p, 0]), "y0": float(boxes[p, 1]), "x1": float(boxes[p, 2]),
                     "y1": float(boxes[p, 3]), "share": float(share[p]), "evidence_weight": float(ev.union_weight[p]),
                     "is_sink": p in sink_set, "sinks_excluded": sinks_excluded, "evidence_boxes": ev_boxes,
@@ -812,27 +839,17 @@ def _num(v):
 # ----------------------------------------------------------------------------- files
 
 
-def run_stage(
-    store_paths: Sequence[str | Path],
-    sidecar_paths: Sequence[str | Path],
-    steps_path: str | Path,
-    items_path: str | Path,
-    outputs: Mapping[str, str | Path],
-    config: Mapping[str, Any],
-    code_files: Sequence[str | Path],
-    model: str,
-    dataset: str,
-) -> CollapseTables:
-    """Read the (model, dataset) traces and tables, compute, write ``outputs`` (steps, traces, sinks, maps)."""
-    from .provenance import record
-    from .tables import read_table, write_table
-    from .tracestore import open_traces, read_sidecars
+def run_stage(call: StageCall) -> None:
+    """The ``collapse`` rule: read one (model, dataset)'s traces and tables, write steps, traces, sinks and maps.
 
-    sidecar = read_sidecars([str(p) for p in sidecar_paths])
-    # shards one at a time (open_traces concatenates several in memory); an empty or
-    # unreadable shard is logged and its traces reported as missing from the store
+    ``config``: ``collapse`` and ``features`` (the sections). Shards are
+    opened one at a time (``open_traces`` concatenates several in memory); an
+    empty or unreadable shard is logged and its traces reported as missing from
+    the store.
+    """
+    model, dataset = call.wildcards["m"], call.wildcards["d"]
     stores = []
-    for path in store_paths:
+    for path in call.paths("stores"):
         try:
             ds = open_traces([str(path)])
         except Exception as exc:
@@ -840,14 +857,9 @@ def run_stage(
             continue
         if int(ds.sizes.get("trace", 0)):
             stores.append(ds)
-    traces = stores
-    steps = read_table(steps_path)
-    items = read_table(items_path)
-    tables = compute(traces, sidecar, steps, items, config["collapse"], config["features"], model, dataset)
-    prov = record({"collapse": config["collapse"], "features": config["features"]}, code_files,
-                  model=model, dataset=dataset, counts=tables.counts)
-    write_table(tables.steps, outputs["steps"], prov)
-    write_table(tables.traces, outputs["traces"], prov)
-    write_table(tables.sinks, outputs["sinks"], prov)
-    write_table(tables.maps, outputs["maps"], prov)
-    return tables
+    tables = compute(stores, read_sidecars(call.paths("sidecars")), read_table(call.path("steps")),
+                     read_table(call.path("items_table")), call.config["collapse"], call.config["features"],
+                     model, dataset)
+    prov = call.provenance(model=model, dataset=dataset, counts=tables.counts)
+    for name in ("steps", "traces", "sinks", "maps"):
+        write_table(getattr(tables, name), call.output(name), prov)

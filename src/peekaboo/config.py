@@ -7,19 +7,15 @@ before a single job starts.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Mapping
 
-import jsonschema
 import yaml
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_DIR / "workflow" / "schemas" / "config.schema.yaml"
+from . import schema
+from .schema import ConfigError
 
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key."""
+__all__ = ["ConfigError", "load", "load_yaml", "model_datasets", "validate"]
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -27,94 +23,16 @@ def load_yaml(path: str | Path) -> Any:
         return yaml.safe_load(fh)
 
 
-def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    return load_yaml(path)
-
-
-def _local_ref(root: dict, sub: dict) -> dict:
-    """Follow ``{"$ref": "#/definitions/x"}`` inside the schema (the only refs it uses)."""
-    seen = 0
-    while isinstance(sub, dict) and isinstance(sub.get("$ref"), str) and sub["$ref"].startswith("#/") and seen < 16:
-        target: Any = root
-        for part in sub["$ref"][2:].split("/"):
-            target = target[part]
-        sub, seen = target, seen + 1
-    return sub
-
-
-def _with_defaults(validator_class, root: dict):
-    """A validator class that fills ``default`` values of absent properties while validating.
-
-    A property given as ``{$ref: ...}`` takes the default of the definition it
-    points to (``generation: {$ref: "#/definitions/generation"}``), so nested
-    defaults are filled too.
-    """
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if name in instance or not isinstance(sub, dict):
-                    continue
-                target = sub if "default" in sub else _local_ref(root, sub)
-                if isinstance(target, dict) and "default" in target:
-                    instance[name] = copy.deepcopy(target["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def key_path(parts) -> str:
-    """``datasets.mine.regions[0]``: dotted keys, list positions in brackets."""
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "<top level>"
-
-
-def _brief(schema: Any) -> str:
-    """A few words for what a sub-schema accepts, for oneOf/anyOf messages."""
-    if not isinstance(schema, dict):
-        return "?"
-    if "enum" in schema:
-        return "one of " + ", ".join(repr(v) if v is not None else "null" for v in schema["enum"])
-    kind = schema.get("type")
-    if kind == "array":
-        return f"a list of {_brief(schema.get('items', {})).removeprefix('a ').removeprefix('an ')}s"
-    if isinstance(kind, list):
-        return " or ".join(kind)
-    if kind:
-        return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-    return "a value matching the schema"
-
-
-def _describe(error: jsonschema.ValidationError) -> str:
-    where = key_path(error.absolute_path)
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        names = ", ".join(f"{where}.{e}" if error.absolute_path else e for e in extra)
-        return f"unknown key {names}"
-    if error.validator == "oneOf" and error.schema.get("oneOf") and "source" in str(error.schema):
-        return f"{where}: give exactly one of 'source' (hub id or path) or 'reference' (trained by the workflow)"
-    if error.validator in ("oneOf", "anyOf"):
-        options = " or ".join(_brief(sub) for sub in error.validator_value)
-        return f"{where}: {error.instance!r} is not valid here; expected {options}"
-    return f"{where}: {error.message}"
-
-
 def validate(config: Mapping[str, Any], base_dir: str | Path | None = None, check_paths: bool = True) -> dict:
     """Validate ``config``, fill defaults, check cross references and dataset paths.
 
     Returns a new dict; raises ConfigError naming every key at fault.
     """
-    cfg = copy.deepcopy(dict(config))
-    schema = load_schema()
-    errors = sorted(_with_defaults(jsonschema.Draft7Validator, schema)(schema).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    cfg = schema.whole(config)
     problems = _cross_check(cfg)
     if check_paths:
         problems += _check_datasets(cfg, Path(base_dir or "."))
+        problems += _check_models(cfg, Path(base_dir or "."))
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return cfg
@@ -162,6 +80,32 @@ def _check_datasets(cfg: dict, base_dir: Path) -> list[str]:
                 key = "boxes" if isinstance(spec["boxes"], str) else "boxes.path"
                 problems.append(f"datasets.{name}.{key}: no such file {p}")
     return problems
+
+
+def _check_models(cfg: dict, base_dir: Path) -> list[str]:
+    """Every configured model source can be read: a checkpoint folder, or a hub id the local cache (or hub) knows."""
+    from .models.identity import ModelSourceError, identify
+
+    from .datasets.boxes import MODEL_KINDS, box_kind
+
+    problems = []
+    sources = [(f"models.{name}.source", model) for name, model in cfg["models"].items() if model.get("source")]
+    sources += [(f"datasets.{name}.boxes.model.source", spec["boxes"]["model"])  # a grounding model or detector
+                for name, spec in cfg["datasets"].items() if box_kind(spec["boxes"]) in MODEL_KINDS]
+    for where, model in sources:  # a reference model has no source: trained by the workflow
+        try:
+            identify(resolve_path(model["source"], base_dir), model["revision"], where=where)
+        except ModelSourceError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """A configured path resolved against ``base_dir`` when relative and present there; hub ids stay as given."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    return str(base_dir / p) if (base_dir / p).exists() else value
 
 
 def load(path: str | Path, check_paths: bool = True, base_dir: str | Path | None = None) -> dict:

@@ -30,9 +30,13 @@ import pandas as pd
 import pyarrow as pa
 
 from .alignment import MatchResult, StepEncoder, get_encoder, greedy_match, match_scores
-from .items import as_list, is_missing, parse_meta
+from . import schema
+from .cells import as_list, is_missing, parse_meta
 from .logs import get_logger, progress
-from .steps import ANSWER_RE, MARKER_RE
+from .segmentation import ANSWER_RE, MARKER_RE
+from .stage import StageCall
+from .tables import read_table, write_table
+from .tracestore import read_sidecars
 
 log = get_logger("crm")
 
@@ -420,8 +424,8 @@ class Case:
 
 def decide_mode(case: Case, crm_cfg: Mapping[str, Any]) -> tuple[str, str, str]:
     """(mode, rule id, detail with the numbers) for one case; rules in ``MODE_RULES`` order."""
-    ratio = float(crm_cfg.get("collapse_ratio", 0.75))
-    structure_f1 = float(crm_cfg.get("structure_f1", 0.5))
+    ratio = float(crm_cfg["collapse_ratio"])
+    structure_f1 = float(crm_cfg["structure_f1"])
     evidence_changed = case.evidence_step_changed or case.answer_changed or case.newly_abstained
     control_changed = case.has_control and (
         case.control_step_changed or case.control_answer_changed or case.control_newly_abstained
@@ -473,8 +477,8 @@ def attribute_region(
     ``gold_regions`` the gold regions of each base step (None: no gold solution);
     ``needed`` whether the gold solution uses region k at all (None: no gold).
     """
-    change_threshold = float(crm_cfg.get("change_threshold", 0.1))
-    margin = float(crm_cfg.get("control_margin", 0.1))
+    change_threshold = float(crm_cfg["change_threshold"])
+    margin = float(crm_cfg["control_margin"])
     n = len(base.texts)
     dep = step_dependence(ev_res)
     ctrl_dep = step_dependence(ctrl_res) if ctrl_res is not None else np.full(n, np.nan)
@@ -556,11 +560,16 @@ def run_crm(
     crm_cfg: Mapping[str, Any],
     encoder: StepEncoder | None = None,
 ) -> CrmTables:
-    """Alignment, attribution, modes and the summary for one (model, dataset)."""
-    threshold = float(alignment_cfg.get("threshold", 0.35))
-    alpha = float(alignment_cfg.get("alpha", 0.3))
+    """Alignment, attribution, modes and the summary for one (model, dataset).
+
+    ``alignment_cfg`` and ``crm_cfg`` are the config's sections (absent keys take the schema's defaults).
+    """
+    alignment_cfg = schema.section("alignment", alignment_cfg)
+    crm_cfg = schema.section("crm", crm_cfg)
+    threshold = float(alignment_cfg["threshold"])
+    alpha = float(alignment_cfg["alpha"])
     if encoder is None:
-        encoder = get_encoder(alignment_cfg.get("encoder", "all-MiniLM-L6-v2"), alignment_cfg.get("batch_size", 64))
+        encoder = get_encoder(alignment_cfg["encoder"], alignment_cfg["batch_size"])
 
     counts = {
         "traces": len(sidecar_df),
@@ -730,42 +739,28 @@ def summarise(
     return pd.DataFrame(rows)
 
 
-def crm_stage(
-    steps_path: str,
-    sidecar_paths: Sequence[str],
-    masks_path: str | None,
-    items_path: str,
-    outputs: Mapping[str, str],
-    alignment_cfg: Mapping[str, Any],
-    crm_cfg: Mapping[str, Any],
-    code_files: Sequence[str] | None = None,
-) -> CrmTables:
-    """The ``crm`` rule: read the tables of one (model, dataset), write alignment, attribution, modes, summary.
+def run_stage(call: StageCall) -> None:
+    """The ``crm`` rule: alignment, attribution, modes and summary of one (model, dataset).
 
-    ``outputs`` maps ``alignment``, ``attribution``, ``modes`` (parquet) and ``summary`` (CSV) to paths.
+    ``config``: ``alignment`` and ``crm`` (the sections). Inputs: ``steps``,
+    ``sidecars``, ``masks_table``, ``items_table``; outputs: ``alignment``,
+    ``attribution``, ``modes`` (parquet) and ``summary`` (CSV).
     """
-    from pathlib import Path
+    import torch
 
-    from .provenance import record
-    from .tables import read_table, write_table
-    from .tracestore import read_sidecars
-
+    torch.set_num_threads(call.threads)
     tables = run_crm(
-        read_table(steps_path),
-        read_sidecars(sidecar_paths),
-        read_table(masks_path) if masks_path else None,
-        read_table(items_path),
-        alignment_cfg,
-        crm_cfg,
+        read_table(call.path("steps")),
+        read_sidecars(call.paths("sidecars")),
+        read_table(call.path("masks_table")),
+        read_table(call.path("items_table")),
+        call.config["alignment"],
+        call.config["crm"],
     )
-    provenance = record(
-        {"alignment": dict(alignment_cfg), "crm": dict(crm_cfg)},
-        code_files,
-        counts=tables.counts,
-    )
-    write_table(tables.alignment, outputs["alignment"], provenance, schema=ALIGNMENT_SCHEMA)
-    write_table(tables.attribution, outputs["attribution"], provenance, schema=ATTRIBUTION_SCHEMA)
-    write_table(tables.modes, outputs["modes"], provenance, schema=MODES_SCHEMA)
-    Path(outputs["summary"]).parent.mkdir(parents=True, exist_ok=True)
-    tables.summary.to_csv(outputs["summary"], index=False, float_format="%.6g")
-    return tables
+    provenance = call.provenance(counts=tables.counts)
+    write_table(tables.alignment, call.output("alignment"), provenance, schema=ALIGNMENT_SCHEMA)
+    write_table(tables.attribution, call.output("attribution"), provenance, schema=ATTRIBUTION_SCHEMA)
+    write_table(tables.modes, call.output("modes"), provenance, schema=MODES_SCHEMA)
+    summary = call.output("summary")
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    tables.summary.to_csv(summary, index=False, float_format="%.6g")

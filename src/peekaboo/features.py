@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .cells import is_missing, optional_bool
 from .logs import get_logger
 
 log = get_logger("features")
@@ -75,7 +76,7 @@ def hidden_region(variant: Any) -> Any:
 
 
 def _norm_answer(text: Any) -> str | None:
-    if text is None or (isinstance(text, float) and np.isnan(text)):
+    if is_missing(text):
         return None
     return " ".join(str(text).strip().lower().split())
 
@@ -93,7 +94,7 @@ def build_trace_table(
     sinks_excluded: bool,
 ) -> pd.DataFrame:
     """One row per sidecar trace: identifiers, outcomes, features and the collapse trajectories."""
-    measure = str(features_cfg.get("vision", "evidence_share"))
+    measure = str(features_cfg["vision"])
     task_types = dict(zip(items["item_id"].astype(str), items["task_type"])) if "task_type" in items else {}
     steps_by_trace = {tid: sub for tid, sub in collapse_steps.groupby("trace_id", sort=False)}
     empty = collapse_steps.iloc[0:0]
@@ -112,8 +113,8 @@ def build_trace_table(
             "mask_id": r.get("mask_id"), "variant": r.get("variant"), "fill": r.get("fill"),
             "region": hidden_region(r.get("variant")), "task_type": task_types.get(str(r.get("item_id"))),
             "status": r.get("status", "ok") or "ok",
-            "correct": None if correct is None or (isinstance(correct, float) and np.isnan(correct)) else bool(correct),
-            "abstained": _opt_bool(r.get("abstained")), "truncated": _opt_bool(r.get("truncated")),
+            "correct": optional_bool(correct),
+            "abstained": optional_bool(r.get("abstained")), "truncated": optional_bool(r.get("truncated")),
             "answer_text": None if r.get("answer_text") is None else str(r.get("answer_text")),
             "n_tokens": ent.get("n_tokens", r.get("n_tokens")),
             "entropy_full": ent.get("entropy_full", np.nan), "entropy_answer": ent.get("entropy_answer", np.nan),
@@ -135,12 +136,6 @@ def build_trace_table(
     for c in ("entropy_full", "entropy_answer", "vision"):
         df[c] = df[c].astype("float64")
     return df
-
-
-def _opt_bool(v: Any):
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    return bool(v)
 
 
 def _answer_changed(df: pd.DataFrame) -> pd.Series:

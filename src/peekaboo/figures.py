@@ -18,7 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from . import schema
 from .logs import get_logger
+from .stage import StageCall
 
 log = get_logger("figures")
 
@@ -141,7 +143,7 @@ def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
         raise NothingToDraw("no unmasked step with an evidence share (items without evidence regions?)")
     import seaborn as sns
 
-    n_bins = int(cfg.get("position_bins", 5))
+    n_bins = int(cfg["position_bins"])
     df["position"] = np.round(df["position"].astype(float) * (n_bins - 1)) / (n_bins - 1)
     datasets = list(dict.fromkeys(df["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False, sharey=True)
@@ -191,7 +193,7 @@ def fig_crm_dependence(t: Tables, cfg: Mapping[str, Any]):
         raise NothingToDraw("no attribution with a dependence score")
     import seaborn as sns
 
-    n_items = max(1, int(cfg.get("example_items", 3)))
+    n_items = max(1, int(cfg["example_items"]))
     models = list(dict.fromkeys(att["model"])) if "model" in att else [""]
     dataset = att["dataset"].iloc[0] if "dataset" in att else None
     sub = att[att["dataset"] == dataset] if dataset is not None else att
@@ -326,7 +328,7 @@ def _fits(coef: pd.DataFrame) -> pd.DataFrame:
 
 
 def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
-    from . import regression as reg
+    from .interaction import linear_predictor
 
     plt = _pyplot()
     coef = _fits(t.get("coefficients"))
@@ -346,7 +348,7 @@ def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
         levels = types if moderated else [", ".join(types) or "all task types"]
         for k, level in enumerate(levels):
             for zv, colour in ((-1.0, "#e76f51"), (1.0, "#2a9d8f")):
-                eta = reg.linear_predictor(params, z, zv, level if moderated else None)
+                eta = linear_predictor(params, z, zv, level if moderated else None)
                 ax.plot(z, 1 / (1 + np.exp(-eta)), styles[k % len(styles)], color=colour,
                         label=f"{level}, vision {'low' if zv < 0 else 'high'}")
         ax.set_title(f"{m} ({fit['status'].iloc[0]}, n={int(fit['n'].iloc[0])}, errors={int(fit['n_errors'].iloc[0])})",
@@ -478,9 +480,13 @@ def make_figures(
     figures_cfg: Mapping[str, Any],
     manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Draw every figure from the tables in ``inputs`` and write the manifest; returns the manifest."""
-    formats = list(figures_cfg.get("formats", ["pdf", "png"]))
-    dpi = int(figures_cfg.get("dpi", 150))
+    """Draw every figure from the tables in ``inputs`` and write the manifest; returns the manifest.
+
+    ``figures_cfg`` is the config's ``figures`` section (absent keys take the schema's defaults).
+    """
+    figures_cfg = schema.section("figures", figures_cfg)
+    formats = list(figures_cfg["formats"])
+    dpi = int(figures_cfg["dpi"])
     results_dir = Path(results_dir)
     tables = load_tables(inputs, results_dir)
     files = figure_files(out_dir, formats)
@@ -520,3 +526,17 @@ def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], resu
         entry["caption"] = f"{caption} Attention sinks {status}."
     _save(fig, files, dpi)
     return entry
+
+
+# the table inputs of the ``figures`` rule: lists of files, then single files
+LIST_INPUTS = ("collapse_steps", "collapse_traces", "collapse_maps", "attribution", "modes")
+FILE_INPUTS = ("coefficients", "selective_curves", "selective_summary")
+
+
+def run_stage(call: StageCall) -> None:
+    """The ``figures`` rule: every figure into ``figures/`` and the manifest (``config``: ``figures``)."""
+    inputs: dict[str, Any] = {key: [str(p) for p in call.paths(key)] for key in LIST_INPUTS}
+    inputs.update({key: str(call.path(key)) for key in FILE_INPUTS})
+    manifest = call.output("manifest")
+    make_figures(inputs=inputs, results_dir=call.results_dir, out_dir=manifest.parent,
+                 figures_cfg=call.config["figures"], manifest_path=manifest)

@@ -1,10 +1,4 @@
-"""Reading an adapter's image (a path, encoded bytes or a decoded image) as plain RGB pixels.
-
-The items stage normalises every image with :func:`load_image`, and the boxes
-stage (``peekaboo.grounding``), which grounds an adapter's records before the
-items stage runs, reads them the same way, so a grounding model sees the
-pixels the traced models see and its boxes are in those pixels.
-"""
+"""Images as the stages store them: decoded to plain RGB, written as PNG with the same bytes for the same pixels."""
 
 from __future__ import annotations
 
@@ -16,16 +10,12 @@ import numpy as np
 from PIL import Image
 
 
-class UnreadableImage(ValueError):
-    """An image is missing or cannot be decoded; the message says which and why."""
+class ItemRejected(ValueError):
+    """One record cannot be used; the message is the reason stored in the rejects table."""
 
 
 def load_image(source: Any, base_dir: str | Path = ".") -> Image.Image:
-    """An adapter's image (path, bytes or PIL image) decoded as RGB; UnreadableImage when it cannot be.
-
-    A relative path resolves against ``base_dir``. The message is the reason a stage records
-    (``missing image: ...`` or ``unreadable image: ...``).
-    """
+    """An adapter's image (path, bytes or PIL image) decoded as RGB; ItemRejected when it cannot be."""
     if isinstance(source, Image.Image):
         img, where = source, "in-memory image"
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -34,28 +24,28 @@ def load_image(source: Any, base_dir: str | Path = ".") -> Image.Image:
             img = Image.open(io.BytesIO(bytes(source)))
             img.load()
         except Exception as exc:  # PIL raises many types for corrupt data
-            raise UnreadableImage(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
+            raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
     elif isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if not path.is_absolute():
             path = Path(base_dir) / path
         where = str(path)
         if not path.is_file():
-            raise UnreadableImage(f"missing image: {where}")
+            raise ItemRejected(f"missing image: {where}")
         try:
             with Image.open(path) as opened:
                 opened.load()
                 img = opened.copy()
         except Exception as exc:
-            raise UnreadableImage(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
+            raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
     else:
-        raise UnreadableImage(f"unreadable image: unsupported source type {type(source).__name__}")
+        raise ItemRejected(f"unreadable image: unsupported source type {type(source).__name__}")
     if img.width < 1 or img.height < 1:
-        raise UnreadableImage(f"unreadable image: {where} has no pixels")
+        raise ItemRejected(f"unreadable image: {where} has no pixels")
     try:
         return to_rgb(img)
     except Exception as exc:
-        raise UnreadableImage(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
+        raise ItemRejected(f"unreadable image: {where} ({type(exc).__name__}: {exc})") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -67,3 +57,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     # a fresh image from the pixel array carries no info dict (ICC, EXIF, dpi, dates)
     return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """PNG encoding of an RGB image; the same pixels always give the same bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img.convert("RGB"), dtype=np.uint8), mode="RGB").save(
+        buf, format="PNG", compress_level=6, optimize=False
+    )
+    return buf.getvalue()
+
+
+def write_png(img: Image.Image, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(img))
+
+

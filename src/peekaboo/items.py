@@ -15,15 +15,13 @@ reason and the source line. ``write_items`` writes both tables with provenance.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
-import json
 import math
 import re
 import shutil
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,7 +31,8 @@ from PIL import Image
 from . import logs, provenance, tables
 from .datasets.base import ANSWER_TYPES, TASK_TYPES, RawItem, Region, Reject, get_adapter
 from .datasets.boxes import MODEL_KINDS, BoxReport, box_kind, file_path, read_boxes
-from .images import UnreadableImage, load_image, to_rgb  # noqa: F401 (items.load_image and to_rgb stay importable)
+from .images import ItemRejected, load_image, write_png
+from .stage import StageCall
 
 log = logs.get_logger("items")
 
@@ -75,10 +74,6 @@ _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_STEM = 80
 
 
-class ItemRejected(ValueError):
-    """One record cannot be used; the message is the reason stored in the rejects table."""
-
-
 # ----------------------------------------------------------------------------
 # file names
 
@@ -112,25 +107,6 @@ class _NameBook:
             name = f"{stem}-{k}-{digest}.png"
         self.used.add(name.casefold())
         return name
-
-
-# ----------------------------------------------------------------------------
-# images
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    """PNG encoding of an RGB image; the same pixels always give the same bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(img.convert("RGB"), dtype=np.uint8), mode="RGB").save(
-        buf, format="PNG", compress_level=6, optimize=False
-    )
-    return buf.getvalue()
-
-
-def write_png(img: Image.Image, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(img))
 
 
 # ----------------------------------------------------------------------------
@@ -327,10 +303,7 @@ def _check_item(
     task_type = overrides.get(item_id) or forced_type or record.task_type or default_type
     if task_type not in TASK_TYPES:
         raise ItemRejected(f"bad task_type: {task_type!r} (known: {', '.join(TASK_TYPES)})")
-    try:
-        images = [load_image(src, base_dir) for src in record.images or []]
-    except UnreadableImage as exc:
-        raise ItemRejected(str(exc)) from None
+    images = [load_image(src, base_dir) for src in record.images or []]
     if regions and not images:
         raise ItemRejected("bad region: the item has regions but no image")
     sizes = [(img.width, img.height) for img in images]
@@ -354,28 +327,6 @@ def _check_item(
     return row, images
 
 
-def is_missing(value: Any) -> bool:
-    """None, pandas' NA or a float NaN: how a table read back leaves a cell empty."""
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def as_list(value: Any) -> list:
-    """A list cell of the items or masks table (``regions``, ``images``) as a list; [] when missing."""
-    return [] if is_missing(value) else list(value)
-
-
-def parse_meta(raw: Any) -> dict[str, Any]:
-    """An items table's ``meta`` (JSON text, see ``_check_item``) as a dict; {} when empty or missing.
-
-    Raises ValueError or TypeError when it is neither JSON text nor a mapping.
-    """
-    if is_missing(raw) or raw == "":
-        return {}
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
-
-
 def write_items(
     items_df: pd.DataFrame,
     rejects_df: pd.DataFrame,
@@ -388,25 +339,17 @@ def write_items(
     tables.write_table(rejects_df, rejects_path, provenance_record, schema=REJECTS_SCHEMA)
 
 
-def run_stage(
-    dataset: str,
-    spec: Mapping[str, Any],
-    seed: int,
-    results_dir: str | Path,
-    items_path: str | Path,
-    rejects_path: str | Path,
-    code_files: Iterable[str | Path] | None = None,
-    base_dir: str | Path = ".",
-    boxes_path: str | Path | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The whole stage as the workflow runs it: build, then write both tables with provenance."""
-    items_df, rejects_df = build_items(dataset, spec, seed, results_dir, base_dir=base_dir, boxes_path=boxes_path)
-    record = provenance.record(
-        {"dataset": dict(spec), "seed": seed},
-        code_files,
-        dataset=dataset,
-        n_items=len(items_df),
-        n_rejects=len(rejects_df),
-    )
-    write_items(items_df, rejects_df, items_path, rejects_path, record)
-    return items_df, rejects_df
+def run_stage(call: StageCall) -> None:
+    """The ``items`` rule: build one dataset's items (``config``: ``dataset`` entry, ``seed``) and write both tables.
+
+    Relative paths in the dataset entry resolve against the working directory
+    (where Snakemake runs). Boxes made by a model come from input ``boxes``
+    (the boxes stage's ``boxes/{d}.jsonl``).
+    """
+    dataset = call.wildcards["d"]
+    spec = call.config["dataset"]
+    boxes = call.paths("boxes") if "boxes" in call.inputs else []
+    items_df, rejects_df = build_items(dataset, spec, call.config["seed"], call.results_dir, base_dir=Path.cwd(),
+                                       boxes_path=boxes[0] if boxes else None)
+    record = call.provenance(dataset=dataset, n_items=len(items_df), n_rejects=len(rejects_df))
+    write_items(items_df, rejects_df, call.output("table"), call.output("rejects"), record)

@@ -34,8 +34,10 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image, ImageFilter
 
-from . import logs, provenance, seeding, tables
-from .items import as_list, parse_meta, write_png
+from . import logs, schema, seeding, tables
+from .cells import as_list, parse_meta
+from .images import write_png
+from .stage import StageCall
 
 log = logs.get_logger("masks")
 
@@ -69,7 +71,7 @@ Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 on whole pixels, half-open
 
 def masks_seed(seed: int, masks_cfg: Mapping[str, Any]) -> int:
     """The seed every mask draw derives from: the run's seed combined with ``masks.seed``."""
-    return seeding.derive_seed(seed, "masks", int(masks_cfg.get("seed", 0)))
+    return seeding.derive_seed(seed, "masks", int(masks_cfg["seed"]))
 
 
 def mask_id(item_id: str, variant: str, fill: str) -> str:
@@ -196,11 +198,11 @@ class _Filler:
             out[hidden] = np.floor(mean + 0.5).astype(np.uint8)
         elif fill == "blur":
             if j not in self._blurred:
-                radius = float(self.cfg.get("blur_radius", 12))
+                radius = float(self.cfg["blur_radius"])
                 self._blurred[j] = np.asarray(self.images[j].filter(ImageFilter.GaussianBlur(radius)), dtype=np.uint8)
             out[hidden] = self._blurred[j][hidden]
         elif fill == "noise":
-            std = float(self.cfg.get("noise_std", 64))
+            std = float(self.cfg["noise_std"])
             rng = seeding.rng(self.seed, "noise", self.dataset, self.item_id, variant, j)
             noise = rng.standard_normal((int(hidden.sum()), 3), dtype=np.float32) * std + GRAY
             out[hidden] = np.clip(np.rint(noise), 0, 255).astype(np.uint8)
@@ -257,7 +259,7 @@ def _plan(
     for j, rect in rects:
         evidence_by_image.setdefault(j, []).append(rect)
     out: list[_Variant] = []
-    for kind in masks_cfg.get("variants", VARIANT_KINDS):
+    for kind in masks_cfg["variants"]:
         if kind == "drop":
             out.extend(_Variant(f"drop:{k}", k, {j: [rect]}) for k, (j, rect) in enumerate(rects))
         elif kind == "drop_all":
@@ -287,7 +289,7 @@ def _plan(
                 if proposed:
                     found = proposed[int(rng.integers(0, len(proposed)))]
                 else:
-                    attempts = int(masks_cfg.get("control_attempts", 200))
+                    attempts = int(masks_cfg["control_attempts"])
                     found = find_control_rect(size, evidence_by_image[j], sizes[j], rng, attempts)
                 if found is None:
                     width, height = sizes[j]
@@ -305,7 +307,7 @@ def _plan(
 
 def build_masks(
     items_df: pd.DataFrame,
-    masks_cfg: Mapping[str, Any],
+    masks_cfg: Mapping[str, Any] | None,
     results_dir: str | Path,
     dataset: str,
     seed: int,
@@ -313,15 +315,15 @@ def build_masks(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Masked images under ``{results_dir}/masks/{dataset}/images/`` (emptied first) and their table.
 
-    ``seed`` is the run's seed; draws use ``masks_seed(seed, masks_cfg)``.
-    ``enabled=False`` (the dataset's ``masks: false``) gives only ``base`` rows.
+    ``masks_cfg`` is the config's ``masks`` section (absent keys take the
+    schema's defaults); ``seed`` is the run's seed; draws use
+    ``masks_seed(seed, masks_cfg)``. ``enabled=False`` (the dataset's
+    ``masks: false``) gives only ``base`` rows and reads neither.
     Returns (masks, skipped).
     """
     results_dir = Path(results_dir)
-    fills = list(masks_cfg.get("fills", ["gray"]))
-    for fill in fills:
-        if fill not in FILLS:
-            raise ValueError(f"masks.fills: unknown fill '{fill}' (known: {', '.join(FILLS)})")
+    masks_cfg = schema.section("masks", masks_cfg)  # checks the fills and variants too
+    fills = list(masks_cfg["fills"]) if enabled else []
     mseed = masks_seed(seed, masks_cfg)
     out_rel = PurePosixPath("masks") / dataset / "images"
     out_dir = results_dir / out_rel
@@ -433,26 +435,18 @@ def write_masks(
     tables.write_table(skipped_df, skipped_path, provenance_record, schema=SKIPPED_SCHEMA)
 
 
-def run_stage(
-    items_path: str | Path,
-    masks_cfg: Mapping[str, Any],
-    results_dir: str | Path,
-    dataset: str,
-    seed: int,
-    masks_path: str | Path,
-    skipped_path: str | Path,
-    enabled: bool = True,
-    code_files: Iterable[str | Path] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The whole stage as the workflow runs it: read items, build masks, write both tables."""
-    items_df = tables.read_table(items_path)
-    masks_df, skipped_df = build_masks(items_df, masks_cfg, results_dir, dataset, seed, enabled=enabled)
-    record = provenance.record(
-        {"masks": dict(masks_cfg), "seed": seed, "enabled": bool(enabled)},
-        code_files,
-        dataset=dataset,
-        n_masks=len(masks_df),
-        n_skipped=len(skipped_df),
-    )
-    write_masks(masks_df, skipped_df, masks_path, skipped_path, record)
-    return masks_df, skipped_df
+def run_stage(call: StageCall) -> None:
+    """The ``masks`` rule: read one dataset's items, build its masked images, write both tables.
+
+    ``config``: ``enabled`` (the dataset's ``masks``) and, only when enabled,
+    ``masks`` and ``seed``: a dataset without masks does not re-run when the
+    masks section changes.
+    """
+    dataset = call.wildcards["d"]
+    enabled = bool(call.config["enabled"])
+    masks_cfg = call.config["masks"] if enabled else None
+    seed = call.config["seed"] if enabled else 0
+    items_df = tables.read_table(call.path("items_table"))
+    masks_df, skipped_df = build_masks(items_df, masks_cfg, call.results_dir, dataset, seed, enabled=enabled)
+    record = call.provenance(dataset=dataset, n_masks=len(masks_df), n_skipped=len(skipped_df))
+    write_masks(masks_df, skipped_df, call.output("table"), call.output("skipped"), record)

@@ -1,8 +1,9 @@
 """Provenance recorded with every output: config hash, code hash, package version.
 
-The config hash covers only the config sections a stage reads (the rule's
-params), so it changes exactly when the stage should re-run. The code hash
-covers the package modules the stage imports (the rule's ``input.code``).
+The config hash covers only the config a stage reads (the rule's
+``params.config``), so it changes exactly when the stage should re-run. The
+code hash covers the package modules the stage can import (the rule's
+``input.code``: the import closure of its module, ``peekaboo.stages``).
 """
 
 from __future__ import annotations
@@ -37,26 +38,6 @@ def _default(obj: Any):
 def config_hash(section: Any) -> str:
     """sha256 (first 16 hex digits) of a config section's canonical JSON."""
     return hashlib.sha256(canonical_json(section).encode()).hexdigest()[:16]
-
-
-def module_files(*modules: str) -> list[str]:
-    """Source files of package modules, given as dotted names relative to the package.
-
-    ``module_files("masks", "datasets")`` gives ``masks.py`` and every ``.py``
-    under ``datasets/``. Paths are absolute and sorted.
-    """
-    files: list[Path] = []
-    for name in modules:
-        rel = Path(*name.split("."))
-        as_file = PACKAGE_DIR / rel.with_suffix(".py")
-        as_dir = PACKAGE_DIR / rel
-        if as_file.is_file():
-            files.append(as_file)
-        elif as_dir.is_dir():
-            files.extend(sorted(as_dir.rglob("*.py")))
-        else:
-            raise FileNotFoundError(f"no module peekaboo.{name} ({as_file} or {as_dir}/)")
-    return sorted({str(f) for f in files})
 
 
 def code_hash(files: Iterable[str | Path]) -> str:

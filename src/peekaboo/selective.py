@@ -27,16 +27,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from . import regression as reg
+from . import interaction, schema
+from .features import load_features
 from .logs import get_logger
 from .seeding import rng as seeded_rng
+from .stage import StageCall
+from .tables import write_table
 
 log = get_logger("selective")
 
@@ -180,13 +182,13 @@ class VetoRule:
         """Rows the veto demotes: dangerous task type and vision below the threshold (a missing vision never)."""
         if not self.active:
             return np.zeros(len(df), dtype=bool)
-        vision = df[reg.VISION].to_numpy(dtype=float)
+        vision = df[interaction.VISION].to_numpy(dtype=float)
         task = df["task_type"].astype(str).to_numpy()
         with np.errstate(invalid="ignore"):
             return np.isin(task, self.task_types) & np.isfinite(vision) & (vision < self.threshold)
 
 
-def vision_slopes(fit: reg.Fit, confident_z: float = CONFIDENT_Z) -> dict[str, tuple[float, float]]:
+def vision_slopes(fit: interaction.Fit, confident_z: float = CONFIDENT_Z) -> dict[str, tuple[float, float]]:
     """d logit / d z(vision) at z(entropy) = ``confident_z`` and its SE, per task type ("*" without a moderator).
 
     The slope is linear in the coefficients (``vision + confident_z * entropy:vision``
@@ -198,7 +200,7 @@ def vision_slopes(fit: reg.Fit, confident_z: float = CONFIDENT_Z) -> dict[str, t
     for level in fit.levels or ["*"]:
         grad = np.zeros(len(fit.terms))
         for i, term in enumerate(fit.terms):
-            head, lv = reg.split_term(term)
+            head, lv = interaction.split_term(term)
             if lv is not None and lv != level:
                 continue
             if head == "vision":
@@ -213,21 +215,22 @@ def vision_slopes(fit: reg.Fit, confident_z: float = CONFIDENT_Z) -> dict[str, t
 
 def veto_order(df: pd.DataFrame, vetoed: np.ndarray) -> np.ndarray:
     """Acceptance order of entropy with vetoed answers moved behind every other answer."""
-    conf = -df[reg.ENTROPY].to_numpy(dtype=float)
+    conf = -df[interaction.ENTROPY].to_numpy(dtype=float)
     base = positions(ranking(conf, df["trace_id"]))
     return np.lexsort((base, vetoed.astype(int)))
 
 
 def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int) -> VetoRule:
     """Fit the veto on training datasets: dangerous task types from the interaction, threshold by risk."""
-    coverage = float(selective_cfg.get("veto_coverage", 0.9))
+    selective_cfg = schema.section("selective", selective_cfg)
+    coverage = float(selective_cfg["veto_coverage"])
     datasets = list(dict.fromkeys(train["dataset"]))
     rule = VetoRule(active=False, train_datasets=datasets)
     if not datasets:
         rule.note = "no training datasets (no other dataset of this model has usable answers): veto not fitted"
         return rule
-    fit = reg.fit_logit(train.assign(item_id=train["dataset"].astype(str) + "|" + train["item_id"].astype(str)),
-                        reg.FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
+    fit = interaction.fit_logit(train.assign(item_id=train["dataset"].astype(str) + "|" + train["item_id"].astype(str)),
+                        interaction.FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
     if not fit.fitted:
         rule.note = f"interaction not fitted on {', '.join(datasets)}: {fit.note}"
         return rule
@@ -237,7 +240,7 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
         slopes = {t: slopes["*"] for t in present}
     rule.slopes = {t: round(s, 6) for t, (s, _) in slopes.items()}
     # dangerous: the one-sided test of "lower vision -> lower correctness when confident" rejects at veto_alpha
-    alpha = float(selective_cfg.get("veto_alpha", 0.1))
+    alpha = float(selective_cfg["veto_alpha"])
     z_crit = float(norm.ppf(1.0 - alpha))
     dangerous = sorted(t for t, (s, se) in slopes.items() if np.isfinite(se) and s > 0 and s > z_crit * se)
     rule.task_types = dangerous
@@ -245,7 +248,7 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
         rule.note = (f"no task type where confident disengagement lowers correctness in training "
                      f"(one-sided alpha {alpha:g}): veto off")
         return rule
-    candidates = train[train["task_type"].astype(str).isin(dangerous)][reg.VISION].to_numpy(dtype=float)
+    candidates = train[train["task_type"].astype(str).isin(dangerous)][interaction.VISION].to_numpy(dtype=float)
     candidates = candidates[np.isfinite(candidates)]
     if not len(candidates):
         rule.note = "no vision values for the dangerous task types in training: veto off"
@@ -258,13 +261,13 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
             probe = VetoRule(active=threshold is not None, threshold=threshold if threshold is not None else np.nan,
                              task_types=dangerous)
             order = veto_order(ddf, probe.vetoed(ddf))
-            err = 1.0 - ddf[reg.OUTCOME].astype(bool).to_numpy(dtype=float)
+            err = 1.0 - ddf[interaction.OUTCOME].astype(bool).to_numpy(dtype=float)
             risks.append(risk_at_from_errors(err[order], coverage))
         return float(np.mean(risks))
 
     without = train_risk(None)
     best_q, best_t, best_r = None, None, without
-    for q in selective_cfg.get("veto_quantiles", [0.05, 0.1, 0.2, 0.3]):
+    for q in selective_cfg["veto_quantiles"]:
         t = float(np.quantile(candidates, q))
         r = train_risk(t)
         if r < best_r - 1e-12:  # strict: a threshold must earn its place; ties keep the smaller quantile
@@ -285,8 +288,8 @@ def _signal_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int
     """Confidence arrays for each plain signal on the test rows; notes for the ones that are partial."""
     notes = {}
     conf = {
-        "neg_entropy": -test[reg.ENTROPY].to_numpy(dtype=float),
-        "vision": test[reg.VISION].to_numpy(dtype=float),
+        "neg_entropy": -test[interaction.ENTROPY].to_numpy(dtype=float),
+        "vision": test[interaction.VISION].to_numpy(dtype=float),
     }
     n_missing = int((~np.isfinite(conf["vision"])).sum())
     if n_missing:
@@ -296,13 +299,13 @@ def _signal_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int
         conf["model"] = np.full(len(test), np.nan)
         return conf, notes
     pooled = train.assign(item_id=train["dataset"].astype(str) + "|" + train["item_id"].astype(str))
-    fit = reg.fit_logit(pooled, reg.FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
-    p = reg.predict_proba(fit, test)
+    fit = interaction.fit_logit(pooled, interaction.FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
+    p = interaction.predict_proba(fit, test)
     # answers without vision (no evidence regions) fall back to the entropy-only model
     missing = ~np.isfinite(p)
     if missing.any():
-        fit_e = reg.fit_logit(pooled, reg.FEATURE_SETS["entropy"], "task_type", min_errors=min_errors)
-        p_e = reg.predict_proba(fit_e, test)
+        fit_e = interaction.fit_logit(pooled, interaction.FEATURE_SETS["entropy"], "task_type", min_errors=min_errors)
+        p_e = interaction.predict_proba(fit_e, test)
         p = np.where(missing, p_e, p)
         notes["model"] = f"{int(missing.sum())} answers scored by the entropy-only model (no vision)"
     if not fit.fitted:
@@ -314,26 +317,28 @@ def _signal_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int
 
 def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regression_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Curves and summary for every (model, dataset): each signal, and entropy with the veto (LODO)."""
-    coverages = [float(c) for c in selective_cfg.get("coverages", [0.8, 0.9, 0.95])]
-    veto_cov = float(selective_cfg.get("veto_coverage", 0.9))
-    n_boot = int(selective_cfg.get("bootstrap", 1000))
-    seed = int(selective_cfg.get("seed", 0))
-    min_errors = int(regression_cfg.get("min_errors", 5))
+    selective_cfg = schema.section("selective", selective_cfg)
+    regression_cfg = schema.section("regression", regression_cfg)
+    coverages = [float(c) for c in selective_cfg["coverages"]]
+    veto_cov = float(selective_cfg["veto_coverage"])
+    n_boot = int(selective_cfg["bootstrap"])
+    seed = int(selective_cfg["seed"])
+    min_errors = int(regression_cfg["min_errors"])
     curves, summary = [], []
     if features.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS), pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])
     for model, mdf in features.groupby("model", sort=False):
-        usable, _, _ = reg.usable_rows(mdf, [reg.ENTROPY])
+        usable, _, _ = interaction.usable_rows(mdf, [interaction.ENTROPY])
         for dataset in dict.fromkeys(mdf["dataset"]):
             test = usable[usable["dataset"] == dataset].reset_index(drop=True)
             train = usable[usable["dataset"] != dataset].reset_index(drop=True)
-            _, n_dropped, why = reg.usable_rows(mdf[mdf["dataset"] == dataset], [reg.ENTROPY])
+            _, n_dropped, why = interaction.usable_rows(mdf[mdf["dataset"] == dataset], [interaction.ENTROPY])
             base_note = why.replace("rows left out", "answers left out") if n_dropped else ""
             if test.empty:
                 summary.append({"model": model, "dataset": dataset, "signal": None, "n": 0, "status": "no_data",
                                 "note": "; ".join(x for x in ("no usable answers", base_note) if x)})
                 continue
-            correct = test[reg.OUTCOME].astype(bool).to_numpy()
+            correct = test[interaction.OUTCOME].astype(bool).to_numpy()
             conf, notes = _signal_confidences(test, train, min_errors)
             orders = {s: ranking(c, test["trace_id"]) for s, c in conf.items()}
             rule = fit_veto(train, selective_cfg, min_errors)
@@ -386,18 +391,13 @@ def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regressio
     return curves_df, pd.DataFrame(summary)
 
 
-def run_stage(traces_paths: Sequence[str | Path], outputs: Mapping[str, str | Path], config: Mapping[str, Any],
-              code_files: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the per-trace tables, evaluate, write ``selective/curves.parquet`` and ``selective/summary.csv``."""
-    from .features import load_features
-    from .provenance import record
-    from .tables import write_table
+def run_stage(call: StageCall) -> None:
+    """The ``selective`` rule: read the per-trace tables, write ``selective/curves.parquet`` and ``summary.csv``.
 
-    features = load_features(traces_paths, config["regression"].get("variants") or None)
-    curves, summary = evaluate(features, config["selective"], config["regression"])
-    prov = record({"selective": config["selective"], "regression": config["regression"],
-                   "features": config.get("features")}, code_files)
-    write_table(curves, outputs["curves"], prov)
-    Path(outputs["summary"]).parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(outputs["summary"], index=False, float_format="%.6g")
-    return curves, summary
+    ``config``: ``selective``, ``regression`` and ``features`` (the sections).
+    """
+    features = load_features(call.paths("traces"), call.config["regression"]["variants"])
+    curves, summary = evaluate(features, call.config["selective"], call.config["regression"])
+    write_table(curves, call.output("curves"), call.provenance())
+    call.output("summary").parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(call.output("summary"), index=False, float_format="%.6g")

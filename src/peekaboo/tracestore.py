@@ -148,9 +148,9 @@ class ShardWriter:
         manifest = self.partial / "plan.json"
         wanted = canonical_json(self.fingerprint)
         if self.partial.exists():
-            same = manifest.is_file() and manifest.read_text(encoding="utf-8") == wanted
-            if not same:
-                log.info("discarding %s: it belongs to a different plan, config or code", self.partial)
+            why = self._stale_reason(manifest, wanted)
+            if why:
+                log.info("discarding %s: %s", self.partial, why)
                 shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
@@ -159,6 +159,23 @@ class ShardWriter:
         if done:
             log.info("resuming %s: %d of %d batches already finished", self.store_path.name, len(done), len(self.plan))
         return done
+
+    def _stale_reason(self, manifest: Path, wanted: str) -> str | None:
+        """Why the partial folder's batches cannot be resumed (None when they can)."""
+        if not manifest.is_file():
+            return ("it holds no plan: the run that made it stopped before writing one "
+                    "(a full disk or a kill at start-up)")
+        try:
+            found = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"its plan cannot be read ({exc})"
+        if canonical_json(found) == wanted:
+            return None
+        labels = {"plan": "plan of batches", "config_hash": "config", "code_hash": "package code",
+                  "model_id": "model source", "model_revision": "model (other weights)"}
+        changed = [labels.get(k, k) for k in sorted(set(found) | set(self.fingerprint))
+                   if found.get(k) != self.fingerprint.get(k)]
+        return f"its batches were made with a different {', '.join(changed)}"
 
     def write_batch(self, index: int, results: Sequence[Any]) -> None:
         """Persist one finished batch (``TraceResult`` list in the batch's order)."""

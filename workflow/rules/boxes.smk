@@ -5,26 +5,16 @@
 # where it has some (docs/datasets.md, "Evidence boxes made by a model").
 # Only those datasets run it; a hand-made file (kind file, or a plain path) is
 # read by the items stage directly.
-from peekaboo.closure import closure_files
-
-
-def boxes_code(wc):
-    """The boxes stage's import closure, with this dataset's adapter (chosen at run time from the config)."""
-    return closure_files(
-        "peekaboo.grounding.stage", "peekaboo.stage", f"peekaboo.datasets.{dataset_cfg(wc.d)['adapter']}"
-    )
-
-
 def boxes_data(wc):
-    """The dataset's file and, when the box model is a local folder, that folder: editing either re-runs."""
-    spec = dataset_cfg(wc.d)
-    paths = [spec["options"].get("path"), spec["boxes"]["model"]["source"]]
-    return [p for p in paths if p and Path(p).exists()]
+    """The dataset's file: editing it re-runs (the model's identity is in the config param)."""
+    path = dataset_cfg(wc.d)["options"].get("path")
+    return [path] if path and Path(path).exists() else []
 
 
 rule boxes:
     input:
-        code=boxes_code,
+        # the dataset's adapter is imported by name at run time
+        code=lambda wc: code("boxes", adapter_module(wc.d)),
         data=boxes_data,
     output:
         boxes=R("boxes/{d}.jsonl"),
@@ -33,14 +23,16 @@ rule boxes:
         agreement=R("boxes/{d}.agreement.parquet"),
         summary=R("boxes/{d}.summary.csv"),
     params:
-        config=lambda wc: {"dataset": dataset_cfg(wc.d), "seed": config["seed"]},
-        results=RESULTS,
+        # the model's identity (its weights' hash or hub commit): replaced weights re-run the job
+        config=lambda wc: {"dataset": dataset_cfg(wc.d), "seed": config["seed"],
+                           "model_identity": box_model_identity(wc.d)},
+        results=results_dir,
     resources:
         **job_resources("boxes"),
     log:
         LOG("boxes/{d}"),
     benchmark:
-        R("benchmarks/boxes/{d}.tsv")
+        BENCH("boxes/{d}")
     conda:
         "../../envs/model.yaml"
     script:

@@ -1,25 +1,26 @@
 # Evidence collapse (docs/analysis.md): per (model, dataset), per-step and per-trace
 # evidence measures, per-trace features, attention sinks and example attention maps.
-
-
 rule collapse:
     input:
+        code=code("collapse"),
         stores=lambda w: trace_stores(w.m, w.d),
         sidecars=lambda w: trace_shards(w.m, w.d),
         steps=R("steps/{m}/{d}.parquet"),
         items_table=R("items/{d}.parquet"),
-        code=code("collapse", "features", "geometry", "tracestore"),
     output:
         steps=R("collapse/{m}/{d}.parquet"),
         traces=R("collapse/{m}/{d}.traces.parquet"),
         sinks=R("collapse/{m}/{d}.sinks.parquet"),
         maps=R("collapse/{m}/{d}.maps.parquet"),
     params:
-        sections=stage_params("collapse", "features"),
+        config=sections("collapse", "features"),
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:
         LOG("collapse/{m}/{d}"),
+    benchmark:
+        BENCH("collapse/{m}/{d}")
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -1,8 +1,8 @@
-# Helpers shared by every rules file: validated config, paths, shard planning,
-# code inputs (so that editing a package module re-runs the stages using it).
+# Helpers shared by every rules file: validated config, paths, shard planning, each
+# rule's code input (the import closure of its stage module, peekaboo.stages) and
+# config param (what the stage reads; both re-run it when they change).
 import math
 import re
-import os
 import sys
 from functools import lru_cache
 
@@ -12,9 +12,10 @@ if _SRC not in sys.path:
 # rule scripts import workflow/scripts/_bootstrap.py, which does the same in their own process
 
 import peekaboo.config as pcfg
+from peekaboo import stages
 from peekaboo.datasets.boxes import MODEL_KINDS as BOX_MODEL_KINDS, box_kind, file_path as box_file_path
-from peekaboo.models import reference as reference_models
-from peekaboo.provenance import module_files
+from peekaboo.models.identity import identify
+from peekaboo.models.reference import spec as reference_spec
 from snakemake.exceptions import WorkflowError
 
 try:
@@ -40,13 +41,28 @@ def R(path):
     return f"{RESULTS}/{path}"
 
 
+def results_dir(wildcards):
+    """The results directory, every stage's params.results (paths inside tables are relative to it)."""
+    return RESULTS
+
+
 def LOG(path):
     return f"{RESULTS}/logs/{path}.log"
 
 
-def code(*modules):
-    """The package source files a stage depends on: a rule input, so code edits re-run it."""
-    return module_files("provenance", "tables", "logs", "config", "seeding", *modules)
+def BENCH(path):
+    """Where a heavy rule's benchmark (wall time, memory; Snakemake's `benchmark:`) goes."""
+    return f"{RESULTS}/benchmarks/{path}.tsv"
+
+
+def code(rule, *extra_modules):
+    """A rule's code input: the package files its stage can import (peekaboo.stages.code_files)."""
+    return stages.code_files(rule, *extra_modules)
+
+
+def adapter_module(d):
+    """The adapter of dataset d: imported by name at run time, so a rule that runs it names it."""
+    return f"peekaboo.datasets.{dataset_cfg(d)['adapter']}"
 
 
 def dataset_cfg(d):
@@ -65,9 +81,16 @@ def model_dataset_pairs():
     return [(m, d) for m in MODELS for d in model_datasets(m)]
 
 
-def stage_params(*sections):
-    """The config sections a stage reads; as params they make Snakemake re-run it when they change."""
-    return {s: config[s] for s in sections}
+def masks_config(d):
+    """What the masks stage reads: a dataset without masks reads nothing else, so editing masks leaves it be."""
+    if not dataset_cfg(d)["masks"]:
+        return {"enabled": False}
+    return {"enabled": True, "masks": config["masks"], "seed": config["seed"]}
+
+
+def sections(*names):
+    """Top-level config sections a stage reads (its params.config): editing them re-runs it."""
+    return {name: config[name] for name in names}
 
 
 @lru_cache(maxsize=None)
@@ -108,26 +131,20 @@ def model_inputs(m):
 
 def reference_init(m):
     """The trained model a reference model is fine-tuned from (reference.init_from), as an input."""
-    init = reference_models.init_model(config, m)
+    init = reference_spec.init_model(config, m)
     return [R(f"reference/{init}")] if init else []
 
 
-# --- trace jobs ---
-def trace_code(wc):
-    """The package modules a trace job runs, with this dataset's adapter (it scores the answers)."""
-    return code(
-        "generate",
-        "capture",
-        "geometry",
-        "tracestore",
-        "prompting",
-        "devices",
-        "models.loading",
-        "answers",
-        "datasets.base",
-        "datasets._common",
-        f"datasets.{dataset_cfg(wc.d)['adapter']}",
-    )
+@lru_cache(maxsize=None)
+def model_identity(m):
+    """A configured source's identity (its weights' hash, or the hub commit): a param, so new weights re-run.
+
+    None for a reference model: its folder is an input of the jobs that use it.
+    """
+    spec = model_cfg(m)
+    if spec.get("reference"):
+        return None
+    return identify(pcfg.resolve_path(spec["source"], Path.cwd()), spec["revision"], where=f"models.{m}.source").as_dict()
 
 
 # --- job resources (cluster and workstation scheduling; see "Running on a cluster" in README.md) ---
@@ -205,6 +222,14 @@ def model_boxes_datasets():
 
 def box_model_resources(d):
     return dataset_cfg(d)["boxes"]["model"]["resources"] if d in model_boxes_datasets() else {}
+
+
+@lru_cache(maxsize=None)
+def box_model_identity(d):
+    """The identity of dataset d's boxes model (weights hash or hub commit): a param, so new weights re-run."""
+    spec = dataset_cfg(d)["boxes"]["model"]
+    where = f"datasets.{d}.boxes.model.source"
+    return identify(pcfg.resolve_path(spec["source"], Path.cwd()), spec["revision"], where=where).as_dict()
 
 
 def collapse_outputs(kind=""):

@@ -1,15 +1,13 @@
 # Steps, alignment and Contrastive Region Masking (docs/crm.md): one job each per (model, dataset).
-
-
 rule steps:
     input:
+        code=code("steps"),
         sidecars=lambda w: trace_shards(w.m, w.d),
-        code=code("steps", "tracestore"),
     output:
-        R("steps/{m}/{d}.parquet"),
+        steps=R("steps/{m}/{d}.parquet"),
     params:
-        sections=stage_params("steps"),
-        segmenter=lambda w: model_cfg(w.m)["segmenter"],
+        config=lambda wc: {"steps": config["steps"], "segmenter": model_cfg(wc.m)["segmenter"]},
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:
@@ -22,23 +20,26 @@ rule steps:
 
 rule crm:
     input:
+        code=code("crm"),
         steps=R("steps/{m}/{d}.parquet"),
         sidecars=lambda w: trace_shards(w.m, w.d),
         masks_table=R("masks/{d}.parquet"),
         items_table=R("items/{d}.parquet"),
-        code=code("crm", "alignment", "steps", "tracestore"),
     output:
         alignment=R("crm/{m}/{d}/alignment.parquet"),
         attribution=R("crm/{m}/{d}/attribution.parquet"),
         modes=R("crm/{m}/{d}/modes.parquet"),
         summary=R("crm/{m}/{d}/summary.csv"),
     params:
-        sections=stage_params("alignment", "crm"),
+        config=sections("alignment", "crm"),
+        results=results_dir,
     threads: 1
     resources:
         **job_resources("default"),
     log:
         LOG("crm/{m}/{d}"),
+    benchmark:
+        BENCH("crm/{m}/{d}")
     conda:
         "../../envs/crm.yaml"
     script:

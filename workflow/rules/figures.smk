@@ -27,12 +27,13 @@ rule figures:
         selective_summary=R("selective/summary.csv"),
         # the attention strips draw the items' images
         items_tables=expand(R("items/{d}.parquet"), d=DATASETS),
-        code=code("figures", "features", "regression"),
+        code=code("figures"),
     output:
         manifest=R("figures/manifest.json"),
         **FIGURE_OUTPUTS,
     params:
-        sections=stage_params("figures"),
+        config=sections("figures"),
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:

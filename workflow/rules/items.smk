@@ -1,22 +1,11 @@
 # Items stage: the dataset's adapter -> items/{d}.parquet, rejects, normalised images.
-# The dataset entry and the seed are params, so editing them re-runs the stage;
+# The dataset entry and the seed are its config, so editing them re-runs the stage;
 # a file-based dataset's file (and its boxes file) are inputs for the same reason.
 # box_file_path, boxes_kind and BOX_MODEL_KINDS come from common.smk.
-
-
 rule items:
     input:
-        # this dataset's adapter (+ shared helpers) only: editing another adapter must not re-run it
-        code=lambda wc: code(
-            "items",
-            "images",
-            "jsonlines",
-            "answers",
-            "datasets.base",
-            "datasets.boxes",
-            "datasets._common",
-            f"datasets.{dataset_cfg(wc.d)['adapter']}",
-        ),
+        # this dataset's adapter only: editing another adapter must not re-run it
+        code=lambda wc: code("items", adapter_module(wc.d)),
         data=lambda wc: [
             p
             for p in (
@@ -32,8 +21,8 @@ rule items:
         rejects=R("items/{d}.rejects.parquet"),
         images=directory(R("items/{d}/images")),
     params:
-        dataset=lambda wc: dataset_cfg(wc.d),
-        seed=config["seed"],
+        config=lambda wc: {"dataset": dataset_cfg(wc.d), "seed": config["seed"]},
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:

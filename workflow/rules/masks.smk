@@ -4,7 +4,7 @@
 
 rule masks:
     input:
-        code=code("masks", "items", "datasets.base"),
+        code=code("masks"),
         items_table=R("items/{d}.parquet"),
         item_images=R("items/{d}/images"),
     output:
@@ -12,9 +12,8 @@ rule masks:
         skipped=R("masks/{d}.skipped.parquet"),
         images=directory(R("masks/{d}/images")),
     params:
-        masks=config["masks"],
-        seed=config["seed"],
-        enabled=lambda wc: dataset_cfg(wc.d)["masks"],
+        config=lambda wc: masks_config(wc.d),
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:

@@ -1,11 +1,9 @@
 # The entropy x vision interaction logit and its transfer across datasets (docs/analysis.md),
 # over every (model, dataset)'s per-trace features.
-
-
 rule regression:
     input:
+        code=code("regression"),
         traces=collapse_outputs("traces"),
-        code=code("regression", "features"),
     output:
         coefficients=report(
             R("regression/coefficients.csv"),
@@ -23,7 +21,8 @@ rule regression:
             category="Tables",
         ),
     params:
-        sections=stage_params("regression", "features"),
+        config=sections("regression", "features"),
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:

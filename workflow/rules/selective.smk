@@ -1,11 +1,9 @@
 # Selective prediction: risk-coverage, AURC, E-AURC, risk at coverage, and the vision veto
 # fitted leave-one-dataset-out (docs/analysis.md).
-
-
 rule selective:
     input:
+        code=code("selective"),
         traces=collapse_outputs("traces"),
-        code=code("selective", "regression", "features"),
     output:
         curves=R("selective/curves.parquet"),
         summary=report(
@@ -14,7 +12,8 @@ rule selective:
             category="Tables",
         ),
     params:
-        sections=stage_params("selective", "regression", "features"),
+        config=sections("selective", "regression", "features"),
+        results=results_dir,
     resources:
         **job_resources("default"),
     log:

@@ -2,11 +2,12 @@
 # (per-token entropy, log-probability, attention on image tokens and regions) and
 # shard-{i}.parquet (text, parsed answer, status). A killed job leaves
 # traces/{m}/{d}/shard-{i}.partial/, from which a re-run resumes (docs/traces.md).
-
-
+# A configured source's identity (its weights' hash or hub commit) is part of the
+# config, so replaced weights re-run the traces; a reference model's folder is an input.
 rule traces:
     input:
-        code=trace_code,
+        # the adapter scores the answers
+        code=lambda wc: code("traces", adapter_module(wc.d)),
         items_table=R("items/{d}.parquet"),
         item_images=R("items/{d}/images"),
         masks_table=R("masks/{d}.parquet"),
@@ -16,15 +17,20 @@ rule traces:
         store=directory(R("traces/{m}/{d}/shard-{i}.zarr")),
         sidecar=R("traces/{m}/{d}/shard-{i}.parquet"),
     params:
-        model=lambda wc: model_cfg(wc.m),
-        model_path=lambda wc: model_path(wc.m),
-        dataset=lambda wc: dataset_cfg(wc.d),
-        traces=config["traces"],
-        seed=config["seed"],
+        config=lambda wc: {
+            "model": model_cfg(wc.m),
+            "dataset": dataset_cfg(wc.d),
+            "traces": config["traces"],
+            "seed": config["seed"],
+            "model_identity": model_identity(wc.m),
+        },
+        results=results_dir,
     resources:
         **job_resources("trace"),
     log:
         LOG("traces/{m}/{d}/shard-{i}"),
+    benchmark:
+        BENCH("traces/{m}/{d}/shard-{i}")
     conda:
         "../../envs/model.yaml"
     script:

@@ -2,16 +2,13 @@
 
 import _bootstrap  # noqa: F401 (puts src/ on sys.path)
 
-from peekaboo import logs, selective
+from peekaboo import selective
+from peekaboo.stage import run_from_snakemake
 
-logs.to_file(snakemake.log[0])  # noqa: F821 (snakemake is injected by the script directive)
-traces = snakemake.input.traces  # noqa: F821
-# one (model, dataset) pair: a named input holding one file comes back as a plain string
-traces = [traces] if isinstance(traces, str) else list(traces)
 
-selective.run_stage(
-    traces_paths=traces,
-    outputs={k: snakemake.output[k] for k in ("curves", "summary")},  # noqa: F821
-    config=snakemake.params.sections,  # noqa: F821
-    code_files=snakemake.input.code,  # noqa: F821
-)
+def main(snakemake) -> None:
+    run_from_snakemake(selective.run_stage, snakemake)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (snakemake is injected by the script directive)

@@ -1,17 +1,14 @@
-"""Rule ``steps``: segment the traces of one (model, dataset) into reasoning steps."""
+"""Rule steps: segment the traces of one (model, dataset) into reasoning steps."""
 
 import _bootstrap  # noqa: F401 (puts src/ on sys.path)
 
-import peekaboo.logs
+from peekaboo import steps
+from peekaboo.stage import run_from_snakemake
 
-peekaboo.logs.to_file(snakemake.log[0])  # noqa: F821 - injected by Snakemake
 
-from peekaboo.steps import steps_stage  # noqa: E402
+def main(snakemake) -> None:
+    run_from_snakemake(steps.run_stage, snakemake)
 
-steps_stage(
-    list(snakemake.input.sidecars),  # noqa: F821
-    snakemake.output[0],  # noqa: F821
-    snakemake.params.segmenter,  # noqa: F821
-    snakemake.params.sections["steps"],  # noqa: F821
-    list(snakemake.input.code),  # noqa: F821
-)
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (snakemake is injected by the script directive)

@@ -10,52 +10,16 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Union
+from typing import Any, ClassVar, Iterator, Mapping
 
-from PIL import Image
+from ..records import ImageSource, RawItem, Region, Reject
+from ..scores import ANSWER_TYPES, TASK_TYPES, Score
 
-TASK_TYPES = ("visual_reference", "symbolic")
-ANSWER_TYPES = ("multi_choice", "integer", "float", "yes_no", "text", "list")
-
-# An image as an adapter hands it over: a file path, encoded bytes, or a decoded image.
-ImageSource = Union[str, Path, bytes, Image.Image]
-
-
-@dataclass
-class Region:
-    label: str
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the original image's pixels
-    image: int = 0  # which of the item's images the box lies in
-
-
-@dataclass
-class RawItem:
-    item_id: str
-    question: str
-    answer: str
-    answer_type: str
-    images: list[ImageSource] = field(default_factory=list)
-    choices: list[str] | None = None
-    task_type: str | None = None  # None: the dataset's configured or default type
-    regions: list[Region] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-    source_line: int | None = None
-
-
-@dataclass
-class Reject:
-    reason: str
-    item_id: str | None = None
-    source_line: int | None = None
-
-
-@dataclass
-class Score:
-    answer_text: str | None  # the parsed answer, normalised like the gold answer; None when unparsed
-    correct: bool | None  # None only when the response could not be scored at all
-    abstained: bool = False  # the model said it cannot tell (e.g. "unknown", "cannot see")
+__all__ = [
+    "ANSWER_TYPES", "TASK_TYPES", "Adapter", "AdapterError", "ImageSource", "RawItem", "Region", "Reject", "Score",
+    "adapter_class", "adapter_names", "get_adapter",
+]
 
 
 class AdapterError(ValueError):

@@ -95,8 +95,6 @@ class DetectorSource:
         self.model = model.to(self.device).eval()
         self.entry = entry
         self.model_id = str(spec["source"])
-        local = "revision" not in common
-        self.revision = "local" if local else (getattr(config, "_commit_hash", None) or str(spec["revision"]))
         self.batch_size = 1
         log.info("detector %s (%s) on %s", self.model_id, config.model_type, self.device)
 

@@ -36,10 +36,10 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 import pyarrow as pa
 
-from .. import logs, tables
+from .. import logs, schema, tables
 from ..datasets.base import RawItem, Reject, get_adapter
 from ..datasets.boxes import MODEL_KINDS, box_kind, box_line
-from ..images import UnreadableImage, load_image
+from ..images import ItemRejected, load_image
 from ..stage import StageCall
 from . import agreement
 from .requests import Outcome, Request
@@ -93,8 +93,10 @@ AGREEMENT_SCHEMA = pa.schema(
 
 
 def make_source(entry: Mapping[str, Any], where: str, device: str | None = None):
-    """The loaded source of a ``boxes`` entry of kind vlm or detector."""
+    """The loaded source of a ``boxes`` entry of kind vlm or detector (absent keys take the schema's defaults)."""
     kind = box_kind(entry)
+    if kind in MODEL_KINDS:
+        entry = schema.definition("evidence_boxes", entry, where=where)
     if kind == "vlm":
         from .vlm import VlmSource
 
@@ -155,7 +157,7 @@ class _Records:
             for k, source in enumerate(sources):
                 try:
                     images.append(load_image(source, self.base_dir))
-                except UnreadableImage as exc:
+                except ItemRejected as exc:  # missing or unreadable: the items stage rejects the item too
                     images.append(None)
                     self.skipped.append(Outcome(item_id, k, len(sources), record.source_line).skip(
                         "unreadable image", str(exc)))
@@ -248,6 +250,9 @@ def run_stage(call: StageCall) -> None:
 
     from ..devices import claim_device
 
+    from ..config import resolve_path
+    from ..models.identity import identify
+
     dataset = call.wildcards["d"]
     spec = call.config["dataset"]
     entry = spec["boxes"]
@@ -255,6 +260,9 @@ def run_stage(call: StageCall) -> None:
     where = f"datasets.{dataset}.boxes"
     if kind not in MODEL_KINDS:
         raise ValueError(f"{where}: kind {kind!r} needs no boxes stage (it runs for kind vlm or detector)")
+    # the weights actually loaded, whatever the config says, go into the provenance
+    identity = identify(resolve_path(entry["model"]["source"], Path.cwd()), entry["model"]["revision"],
+                        where=f"{where}.model.source")
     torch.set_num_threads(max(1, int(call.threads)))
     records = _Records(dataset, spec, int(call.config["seed"]), Path.cwd())
     outcomes: list[Outcome] = []
@@ -279,7 +287,7 @@ def run_stage(call: StageCall) -> None:
     compared = compare(records.human, found)
     figures = agreement.summarise(compared)
 
-    prov = call.provenance(dataset=dataset, kind=kind, model_id=source.model_id, model_revision=source.revision)
+    prov = call.provenance(dataset=dataset, kind=kind, model_id=source.model_id, model_revision=identity.revision)
     write_jsonl(call.output("boxes"), dataset, found, source=kind, model=source.model_id)
     tables.write_table(answers_frame(outcomes, kind, source.model_id), call.output("answers"), prov,
                        schema=ANSWERS_SCHEMA)
@@ -290,7 +298,7 @@ def run_stage(call: StageCall) -> None:
     tables.write_table(frame, call.output("agreement"), prov, schema=AGREEMENT_SCHEMA)
     n_asked = len({o.item_id for o in outcomes})
     summary = {
-        "dataset": dataset, "kind": kind, "model": source.model_id, "model_revision": source.revision,
+        "dataset": dataset, "kind": kind, "model": source.model_id, "model_revision": identity.revision,
         "n_items": n_asked, "n_requests": len(outcomes), "n_items_with_boxes": len(found),
         "n_boxes": sum(len(v) for v in found.values()),
         "boxes_per_item": sum(len(v) for v in found.values()) / n_asked if n_asked else None,

@@ -59,7 +59,6 @@ class VlmSource:
         self.family = family
         self.format = formats.format_for(family) if entry["format"] == "auto" else entry["format"]
         self.model_id = info.model_id
-        self.revision = info.commit or info.revision
         self.batch_size = int(spec["batch_size"])
         self.generator = TraceGenerator(
             model, processor, family, GenerationSettings.from_config(spec["generation"]),

@@ -1,0 +1,114 @@
+"""What a trained reference model does: greedy responses and the planted-behaviour table on held-out items.
+
+Used by ``checks/reference_behaviour.py`` and the tests, never by training, so
+that editing the scorers here does not re-train the models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ... import synthetic as P
+from ...datasets import panels as panels_adapter
+from ...seeding import rng
+from .data import control_box, render_prompt
+
+def generate_texts(model, processor, images, questions, *, batch_size: int = 32, max_new_tokens: int = 48,
+                   system_prompt: str | None = None, thinking: bool = False) -> list[str]:
+    """Greedy responses, batched with left padding and ``<|im_end|>`` as end of sequence."""
+    import torch
+
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    side = tok.padding_side
+    tok.padding_side = "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(questions), batch_size):
+            prompts = [render_prompt(processor, q, system_prompt, thinking) for q in questions[i : i + batch_size]]
+            batch = processor(text=prompts, images=list(images[i : i + batch_size]), padding=True, return_tensors="pt")
+            with torch.no_grad():
+                ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                     pad_token_id=tok.pad_token_id)
+            new = ids[:, batch["input_ids"].shape[1]:]
+            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def _answer(text: str) -> tuple[str | None, bool]:
+    """(parsed final answer, abstained) of a response."""
+    answer = panels_adapter.final_answer(text)
+    if answer is None:
+        return None, False
+    if panels_adapter.is_abstention(answer):
+        return None, True
+    return answer.strip().lower().strip(" ."), False
+
+
+def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 100, fills: Sequence[str] = ("gray",),
+                    seed: int | None = None, batch_size: int = 32, masks_seed: int = 0,
+                    conditions: Sequence[str] = ("clean", "evidence", "control")):
+    """Planted behaviour on held-out items: one row per (condition, fill, question type).
+
+    Conditions: ``clean`` (accuracy), ``evidence`` (each evidence region hidden
+    alone, as ``drop:k``: abstention and value-naming rates), ``control`` (a box
+    of the region's size overlapping no evidence, as ``ctrl:k``: rate of keeping
+    the clean answer, abstention rate). Items come from the test stream of
+    ``opts`` (the dataset's seed, or ``seed``), never from the training stream.
+    """
+    import pandas as pd
+
+    seed = opts.seed if seed is None else seed
+    counts = {"attribute": n_per_type, "comparison": n_per_type, "arithmetic": n_per_type}
+    test_opts = P.resolve_options({**_options_dict(opts), "counts": counts, "seed": seed})
+    items = list(P.generate_items(test_opts, id_prefix="check", stream="check"))
+    clean = generate_texts(model, processor, [i.image for i in items], [i.question for i in items], batch_size=batch_size)
+    rows = []
+    clean_answers = {}
+    for item, text in zip(items, clean):
+        answer, abstained = _answer(text)
+        clean_answers[item.item_id] = answer
+        gold = panels_adapter.normalise(item.answer, item.answer_type)
+        rows.append({"condition": "clean", "fill": "none", "question_type": item.question_type,
+                     "correct": answer is not None and panels_adapter.normalise(answer, item.answer_type) == gold,
+                     "abstained": abstained, "named": answer is not None, "kept": True})
+    visual = [i for i in items if i.evidence]
+    for fill in fills:
+        for condition in [c for c in ("evidence", "control") if c in conditions]:
+            cases = []
+            for item in visual:
+                for k in range(len(item.evidence)):
+                    box = tuple(map(float, item.panels[item.evidence[k]].box))
+                    if condition == "control":
+                        box = control_box(item, k, rng(masks_seed, "check", "ctrl", item.item_id, k))
+                        if box is None:
+                            continue
+                    cases.append((item, P.hide_boxes(item.image, [box], fill)))
+            texts = generate_texts(model, processor, [c[1] for c in cases], [c[0].question for c in cases],
+                                   batch_size=batch_size)
+            for (item, _), text in zip(cases, texts):
+                answer, abstained = _answer(text)
+                rows.append({"condition": condition, "fill": fill, "question_type": item.question_type,
+                             "correct": answer is not None
+                             and panels_adapter.normalise(answer, item.answer_type) == panels_adapter.normalise(item.answer, item.answer_type),
+                             "abstained": abstained, "named": answer is not None,
+                             "kept": answer is not None and answer == clean_answers[item.item_id]})
+    df = pd.DataFrame(rows)
+    return df.groupby(["condition", "fill", "question_type"], sort=False).agg(
+        n=("correct", "size"), accuracy=("correct", "mean"), abstain=("abstained", "mean"),
+        named=("named", "mean"), kept=("kept", "mean")).reset_index()
+
+
+def _options_dict(opts: P.PanelsOptions) -> dict[str, Any]:
+    """PanelsOptions back into the options mapping it was resolved from."""
+    return {
+        "seed": opts.seed, "shares": dict(opts.shares), "image_size": [opts.width, opts.height],
+        "grid": [opts.rows, opts.cols], "background": list(opts.background),
+        "colours": {k: list(v) for k, v in opts.colours.items()}, "shapes": list(opts.shapes),
+        "attributes": list(opts.attributes), "same_share": opts.same_share,
+        "arithmetic_terms": opts.arithmetic_terms, "max_operand": opts.max_operand,
+        "shape_size": list(opts.shape_size), "colour_jitter": opts.colour_jitter, "colour_mix": opts.colour_mix,
+        "noise": opts.noise, "blur": opts.blur, "clutter": opts.clutter,
+    }
