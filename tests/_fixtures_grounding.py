@@ -172,7 +172,7 @@ def run_boxes_stage(root: Path, dataset: str, options: dict, boxes: dict, **entr
     """
     import peekaboo.config as pcfg
     from peekaboo import stage as contract
-    from peekaboo.closure import closure_files
+    from peekaboo import stages
     from peekaboo.grounding.stage import run_stage
 
     raw = {"datasets": {dataset: {"adapter": dataset, "options": options, "boxes": boxes, **entry}},
@@ -182,8 +182,7 @@ def run_boxes_stage(root: Path, dataset: str, options: dict, boxes: dict, **entr
     outputs = {name: results / "boxes" / f"{dataset}.{suffix}" for name, suffix in OUTPUTS.items()}
     call = contract.StageCall(
         inputs={}, outputs={k: str(v) for k, v in outputs.items()}, config={"dataset": spec, "seed": 0},
-        results_dir=results, code=closure_files("peekaboo.grounding.stage", "peekaboo.stage",
-                                                f"peekaboo.datasets.{dataset}"),
+        results_dir=results, code=stages.code_files("boxes", f"peekaboo.datasets.{dataset}"),
         wildcards={"d": dataset}, threads=1, resources={"gpu": 0}, log=results / "logs" / "boxes" / f"{dataset}.log")
     contract.run(run_stage, call)
     return outputs, spec

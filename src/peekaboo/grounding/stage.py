@@ -173,14 +173,15 @@ class _Records:
         for region in record.regions or []:
             try:
                 x0, y0, x1, y1 = (float(v) for v in region.box)
-                width, height = sizes[int(region.image)]
+                image = int(region.image)
+                width, height = sizes[image] if image >= 0 else sizes[len(sizes)]  # no index from the end
             except (TypeError, ValueError, IndexError):
                 self.counts["items with a bad own box"] += 1
                 return
             if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
                 self.counts["items with a bad own box"] += 1  # the items stage rejects the item
                 return
-            boxes.append(([x0, y0, x1, y1], int(region.image)))
+            boxes.append(([x0, y0, x1, y1], image))
         if boxes:
             self.human[item_id] = boxes
 
