@@ -5,17 +5,12 @@
 # where it has some (docs/datasets.md, "Evidence boxes made by a model").
 # Only those datasets run it; a hand-made file (kind file, or a plain path) is
 # read by the items stage directly.
-def boxes_data(wc):
-    """The dataset's file: editing it re-runs (the model's identity is in the config param)."""
-    path = dataset_cfg(wc.d)["options"].get("path")
-    return [path] if path and Path(path).exists() else []
-
-
 rule boxes:
     input:
         # the dataset's adapter is imported by name at run time
         code=lambda wc: code("boxes", adapter_module(wc.d)),
-        data=boxes_data,
+        # the dataset's file: editing it re-runs (the model's identity is in the config param)
+        data=lambda wc: [p for p in [dataset_cfg(wc.d)["options"].get("path")] if p and Path(p).exists()],
     output:
         boxes=R("boxes/{d}.jsonl"),
         answers=R("boxes/{d}.answers.parquet"),
