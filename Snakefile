@@ -1,5 +1,5 @@
 # peekaboo: does each reasoning step of a VLM still rest on the visual evidence?
-# Entry point: validates the config against workflow/schemas/config.schema.yaml
+# Entry point: validates the config against src/peekaboo/config.schema.yaml
 # (filling defaults), then includes one rules file per stage.
 from pathlib import Path
 
@@ -29,6 +29,7 @@ include: "workflow/rules/collapse.smk"
 include: "workflow/rules/regression.smk"
 include: "workflow/rules/selective.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/viewer.smk"
 
 
 rule all:

@@ -128,19 +128,25 @@ def simulate_features(
     entropy_sd: float = 0.5,
     vision_mean: float = 0.3,
     vision_sd: float = 0.1,
+    answer_noise: float = 1.0,
 ) -> pd.DataFrame:
     """Per-trace feature rows with correctness drawn from a known logit on the standardised features.
 
     ``coef`` holds ``const``, ``entropy``, ``vision``, ``entropy:vision`` (and
     optionally per-task overrides as ``<term>@<task>``) on the population z-scale.
+    Correctness follows the full-response entropy; the answer-span entropy is
+    built to be the weaker signal: the same z plus ``answer_noise`` times
+    independent noise (rescaled to the same spread).
     """
     rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng([seed, 1])  # its own stream: the features above do not depend on it
     rows = []
     for model in models:
         for dataset in datasets:
             for i in range(n_items):
                 task = task_types[i % len(task_types)]
                 ze, zv = rng.standard_normal(2)
+                noise = noise_rng.standard_normal()
 
                 def c(term):
                     return coef.get(f"{term}@{task}", coef.get(term, 0.0))
@@ -151,7 +157,13 @@ def simulate_features(
                     "trace_id": f"{model}|{dataset}-{i:05d}|base|none", "model": model, "dataset": dataset,
                     "item_id": f"{dataset}-{i:05d}", "variant": "base", "task_type": task, "status": "ok",
                     "correct": bool(correct), "entropy_full": entropy_mean + entropy_sd * ze,
+                    "entropy_answer": entropy_mean + entropy_sd * (ze + answer_noise * noise)
+                    / np.sqrt(1 + answer_noise**2),
                     "vision": vision_mean + vision_sd * zv,
+                    # the measures a per-trace table holds: the simulated engagement stands for each
+                    "vision_evidence_share": vision_mean + vision_sd * zv,
+                    "vision_image_share": vision_mean + vision_sd * zv,
+                    "vision_evidence_lift": (vision_mean + vision_sd * zv) / 0.25,
                 })
     df = pd.DataFrame(rows)
     df["correct"] = df["correct"].astype("boolean")
@@ -240,9 +252,12 @@ def write_results_tree(root, models=("grounded", "blind-spot"), datasets=("panel
     reg_out = {"coefficients": root / "regression" / "coefficients.csv", "transfer": root / "regression" / "transfer.csv",
                "summary": root / "regression" / "summary.txt"}
     traces = {"traces": [str(p) for p in inputs["collapse_traces"]]}
+    config["analyses"] = {d: ["crm", "collapse", "regression", "transfer", "selective"] for d in datasets}
     regression.run_stage(StageCall(inputs=traces, outputs={k: str(v) for k, v in reg_out.items()},
-                                   config={k: config[k] for k in ("regression", "features")}, results_dir=root))
-    sel_out = {"curves": root / "selective" / "curves.parquet", "summary": root / "selective" / "summary.csv"}
+                                   config={k: config[k] for k in ("regression", "features", "analyses")},
+                                   results_dir=root))
+    sel_out = {"curves": root / "selective" / "curves.parquet", "summary": root / "selective" / "summary.csv",
+               "entropy_comparison": root / "selective" / "entropy_comparison.csv"}
     selective.run_stage(StageCall(inputs=traces, outputs={k: str(v) for k, v in sel_out.items()}, config=config,
                                   results_dir=root))
     inputs.update(coefficients=reg_out["coefficients"], selective_curves=sel_out["curves"],

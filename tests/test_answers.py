@@ -157,3 +157,103 @@ def test_question_with_choices_lists_letters():
     q = answers.question_with_choices("Which colour?", ["red", "blue"])
     assert q == "Which colour?\nChoices:\n(A) red\n(B) blue"
     assert answers.question_with_choices("Q?", None) == "Q?"
+
+
+# --- thinking blocks and the final stated answer -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, thinking_open, part, truncated",
+    [
+        ("<think>a</think>B", False, "B", False),
+        ("a</think>\n\nB", True, "\n\nB", False),  # the template opened the block
+        ("a</think>B", False, "B", False),
+        ("<think>a</think>B<think>c", False, "", True),  # re-opened and never closed
+        ("<think>a, so Answer: B", False, "", True),
+        ("a, so Answer: B", True, "", True),  # cut off with no tag at all
+        ("a, so Answer: B", False, "a, so Answer: B", False),  # a model that does not think
+        ("", True, "", True),
+        (None, False, "", False),
+        ("<THINK>a</THINK>B", False, "B", False),
+    ],
+)
+def test_split_thinking(response, thinking_open, part, truncated):
+    assert answers.split_thinking(response, thinking_open) == (part, truncated)
+
+
+@pytest.mark.parametrize(
+    "text, final, stated",
+    [
+        ("so it is 5.\n\\boxed{5}", "5", True),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", True),  # nested braces
+        ("$\\boxed{\\text{B}}$", "B", True),
+        ("\\boxed{12\\text{ cm}}", "12 cm", True),
+        ("<answer>The answer is <|begin_of_box|>C<|end_of_box|></answer>", "C", True),
+        ("Answer: A\nWait.\nAnswer: C\nThat is all.", "C", True),  # the last stated answer wins
+        ("\\boxed{A} ... on reflection the answer is C.", "C.", True),
+        ("The answer is \\boxed{7}.", "7", True),
+        ("**Answer:** C", "C", True),
+        ("**Final Answer**: (B)", "(B)", True),
+        ("Final answer:\n\n**D**", "D", True),  # the answer on the next line
+        ("The correct option is J.", "J.", True),
+        ("Answer：B", "B", True),  # a full-width colon
+        ("\\boxed{\\text{Answer: C}}", "Answer: C", True),  # a marker inside a box belongs to the box
+        ("Yes, they match.\nThey are equal.", "They are equal.", False),
+        ("<answer>C</answer>", "C", False),
+        ("", "", False),
+    ],
+)
+def test_final_answer(text, final, stated):
+    assert answers.final_answer(text) == (final, stated)
+
+
+def test_final_answer_text_skips_the_thinking():
+    assert answers.final_answer_text("Maybe Answer: A\n</think>\n\nAnswer: C", thinking_open=True) == "C"
+    assert answers.final_answer_text("Maybe Answer: A", thinking_open=True) == ""
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Yes", ("yes", False)),
+        ("No, I cannot tell for sure.", ("no", False)),  # commits to no
+        ("No way to tell.", (None, True)),
+        ("There is no way to tell.", (None, True)),
+        ("Yes and no.", (None, False)),
+        ("Yes, but no, I cannot tell.", (None, True)),
+        ("Yes, they match.\nThey are drawn alike.", ("yes", False)),  # unstated: the only one named
+        ("The answer is No.", ("no", False)),
+        ("Answer: no\nExplanation: yes, it looks bigger, but", ("no", False)),
+        ("False.", ("no", False)),
+        ("N/A", (None, False)),
+        ("maybe", (None, False)),
+        ("", (None, False)),
+    ],
+)
+def test_read_yes_no(text, expected):
+    assert answers.read_yes_no(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("C because the ledger shows credit sales", "C"),
+        ("B) 42 kg", "B"),
+        ("(D) blue", "D"),
+        ("B major, clearly", "D"),  # an option's text starts with "B": the text, not the letter
+    ],
+)
+def test_extract_letter_reads_a_stated_letter_before_its_reason(text, expected):
+    assert answers.extract_letter(text, choices=["red", "blue", "green", "B major"]) == expected
+
+
+def test_latex_fractions_are_numbers():
+    assert answers.parse_number("\\frac{3}{4}") == 0.75
+    assert answers.parse_number("\\dfrac{ 20 }{ 3 } cm") == pytest.approx(20 / 3)
+
+
+def test_score_response_marks_a_cut_off_chain_truncated():
+    s = answers.score_response("The panel is red, so Answer: red", "red", "text", thinking_open=True)
+    assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
+    s = answers.score_response("The panel is red.</think>Answer: red", "red", "text", thinking_open=True)
+    assert (s.answer_text, s.correct, s.truncated) == ("red", True, False)

@@ -263,8 +263,24 @@ def test_rule_insensitive_when_nothing_changes_and_the_region_is_not_needed():
     quiet = dict(evidence_change=0.01, evidence_step_changed=False, answer_changed=False)
     assert decide_mode(case(needed=False, **quiet), CRM_CFG)[:2] == ("insensitive", "unchanged_not_needed")
     assert decide_mode(case(needed=None, **quiet), CRM_CFG)[:2] == ("insensitive", "unchanged_not_needed")
-    # needed but unchanged: it still asserts what it cannot see
-    assert decide_mode(case(needed=True, **quiet), CRM_CFG)[:2] == ("hallucination", "kept_structure_no_abstention")
+    # needed but unchanged: CRM decides only on change, so it says nothing (the model may ignore the image)
+    assert decide_mode(case(needed=True, **quiet), CRM_CFG)[:2] == ("undecided", "unchanged_but_needed")
+
+
+@pytest.mark.parametrize("needed", [True, False, None])
+@pytest.mark.parametrize("has_answer", [True, False])
+@pytest.mark.parametrize("has_control", [True, False])
+@pytest.mark.parametrize("match_f1", [1.0, 0.4, 0.0])
+@pytest.mark.parametrize("abstained", [True, False])
+def test_a_case_where_nothing_changed_is_only_ever_insensitive_or_undecided(needed, has_answer, has_control,
+                                                                          match_f1, abstained):
+    # the traces did not change under either mask (an abstaining base trace that still abstains included)
+    c = Case(evidence_change=0.0, evidence_step_changed=False, answer_changed=False, abstained=abstained,
+             newly_abstained=False, has_answer=has_answer, match_f1=match_f1, off_target_changed=False,
+             needed=needed, has_control=has_control, control_change=0.0 if has_control else math.nan)
+    mode, rule, detail = decide_mode(c, CRM_CFG)
+    assert mode in ("insensitive", "undecided"), (mode, rule, detail)
+    assert (mode == "undecided") == (needed is True)
 
 
 def test_rule_hallucination_keeps_structure_without_abstaining():
@@ -299,8 +315,8 @@ def test_thresholds_come_from_the_config():
     c = case(abstained=True, newly_abstained=True, control_change=0.3, control_step_changed=True)
     assert decide_mode(c, CRM_CFG)[0] == "grounded"
     assert decide_mode(c, {**CRM_CFG, "collapse_ratio": 0.5})[0] == "collapse"
-    assert set(MODE_RULES) == {"control_as_strong", "unchanged_not_needed", "kept_structure_no_abstention",
-                               "changed_dependent_control_quiet", "fell_apart"}
+    assert set(MODE_RULES) == {"control_as_strong", "unchanged_not_needed", "unchanged_but_needed",
+                               "kept_structure_no_abstention", "changed_dependent_control_quiet", "fell_apart"}
 
 
 # --- gold dependencies ---------------------------------------------------------------------------

@@ -147,3 +147,12 @@ def test_format_of_each_family_and_unknown_names():
         format_for("llava")
     with pytest.raises(FormatError, match="known: qwen2_vl"):
         parse_answer("x", "kosmos")
+
+
+def test_a_prompt_that_opened_the_thinking_block_makes_a_tagless_answer_all_reasoning():
+    # Qwen3-VL-Thinking's template writes <think> into the prompt: the answer holds only "...</think>answer"
+    parsed = parse_answer('look at the bar</think>[{"bbox_2d": [1, 2, 3, 4]}]', "qwen3_vl", thinking_open=True)
+    assert coords(parsed) == [(1.0, 2.0, 3.0, 4.0)]
+    parsed = parse_answer('the bar is at {"bbox_2d": [1, 2, 3, 4]}', "qwen3_vl", thinking_open=True)
+    assert parsed.boxes == [] and kinds(parsed) == [("no answer", None)]  # cut off mid-thought
+    assert coords(parse_answer('{"bbox_2d": [1, 2, 3, 4]}', "qwen3_vl")) == [(1.0, 2.0, 3.0, 4.0)]

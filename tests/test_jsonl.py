@@ -131,3 +131,58 @@ def test_lines_round_trip_unicode(tmp_path):
     rec = good_record("é", question="Quelle couleur ?", answer="bleu", choices=["rouge", "bleu"])
     (item,) = records_of(tmp_path, [json.dumps(rec, ensure_ascii=False)])
     assert item.item_id == "é" and item.answer == "B"
+
+
+@pytest.mark.parametrize(
+    "change,reason_start",
+    [
+        ({"choices": "red, blue"}, "bad choices: must be a non-empty list"),
+        ({"choices": {"A": "red", "B": "blue"}}, "bad choices: must be a non-empty list"),
+        ({"answer": "3.5", "answer_type": "integer", "choices": None}, "bad answer: answer '3.5' is not an integer"),
+        ({"answer": "three", "answer_type": "integer", "choices": None}, "bad answer: answer 'three' is not a number"),
+        ({"answer": 2.5, "answer_type": "integer", "choices": None}, "bad answer: answer 2.5 is not an integer"),
+        ({"answer": "2014, 2016", "answer_type": "list", "choices": None}, "bad answer: a list answer must be a JSON array"),
+        ({"answer": [[1], 2], "answer_type": "list", "choices": None}, "bad answer: a list answer holds text or numbers"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_rejected_not_reread(tmp_path, change, reason_start):
+    r = only_reject(records_of(tmp_path, [good_record("a", **change)]))
+    assert r.reason.startswith(reason_start), r.reason
+    assert r.item_id == "a" and r.source_line == 1
+
+
+def test_list_answer_that_is_a_list_is_kept(tmp_path):
+    (item,) = records_of(tmp_path, [good_record("a", answer=[2014, 2016], answer_type="list", choices=None)])
+    assert item.answer == "2014, 2016" and item.answer_type == "list"
+
+
+def test_line_that_is_not_utf8_is_rejected_with_its_number_and_the_rest_is_read(tmp_path):
+    path = tmp_path / "data" / "d.jsonl"
+    path.parent.mkdir(parents=True)
+    good = json.dumps(good_record("a")).encode()
+    bad = json.dumps(good_record("b", question="caf\u00e9?")).encode().replace(b"\\u00e9", b"\xe9")  # Latin-1 é
+    path.write_bytes(good + b"\n" + bad + b"\n" + json.dumps(good_record("c")).encode() + b"\n")
+    recs = list(get_adapter("d", jsonl_spec(path), base_dir=tmp_path).records())
+    assert [type(r).__name__ for r in recs] == ["RawItem", "Reject", "RawItem"]
+    assert recs[1].source_line == 2 and recs[1].reason.startswith("not valid UTF-8: byte 0xe9")
+    assert [r.item_id for r in recs if isinstance(r, RawItem)] == ["a", "c"]
+
+
+def test_byte_order_mark_is_read_as_such_and_the_first_record_kept(tmp_path):
+    path = tmp_path / "data" / "d.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(good_record("a")).encode() + b"\n"
+                     + json.dumps(good_record("b")).encode() + b"\n")
+    recs = list(get_adapter("d", jsonl_spec(path), base_dir=tmp_path).records())
+    assert [(r.item_id, r.source_line) for r in recs] == [("a", 1), ("b", 2)]
+    assert all(isinstance(r, RawItem) for r in recs)
+    assert get_adapter("d", jsonl_spec(path), base_dir=tmp_path).count() == 2
+
+
+def test_score_reads_only_what_the_model_finally_says(tmp_path):
+    adapter = get_adapter("d", jsonl_spec(write_jsonl(tmp_path / "d.jsonl", [good_record("a")])))
+    mc = {"answer": "B", "answer_type": "multi_choice", "choices": ["red", "blue"]}
+    assert adapter.score(mc, "<think>Answer: A? red?</think>\n\\boxed{B}").answer_text == "B"
+    cut = adapter.score(mc, "It looks blue, so Answer: B", thinking_open=True)
+    assert (cut.answer_text, cut.correct, cut.truncated) == (None, False, True)
+    assert adapter.score(mc, "It looks blue, so Answer: B").correct is True  # a model that does not think

@@ -168,7 +168,77 @@ def test_score_worked_examples(parquet_items, pid, response, parsed, correct):
 def test_chain_cut_off_inside_thinking_is_unparsed_and_wrong(parquet_items):
     a, items = parquet_items
     s = a.score(row(items["5"]), "<think>Angle H looks like 97 degrees, Answer: (A) would")
-    assert s.answer_text is None and s.correct is False
+    assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
+    # the template opened the block: no tag at all, and a stated answer inside the thinking is not an answer
+    s = a.score(row(items["2"]), "The cup is marked 1000 g.\nAnswer: 1000", thinking_open=True)
+    assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
+    s = a.score(row(items["2"]), "The cup is marked 1000 g.\n</think>\n\nAnswer: 1000", thinking_open=True)
+    assert (s.answer_text, s.correct, s.truncated) == ("1000", True, False)
+
+
+@pytest.mark.parametrize(
+    "pid, response, parsed, correct",
+    [
+        ("5", "Angle H is 97.\n</think>\n\n$\\boxed{\\text{A}}$", "97", True),
+        ("5", "<think>(B)?</think><answer><|begin_of_box|>A<|end_of_box|></answer>", "97", True),
+        ("5", "Answer: B\nOn reflection the arcs are equal.\nAnswer: A", "97", True),  # the last stated answer
+        ("5", "The correct answer is (C) 107.", "107", False),
+        ("2", "1000.7", "1000", True),  # official: int(float(x)) truncates
+        ("2", "Answer: 1,000 g", "1000", True),
+        ("1", "So d = \\frac{6}{5} cm.\nAnswer: \\frac{6}{5}", "1.2", True),
+        ("1", 'The answer is "1.2".', "1.2", True),
+        ("902", "Sales passed 100 in 2007 and 2008.\nAnswer: 2007 and 2008", "[2007, 2008]", True),
+        ("7", "", None, False),  # empty: unparsed (the official normalisation would pick the shortest choice)
+        ("7", "The hands are hidden.\nAnswer: unknown", None, False),
+    ],
+)
+def test_score_thinking_latex_boxes_and_departures(parquet_items, pid, response, parsed, correct):
+    a, items = parquet_items
+    s = a.score(row(items[pid]), response)
+    assert (s.answer_text, s.correct) == (parsed, correct)
+
+
+# --- malformed records ---------------------------------------------------------------------------
+
+
+def _json_with(tmp_path, pid, **change):
+    """testmini.json holding problem ``pid`` changed, then another problem unchanged."""
+    rows = {r["pid"]: {k: v for k, v in r.items() if k not in ("decoded_image", "query")}
+            for r in fx._mathvista_rows(with_bytes=False)}
+    bad = {**rows[pid], **change}
+    other = "2" if pid == "5" else "5"
+    path = tmp_path / "testmini.json"
+    path.write_text(json.dumps({pid: bad, other: rows[other]}))
+    return list(adapter({"path": str(path)}).records())
+
+
+@pytest.mark.parametrize(
+    "pid, change, reason",
+    [
+        ("5", {"choices": "97, 102, 107, 122"}, "choices is a str ('97, 102, 107, 122'), not a list"),
+        ("5", {"choices": {"A": "97", "B": "102"}}, "choices is a dict"),
+        ("5", {"choices": ["97", ["102"]]}, "choices holds a list"),
+        ("2", {"answer": "3.5"}, "integer answer '3.5' is not an integer"),
+        ("2", {"answer": "three"}, "integer answer 'three' is not an integer"),
+        ("1", {"answer": "1.2 cm"}, "float answer '1.2 cm' is not a number"),
+        ("902", {"answer": "2007"}, "list answer '2007' is not a list"),
+        ("902", {"answer": "2007, 2008"}, "list answer '2007, 2008' is not a list"),
+        ("1", {"precision": 1.5}, "precision 1.5 is not an integer"),
+        ("1", {"precision": "two"}, "precision 'two' is not an integer"),
+        ("2", {"question_type": "open"}, "question_type 'open' is not one of multi_choice, free_form"),
+        ("2", {"answer_type": "text"}, "free-form answer_type 'text' has no official normalisation"),
+    ],
+)
+def test_malformed_records_are_rejected_with_the_reason(tmp_path, pid, change, reason):
+    bad, good = _json_with(tmp_path, pid, **change)
+    assert isinstance(bad, Reject) and reason in bad.reason, bad
+    assert bad.item_id == pid and bad.source_line == 1
+    assert isinstance(good, RawItem) and good.item_id == ("2" if pid == "5" else "5")
+
+
+def test_integer_answer_written_as_a_number_is_read(tmp_path):
+    item, _ = _json_with(tmp_path, "2", answer=1000)
+    assert isinstance(item, RawItem) and item.answer == "1000"
 
 
 def test_abstention_is_flagged_and_wrong(parquet_items):

@@ -129,9 +129,9 @@ def test_unparsed_response_is_wrong_and_counted(standard):
     a, items, _ = standard
     item = items["test_Accounting_1"]
     unparsed = a.score(item_row(item), "I do not know")
-    assert unparsed.answer_text is None and unparsed.correct is False
+    assert unparsed.answer_text is None and unparsed.correct is False and unparsed.abstained is True
     cut = a.score(item_row(item), "<think>The ledger shows ... so the answer is C")
-    assert cut.answer_text is None and cut.correct is False
+    assert cut.answer_text is None and cut.correct is False and cut.truncated is True
     right = a.score(item_row(item), "<think>Answer: A?</think>\nThe entry records credit sales.\nAnswer: C")
     assert right.answer_text == "C" and right.correct is True
     traces = pd.DataFrame(
@@ -149,3 +149,58 @@ def test_twelve_option_answer_letter_l(standard):
     a, items, _ = standard
     s = a.score(item_row(items["test_Physics_2"]), "The beam balances at 120 kg.\nAnswer: L")
     assert s.answer_text == "L" and s.correct is True
+
+
+@pytest.mark.parametrize(
+    "response, thinking_open, parsed, correct",
+    [
+        ("The ledger lists credit sales.\n</think>\n\nAnswer: C", True, "C", True),
+        ("The ledger lists credit sales. Answer: C", True, None, False),  # cut off: the template opened <think>
+        ("<think>(A)? (B)?</think><answer>The answer is <|begin_of_box|>C<|end_of_box|></answer>", False, "C", True),
+        ("Answer: \\boxed{\\text{C}}", False, "C", True),
+        ("**Final Answer:** (C)", False, "C", True),
+        ("Answer: A\nRe-reading the entry, it records credit sales.\nAnswer: C", False, "C", True),
+        ("Answer: C\n\nOption (A) would need a cash receipt.", False, "C", True),  # official: (A)
+        ("answer: c", False, "C", True),
+        ("After checking the entries, the right account is accounts receivable.", False, "C", True),
+        ("I cannot determine the account from this image.", False, None, False),  # official reads "I" as no option
+    ],
+)
+def test_score_reads_the_last_stated_answer_after_the_thinking(standard, response, thinking_open, parsed, correct):
+    a, items, _ = standard
+    s = a.score(item_row(items["test_Accounting_1"]), response, thinking_open=thinking_open)
+    assert (s.answer_text, s.correct) == (parsed, correct)
+
+
+def test_unparsed_where_the_official_parser_would_draw_a_random_letter(standard):
+    from peekaboo.datasets import official
+
+    a, items, _ = standard
+    options = items["test_Accounting_1"].choices
+    index2ans, letters = official.mmmu_get_multi_choice_info(options)
+    drawn = []
+    assert official.mmmu_parse_multi_choice_response("no idea", letters, index2ans,
+                                                     fallback=lambda c: drawn.append(c) or "B") == "B"
+    assert drawn == [["A", "B", "C", "D"]]  # the official code reaches random.choice(all_choices)
+    s = a.score(item_row(items["test_Accounting_1"]), "no idea")
+    assert s.answer_text is None and s.correct is False and not s.abstained
+
+
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        ("Cash, Inventory", "options 'Cash, Inventory' is not a Python list literal"),
+        ("{'A': 'Cash', 'B': 'Inventory'}", "options is a dict"),
+        ("'Cash'", "options is a str ('Cash'), not a list"),
+        ("['Cash', ['Inventory']]", "options holds a list"),
+    ],
+)
+def test_options_that_are_not_a_list_are_rejected(tmp_path, options, reason):
+    rows = fx.mmmu_standard_rows()[:2]
+    rows[0]["options"] = options
+    path = tmp_path / "test-00000-of-00001.parquet"
+    fx._write_parquet(path, rows, fx.MMMU_STANDARD_SCHEMA)
+    bad, good = list(adapter({"path": str(path)}).records())
+    assert isinstance(bad, Reject) and reason in bad.reason, bad.reason
+    assert bad.item_id == "test_Accounting_1" and bad.source_line == 1
+    assert isinstance(good, RawItem) and good.item_id == "test_Physics_2"

@@ -187,6 +187,17 @@ def test_score_numbers_and_yes_no():
     assert not adapter.score({"answer": "no", "answer_type": "yes_no"}, "Answer: yes").correct
 
 
+def test_score_takes_thinking_open_and_never_scores_a_cut_off_chain():
+    adapter = get_adapter("p", {"adapter": "panels", "options": {}})
+    item = {"answer": "red", "answer_type": "text"}
+    # panels' reference models do not think: without the flag a response is all answer, as before
+    assert adapter.score(item, "Step 1: The top-left shape is red.\nAnswer: red", thinking_open=False).correct
+    cut = adapter.score(item, "Step 1: The top-left shape is red.\nAnswer: red", thinking_open=True)
+    assert (cut.answer_text, cut.correct, cut.truncated) == (None, False, True)
+    done = adapter.score(item, "The top-left shape is red.</think>\nAnswer: red", thinking_open=True)
+    assert (done.answer_text, done.correct, done.truncated) == ("red", True, False)
+
+
 @pytest.mark.parametrize(
     "options, key",
     [

@@ -104,20 +104,24 @@ def test_fit_all_goes_on_past_a_degenerate_dataset_and_drops_a_lone_moderator():
     pooled = table[table["scope"] == "pooled"].iloc[0]
     assert "one task_type present (visual_reference): moderator dropped" in pooled["note"]
     text = reg.summary_text(table, reg.transfer(pd.concat([good, bad]), {"min_errors": 5}))
-    assert "m / bad: not_fitted, n=50, errors=0" in text
-    assert "m / good: ok, n=300, errors=" in text
+    assert "m / bad (vision: -; from bad): not_fitted, n=50, errors=0" in text
+    assert "m / good (vision: -; from good): ok, n=300, errors=" in text
 
 
 def test_transfer_scores_other_datasets_with_training_scaling():
     df = simulate_features(500, 6, TRUE, datasets=("a", "b"))
     out = reg.transfer(df, {"min_errors": 5})
-    assert set(out["features"]) == set(interaction.FEATURE_SETS)
+    assert set(out["features"]) == set(interaction.FEATURE_SETS) | {"entropy_answer"}
     assert set(zip(out["train_dataset"], out["test_dataset"])) == {("a", "b"), ("b", "a")}
     auc = out.set_index(["train_dataset", "features"])["auroc"]
     assert 0.5 < auc[("a", "vision")] < auc[("a", "additive")] < 0.95
     # entropy alone: AUROC equals that of -entropy on the test set (the fit is monotone, slope < 0)
     test = df[df["dataset"] == "b"]
     assert auc[("a", "entropy")] == pytest.approx(interaction.auroc(test["correct"].astype(bool), -test["entropy_full"]))
+    # the answer-span entropy is a confidence signal of its own (here built to be the weaker one)
+    assert auc[("a", "entropy_answer")] == pytest.approx(
+        interaction.auroc(test["correct"].astype(bool), -test["entropy_answer"]))
+    assert auc[("a", "entropy_answer")] < auc[("a", "entropy")]
 
 
 def test_transfer_with_one_dataset_or_one_class_says_so():
@@ -148,10 +152,27 @@ def test_run_stage_writes_csvs_and_summary(tmp_path):
         paths.append(write_table(df, tmp_path / f"{d}.traces.parquet"))
     outs = {k: tmp_path / f"{k}.{'txt' if k == 'summary' else 'csv'}" for k in ("coefficients", "transfer", "summary")}
     reg.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
-                            config={"regression": {"variants": ["base"], "min_errors": 5}, "features": {}},
+                            config={"regression": {"variants": ["base"], "min_errors": 5}, "features": {},
+                                    "analyses": {"a": ["regression", "transfer"], "b": ["regression", "transfer"]}},
                             results_dir=tmp_path, code=[reg.__file__]))
     coef = pd.read_csv(outs["coefficients"])
     assert set(coef["dataset"]) == {"a", "b", "pooled"}
     assert list(coef.columns) == reg.COEF_COLUMNS
     assert "errors=" in outs["summary"].read_text()
-    assert len(pd.read_csv(outs["transfer"])) == 2 * len(interaction.FEATURE_SETS)
+    # entropy-only sets once; the vision sets once per configured measure (default: evidence_share, image_share)
+    transfer = pd.read_csv(outs["transfer"])
+    assert len(transfer) == 2 * (2 + 3 * 2)
+    assert set(transfer.loc[transfer["features"] == "interaction", "vision_measure"]) == {"evidence_share", "image_share"}
+
+
+def test_one_fit_never_mixes_two_vision_measures():
+    df = simulate_features(300, 41, TRUE, datasets=("a", "b"))
+    df.loc[df["dataset"] == "b", "vision_evidence_share"] = np.nan  # b has no evidence boxes
+    table = reg.fit_all(df, {"min_errors": 5}, ["image_share", "evidence_share"])
+    fits = table.drop_duplicates(["dataset", "vision_measure"]).set_index(["dataset", "vision_measure"])
+    assert fits.loc[("b", "image_share"), "status"] == "ok"
+    b_share = fits.loc[("b", "evidence_share")]
+    assert b_share["status"] == "not_fitted" and "300 without vision engagement" in b_share["note"]
+    pooled = fits.loc[("pooled", "evidence_share")]
+    assert pooled["n"] == 300 and pooled["n_dropped"] == 300 and pooled["datasets"] == "a,b"
+    assert fits.loc[("pooled", "image_share"), "n"] == 600

@@ -79,6 +79,22 @@ def test_fit_veto_picks_dangerous_task_type_and_a_threshold():
     assert not vetoed[train["task_type"].eq("symbolic").to_numpy()].any()
 
 
+def test_veto_never_acts_on_a_task_type_absent_from_the_fitted_rows():
+    # training: visual-reference answers where confident disengagement is dangerous, and symbolic answers without
+    # any vision value (text-only questions): the fit sees one task type only
+    train = _veto_world(400, 21, datasets=("a", "b"))
+    train.loc[train["task_type"] == "symbolic", "vision"] = np.nan
+    rule = sel.fit_veto(train, {"veto_quantiles": [0.1, 0.2, 0.3], "veto_coverage": 0.9}, min_errors=5)
+    assert rule.active and rule.task_types == ["visual_reference"], (rule.task_types, rule.note)
+    assert "symbolic" not in rule.slopes
+    # evaluated where symbolic answers do have vision values, as low as any: never vetoed
+    test = _veto_world(200, 22, datasets=("c",))
+    test["vision"] = rule.threshold - 1.0
+    vetoed = rule.vetoed(test)
+    assert vetoed[test["task_type"].eq("visual_reference").to_numpy()].all()
+    assert not vetoed[test["task_type"].eq("symbolic").to_numpy()].any()
+
+
 def test_veto_demotes_vetoed_answers_behind_all_others():
     df = pd.DataFrame({"trace_id": list("abcd"), "entropy_full": [0.1, 0.2, 0.3, 0.4]})
     order = sel.veto_order(df, np.array([True, False, False, False]))
@@ -140,10 +156,55 @@ def test_run_stage_writes_tables(tmp_path):
     from peekaboo.tables import read_table, write_table
 
     paths = [write_table(_veto_world(80, 14, datasets=(d,)), tmp_path / f"{d}.parquet") for d in ("a", "b")]
-    outs = {"curves": tmp_path / "curves.parquet", "summary": tmp_path / "summary.csv"}
-    config = {"selective": {"bootstrap": 20, "seed": 0}, "regression": {"variants": ["base"], "min_errors": 5}}
+    outs = {"curves": tmp_path / "curves.parquet", "summary": tmp_path / "summary.csv",
+            "entropy_comparison": tmp_path / "entropy_comparison.csv"}
+    config = {"selective": {"bootstrap": 20, "seed": 0}, "regression": {"variants": ["base"], "min_errors": 5},
+              "features": {"vision": "evidence_share"},
+              "analyses": {"a": ["selective", "transfer"], "b": ["selective", "transfer"]}}
     sel.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
                             config=config, results_dir=tmp_path, code=[sel.__file__]))
     assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS)
     summary = pd.read_csv(outs["summary"])
-    assert {"aurc", "aurc_low", "eaurc", "risk_80", "risk_90_high", "delta_risk"} <= set(summary.columns)
+    assert {"aurc", "aurc_low", "eaurc", "risk_80", "risk_90_high", "delta_risk", "vision_measure"} <= set(summary.columns)
+    comparison = pd.read_csv(outs["entropy_comparison"])
+    assert set(comparison["scope"]) == {"in_domain", "transfer"}
+    assert len(comparison[comparison["scope"] == "transfer"]) == 2  # a -> b, b -> a
+
+
+def test_entropy_comparison_favours_the_stronger_signal_in_domain_and_under_transfer():
+    # correctness follows the full-response entropy; the answer-span entropy is the same signal under heavy noise
+    coef = {"const": 0.5, "entropy": -1.5}
+    df = simulate_features(400, 31, coef, datasets=("a", "b"), answer_noise=2.0)
+    cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 200, "seed": 0, "veto_quantiles": [0.1]}
+    _, summary, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+    inside = comparison[(comparison["scope"] == "in_domain") & (comparison["metric"] == "aurc")]
+    assert len(inside) == 2 and (inside["difference"] < 0).all() and (inside["difference_high"] < 0).all()
+    assert set(inside["better"]) == {"full"}
+    aurc = summary.set_index(["dataset", "signal"])["aurc"]
+    assert (inside.set_index("dataset")["full"] == aurc.xs("neg_entropy", level="signal")).all()
+    moved = comparison[comparison["scope"] == "transfer"]
+    assert set(zip(moved["train_dataset"], moved["dataset"])) == {("a", "b"), ("b", "a")}
+    assert (moved["full"] > moved["answer"]).all() and (moved["difference_low"] > 0).all()
+    assert set(moved["better"]) == {"full"}
+
+
+def test_entropy_comparison_holds_zero_when_the_two_signals_are_the_same():
+    df = simulate_features(300, 32, {"const": 0.5, "entropy": -1.5}, datasets=("a", "b"), answer_noise=0.0)
+    cfg = {"bootstrap": 100, "seed": 0, "veto_quantiles": [0.1]}
+    _, _, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+    assert np.allclose(comparison["difference"], 0) and set(comparison["better"]) == {"neither"}
+
+
+def test_each_vision_measure_gets_its_own_signals_and_rows_without_it_rank_last():
+    df = _veto_world(200, 33, datasets=("a", "b"))
+    df.loc[df["task_type"] == "symbolic", "vision_evidence_share"] = np.nan  # no boxes on symbolic items
+    cfg = {"bootstrap": 0, "seed": 0, "veto_quantiles": [0.1, 0.2]}
+    _, summary = sel.evaluate(df, cfg, {"min_errors": 5}, ["image_share", "evidence_share"])
+    keyed = summary.set_index(["dataset", "signal", "vision_measure"])
+    assert {("a", "neg_entropy", ""), ("a", "neg_entropy_answer", ""), ("a", "vision", "image_share"),
+            ("a", "vision", "evidence_share"), ("a", "entropy+veto", "evidence_share")} <= set(keyed.index)
+    assert "answers without vision engagement ranked last" in keyed.loc[("a", "vision", "evidence_share"), "note"]
+    assert "ranked last" not in str(keyed.loc[("a", "vision", "image_share"), "note"])
+    # where symbolic items have no evidence share, the veto on it was never fitted to them: it never touches them
+    veto = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == "evidence_share")]
+    assert (veto["veto_task_types"] == "visual_reference").all() and (veto["n_vetoed_symbolic"] == 0).all()

@@ -18,11 +18,12 @@ MODEL_SPEC = {"dtype": "float32", "attn_implementation": "sdpa", "batch_size": 2
 TRACES_CFG = {"map_layers": [0, -1], "keep_heads": False, "chunk_traces": 2, "compression_level": 3}
 
 
-def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0):  # noqa: F811
+def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None):  # noqa: F811
+    model_path = model_path or tiny_models["qwen3_vl"]
     return traces.generate_shard(
         items_path=shard_info["items"], masks_path=shard_info["masks"], results_dir=shard_info["results"],
-        model_name="tiny", model_spec={**MODEL_SPEC, "source": str(tiny_models["qwen3_vl"])},
-        model_path=tiny_models["qwen3_vl"], dataset="toy",
+        model_name="tiny", model_spec={**MODEL_SPEC, "source": str(model_path)},
+        model_path=model_path, dataset="toy",
         dataset_spec=shard_info["spec"], seed=0, shard=shard, traces_cfg=traces_cfg,
         store_path=out / f"shard-{shard}.zarr", sidecar_path=out / f"shard-{shard}.parquet",
         config_section={"traces": traces_cfg, "model": MODEL_SPEC}, code_files=None, device="cpu",
@@ -110,6 +111,57 @@ def test_resume_after_kill_gives_identical_store(tiny_models, tiny_shard, tmp_pa
     a, b = xr.open_zarr(store), xr.open_zarr(clean_store)
     xr.testing.assert_identical(a.load(), b.load())
     assert tracestore.read_sidecars(side).equals(tracestore.read_sidecars(clean_side))
+
+
+def test_resume_with_other_weights_discards_the_stale_batches(tiny_models, tiny_shard, tmp_path, monkeypatch,
+                                                              caplog):  # noqa: F811
+    """Retrained (or replaced) weights at the same path: the batches of the old model must not be resumed."""
+    import shutil
+
+    from peekaboo.models.tiny import build_tiny
+
+    monkeypatch.setenv("PEEKABOO_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["qwen3_vl"], model)
+    real = generate.TraceGenerator.generate
+    calls = {"n": 0}
+
+    def dies_on_second_batch(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("job killed")
+        return real(self, requests)
+
+    monkeypatch.setattr(generate.TraceGenerator, "generate", dies_on_second_batch)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_models, tiny_shard, out, model_path=model)
+    assert (out / "shard-0.partial" / "batch-00000.json").is_file()
+
+    build_tiny("qwen3_vl", model, seed=1)  # the model is retrained: new weights at the same path
+    calls["n"] = 10
+    with caplog.at_level("INFO", logger="peekaboo"):
+        store, side = run(tiny_models, tiny_shard, out, model_path=model)
+    assert calls["n"] == 13  # every batch generated again with the new weights, none resumed
+    assert "different model (other weights)" in caplog.text
+    monkeypatch.setattr(generate.TraceGenerator, "generate", real)
+    clean_store, clean_side = run(tiny_models, tiny_shard, tmp_path / "clean", model_path=model)
+    assert tree(store) == tree(clean_store)
+    assert xr.open_zarr(store).attrs["model_revision"] == xr.open_zarr(clean_store).attrs["model_revision"]
+    assert xr.open_zarr(store).attrs["model_revision"].startswith("sha256:")
+
+
+def test_a_partial_folder_without_a_plan_says_so(tmp_path, caplog):
+    # a disk that filled up while the first run wrote its plan: only the temporary file is there
+    partial = tmp_path / "shard-0.partial"
+    partial.mkdir()
+    (partial / "plan.json.tmp").write_text('{"pl')
+    writer = tracestore.ShardWriter(tmp_path / "shard-0.zarr", tmp_path / "shard-0.parquet", [["a"]],
+                                    n_layers=1, n_heads=1, map_layers=[0])
+    with caplog.at_level("INFO", logger="peekaboo"):
+        assert writer.start() == set()
+    assert "holds no plan" in caplog.text and "different" not in caplog.text
+    assert (partial / "plan.json").is_file()
 
 
 def test_stale_partial_from_other_config_is_discarded(tiny_models, tiny_shard, tmp_path):  # noqa: F811

@@ -169,3 +169,37 @@ def test_score_reads_the_letter_after_reasoning(written):
     assert a.score(row, f"Answer: {wrong}").correct is False
     cut = a.score(row, "<think>The plant is in a bag, so")
     assert cut.answer_text is None and cut.correct is False
+
+
+def test_chain_cut_off_in_its_thinking_is_truncated_even_with_a_letter_inside(written):
+    a, items, _ = written
+    item = items[README_ID]
+    row = {"answer": item.answer, "choices": item.choices}
+    for response, thinking_open in ((f"The plant is trapped. Answer: {item.answer}", True),
+                                    (f"<think>The plant is trapped. Answer: {item.answer}", False)):
+        s = a.score(row, response, thinking_open=thinking_open)
+        assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
+    s = a.score(row, f"The plant is trapped.\n</think>\n\n\\boxed{{{item.answer}}}", thinking_open=True)
+    assert (s.answer_text, s.correct, s.truncated) == (item.answer, True, False)
+    free = a.score({"answer": "x", "choices": None}, "Nature is trapped", thinking_open=True)
+    assert free.truncated and free.answer_text is None and free.correct is None
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("visual_premises", "A polar bear stands on a tiny ice floe.", "visual_premises is a str"),
+        ("commonsense_premises", {"CP1": "Greenhouse gases warm the planet."}, "commonsense_premises is a dict"),
+        ("reasoning_steps", "(VP1 -> C): The bear has no ice.", "reasoning_steps is a str"),
+        ("conclusion", ["Pollution melts the ice."], "conclusion is a list, not text"),
+    ],
+)
+def test_fields_of_the_wrong_kind_are_rejected_not_reread(tmp_path, field, value, reason):
+    records = [dict(r) for r in fx.VISARGS_RECORDS[1:3]]
+    records[0][field] = value
+    path = tmp_path / "annotation.json"
+    path.write_text(json.dumps(records))
+    bad, good = list(adapter({"path": str(path), "images": str(tmp_path)}).records())
+    assert isinstance(bad, Reject) and reason in bad.reason, bad.reason
+    assert bad.item_id == "aabbcc0001" and bad.source_line == 1
+    assert isinstance(good, RawItem) and good.item_id == "ddeeff0002"

@@ -10,6 +10,7 @@ The repository is copied (Snakefile, workflow/, src/, envs/, config.yaml) so
 that touching a module's modification time cannot disturb other tests.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ def _config(tiny_model: Path) -> dict:
         "seed": 3,
         "datasets": {
             "panels": {"adapter": "panels", "options": {"seed": 7, "n_items": 5}, "shard_size": 3},
-            "panels-b": {"adapter": "panels", "options": {"seed": 8, "n_items": 4}},
+            "panels-b": {"adapter": "panels", "options": {"seed": 8, "n_items": 4}, "masks": False},
         },
         "models": {
             "ref": {
@@ -54,7 +55,8 @@ def _config(tiny_model: Path) -> dict:
 
 
 def _snakemake(workdir: Path, *args: str, timeout: int = 900) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # every job checks that it ran no package code its rule's input.code leaves out (peekaboo.stage)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PEEKABOO_CHECK_CODE_INPUTS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.test.yaml", *args],
         cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env,
@@ -144,16 +146,42 @@ def test_changing_a_config_section_reruns_only_what_reads_it(run):
     assert "figures" in planned and not planned & {"items", "masks", "traces", "train_reference", "crm"}
 
 
+@contextlib.contextmanager
+def edited(path: Path):
+    """An edit to a file (Snakemake compares checksums of changed inputs, so it changes the content), undone after."""
+    before, stat = path.read_bytes(), path.stat()
+    path.write_bytes(before + b"\n# an edit\n")
+    try:
+        yield
+    finally:
+        path.write_bytes(before)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_editing_a_module_reruns_exactly_the_stages_using_it(run):
-    # Snakemake compares checksums of changed inputs, so the edit must change the content
     work, _, _ = run
-    with open(work / "src/peekaboo/selective.py", "a") as fh:
-        fh.write("\n# an edit\n")
-    out = _snakemake(work, "-n")
+    src = work / "src" / "peekaboo"
+    with edited(src / "selective.py"):
+        out = _snakemake(work, "-n")
     assert _planned_rules(out) == {"selective", "figures", "all"}, out[-3000:]
 
-    with open(work / "src/peekaboo/masks.py", "a") as fh:
-        fh.write("\n# an edit\n")
-    planned = _planned_rules(_snakemake(work, "-n"))
+    with edited(src / "masks.py"):
+        planned = _planned_rules(_snakemake(work, "-n"))
     assert {"masks", "traces", "steps", "crm", "collapse", "regression", "selective", "figures"} <= planned
     assert "items" not in planned and "train_reference" not in planned
+
+    # a package __init__ runs whenever a module under it is imported: models/ holds loading and the reference models
+    with edited(src / "models" / "__init__.py"):
+        assert {"train_reference", "traces"} <= _planned_rules(_snakemake(work, "-n"))
+    assert "Nothing to be done" in _snakemake(work, "-n")
+
+
+def test_replaced_weights_at_a_local_path_rerun_the_traces(run):
+    # last: it changes the model on disk (the config does not change at all)
+    work, _, _ = run
+    build_tiny("qwen2_5_vl", work / "models" / "tiny-qwen25", seed=1)
+    out = _snakemake(work, "-n")
+    planned = _planned_rules(out)
+    assert {"traces", "steps", "crm", "collapse"} <= planned and "train_reference" not in planned, out[-3000:]
+    jobs = [line for line in out.splitlines() if line.strip().startswith("wildcards:") and "m=" in line]
+    assert jobs and all("m=tiny-qwen25" in line for line in jobs if "i=" in line), jobs

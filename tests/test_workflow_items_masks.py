@@ -127,6 +127,17 @@ def test_second_run_gives_identical_bytes(project):
     assert any(k.endswith(".png") and k.startswith("masks/") for k in first)
 
 
+def test_adding_a_fill_leaves_datasets_without_masks_alone(project):
+    wf, work = project
+    assert snakemake(wf, work, "--cores", "2").returncode == 0
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["masks"]["fills"].append("black")
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(wf, work, "-n")
+    text = dry.stdout + dry.stderr
+    assert "rule masks:" in text and "wildcards: d=mine" in text and "d=nomask" not in text, text[-3000:]
+
+
 def test_editing_the_dataset_entry_reruns_items(project):
     wf, work = project
     assert snakemake(wf, work, "--cores", "2").returncode == 0
@@ -145,6 +156,8 @@ def test_editing_the_dataset_entry_reruns_items(project):
         (lambda c: c["datasets"]["mine"].update(limit="two"), "datasets.mine.limit: 'two' is not of type"),
         (lambda c: c["datasets"]["mine"]["options"].update(path="data/gone.jsonl"),
          "datasets.mine.options.path: no such file data/gone.jsonl"),
+        (lambda c: c["models"]["m"].update(source="nobody/no-such-model"),
+         "models.m.source: 'nobody/no-such-model' is neither a model folder nor a hub id"),
     ],
 )
 def test_bad_config_stops_before_any_job(project, change, message):

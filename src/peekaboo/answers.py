@@ -1,10 +1,12 @@
 """Answer extraction shared by the dataset adapters.
 
-A model's response is free text, usually a chain of steps that ends with
-``Answer: ...``. These helpers find the final answer in it, tell an abstention
-("unknown", "I cannot see the panel") from an answer, and read letters, yes/no
-and numbers out of it, normalised the same way as the gold answers so that a
-plain string comparison decides correctness.
+A model's response is free text: a thinking model's reasoning block, then
+what it finally says, usually ending with a stated answer (``Answer: ...``,
+``\\boxed{...}``, GLM's answer box). These helpers split off the thinking,
+find the final stated answer (the last one wins), tell an abstention
+("unknown", "I cannot see the panel") from an answer, and read letters,
+yes/no and numbers out of it, normalised the same way as the gold answers so
+that a plain string comparison decides correctness.
 """
 
 from __future__ import annotations
@@ -41,11 +43,28 @@ _ABSTENTION_PATTERNS = [
 ]
 _ABSTENTION_RE = re.compile("|".join(f"(?:{p})" for p in _ABSTENTION_PATTERNS), re.IGNORECASE)
 
-_ANSWER_MARKER_RE = re.compile(r"(?:final\s+)?answer\s*[:：]", re.IGNORECASE)
-_THINK_RE = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
-_YES_WORDS = {"yes", "true", "correct", "y"}
-_NO_WORDS = {"no", "false", "incorrect", "n"}
+# Where a stated answer starts. The last one in the answer part wins, as the
+# official parsers take the last "Answer:" or the last-mentioned option.
+_GLM_BOX_RE = re.compile(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", re.DOTALL)
+_MARKER_RE = re.compile(
+    r"(?:\b(?:(?:final|correct|right|best)\s+)?answer|\b(?:final|correct|right|best)\s+(?:option|choice))"
+    r"\s*(?:\*\*|__)?\s*"
+    r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*(?:\*\*|__)?\s*[:：]?|[:：])",
+    re.IGNORECASE,
+)
+_BOXED_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# tags and special tokens that wrap an answer without being part of it (GLM: <answer>, an unclosed box)
+_WRAPPER_RE = re.compile(r"</?answer>|<\|(?:begin|end)_of_box\|>", re.IGNORECASE)
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_DECORATION = " \t\r\n*_`"
+
+# a response's yes or no (its first word); "y"/"n" alone are too easily something else ("N/A")
+_YES_WORDS = {"yes", "true"}
+_NO_WORDS = {"no", "false"}
+# a gold answer's yes or no, as datasets write them
+_GOLD_YES_NO = {"yes": "yes", "y": "yes", "true": "yes", "no": "no", "n": "no", "false": "no"}
 
 # A number as people write it: sign, thousands separators, decimals, exponent,
 # a fraction (3/4) or a percentage; the lookarounds keep it from matching
@@ -57,6 +76,7 @@ _NUMBER_RE = re.compile(
     r"(?P<pct>\s*%)?"
     r"(?![A-Za-z0-9_])"
 )
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
 
 
 # ----------------------------------------------------------------------------
@@ -84,30 +104,110 @@ def normalize_text(text: Any) -> str:
     return s
 
 
-def final_answer_text(text: Any) -> str:
-    """The part of a response that holds its final answer.
+# ----------------------------------------------------------------------------
+# thinking and the final answer
 
-    The text after the last ``Answer:`` marker (``Final answer:`` too), up to
-    the end of that line; without a marker, the last non-empty line outside any
-    ``<think>`` block. Empty string for an empty response.
+
+def split_thinking(response: Any, thinking_open: bool = False) -> tuple[str, bool]:
+    """(what the model finally says, whether the response ended inside its thinking block).
+
+    Thinking models write ``<think>reasoning</think>answer``; some chat
+    templates write the opening tag into the prompt (``thinking_open``: the
+    rendered prompt ended inside an open block), so the response holds only
+    ``reasoning</think>answer``. The answer part is the text after the last
+    ``</think>``. A response that ends inside a thinking block has no answer
+    part: a ``<think>`` after the last ``</think>`` (a block opened and never
+    closed), or no tag at all when the prompt opened the block. Without
+    ``thinking_open`` a response without tags is all answer (a model that
+    does not think).
     """
-    return _final_answer(text)[0]
+    if response is None:
+        return "", bool(thinking_open)
+    s = str(response)
+    low = s.lower()
+    close = low.rfind(_THINK_CLOSE)
+    opened = low.rfind(_THINK_OPEN)
+    if opened > close:
+        return "", True
+    if close >= 0:
+        return s[close + len(_THINK_CLOSE) :], False
+    if thinking_open:
+        return "", True
+    return s, False
 
 
-def _final_answer(text: Any) -> tuple[str, bool]:
-    """(final answer text, whether it followed an ``Answer:`` marker)."""
-    if text is None:
+def _boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    r"""(start, end, content) of every ``\boxed{...}`` whose braces close (they may nest)."""
+    spans = []
+    for m in _BOXED_OPEN_RE.finditer(text):
+        depth = 1
+        for j in range(m.end(), len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    spans.append((m.start(), j + 1, text[m.end() : j]))
+                    break
+    return spans
+
+
+def _line_after(text: str, pos: int) -> str:
+    """The rest of the line from ``pos``; the next non-empty line when that is empty ("Answer:\\n\\nC")."""
+    rest = text[pos:]
+    lines = rest.split("\n")
+    for line in lines:
+        if line.strip(_DECORATION):
+            return line
+    return ""
+
+
+def clean_statement(text: str) -> str:
+    r"""A stated answer without markdown, math delimiters or ``\text{}`` wrappers: ``**$\text{C}$**`` -> ``C``."""
+    s = _WRAPPER_RE.sub(" ", text)
+    prev = None
+    while prev != s:
+        prev = s
+        s = _LATEX_TEXT_RE.sub(r"\1", s)
+    s = s.strip(_DECORATION)
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
+            s = s[len(left) : len(s) - len(right)].strip(_DECORATION)
+    return s.strip()
+
+
+def final_answer(answer_part: Any) -> tuple[str, bool]:
+    r"""(the final answer, whether it was stated as one) in the answer part of a response.
+
+    Stated answers are GLM's ``<|begin_of_box|>...<|end_of_box|>``,
+    ``\boxed{...}`` (nested braces; ``\text{}`` inside unwrapped) and the
+    text after a marker ("Answer:", "Final answer:", "the answer is", "the
+    correct option is", ...; to the end of its line). The last one stated
+    wins. Without any, the last non-empty line (not stated). Empty string
+    for an empty answer part. Call it on ``split_thinking``'s answer part.
+    """
+    if answer_part is None:
         return "", False
-    visible = _THINK_RE.sub("\n", str(text))
-    close = visible.lower().rfind("</think>")
-    if close >= 0:  # the template emitted the opening tag: the thinking is all before the close
-        visible = visible[close + len("</think>") :]
-    markers = list(_ANSWER_MARKER_RE.finditer(visible))
-    if markers:
-        rest = visible[markers[-1].end() :].strip()
-        return (rest.splitlines()[0].strip() if rest else ""), True
-    lines = [line.strip() for line in visible.splitlines() if line.strip()]
+    text = str(answer_part)
+    boxes = [(m.start(), m.end(), m.group(1)) for m in _GLM_BOX_RE.finditer(text)] + _boxed_spans(text)
+    statements = [(start, content) for start, _, content in boxes]
+    # a marker inside a box ("\boxed{\text{Answer: C}}") is part of that box's answer
+    statements += [
+        (m.start(), _line_after(text, m.end()))
+        for m in _MARKER_RE.finditer(text)
+        if not any(start <= m.start() < end for start, end, _ in boxes)
+    ]
+    if statements:
+        _, stated = max(statements, key=lambda s: s[0])
+        return clean_statement(stated), True
+    lines = [clean_statement(line) for line in _WRAPPER_RE.sub(" ", text).splitlines()]
+    lines = [line for line in lines if line]
     return (lines[-1] if lines else ""), False
+
+
+def final_answer_text(text: Any, thinking_open: bool = False) -> str:
+    """The final answer of a whole response (see ``split_thinking`` and ``final_answer``); "" when it has none."""
+    return final_answer(split_thinking(text, thinking_open)[0])[0]
 
 
 def is_abstention(text: Any) -> bool:
@@ -138,9 +238,10 @@ def question_with_choices(question: str, choices: Sequence[str] | None) -> str:
 def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: int | None = None) -> str | None:
     """The chosen option's letter, upper case, or None.
 
-    Reads ``B``, ``(B)``, ``B.``, ``B)``, ``option B``, ``answer is B``; with
-    ``choices`` also the option's own text (``"blue"`` -> ``B`` when that is
-    choice B). Letters beyond the number of choices are ignored.
+    Reads ``B``, ``(B)``, ``B.``, ``B) 42``, ``C because ...``, ``option B``,
+    ``answer is B``; with ``choices`` also the option's own text (``"blue"``
+    -> ``B`` when that is choice B). Letters beyond the number of choices are
+    ignored. Meant for a final answer, not a whole chain of reasoning.
     """
     if text is None:
         return None
@@ -154,23 +255,32 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
     m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", bare)
     if m and m.group(1).upper() in allowed:
         return m.group(1).upper()
-    # a letter in brackets, or after "option"/"choice"/"answer is", or a leading "B." / "B)"
+    normalized = [normalize_text(c) for c in choices] if choices else []
+    if choices:
+        exact = [i for i, c in enumerate(normalized) if c and c == normalize_text(s)]
+        if len(exact) == 1:
+            return LETTERS[exact[0]]
+    # a leading "(B) ...", "B. ...", "B) ...", "B: ..."
+    m = re.match(r"[\(\[]?([A-Z])(?:[\)\]][.:,;]?|[.:,;])(?=\s|$)", bare)
+    if m and m.group(1) in allowed:
+        return m.group(1)
+    # a letter in brackets, or after "option"/"choice"/"answer is"
     patterns = [
         r"[\(\[]([A-Z])[\)\]]",
         r"(?i:\b(?:option|choice))\s*[\(\[]?([A-Za-z])\b",
         r"(?i:\banswer is)\s*[\(\[]?([A-Z])\b",  # capital only: "answer is a red circle" names no letter
-        r"^([A-Z])[.:)](?:\s|$)",
     ]
     for pattern in patterns:
         for m in re.finditer(pattern, s):
             if m.group(1).upper() in allowed:
                 return m.group(1).upper()
+    # a leading capital letter and a word ("C because ..."); not A or I, which are words themselves,
+    # and not when an option's text starts with that word ("D major")
+    m = re.match(r"([B-HJ-Z])\s+\S", bare)
+    if m and m.group(1) in allowed and not any(c.split(" ")[0] == m.group(1).lower() for c in normalized if c):
+        return m.group(1)
     if choices:
         norm = normalize_text(s)
-        normalized = [normalize_text(c) for c in choices]
-        exact = [i for i, c in enumerate(normalized) if c and c == norm]
-        if len(exact) == 1:
-            return LETTERS[exact[0]]
         # the response names exactly one option's text ("the answer is blue")
         contained = [
             i for i, c in enumerate(normalized) if c and re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm)
@@ -194,7 +304,7 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
 
 
 def extract_yes_no(text: Any) -> str | None:
-    """``"yes"``, ``"no"`` or None: the first word when it is one, else the only one of the two named."""
+    """``"yes"``, ``"no"`` or None: the first word when it is one (or true/false), else the only one of the two named."""
     if text is None:
         return None
     words = re.findall(r"[a-z]+", str(text).lower())
@@ -211,12 +321,39 @@ def extract_yes_no(text: Any) -> str | None:
     return None
 
 
+def read_yes_no(answer_part: Any) -> tuple[str | None, bool]:
+    """(``"yes"``, ``"no"`` or None, whether the model abstained) from a response's answer part.
+
+    The final answer's first word when it is yes or no (true or false) and
+    the model commits to it ("No, I cannot tell" says no; "No way to tell"
+    abstains) and does not name the other ("Yes and no": none); else an abstention when the final answer is one; else the only
+    one of "yes" and "no" named in the stated answer, or, with no stated
+    answer, in the whole answer part (as VLMEvalKit's ``YOrN_Extraction``
+    reads a whole response).
+    """
+    final, stated = final_answer(answer_part)
+    words = re.findall(r"[a-z]+", final.lower())
+    abstained = is_abstention(final)
+    if words and words[0] in _YES_WORDS | _NO_WORDS:
+        said = "yes" if words[0] in _YES_WORDS else "no"
+        if ("no" if said == "yes" else "yes") in words:  # "Yes and no", "Yes, but no, I cannot tell"
+            return None, abstained
+        # "No, I cannot tell" commits to no; "No way to tell" abstains
+        committed = re.match(r"\W*[a-z]+\s*(?:[,.;:!?)\u2014\u2013-]|$)", final.lower())
+        if committed or not abstained:
+            return said, False
+    if abstained:
+        return None, True
+    named = set(re.findall(r"[a-z]+", (final if stated else str(answer_part or "")).lower())) & {"yes", "no"}
+    return (named.pop() if len(named) == 1 else None), False
+
+
 # ----------------------------------------------------------------------------
 # numbers
 
 
 def parse_number(text: Any, which: str = "first") -> float | None:
-    """A number in the text as a float (``"1,234.5"``, ``"-3"``, ``"3/4"``, ``"45%"`` -> 45.0), or None.
+    """A number in the text as a float (``"1,234.5"``, ``"-3"``, ``"3/4"``, ``"\\frac{3}{4}"``, ``"45%"`` -> 45.0), or None.
 
     ``which`` picks the first or the last number when there are several. The
     final answer usually starts with the number ("Answer: 12 apples"), a last
@@ -228,7 +365,7 @@ def parse_number(text: Any, which: str = "first") -> float | None:
         return None
     if isinstance(text, (int, float)):
         return float(text) if math.isfinite(text) else None
-    matches = list(_NUMBER_RE.finditer(str(text)))
+    matches = list(_NUMBER_RE.finditer(_LATEX_FRAC_RE.sub(r"\1/\2", str(text))))
     if not matches:
         return None
     m = matches[0] if which == "first" else matches[-1]
@@ -347,8 +484,8 @@ def normalize_answer(answer: Any, answer_type: str, choices: Sequence[str] | Non
     if answer_type == "yes_no":
         if isinstance(answer, bool):
             return "yes" if answer else "no"
-        yn = extract_yes_no(answer)
-        if yn is None or normalize_text(answer) not in _YES_WORDS | _NO_WORDS:
+        yn = _GOLD_YES_NO.get(normalize_text(answer))
+        if yn is None:
             raise AnswerFormatError(f"answer {answer!r} is not yes or no")
         return yn
     if answer_type == "list":
@@ -357,14 +494,13 @@ def normalize_answer(answer: Any, answer_type: str, choices: Sequence[str] | Non
     return normalize_text(answer)
 
 
-def extract_answer(text: Any, answer_type: str, choices: Sequence[str] | None = None) -> str | None:
-    """The answer a response gives, normalised like ``normalize_answer``; None when none can be read."""
-    final, after_marker = _final_answer(text)
+def _extract(final: str, stated: bool, answer_type: str, choices: Sequence[str] | None) -> str | None:
+    """The answer in a final answer (``final_answer``'s text), normalised like ``normalize_answer``."""
     if answer_type == "multi_choice":
         return extract_letter(final, choices=choices)
     if answer_type in ("integer", "float"):
         # "Answer: 12 apples" starts with the number; a last line of working ends with it
-        value = parse_number(final, which="first" if after_marker else "last")
+        value = parse_number(final, which="first" if stated else "last")
         if value is None:
             return None
         # an integer question answered with 3.5 stays 3.5 (and is wrong), never rounded to 4
@@ -379,17 +515,37 @@ def extract_answer(text: Any, answer_type: str, choices: Sequence[str] | None = 
     return norm or None
 
 
-def score_response(response: Any, gold: str, answer_type: str, choices: Sequence[str] | None = None) -> Score:
+def extract_answer(
+    text: Any, answer_type: str, choices: Sequence[str] | None = None, *, thinking_open: bool = False
+) -> str | None:
+    """The answer a response gives, normalised like ``normalize_answer``; None when none can be read.
+
+    Only what the model finally says counts (``split_thinking``): a response
+    that ended inside its thinking block gives None.
+    """
+    body, truncated = split_thinking(text, thinking_open)
+    if truncated:
+        return None
+    return _extract(*final_answer(body), answer_type, choices)
+
+
+def score_response(
+    response: Any, gold: str, answer_type: str, choices: Sequence[str] | None = None, *, thinking_open: bool = False
+) -> Score:
     """Score a response against a gold answer already normalised by ``normalize_answer``.
 
-    An abstention counts as wrong, unless the gold answer is itself one
-    ("unknown"). Lists compare as sets of normalised items.
+    A response that ended inside its thinking block is unparsed, wrong and
+    ``truncated``. An abstention counts as wrong, unless the gold answer is
+    itself one ("unknown"). Lists compare as sets of normalised items.
     """
-    final = final_answer_text(response)
+    body, truncated = split_thinking(response, thinking_open)
+    if truncated:
+        return Score(answer_text=None, correct=False, truncated=True)
+    final, stated = final_answer(body)
     abstained = is_abstention(final)
     if abstained and is_abstention(gold):
         return Score(answer_text=normalize_text(final), correct=True, abstained=True)
-    parsed = extract_answer(response, answer_type, choices)
+    parsed = _extract(final, stated, answer_type, choices)
     if parsed is None:
         return Score(answer_text=None, correct=False, abstained=abstained)
     if abstained:

@@ -16,7 +16,11 @@ Per (trace, step), from the trace store's per-token arrays:
 
 Per trace: the first and last step's value, the relative drop
 ``(first - last) / first`` and the area under the curve over normalised step
-position, for each measure. Attention sinks (image tokens that soak up
+position, for each measure; and for the two vision measures (``image_share``,
+``evidence_share``) the same over the reasoning steps alone, with the answer
+step kept apart (``*_reasoning_first``, ``*_reasoning_last``,
+``*_reasoning_drop``, ``*_answer``): the loss of evidence over the reasoning
+that the collapse findings summarise. Attention sinks (image tokens that soak up
 attention whatever the content) are detected from the per-patch maps and can be
 excluded; every table says whether they were. See docs/analysis.md for the
 exact definitions.
@@ -42,6 +46,10 @@ log = get_logger("collapse")
 
 MEASURES = ("image_share", "evidence_share", "lift", "topk_overlap")
 TRAJECTORY_STATS = ("first", "last", "drop", "auc")
+# the two vision measures whose loss over the reasoning is a finding: first and last reasoning step, the relative
+# drop between them (reasoning steps only: the answer step is kept apart) and the answer step's own value
+REASONING_MEASURES = ("image_share", "evidence_share")
+REASONING_STATS = ("reasoning_first", "reasoning_last", "reasoning_drop", "answer")
 
 STEP_COLUMNS = [
     "trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "task_type",
@@ -342,6 +350,23 @@ def trajectory(values: Sequence[float], positions: Sequence[float]) -> dict[str,
     span = float(x[-1] - x[0])
     auc = float(np.trapezoid(v, x) / span) if span > 0 else float(v.mean())
     return {"first": first, "last": last, "drop": drop, "auc": auc}
+
+
+def reasoning_trajectory(values: Sequence[float], kinds: Sequence[str]) -> dict[str, float]:
+    """First and last reasoning step, their relative drop, and the answer step(s)' mean (module doc).
+
+    Only reasoning (``think``) steps with a finite value count; the drop needs
+    two of them and a positive first value, else it is NaN.
+    """
+    v = np.asarray(values, dtype=float)
+    kinds = np.asarray(kinds, dtype=object)
+    think = v[(kinds == "think") & np.isfinite(v)]
+    answer = v[(kinds == "answer") & np.isfinite(v)]
+    first = float(think[0]) if len(think) else np.nan
+    last = float(think[-1]) if len(think) else np.nan
+    drop = (first - last) / first if len(think) >= 2 and first > 0 else np.nan
+    return {"reasoning_first": first, "reasoning_last": last, "reasoning_drop": drop,
+            "answer": float(answer.mean()) if len(answer) else np.nan}
 
 
 def normalised_positions(n: int) -> np.ndarray:
@@ -693,6 +718,10 @@ def trajectory_rows(records: Sequence[TraceRecord], steps_df: pd.DataFrame) -> p
         for measure in MEASURES:
             stats = trajectory(sub[measure].to_numpy(dtype=float), sub["position"].to_numpy(dtype=float))
             for s in TRAJECTORY_STATS:
+                row[f"{measure}_{s}"] = stats[s]
+        for measure in REASONING_MEASURES:
+            stats = reasoning_trajectory(sub[measure].to_numpy(dtype=float), sub["kind"].to_numpy())
+            for s in REASONING_STATS:
                 row[f"{measure}_{s}"] = stats[s]
         rows.append(row)
     return pd.DataFrame(rows)

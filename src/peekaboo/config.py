@@ -15,7 +15,7 @@ import yaml
 from . import schema
 from .schema import ConfigError
 
-__all__ = ["ConfigError", "load", "load_yaml", "model_datasets", "validate"]
+__all__ = ["ConfigError", "analyses_of", "datasets_for", "load", "load_yaml", "model_datasets", "validate"]
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -38,9 +38,26 @@ def validate(config: Mapping[str, Any], base_dir: str | Path | None = None, chec
     return cfg
 
 
+def analyses_of(spec: Mapping[str, Any]) -> list[str]:
+    """The analyses a dataset entry feeds: its ``analyses``, or every one it can (crm only with masks)."""
+    if spec.get("analyses") is not None:
+        return list(spec["analyses"])
+    every = schema.load_schema()["definitions"]["dataset"]["properties"]["analyses"]["items"]["enum"]
+    return [a for a in every if a != "crm" or spec["masks"]]
+
+
+def datasets_for(cfg: Mapping[str, Any], analysis: str) -> list[str]:
+    """The datasets (in config order) that feed ``analysis``."""
+    return [d for d, spec in cfg["datasets"].items() if analysis in spec["analyses"]]
+
+
 def _cross_check(cfg: dict) -> list[str]:
     problems = []
     datasets = cfg["datasets"]
+    for name, spec in datasets.items():
+        if spec["analyses"] is not None and "crm" in spec["analyses"] and not spec["masks"]:
+            problems.append(f"datasets.{name}.analyses: crm needs masked traces (masks: true)")
+        spec["analyses"] = analyses_of(spec)  # filled in, so every stage reads the same list
     for name, model in cfg["models"].items():
         for d in model.get("datasets") or []:
             if d not in datasets:
@@ -84,9 +101,8 @@ def _check_datasets(cfg: dict, base_dir: Path) -> list[str]:
 
 def _check_models(cfg: dict, base_dir: Path) -> list[str]:
     """Every configured model source can be read: a checkpoint folder, or a hub id the local cache (or hub) knows."""
-    from .models.identity import ModelSourceError, identify
-
     from .datasets.boxes import MODEL_KINDS, box_kind
+    from .models.identity import ModelSourceError, identify
 
     problems = []
     sources = [(f"models.{name}.source", model) for name, model in cfg["models"].items() if model.get("source")]

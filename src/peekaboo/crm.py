@@ -40,7 +40,7 @@ from .tracestore import read_sidecars
 
 log = get_logger("crm")
 
-MODES = ("grounded", "hallucination", "collapse", "insensitive")
+MODES = ("grounded", "hallucination", "collapse", "insensitive", "undecided")
 
 # rule id -> (mode, what it checks); applied in this order, the first that holds decides.
 MODE_RULES: dict[str, tuple[str, str]] = {
@@ -53,6 +53,12 @@ MODE_RULES: dict[str, tuple[str, str]] = {
         "insensitive",
         "the evidence mask changed no step, not the answer and caused no abstention, and no gold step reads "
         "the region (or there is no gold solution)",
+    ),
+    "unchanged_but_needed": (
+        "undecided",
+        "the evidence mask changed no step, not the answer and caused no abstention, although a gold step reads "
+        "the region: CRM decides only on change, so it says nothing here (the model may not use the image, or "
+        "the mask missed the evidence)",
     ),
     "kept_structure_no_abstention": (
         "hallucination",
@@ -433,9 +439,12 @@ def decide_mode(case: Case, crm_cfg: Mapping[str, Any]) -> tuple[str, str, str]:
     e, c = case.evidence_change, case.control_change
     if control_changed and c >= ratio * e:
         return "collapse", "control_as_strong", f"control change {c:.3f} >= {ratio} x evidence change {e:.3f}"
-    if not evidence_changed and case.needed is not True:
-        why = "no gold solution" if case.needed is None else "no gold step reads the region"
-        return "insensitive", "unchanged_not_needed", f"evidence change {e:.3f}, answer kept; {why}"
+    if not evidence_changed:
+        if case.needed is not True:
+            why = "no gold solution" if case.needed is None else "no gold step reads the region"
+            return "insensitive", "unchanged_not_needed", f"evidence change {e:.3f}, answer kept; {why}"
+        return ("undecided", "unchanged_but_needed",
+                f"evidence change {e:.3f}, answer kept, no abstention; the gold solution reads the region")
     if not case.abstained and case.has_answer and case.match_f1 >= structure_f1:
         return (
             "hallucination",

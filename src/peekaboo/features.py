@@ -2,11 +2,17 @@
 
 - ``entropy_full``: mean next-token entropy over all generated tokens;
 - ``entropy_answer``: mean entropy over the tokens of the ``answer`` step(s);
-- ``vision``: vision engagement, by default the mean evidence share over the
-  reasoning (``think``) steps (``features.vision``). Raw attention mass on
-  image tokens is deliberately *not* the default: in a trial the small
-  reference models put more attention on the image for arithmetic (which
-  needs no image) than for colour questions, so raw mass behaves like a sink;
+- vision engagement, the mean over the reasoning (``think``) steps of each
+  measure: ``vision_image_share`` (the share of attention on all image
+  tokens: the papers' visual attention mass, defined on every trace with an
+  image), ``vision_evidence_share`` (the part of that attention on the
+  evidence boxes: only where the item has boxes) and ``vision_evidence_lift``
+  (evidence share over the evidence's area share); ``vision`` and
+  ``vision_measure`` repeat the primary measure (the first of
+  ``features.vision``). The default config puts the evidence share first: in
+  a trial the small reference models put more attention on the image for
+  arithmetic (which needs no image) than for colour questions, so raw mass
+  behaves like a sink there;
 - correctness, abstention, whether the answer changed against the item's
   ``base`` trace, dataset, model, task type, item id and variant.
 
@@ -22,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from . import schema
 from .cells import is_missing, optional_bool
 from .logs import get_logger
 
@@ -32,7 +39,30 @@ VISION_MEASURES = {"evidence_share": "evidence_share", "evidence_lift": "lift", 
 
 ID_COLUMNS = ["trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "region", "task_type"]
 OUTCOME_COLUMNS = ["status", "correct", "abstained", "truncated", "answer_text", "answer_changed"]
-FEATURE_COLUMNS = ["n_tokens", "entropy_full", "entropy_answer", "vision", "vision_measure", "vision_steps"]
+FEATURE_COLUMNS = ["n_tokens", "entropy_full", "entropy_answer", "vision", "vision_measure", "vision_steps"] + [
+    f"vision_{m}" for m in VISION_MEASURES]
+
+
+def vision_measures(features_cfg: Mapping[str, Any]) -> list[str]:
+    """The configured vision measures (``features.vision``: one name or a list), the primary one first."""
+    value = schema.section("features", features_cfg)["vision"]
+    measures = [value] if isinstance(value, str) else list(value)
+    unknown = [m for m in measures if m not in VISION_MEASURES]
+    if unknown or not measures:
+        raise ValueError(f"features.vision: unknown measure(s) {unknown} (known: {', '.join(VISION_MEASURES)})")
+    return measures
+
+
+def with_vision(df: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """The per-trace rows with ``vision`` set to ``measure``'s column (``vision_measure`` says which).
+
+    Every fit, selector and veto reads the ``vision`` column; this is the one
+    place that says which measure it holds, so one fit never mixes two.
+    """
+    column = f"vision_{measure}"
+    if column not in df.columns:
+        raise ValueError(f"per-trace table has no {column} column (features.vision: {measure})")
+    return df.assign(vision=df[column].astype(float), vision_measure=measure)
 
 
 def entropy_features(entropy: np.ndarray, n_tokens: int, answer_spans: Sequence[tuple[int, int]]) -> dict[str, Any]:
@@ -94,7 +124,7 @@ def build_trace_table(
     sinks_excluded: bool,
 ) -> pd.DataFrame:
     """One row per sidecar trace: identifiers, outcomes, features and the collapse trajectories."""
-    measure = str(features_cfg["vision"])
+    measures = vision_measures(features_cfg)
     task_types = dict(zip(items["item_id"].astype(str), items["task_type"])) if "task_type" in items else {}
     steps_by_trace = {tid: sub for tid, sub in collapse_steps.groupby("trace_id", sort=False)}
     empty = collapse_steps.iloc[0:0]
@@ -103,7 +133,9 @@ def build_trace_table(
     for r in meta.to_dict("records"):
         tid = str(r["trace_id"])
         ent = entropy.get(tid, {})
-        vision, used = vision_engagement(steps_by_trace.get(tid, empty), measure)
+        trace_steps = steps_by_trace.get(tid, empty)
+        engagement = {m: vision_engagement(trace_steps, m) for m in VISION_MEASURES}
+        vision, used = engagement[measures[0]]
         note = list(notes.get(tid, []))
         if ent.get("note"):
             note.append(ent["note"])
@@ -118,7 +150,8 @@ def build_trace_table(
             "answer_text": None if r.get("answer_text") is None else str(r.get("answer_text")),
             "n_tokens": ent.get("n_tokens", r.get("n_tokens")),
             "entropy_full": ent.get("entropy_full", np.nan), "entropy_answer": ent.get("entropy_answer", np.nan),
-            "vision": vision, "vision_measure": measure, "vision_steps": used,
+            "vision": vision, "vision_measure": measures[0], "vision_steps": used,
+            **{f"vision_{m}": value for m, (value, _) in engagement.items()},
             "sinks_excluded": bool(sinks_excluded), "note": "; ".join(n for n in note if n),
         })
     df = pd.DataFrame(rows)
@@ -133,7 +166,7 @@ def build_trace_table(
     df["n_tokens"] = pd.to_numeric(df["n_tokens"], errors="coerce").astype("Int64")
     for c in ("correct", "abstained", "truncated", "answer_changed"):
         df[c] = df[c].astype("boolean")
-    for c in ("entropy_full", "entropy_answer", "vision"):
+    for c in ("entropy_full", "entropy_answer", "vision", *(f"vision_{m}" for m in VISION_MEASURES)):
         df[c] = df[c].astype("float64")
     return df
 
@@ -210,3 +243,17 @@ def load_features(paths: Sequence[str | Path], variants: Sequence[str] | None = 
     if variants:
         df = df[df["variant"].isin(list(variants))].reset_index(drop=True)
     return df
+
+
+def feeding(df: pd.DataFrame, analyses: Mapping[str, Sequence[str]], analysis: str) -> pd.DataFrame:
+    """The rows of the datasets that feed ``analysis`` (``analyses``: dataset -> the analyses it feeds)."""
+    keep = [d for d, feeds in analyses.items() if analysis in feeds]
+    return df[df["dataset"].isin(keep)].reset_index(drop=True) if "dataset" in df else df
+
+
+def measure_views(features: pd.DataFrame, measures: Sequence[str] | None) -> list[tuple[str, pd.DataFrame]]:
+    """(measure, rows with ``vision`` holding it) for each measure; ``None``: the table's ``vision`` as it is."""
+    if not measures:
+        given = features["vision_measure"].dropna().unique() if "vision_measure" in features else []
+        return [(str(given[0]) if len(given) == 1 else "", features)]
+    return [(m, with_vision(features, m)) for m in measures]

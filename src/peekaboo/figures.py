@@ -39,7 +39,8 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
                        "evidence region (columns), 1 - best-match similarity after hiding the region, for a "
                        "few example items."),
     "crm_modes": (("modes",),
-                  "Share of CRM failure modes (grounded, hallucination, collapse, insensitive) per model and "
+                  "Share of CRM failure modes (grounded, hallucination, collapse, insensitive; undecided where the mask "
+                  "changed nothing that the gold solution reads) per model and "
                   "dataset over (item, region, fill) cases."),
     "attention_strip": (("collapse_maps",),
                         "Attention drawn over the item's image, one panel per reasoning step (share of image "
@@ -218,7 +219,7 @@ def fig_crm_dependence(t: Tables, cfg: Mapping[str, Any]):
     return fig, "not applicable"
 
 
-MODES = ("grounded", "hallucination", "collapse", "insensitive")
+MODES = ("grounded", "hallucination", "collapse", "insensitive", "undecided")
 
 
 def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
@@ -230,7 +231,7 @@ def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
     pivot = pivot[cols]
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(pivot), 3.4))
     bottom = np.zeros(len(pivot))
-    colours = dict(zip(MODES, ("#2a9d8f", "#e76f51", "#8d6cab", "#bbbbbb")))
+    colours = dict(zip(MODES, ("#2a9d8f", "#e76f51", "#8d6cab", "#bbbbbb", "#e9e9e9")))
     for c in cols:
         ax.bar(range(len(pivot)), pivot[c].to_numpy(), bottom=bottom, label=c, color=colours.get(c))
         bottom += pivot[c].to_numpy()

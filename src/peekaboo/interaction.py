@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-ENTROPY = "entropy_full"
+ENTROPY = "entropy_full"  # mean entropy over every generated token (thinking and answer)
+ENTROPY_ANSWER = "entropy_answer"  # mean entropy over the answer step's tokens
 VISION = "vision"
 OUTCOME = "correct"
 

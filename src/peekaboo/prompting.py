@@ -6,7 +6,12 @@ model is trained on exactly the text it is later asked with.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# A chat-turn delimiter or other special token (<|im_start|>, <|assistant|>, <|user|>, ...): a thinking tag
+# followed by one is part of an earlier turn's text (a question quoting "<think>"), not the open block.
+_SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>\s]+\|>")
 
 
 def messages(question: str, n_images: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
@@ -29,3 +34,20 @@ def render(processor, msgs: list[dict[str, Any]], thinking: bool = False) -> str
     template = getattr(processor, "chat_template", None) or ""
     extra = {"enable_thinking": thinking} if "enable_thinking" in template else {}
     return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **extra)
+
+
+def thinking_open(prompt_text: str) -> bool:
+    """Whether a rendered prompt ends inside an open thinking block.
+
+    Some chat templates write the opening ``<think>`` into the prompt
+    (Qwen3-VL-Thinking always does); the model then writes its reasoning and
+    ``</think>`` itself, and a response cut off mid-thought holds no tag at
+    all. True when the last ``<think>`` is not closed later in the prompt and
+    no chat-turn token follows it; a closed block (GLM's ``<think></think>``
+    with thinking off) or none gives False.
+    """
+    low = str(prompt_text).lower()
+    opened = low.rfind("<think>")
+    if opened < 0 or low.rfind("</think>") > opened:
+        return False
+    return _SPECIAL_TOKEN_RE.search(prompt_text, opened) is None

@@ -18,3 +18,4 @@ class Score:
     answer_text: str | None  # the parsed answer, normalised like the gold answer; None when unparsed
     correct: bool | None  # None only when the response could not be scored at all
     abstained: bool = False  # the model said it cannot tell (e.g. "unknown", "cannot see")
+    truncated: bool = False  # the response ended before its answer (inside its thinking block): never scored

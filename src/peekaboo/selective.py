@@ -34,7 +34,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from . import interaction, schema
-from .features import load_features
+from .features import feeding, load_features, measure_views, vision_measures
 from .logs import get_logger
 from .seeding import rng as seeded_rng
 from .stage import StageCall
@@ -42,8 +42,15 @@ from .tables import write_table
 
 log = get_logger("selective")
 
-SIGNALS = ("neg_entropy", "vision", "model", "entropy+veto")
-CURVE_COLUMNS = ["model", "dataset", "signal", "n", "coverage", "risk"]
+# full-response and answer-span entropy (no vision), then the signals built on a vision measure (one set per measure)
+ENTROPY_SIGNALS = ("neg_entropy", "neg_entropy_answer")
+VISION_SIGNALS = ("vision", "model", "entropy+veto")
+SIGNALS = ENTROPY_SIGNALS + VISION_SIGNALS
+CURVE_COLUMNS = ["model", "dataset", "signal", "vision_measure", "n", "coverage", "risk"]
+COMPARISON_COLUMNS = [
+    "model", "scope", "dataset", "train_dataset", "metric", "full", "answer", "difference", "difference_low",
+    "difference_high", "n", "n_errors", "better", "status", "note",
+]
 # z(entropy) at which "confident" is read off the fitted interaction
 CONFIDENT_Z = -1.0
 
@@ -235,9 +242,10 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
         rule.note = f"interaction not fitted on {', '.join(datasets)}: {fit.note}"
         return rule
     slopes = vision_slopes(fit)
-    if "*" in slopes:  # one task type in training: the slope applies to it
-        present = sorted(set(train["task_type"].dropna().astype(str)))
-        slopes = {t: slopes["*"] for t in present}
+    if "*" in slopes:
+        # one task type among the rows fitted: the slope is that type's, and no other's (rows left out of the
+        # fit, e.g. text-only questions without vision, say nothing about their type: never vetoed)
+        slopes = {t: slopes["*"] for t in fit.task_types}
     rule.slopes = {t: round(s, 6) for t, (s, _) in slopes.items()}
     # dangerous: the one-sided test of "lower vision -> lower correctness when confident" rejects at veto_alpha
     alpha = float(selective_cfg["veto_alpha"])
@@ -284,13 +292,10 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
 # ----------------------------------------------------------------------------- the stage
 
 
-def _signal_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Confidence arrays for each plain signal on the test rows; notes for the ones that are partial."""
+def _vision_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Confidence arrays of the vision-based plain signals on the test rows; notes for the ones that are partial."""
     notes = {}
-    conf = {
-        "neg_entropy": -test[interaction.ENTROPY].to_numpy(dtype=float),
-        "vision": test[interaction.VISION].to_numpy(dtype=float),
-    }
+    conf = {"vision": test[interaction.VISION].to_numpy(dtype=float)}
     n_missing = int((~np.isfinite(conf["vision"])).sum())
     if n_missing:
         notes["vision"] = f"{n_missing} answers without vision engagement ranked last"
@@ -315,8 +320,30 @@ def _signal_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int
     return conf, notes
 
 
-def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regression_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Curves and summary for every (model, dataset): each signal, and entropy with the veto (LODO)."""
+def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regression_cfg: Mapping[str, Any],
+             vision_measures: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Curves and summary for every (model, dataset): each signal, and entropy with the veto (LODO).
+
+    The entropy signals (full response, answer span) are computed once; the
+    vision-based ones (``vision``, ``model``, ``entropy+veto``) once per vision
+    measure. Every signal of a (model, dataset) is bootstrapped on the same
+    resamples of its items, so their differences are paired.
+    """
+    curves, summary, _ = evaluate_all(features, selective_cfg, regression_cfg, vision_measures)
+    return curves, summary
+
+
+def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regression_cfg: Mapping[str, Any],
+                 vision_measures: Sequence[str] | None = None,
+                 transfer_features: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``evaluate``'s curves and summary, and the full-response against answer-span entropy comparison.
+
+    The comparison holds, per (model, dataset), the difference of AURC and of
+    risk at each coverage between the two entropies (in-domain, paired
+    bootstrap over items), and per (model, train dataset, test dataset) the
+    difference of the transfer AUROC of an entropy-only logit fitted on the
+    train dataset (``transfer_features``, default ``features``).
+    """
     selective_cfg = schema.section("selective", selective_cfg)
     regression_cfg = schema.section("regression", regression_cfg)
     coverages = [float(c) for c in selective_cfg["coverages"]]
@@ -324,80 +351,201 @@ def evaluate(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regressio
     n_boot = int(selective_cfg["bootstrap"])
     seed = int(selective_cfg["seed"])
     min_errors = int(regression_cfg["min_errors"])
-    curves, summary = [], []
+    curves, summary, comparison = [], [], []
     if features.empty:
-        return pd.DataFrame(columns=CURVE_COLUMNS), pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])
-    for model, mdf in features.groupby("model", sort=False):
-        usable, _, _ = interaction.usable_rows(mdf, [interaction.ENTROPY])
+        empty = pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])
+        return pd.DataFrame(columns=CURVE_COLUMNS), empty, pd.DataFrame(columns=COMPARISON_COLUMNS)
+    views = measure_views(features, vision_measures)
+    for model in dict.fromkeys(features["model"]):
+        usable = {m: interaction.usable_rows(v[v["model"] == model], [interaction.ENTROPY])[0] for m, v in views}
+        mdf = features[features["model"] == model]
         for dataset in dict.fromkeys(mdf["dataset"]):
-            test = usable[usable["dataset"] == dataset].reset_index(drop=True)
-            train = usable[usable["dataset"] != dataset].reset_index(drop=True)
             _, n_dropped, why = interaction.usable_rows(mdf[mdf["dataset"] == dataset], [interaction.ENTROPY])
             base_note = why.replace("rows left out", "answers left out") if n_dropped else ""
+            first = next(iter(usable.values()))
+            test = first[first["dataset"] == dataset].reset_index(drop=True)
             if test.empty:
                 summary.append({"model": model, "dataset": dataset, "signal": None, "n": 0, "status": "no_data",
                                 "note": "; ".join(x for x in ("no usable answers", base_note) if x)})
                 continue
             correct = test[interaction.OUTCOME].astype(bool).to_numpy()
-            conf, notes = _signal_confidences(test, train, min_errors)
-            orders = {s: ranking(c, test["trace_id"]) for s, c in conf.items()}
-            rule = fit_veto(train, selective_cfg, min_errors)
-            vetoed = rule.vetoed(test)
-            orders["entropy+veto"] = veto_order(test, vetoed)
-            accepted = positions(orders["neg_entropy"]) < max(1, math.ceil(veto_cov * len(test) - 1e-9))
             err = 1.0 - correct.astype(float)
-            ranks = {s: positions(o) for s, o in orders.items()}
+            tid = test["trace_id"]
+            conf: dict[tuple[str, str], np.ndarray] = {
+                ("neg_entropy", ""): -test[interaction.ENTROPY].to_numpy(dtype=float),
+                ("neg_entropy_answer", ""): -test[interaction.ENTROPY_ANSWER].to_numpy(dtype=float),
+            }
+            notes: dict[tuple[str, str], str] = {}
+            n_answer_missing = int((~np.isfinite(conf[("neg_entropy_answer", "")])).sum())
+            if n_answer_missing:
+                notes[("neg_entropy_answer", "")] = (f"{n_answer_missing} answers without an answer step "
+                                                     "(no answer-span entropy) ranked last")
+            orders = {key: ranking(c, tid) for key, c in conf.items()}
+            rules = {}
+            for measure, _ in views:
+                mtest = usable[measure][usable[measure]["dataset"] == dataset].reset_index(drop=True)
+                mtrain = usable[measure][usable[measure]["dataset"] != dataset].reset_index(drop=True)
+                c, n = _vision_confidences(mtest, mtrain, min_errors)
+                for signal, values in c.items():
+                    conf[(signal, measure)] = values
+                    orders[(signal, measure)] = ranking(values, tid)
+                    if signal in n:
+                        notes[(signal, measure)] = n[signal]
+                rule = fit_veto(mtrain, selective_cfg, min_errors)
+                vetoed = rule.vetoed(mtest)
+                orders[("entropy+veto", measure)] = veto_order(mtest, vetoed)
+                rules[measure] = (rule, vetoed)
+            accepted = positions(orders[("neg_entropy", "")]) < max(1, math.ceil(veto_cov * len(test) - 1e-9))
+            ranks = {key: positions(o) for key, o in orders.items()}
             boots = bootstrap(correct, ranks, test["item_id"].to_numpy(), n_boot,
                               seeded_rng(seed, "selective", model, dataset), coverages + [veto_cov])
-            for s in SIGNALS:
-                e = err[orders[s]]
+            for (signal, measure), order in orders.items():
+                e = err[order]
                 # a signal with no value at all would only rank by the tie key: report nothing rather than that
-                computed = s not in conf or np.isfinite(conf[s]).any()
+                computed = (signal, measure) not in conf or np.isfinite(conf[(signal, measure)]).any()
                 if computed:
                     curves.append(pd.DataFrame({
-                        "model": model, "dataset": dataset, "signal": s, "n": np.arange(1, len(e) + 1),
-                        "coverage": np.arange(1, len(e) + 1) / len(e), "risk": risk_curve_from_errors(e)}))
-                m = metrics_from_errors(e, coverages)
-                row = {"model": model, "dataset": dataset, "signal": s, "n": len(e), "n_errors": int(e.sum()),
-                       "error_rate": float(e.mean()), "status": "ok"}
-                for key, value in m.items():
+                        "model": model, "dataset": dataset, "signal": signal, "vision_measure": measure,
+                        "n": np.arange(1, len(e) + 1), "coverage": np.arange(1, len(e) + 1) / len(e),
+                        "risk": risk_curve_from_errors(e)}))
+                row = {"model": model, "dataset": dataset, "signal": signal, "vision_measure": measure,
+                       "n": len(e), "n_errors": int(e.sum()), "error_rate": float(e.mean()), "status": "ok"}
+                for key, value in metrics_from_errors(e, coverages).items():
                     row[key] = value if computed else np.nan
                     row[f"{key}_low"], row[f"{key}_high"] = (
-                        interval(boots[s][key]) if n_boot and computed else (np.nan, np.nan))
-                note = [x for x in (notes.get(s), base_note) if x]
+                        interval(boots[(signal, measure)][key]) if n_boot and computed else (np.nan, np.nan))
+                note = [x for x in (notes.get((signal, measure)), base_note) if x]
                 if not computed:
                     row["status"] = "not_computed"
-                if s == "entropy+veto":
+                if signal == "entropy+veto":
+                    rule, vetoed = rules[measure]
                     vk = risk_key(veto_cov)
-                    base_risk = risk_at_from_errors(err[orders["neg_entropy"]], veto_cov)
-                    veto_risk = risk_at_from_errors(e, veto_cov)
-                    delta = boots[s][vk] - boots["neg_entropy"][vk] if n_boot else np.array([])
+                    base_risk = risk_at_from_errors(err[orders[("neg_entropy", "")]], veto_cov)
+                    delta = boots[(signal, measure)][vk] - boots[("neg_entropy", "")][vk] if n_boot else np.array([])
+                    task = test["task_type"].astype(str).to_numpy()
                     row.update({
                         "veto_active": rule.active, "veto_threshold": rule.threshold, "veto_quantile": rule.quantile,
                         "veto_task_types": ",".join(rule.task_types), "veto_slopes": json.dumps(rule.slopes, sort_keys=True),
                         "veto_train_datasets": ",".join(rule.train_datasets), "veto_coverage": veto_cov,
                         "n_vetoed": int((vetoed & accepted).sum()),
-                        "delta_risk": veto_risk - base_risk,
+                        "n_vetoed_symbolic": int((vetoed & accepted & (task == "symbolic")).sum()),
+                        "delta_risk": risk_at_from_errors(e, veto_cov) - base_risk,
                     })
                     row["delta_risk_low"], row["delta_risk_high"] = interval(delta)
                     if rule.note:
                         note.append(rule.note)
                 row["note"] = "; ".join(note)
                 summary.append(row)
-            log.info("%s/%s: n=%d errors=%d; veto %s, change in risk at %g coverage %+.4f",
-                     model, dataset, len(test), int(err.sum()), "on" if rule.active else "off", veto_cov,
-                     summary[-1]["delta_risk"])
+            comparison += _in_domain_comparison(model, dataset, err, orders, boots, coverages, n_boot)
+            for measure, (rule, _) in rules.items():
+                veto_row = next(r for r in reversed(summary) if r.get("signal") == "entropy+veto"
+                                and r.get("vision_measure") == measure)
+                log.info("%s/%s (vision: %s): n=%d errors=%d; veto %s, change in risk at %g coverage %+.4f",
+                         model, dataset, measure or "-", len(test), int(err.sum()), "on" if rule.active else "off",
+                         veto_cov, veto_row["delta_risk"])
+    comparison += transfer_comparison(features if transfer_features is None else transfer_features,
+                                      n_boot, seed, min_errors)
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
-    return curves_df, pd.DataFrame(summary)
+    comparison_df = pd.DataFrame(comparison, columns=COMPARISON_COLUMNS)
+    return curves_df[CURVE_COLUMNS], pd.DataFrame(summary), comparison_df
+
+
+def _in_domain_comparison(model, dataset, err, orders, boots, coverages, n_boot) -> list[dict[str, Any]]:
+    """Full-response minus answer-span entropy: AURC and risk at each coverage, paired bootstrap interval."""
+    full, answer = ("neg_entropy", ""), ("neg_entropy_answer", "")
+    metrics_full = metrics_from_errors(err[orders[full]], coverages)
+    metrics_answer = metrics_from_errors(err[orders[answer]], coverages)
+    rows = []
+    for metric in ["aurc"] + [risk_key(c) for c in coverages]:
+        diff = metrics_full[metric] - metrics_answer[metric]
+        lo, hi = interval(boots[full][metric] - boots[answer][metric]) if n_boot else (np.nan, np.nan)
+        rows.append({"model": model, "scope": "in_domain", "dataset": dataset, "train_dataset": None,
+                     "metric": metric, "full": metrics_full[metric], "answer": metrics_answer[metric],
+                     "difference": diff, "difference_low": lo, "difference_high": hi, "n": len(err),
+                     "n_errors": int(np.sum(err)), "better": _better(lo, hi, lower_is_better=True),
+                     "status": "ok", "note": "lower is better: a negative difference favours full-response entropy"})
+    return rows
+
+
+def _better(lo: float, hi: float, lower_is_better: bool) -> str:
+    """Which entropy the interval of (full - answer) favours: full, answer, or neither (it holds 0)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 <= hi:
+        return "neither"
+    full_wins = hi < 0 if lower_is_better else lo > 0
+    return "full" if full_wins else "answer"
+
+
+def transfer_comparison(features: pd.DataFrame, n_boot: int, seed: int, min_errors: int) -> list[dict[str, Any]]:
+    """Per model and (train, test) pair: transfer AUROC of full-response minus answer-span entropy, paired bootstrap.
+
+    Each entropy gets an entropy-only logit fitted on the train dataset and
+    scored on the test dataset's answers that have both entropies; the
+    bootstrap resamples the test items, the same resamples for both.
+    """
+    rows = []
+    for model, mdf in features.groupby("model", sort=False):
+        datasets = list(dict.fromkeys(mdf["dataset"]))
+        for train in datasets:
+            fits = {col: interaction.fit_logit(mdf[mdf["dataset"] == train], interaction.FEATURE_SETS["entropy"],
+                                               None, min_errors=min_errors, entropy_col=col)
+                    for col in (interaction.ENTROPY, interaction.ENTROPY_ANSWER)}
+            for test in datasets:
+                if test == train:
+                    continue
+                base = {"model": model, "scope": "transfer", "dataset": test, "train_dataset": train,
+                        "metric": "auroc", "full": np.nan, "answer": np.nan, "difference": np.nan,
+                        "difference_low": np.nan, "difference_high": np.nan, "n": 0, "n_errors": 0,
+                        "better": "neither", "status": "ok", "note": "higher is better"}
+                not_fitted = [f"{col}: {f.note}" for col, f in fits.items() if not f.fitted]
+                sdf, _, _ = interaction.usable_rows(mdf[mdf["dataset"] == test],
+                                                    [interaction.ENTROPY, interaction.ENTROPY_ANSWER])
+                if not_fitted or sdf.empty:
+                    rows.append({**base, "status": "not_fitted",
+                                 "note": "; ".join(not_fitted) or "no test answers with both entropies"})
+                    continue
+                y = sdf[interaction.OUTCOME].astype(bool).to_numpy()
+                scores = {col: interaction.predict_proba(f, sdf, entropy_col=col, moderator=None)
+                          for col, f in fits.items()}
+                full, answer = (interaction.auroc(y, scores[c]) for c in (interaction.ENTROPY, interaction.ENTROPY_ANSWER))
+                diffs = _paired_auroc_differences(y, scores[interaction.ENTROPY], scores[interaction.ENTROPY_ANSWER],
+                                                  sdf["item_id"].to_numpy(), n_boot,
+                                                  seeded_rng(seed, "entropy transfer", model, train, test))
+                lo, hi = interval(diffs) if n_boot else (np.nan, np.nan)
+                rows.append({**base, "full": full, "answer": answer, "difference": full - answer,
+                             "difference_low": lo, "difference_high": hi, "n": len(y), "n_errors": int((~y).sum()),
+                             "better": _better(lo, hi, lower_is_better=False),
+                             "status": "ok" if np.isfinite(full - answer) else "not_scored",
+                             "note": "higher is better" if np.isfinite(full - answer)
+                             else "test answers of one class only: AUROC undefined"})
+    return rows
+
+
+def _paired_auroc_differences(y, score_a, score_b, clusters, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates (over clusters) of AUROC(a) - AUROC(b) on the same resamples."""
+    codes, uniques = pd.factorize(pd.Series(clusters).astype(str), sort=True)
+    members = [np.flatnonzero(codes == k) for k in range(len(uniques))]
+    out = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        out.append(interaction.auroc(y[idx], score_a[idx]) - interaction.auroc(y[idx], score_b[idx]))
+    return np.asarray(out, dtype=float)
 
 
 def run_stage(call: StageCall) -> None:
-    """The ``selective`` rule: read the per-trace tables, write ``selective/curves.parquet`` and ``summary.csv``.
+    """The ``selective`` rule: curves, summary and the entropy comparison from the per-trace tables.
 
-    ``config``: ``selective``, ``regression`` and ``features`` (the sections).
+    ``config``: ``selective``, ``regression`` and ``features`` (the sections)
+    and ``analyses`` (dataset -> the analyses it feeds): the selectors and the
+    veto use the datasets that feed ``selective``, the entropy comparison's
+    transfer rows those that feed ``transfer``.
     """
     features = load_features(call.paths("traces"), call.config["regression"]["variants"])
-    curves, summary = evaluate(features, call.config["selective"], call.config["regression"])
-    write_table(curves, call.output("curves"), call.provenance())
-    call.output("summary").parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(call.output("summary"), index=False, float_format="%.6g")
+    analyses = call.config["analyses"]
+    curves, summary, comparison = evaluate_all(
+        feeding(features, analyses, "selective"), call.config["selective"], call.config["regression"],
+        vision_measures(call.config["features"]), transfer_features=feeding(features, analyses, "transfer"))
+    provenance = call.provenance()
+    write_table(curves, call.output("curves"), provenance)
+    for key, table in (("summary", summary), ("entropy_comparison", comparison)):
+        call.output(key).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(call.output(key), index=False, float_format="%.6g")

@@ -24,6 +24,7 @@ STAGE_MODULES: dict[str, str] = {
     "regression": "peekaboo.regression",
     "selective": "peekaboo.selective",
     "figures": "peekaboo.figures",
+    "viewer": "peekaboo.viewer",
 }
 
 RUNNER = "peekaboo.stage"

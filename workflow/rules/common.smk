@@ -7,7 +7,9 @@ import sys
 from functools import lru_cache
 
 _SRC = str(Path(workflow.main_snakefile).resolve().parent / "src")
-if _SRC not in sys.path:
+if sys.path[:1] != [_SRC]:  # first: an editable install of another checkout must not win
+    while _SRC in sys.path:
+        sys.path.remove(_SRC)
     sys.path.insert(0, _SRC)
 # rule scripts import workflow/scripts/_bootstrap.py, which does the same in their own process
 
@@ -79,6 +81,20 @@ def model_datasets(m):
 
 def model_dataset_pairs():
     return [(m, d) for m in MODELS for d in model_datasets(m)]
+
+
+# the analyses that read a (model, dataset)'s collapse tables (the per-trace features among them)
+COLLAPSE_ANALYSES = ("collapse", "regression", "transfer", "selective")
+
+
+def pairs_for(*analyses):
+    """The (model, dataset) pairs whose dataset feeds any of ``analyses`` (datasets.<d>.analyses)."""
+    return [(m, d) for m, d in model_dataset_pairs() if set(analyses) & set(dataset_cfg(d)["analyses"])]
+
+
+def analyses_config():
+    """Which analyses each dataset feeds: part of the config of the stages that pool datasets."""
+    return {d: list(dataset_cfg(d)["analyses"]) for d in DATASETS}
 
 
 def masks_config(d):
@@ -232,10 +248,10 @@ def box_model_identity(d):
     return identify(pcfg.resolve_path(spec["source"], Path.cwd()), spec["revision"], where=where).as_dict()
 
 
-def collapse_outputs(kind=""):
-    """Every (model, dataset)'s collapse table of one kind ("", "traces", "sinks", "maps")."""
+def collapse_outputs(kind="", analyses=COLLAPSE_ANALYSES):
+    """The collapse tables of one kind ("", "traces", "sinks", "maps") of the pairs feeding ``analyses``."""
     suffix = f".{kind}.parquet" if kind else ".parquet"
-    return [R(f"collapse/{m}/{d}{suffix}") for m, d in model_dataset_pairs()]
+    return [R(f"collapse/{m}/{d}{suffix}") for m, d in pairs_for(*analyses)]
 
 
 # Filled by the stage rules files: functions returning that stage's final outputs.

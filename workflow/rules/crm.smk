@@ -49,7 +49,7 @@ rule crm:
 FINAL_OUTPUTS.append(
     lambda: [
         R(f"crm/{m}/{d}/{name}")
-        for m, d in model_dataset_pairs()
+        for m, d in pairs_for("crm")
         for name in ("alignment.parquet", "attribution.parquet", "modes.parquet", "summary.csv")
     ]
 )

@@ -3,7 +3,7 @@
 rule regression:
     input:
         code=code("regression"),
-        traces=collapse_outputs("traces"),
+        traces=collapse_outputs("traces", ("regression", "transfer")),
     output:
         coefficients=report(
             R("regression/coefficients.csv"),
@@ -21,7 +21,7 @@ rule regression:
             category="Tables",
         ),
     params:
-        config=sections("regression", "features"),
+        config={**sections("regression", "features"), "analyses": analyses_config()},
         results=results_dir,
     resources:
         **job_resources("default"),

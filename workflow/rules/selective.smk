@@ -3,7 +3,7 @@
 rule selective:
     input:
         code=code("selective"),
-        traces=collapse_outputs("traces"),
+        traces=collapse_outputs("traces", ("selective", "transfer")),
     output:
         curves=R("selective/curves.parquet"),
         summary=report(
@@ -11,8 +11,13 @@ rule selective:
             caption="../report/selective_table.rst",
             category="Tables",
         ),
+        entropy_comparison=report(
+            R("selective/entropy_comparison.csv"),
+            caption="../report/entropy_comparison_table.rst",
+            category="Tables",
+        ),
     params:
-        config=sections("selective", "regression", "features"),
+        config={**sections("selective", "regression", "features"), "analyses": analyses_config()},
         results=results_dir,
     resources:
         **job_resources("default"),
@@ -24,4 +29,6 @@ rule selective:
         "../scripts/selective.py"
 
 
-FINAL_OUTPUTS.append(lambda: [R("selective/curves.parquet"), R("selective/summary.csv")])
+FINAL_OUTPUTS.append(
+    lambda: [R("selective/curves.parquet"), R("selective/summary.csv"), R("selective/entropy_comparison.csv")]
+)

@@ -1,8 +1,10 @@
 """Helpers shared by the real-benchmark adapters (MathVista, HallusionBench, MMMU-Pro, VisArgs).
 
 Reading the published files (JSON, parquet shards with ``{bytes, path}`` image
-structs) and finding the final answer in a thinking model's response, so that
-each adapter's module holds only its dataset's own format and scoring rules.
+structs), checking list and integer fields, and reading the chosen option out of
+a response's answer part, so that each adapter's module holds only its
+dataset's own format and scoring rules. Splitting off the thinking and finding
+the final stated answer are in ``peekaboo.answers``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
-from ..answers import final_answer_text
+import numpy as np
+
+from ..answers import extract_letter, final_answer, is_abstention
+from ..cells import is_blank
+from .official import mmmu_get_multi_choice_info, mmmu_parse_multi_choice_response
 
 # ----------------------------------------------------------------------------
 # files
@@ -57,23 +63,6 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def item_meta(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An items-table row's ``meta`` (JSON text there, a dict on a RawItem) as a dict."""
-    meta = item.get("meta")
-    if isinstance(meta, str):
-        return json.loads(meta) if meta.strip() else {}
-    return dict(meta or {})
-
-
-def is_missing(value: Any) -> bool:
-    """None, NaN or an empty string: the ways the published files leave a field out."""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
-
-
 def image_source(value: Any, search_dirs: Sequence[Path]) -> bytes | Path | None:
     """An image as stored in a published file: a ``{bytes, path}`` struct, raw bytes, or a relative path.
 
@@ -81,7 +70,7 @@ def image_source(value: Any, search_dirs: Sequence[Path]) -> bytes | Path | None
     first that exists), else the first candidate is returned so that the items
     stage reports the missing file by name. None when the field holds nothing.
     """
-    if is_missing(value):
+    if is_blank(value):
         return None
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
@@ -104,84 +93,76 @@ def image_source(value: Any, search_dirs: Sequence[Path]) -> bytes | Path | None
 
 
 # ----------------------------------------------------------------------------
+# fields that must hold what their name says (a wrong type is rejected, never read with another meaning)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def text_list(value: Any, field: str) -> list[str] | None:
+    """A list field (choices, options, premises) as strings; None when left out.
+
+    A string, a mapping or any other non-list raises ValueError naming the
+    field (a string would otherwise be read as a list of its characters), as
+    does an element that is not text or a number.
+    """
+    if is_blank(value):
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{field} is a {type(value).__name__} ({_shown(value)}), not a list")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ValueError(f"{field} holds a {type(v).__name__} ({_shown(v)}), not text")
+    return [str(v) for v in value]
+
+
+def integer(value: Any, field: str) -> int:
+    """An integer field: an int, an integral float (parquet stores integers beside nulls as floats) or an
+    integer written as text ("3"); anything else ("3.5", "three", 0.5) raises ValueError naming the field."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{field} {_shown(value)} is not an integer")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        return int(value)
+    raise ValueError(f"{field} {_shown(value)} is not an integer")
+
+
+# ----------------------------------------------------------------------------
 # responses
 
-_THINK_OPEN = "<think>"
-_THINK_CLOSE = "</think>"
-_GLM_BOX_RE = re.compile(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", re.DOTALL)
-_ANSWER_TAG_RE = re.compile(r"</?answer>", re.IGNORECASE)
-_MARKER_RE = re.compile(r"(?:final\s+)?answer\s*[:：]", re.IGNORECASE)
 
+def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | None, bool]:
+    """(the chosen option's letter or None, whether the model abstained) from a response's answer part.
 
-def answer_body(response: Any) -> str:
-    """The part of a response after its reasoning block.
-
-    Thinking models write ``reasoning</think>answer`` (the opening tag is often
-    part of the prompt). Text after the last ``</think>``; the whole response
-    when there is no thinking block; the empty string when a block was opened
-    but never closed (the chain was cut off before any answer). GLM's
-    ``<answer>`` tags are dropped.
+    The last stated answer (``peekaboo.answers.final_answer``) when it names
+    an option (its letter or its text); else an abstention when the final
+    answer is one and names no option; else MMMU's official
+    ``parse_multi_choice_response`` over the whole answer part, without its
+    random fallback (None: unparsed).
     """
-    if response is None:
-        return ""
-    s = str(response)
-    low = s.lower()
-    if _THINK_CLOSE in low:
-        s = s[low.rfind(_THINK_CLOSE) + len(_THINK_CLOSE) :]
-    elif _THINK_OPEN in low:
-        return ""
-    return _ANSWER_TAG_RE.sub("", s).strip()
+    final, stated = final_answer(answer_part)
+    if stated:
+        letter = extract_letter(final, choices=options)
+        if letter is not None:
+            return letter, False
+    if is_abstention(final) and extract_letter(final, choices=options) is None:
+        return None, True
+    if not answer_part.strip():
+        return None, False
+    index2ans, all_choices = mmmu_get_multi_choice_info(options)
+    return mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback), False
 
 
-def _last_boxed(text: str) -> str | None:
-    r"""Content of the last ``\boxed{...}`` (braces may nest), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
+def unparsed_fallback(all_choices: Sequence[str]) -> None:
+    """Where MMMU's parser draws a random letter, the project leaves the response unparsed."""
     return None
-
-
-def final_answer(response: Any) -> tuple[str, bool]:
-    r"""(final answer text, whether it was explicitly marked) of a response.
-
-    In order: GLM's ``<|begin_of_box|>...<|end_of_box|>``, the last
-    ``\boxed{...}``, the text after the last ``Answer:`` (via
-    ``peekaboo.answers.final_answer_text``), else the last non-empty line
-    (unmarked). Only the text after the reasoning block is searched.
-    """
-    body = answer_body(response)
-    if not body:
-        return "", False
-    boxes = _GLM_BOX_RE.findall(body)
-    if boxes:
-        return boxes[-1].strip(), True
-    boxed = _last_boxed(body)
-    if boxed is not None:
-        return boxed, True
-    marked = bool(_MARKER_RE.search(body))
-    return final_answer_text(body), marked
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions of one character each)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def letters(n: int) -> list[str]:

@@ -70,8 +70,13 @@ class Adapter(ABC):
         """Every record of the dataset in a stable order."""
 
     @abstractmethod
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        """Score a model's full response against an item (a row of the items table)."""
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        """Score a model's full response against an item (a row of the items table).
+
+        ``thinking_open``: the rendered prompt ended inside an open thinking
+        block (``peekaboo.prompting.thinking_open``), so a response without a
+        closing tag never left its thinking: unparsed, wrong and ``truncated``.
+        """
 
     def summary_metrics(self, items, traces) -> dict[str, float]:
         """Dataset-specific aggregate metrics (e.g. HallusionBench's figure accuracy); optional."""

@@ -22,20 +22,31 @@ Item ids: ``{category}_{subcategory}_{set_id}_{figure_id}_{question_id}``, the
 key the official ``get_eval_all`` asserts unique.
 
 Scoring: the official evaluator asks GPT-4 whether the response agrees with
-the reference ("1" correct, "0" incorrect, "2" unclear). Here: yes/no read by
-rule from the final answer (``peekaboo.answers.extract_yes_no``) and compared
-with ``gt_answer`` ("1" yes, "0" no); no yes/no, or an abstention, is
-"unclear". Then the official ``assign_correctness``: correct when "1", and
-also when "2" on a VS question without its figure (``figure_id == "0"``),
-where not knowing is the right answer.
+the reference ("1" correct, "0" incorrect, "2" unclear). Here, on what the
+model finally says (``peekaboo.answers.split_thinking``: a chain that ended
+inside its thinking is unparsed, wrong and ``truncated``), the yes/no is read
+by rule (``peekaboo.answers.read_yes_no``: the first word of the final answer,
+else an abstention, else the only one of "yes" and "no" named, as VLMEvalKit's
+``YOrN_Extraction`` reads it) and compared with ``gt_answer`` ("1" yes, "0"
+no). An abstention, or no yes/no, is unparsed and wrong: ``correct`` never
+counts an abstention.
 
-``summary_metrics`` gives the official leaderboard numbers from the per-item
-correctness: question accuracy (aAcc, all questions), figure accuracy (fAcc:
-share of figures, keyed by (category, subcategory, set_id, figure_id) and
-leaving out VS questions without a figure, whose questions are all correct),
-question-pair accuracy (qAcc: share of (category, subcategory, set_id,
-question_id) groups whose questions are all correct), and the easy
-(``figure_id == "0"``) and hard (edited figures) pair accuracies.
+``summary_metrics`` gives the official leaderboard numbers from the base
+traces, computed by the ported official functions (``official.py``): each
+trace gets the official correctness code ("1" correct; "2" unclear: an
+abstention or no yes/no; "0" wrong, cut off or failed), then the official
+``assign_correctness`` (unclear counts right on a VS question asked without
+its figure), question accuracy (aAcc), figure accuracy (fAcc: figures keyed by
+(category, subcategory, set_id, figure_id), VS questions without a figure left
+out, a figure counts when all its questions are right), question-pair
+accuracy (qAcc: (category, subcategory, set_id, question_id) groups all
+right), and the easy and hard pair accuracies, which split the questions by
+``visual_input`` as ``get_eval_pair_easy`` / ``_hard`` do: easy = no figure
+or the original figure ("0", "1"), hard = an edited figure ("2").
+
+Malformed records are rejected with the reason: ``set_id``, ``figure_id`` or
+``question_id`` that is not an integer, a ``visual_input`` other than 0, 1 or
+2, a ``category`` other than VD or VS, a ``gt_answer`` other than "0" or "1".
 
 Task type: items without an image are symbolic, the others visual_reference
 (a ``task_type`` in the config overrides both). No evidence boxes are shipped;
@@ -47,15 +58,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..answers import extract_yes_no, is_abstention
-from ._common import final_answer, image_source, is_missing, item_meta, iter_parquet, parquet_count, read_json
+from ..answers import read_yes_no, split_thinking
+from ..cells import is_blank, parse_meta
+from ._common import image_source, integer, iter_parquet, parquet_count, read_json
 from .base import Adapter, AdapterError, RawItem, Reject, Score
+from .official import (
+    hallusionbench_assign_correctness,
+    hallusionbench_get_eval_all,
+    hallusionbench_get_eval_fig,
+    hallusionbench_get_eval_pair_all,
+    hallusionbench_get_eval_pair_easy,
+    hallusionbench_get_eval_pair_hard,
+)
 
 DEFAULT_INSTRUCTION = (
     "Answer the question with yes or no. The last line of your response should be of the following "
     "format: 'Answer: yes' or 'Answer: no'."
 )
 _KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
+_INTEGER_KEYS = ("set_id", "figure_id", "question_id", "visual_input")
 
 
 def item_key(record: Mapping[str, Any]) -> str:
@@ -63,18 +84,33 @@ def item_key(record: Mapping[str, Any]) -> str:
     return "_".join(str(record[k]) for k in _KEYS)
 
 
-def correctness_code(parsed: str | None, gold: str, abstained: bool) -> str:
-    """The official correctness code: "1" correct, "0" incorrect, "2" unclear."""
-    if parsed is None or abstained:
+def correctness_code(trace: Mapping[str, Any]) -> str:
+    """The official correctness code of a scored trace: "1" correct, "2" unclear, "0" incorrect.
+
+    Unclear: an abstention, or an answer without yes or no (where the judge
+    says "unclear"). A chain cut off in its thinking, or a failed trace
+    (``correct`` null), is "0": it never counts right.
+    """
+    correct = trace.get("correct")
+    if is_blank(correct) or _flag(trace.get("truncated")):
+        return "0"
+    if bool(correct):
+        return "1"
+    if _flag(trace.get("abstained")) or ("answer_text" in trace and is_blank(trace.get("answer_text"))):
         return "2"
-    return "1" if parsed == gold else "0"
+    return "0"
 
 
-def counts_correct(code: str, category: str, figure_id: Any) -> bool:
-    """The official ``assign_correctness``: "unclear" is right on a VS question asked without its figure."""
-    if str(category) == "VS" and str(figure_id) == "0":
-        return code in ("1", "2")
-    return code == "1"
+def _flag(value: Any) -> bool:
+    return not is_blank(value) and bool(value)
+
+
+def _official_id(value: Any, field: str) -> str:
+    """An integer field as the official code keys records (``str(value)``): digits as written, a number as its
+    integer (a parquet copy may store 0 as 0.0); ValueError naming the field for anything else."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return value.strip()
+    return str(integer(value, field))
 
 
 class HallusionBenchAdapter(Adapter):
@@ -112,18 +148,23 @@ class HallusionBenchAdapter(Adapter):
             if "_bad" in rec:
                 yield Reject(reason="record is not a JSON object", source_line=line)
                 continue
-            missing = [k for k in (*_KEYS, "visual_input", "question", "gt_answer") if is_missing(rec.get(k))]
+            missing = [k for k in (*_KEYS, "visual_input", "question", "gt_answer") if is_blank(rec.get(k))]
             if missing:
                 item_id = None if any(k in missing for k in _KEYS) else item_key(rec)
                 yield Reject(reason=f"missing {', '.join(missing)}", item_id=item_id, source_line=line)
                 continue
-            item_id = item_key(rec)
-            gold = str(rec["gt_answer"]).strip()
-            if gold not in ("0", "1"):
-                yield Reject(reason=f"gt_answer {gold!r} is neither '1' (yes) nor '0' (no)", item_id=item_id,
-                             source_line=line)
+            try:
+                rec = {**rec, **{k: _official_id(rec[k], k) for k in _INTEGER_KEYS}}
+            except ValueError as exc:
+                yield Reject(reason=str(exc), item_id=item_key(rec), source_line=line)
                 continue
-            visual = str(rec["visual_input"]).strip()
+            item_id = item_key(rec)
+            problem = _record_problem(rec)
+            if problem:
+                yield Reject(reason=problem, item_id=item_id, source_line=line)
+                continue
+            gold = str(rec["gt_answer"]).strip()
+            visual = rec["visual_input"]
             images: list[Any] = []
             if visual != "0":
                 image = image_source(rec.get("image"), dirs)
@@ -140,9 +181,9 @@ class HallusionBenchAdapter(Adapter):
             meta = {k: str(rec[k]) for k in _KEYS}
             meta.update(
                 visual_input=visual,
-                sample_note=None if is_missing(rec.get("sample_note")) else str(rec["sample_note"]),
-                gt_answer_details=None if is_missing(rec.get("gt_answer_details")) else str(rec["gt_answer_details"]),
-                filename=None if is_missing(rec.get("filename")) else str(rec["filename"]),
+                sample_note=None if is_blank(rec.get("sample_note")) else str(rec["sample_note"]),
+                gt_answer_details=None if is_blank(rec.get("gt_answer_details")) else str(rec["gt_answer_details"]),
+                filename=None if is_blank(rec.get("filename")) else str(rec["filename"]),
             )
             yield RawItem(
                 item_id=item_id,
@@ -157,7 +198,7 @@ class HallusionBenchAdapter(Adapter):
 
     def _image_file(self, rec: Mapping[str, Any], dirs: list[Path]) -> Path | None:
         filename = rec.get("filename")
-        if not is_missing(filename):
+        if not is_blank(filename):
             found = image_source(filename, dirs)
             if isinstance(found, Path) and found.is_file():
                 return found
@@ -167,35 +208,44 @@ class HallusionBenchAdapter(Adapter):
             for root in (d, d / "hallusion_bench"):
                 if (root / rel).is_file():
                     return root / rel
-        if not is_missing(filename):
+        if not is_blank(filename):
             return image_source(filename, dirs)  # missing: the items stage rejects it by name
         return None
 
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        meta = item_meta(item)
-        final, _ = final_answer(response)
-        abstained = is_abstention(final)
-        parsed = extract_yes_no(final) if final else None
-        gold = str(item["answer"])
-        code = correctness_code(parsed, gold, abstained)
-        return Score(
-            answer_text=parsed,
-            correct=counts_correct(code, meta.get("category", ""), meta.get("figure_id", "")),
-            abstained=abstained,
-        )
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        answer_part, truncated = split_thinking(response, thinking_open)
+        if truncated:
+            return Score(answer_text=None, correct=False, truncated=True)
+        said, abstained = read_yes_no(answer_part)
+        return Score(answer_text=said, correct=said is not None and said == str(item["answer"]), abstained=abstained)
 
     def summary_metrics(self, items, traces) -> dict[str, float]:
         return official_metrics(items, traces)
 
 
-def official_metrics(items, traces) -> dict[str, float]:
-    """The official accuracies (per question, figure, question pair; easy and hard pairs).
+def _record_problem(rec: Mapping[str, Any]) -> str | None:
+    """Why a record (integer fields already read) cannot be scored as the official code scores it; None if fine."""
+    if str(rec["category"]) not in ("VD", "VS"):
+        return f"category {rec['category']!r} is neither VD nor VS"
+    if rec["visual_input"] not in ("0", "1", "2"):
+        return f"visual_input {rec['visual_input']} is not 0 (no figure), 1 (original) or 2 (edited)"
+    gold = str(rec["gt_answer"]).strip()
+    if gold not in ("0", "1"):
+        return f"gt_answer {gold!r} is neither '1' (yes) nor '0' (no)"
+    return None
 
-    ``items``: the items table (``item_id``, ``meta`` with the five keys).
-    ``traces``: one row per item with ``item_id`` and ``correct`` (a trace
-    table filtered to the unmasked ``base`` variant when it has a ``variant``
-    column); a missing or null ``correct`` (a failed trace) counts as wrong.
-    Accuracies are fractions in [0, 1]; NaN when a group is empty.
+
+def official_metrics(items, traces) -> dict[str, float]:
+    """The official leaderboard accuracies (per question, figure, question pair; easy and hard pairs).
+
+    ``items``: the items table (``item_id``, ``meta`` with the five keys and
+    ``visual_input``). ``traces``: one row per item with ``item_id`` and
+    ``correct``, and where present ``abstained``, ``truncated`` and
+    ``answer_text`` (a trace table is filtered to the unmasked ``base``
+    variant when it has a ``variant`` column). Each trace gets its official
+    correctness code (``correctness_code``); the official
+    ``assign_correctness`` and counting functions (``official.py``) do the
+    rest. Accuracies are fractions in [0, 1]; NaN when a group is empty.
     """
     import pandas as pd
 
@@ -205,39 +255,29 @@ def official_metrics(items, traces) -> dict[str, float]:
     if t["item_id"].duplicated().any():
         dup = t.loc[t["item_id"].duplicated(), "item_id"].iloc[0]
         raise ValueError(f"more than one base trace for item {dup!r}: pass one model's traces at a time")
-    correct = {
-        row.item_id: False if pd.isna(row.correct) else bool(row.correct)
-        for row in t[["item_id", "correct"]].itertuples(index=False)
-    }
+    codes = {row["item_id"]: correctness_code(row) for row in t.to_dict("records")}
 
-    rows = []
+    data = []
     for row in pd.DataFrame(items)[["item_id", "meta"]].itertuples(index=False):
-        if row.item_id not in correct:
+        if row.item_id not in codes:
             continue
-        meta = item_meta({"meta": row.meta})
-        rows.append({**{k: str(meta[k]) for k in _KEYS}, "correct": int(correct[row.item_id])})
-    df = pd.DataFrame(rows, columns=[*_KEYS, "correct"])
+        meta = parse_meta(row.meta)
+        data.append({**{k: str(meta[k]) for k in (*_KEYS, "visual_input")}, "code": codes[row.item_id]})
+    data = hallusionbench_assign_correctness(data, "code")
 
-    def share(groups) -> float:
-        if len(groups) == 0:
-            return float("nan")
-        return float((groups["correct"] == groups["total"]).mean())
+    def share(stat) -> float:
+        return stat["correct"] / stat["total"] if stat["total"] else float("nan")
 
-    def grouped(frame, keys):
-        g = frame.groupby(keys, sort=True)["correct"].agg(correct="sum", total="count").reset_index()
-        return g
-
-    no_figure = (df["category"] == "VS") & (df["figure_id"] == "0")
-    figures = grouped(df[~no_figure], ["category", "subcategory", "set_id", "figure_id"])
-    pair_keys = ["category", "subcategory", "set_id", "question_id"]
-    easy = df["figure_id"] == "0"
+    has_figures = any(not (r["category"] == "VS" and r["figure_id"] == "0") for r in data)
+    figures = hallusionbench_get_eval_fig(data) if has_figures else {"correct": 0, "total": 0}
+    pairs = hallusionbench_get_eval_pair_all(data)
     return {
-        "question_accuracy": float(df["correct"].mean()) if len(df) else float("nan"),
+        "question_accuracy": share(hallusionbench_get_eval_all(data)),
         "figure_accuracy": share(figures),
-        "pair_accuracy": share(grouped(df, pair_keys)),
-        "easy_pair_accuracy": share(grouped(df[easy], pair_keys)),
-        "hard_pair_accuracy": share(grouped(df[~easy], pair_keys)),
-        "n_questions": float(len(df)),
-        "n_figures": float(len(figures)),
-        "n_pairs": float(len(grouped(df, pair_keys))),
+        "pair_accuracy": share(pairs),
+        "easy_pair_accuracy": share(hallusionbench_get_eval_pair_easy(data)),
+        "hard_pair_accuracy": share(hallusionbench_get_eval_pair_hard(data)),
+        "n_questions": float(len(data)),
+        "n_figures": float(figures["total"]),
+        "n_pairs": float(pairs["total"]),
     }

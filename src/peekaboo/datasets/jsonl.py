@@ -12,8 +12,16 @@ Each line::
 region's ``image`` is its 0-based index), or both may be absent (a text-only
 item). Image paths resolve against the JSONL file's directory (or the
 ``image_root`` option). ``answer_type`` defaults to a guess from the answer
-and choices. A line that is not JSON or lacks a required key becomes a Reject
-with its line number; the items stage checks the images and boxes.
+and choices. The file is read with ``peekaboo.jsonlines.read_lines``: a line
+that is not valid UTF-8 or not JSON, lacks a required key or holds a value of
+the wrong kind (choices that are not a list, an integer answer that is not an
+integer, a list answer that is not a JSON array) becomes a Reject with its
+line number and the reason; a UTF-8 byte-order mark at the start is read as
+such. The items stage checks the images and boxes.
+
+Scoring: ``peekaboo.answers.score_response`` on what the model finally says
+(a thinking block is skipped; a chain that ended inside it is unparsed, wrong
+and ``truncated``).
 
 Options: ``path`` (required), ``image_root`` (default: the file's directory),
 ``add_choices`` (default true: list the choices under the question as
@@ -22,12 +30,13 @@ Options: ``path`` (required), ``image_root`` (default: the file's directory),
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .. import answers
+from ..cells import as_list
+from ..jsonlines import count_lines, read_lines
 from .base import ANSWER_TYPES, TASK_TYPES, Adapter, RawItem, Region, Reject, Score
 
 _KNOWN_KEYS = {"id", "image", "images", "question", "answer", "choices", "answer_type", "task_type", "regions", "meta"}
@@ -55,24 +64,19 @@ class JsonlAdapter(Adapter):
         return p if p.is_absolute() else self.base_dir / p
 
     def count(self) -> int:
-        with open(self.path(), "rb") as fh:
-            return sum(1 for line in fh if line.strip())
+        return count_lines(self.path())
 
     def records(self) -> Iterator[RawItem | Reject]:
-        with open(self.path(), encoding="utf-8", errors="replace") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield self._parse(line, line_no)
-                except _BadRecord as exc:
-                    yield Reject(reason=str(exc), item_id=exc.item_id, source_line=line_no)
+        for line in read_lines(self.path()):
+            if not line.ok:
+                yield Reject(reason=line.error, source_line=line.number)
+                continue
+            try:
+                yield self._parse(line.value, line.number)
+            except _BadRecord as exc:
+                yield Reject(reason=str(exc), item_id=exc.item_id, source_line=line.number)
 
-    def _parse(self, line: str, line_no: int) -> RawItem:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _BadRecord(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    def _parse(self, rec: Any, line_no: int) -> RawItem:
         if not isinstance(rec, dict):
             raise _BadRecord(f"not JSON: expected an object, got {type(rec).__name__}")
         raw_id = rec.get("id", line_no)
@@ -96,6 +100,12 @@ class JsonlAdapter(Adapter):
         answer_type = rec.get("answer_type") or answers.infer_answer_type(rec["answer"], choices)
         if answer_type not in ANSWER_TYPES:
             raise _BadRecord(f"bad answer_type: {answer_type!r} (known: {', '.join(ANSWER_TYPES)})", item_id)
+        if answer_type == "list" and not isinstance(rec["answer"], list):
+            raise _BadRecord(f"bad answer: a list answer must be a JSON array, got {rec['answer']!r}", item_id)
+        if answer_type == "list" and not all(
+            isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in rec["answer"]
+        ):
+            raise _BadRecord("bad answer: a list answer holds text or numbers only", item_id)
         try:
             answer = answers.normalize_answer(rec["answer"], answer_type, choices)
         except answers.AnswerFormatError as exc:
@@ -175,10 +185,10 @@ class JsonlAdapter(Adapter):
             regions.append(Region(label=str(label) if label is not None else f"region {k}", box=tuple(float(x) for x in box), image=image))
         return regions
 
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        choices = item.get("choices")
-        choices = list(choices) if choices is not None else None
-        return answers.score_response(response, str(item["answer"]), str(item["answer_type"]), choices)
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        choices = as_list(item.get("choices")) or None
+        return answers.score_response(response, str(item["answer"]), str(item["answer_type"]), choices,
+                                      thinking_open=thinking_open)
 
 
 class _BadRecord(ValueError):

@@ -15,18 +15,29 @@ relative to; default the data file's folder), ``prompt`` (``query``: the
 published query, built the same way when absent; ``question``: question and
 choices only).
 
-Scoring: MathVista's evaluator first lets GPT-4 extract the answer and then
-normalises it. Here the extraction is by rule (``final_answer``: GLM's answer
-box, ``\\boxed{}``, the text after the last ``Answer:``, else the last line),
-and the normalisation is the official one: a multiple-choice answer given as a
-letter (``(B)`` or ``B``) becomes that choice's text, any other text the
-nearest choice by edit distance; integers ``str(int(float(x)))``; floats
-``str(round(float(x), int(precision)))``; lists as their string; then exact
-match with the gold answer (normalised the same way). Differences from the
-official script, all for responses it never sees after GPT extraction: an
-empty answer (a chain cut off before it answered) is unparsed and wrong rather
-than mapped to the nearest choice; a free-form answer without a number is
-unparsed (None), as the official ``float()`` failure gives.
+Scoring: MathVista's evaluator lets GPT-4 extract the answer (after a few
+rule-based quick paths) and then normalises it (``calculate_score.py``). Here
+only what the model finally says is read (``peekaboo.answers.split_thinking``:
+a chain that ended inside its thinking is unparsed and ``truncated``). On that
+answer part the official quick paths run first (``official.mathvista_quick_extract``:
+a bare choice text, a bare integer or float), then a rule stands in for GPT:
+the last stated answer (``peekaboo.answers.final_answer``: GLM's answer box,
+``\\boxed{}``, "Answer:", "the answer is", ...), read as a choice text or an
+option letter, the first number after a marker (else the last number of the
+last line), or the last ``[...]`` list. Then the official normalisation
+(``official.mathvista_normalize_extracted_answer``: a letter becomes its
+choice, other text the nearest choice by edit distance; integers
+``str(int(float(x)))``; floats rounded to the problem's precision; lists as
+their string) and exact match with the gold answer. Departures, all for
+responses the official script would hand to GPT or to its fallbacks: an empty
+answer is unparsed and wrong (as the scripts' ``--ignore_empty_extractions``
+does; by default they map "" to the nearest choice);
+an abstention with no choice, number or list in it is unparsed, flagged and
+wrong; a free-form answer without a number is unparsed.
+
+Malformed records are rejected with the reason: choices that are not a list,
+an integer answer that is not an integer, a float answer that is not a number,
+a list answer that is not a list, a precision that is not an integer.
 
 Task type: symbolic by default (the study treats MathVista as symbolic);
 ``task_type`` / ``task_type_overrides`` in the config change it. MathVista
@@ -41,23 +52,18 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..answers import extract_letter, is_abstention
-from ._common import (
-    final_answer,
-    image_source,
-    is_missing,
-    item_meta,
-    iter_parquet,
-    letters,
-    levenshtein,
-    parquet_count,
-    read_json,
-)
+from ..answers import extract_letter, final_answer, format_number, is_abstention, parse_number, split_thinking
+from ..cells import is_blank, parse_meta
+from ._common import image_source, integer, iter_parquet, letters, parquet_count, read_json, text_list
 from .base import Adapter, AdapterError, RawItem, Reject, Score
+from .official import (
+    mathvista_get_most_similar,
+    mathvista_normalize_extracted_answer,
+    mathvista_quick_extract,
+)
 
-_ANSWER_TYPES = {"integer": "integer", "float": "float", "list": "list", "text": "text"}
-
-_NUMBER_TEXT_RE = re.compile(r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+")
+QUESTION_TYPES = ("multi_choice", "free_form")
+FREE_FORM_TYPES = ("integer", "float", "list")  # the free-form answer types the official normalisation knows
 
 
 def official_hint(question_type: str, answer_type: str, precision: int | None) -> str:
@@ -105,78 +111,80 @@ def build_query(question: str, choices: list[str] | None, unit: str | None, hint
 
 def nearest_choice(prediction: str, choices: list[str]) -> str:
     """The official ``get_most_similar``: smallest edit distance, first on ties."""
-    distances = [levenshtein(prediction, c) for c in choices]
-    return choices[distances.index(min(distances))]
+    return mathvista_get_most_similar(prediction, choices)
 
 
 def normalize_extraction(
     extraction: Any, choices: list[str] | None, question_type: str, answer_type: str, precision: int | None
 ) -> str | None:
-    """MathVista's ``normalize_extracted_answer``; None where the official ``float()``/``int()`` fails."""
-    if question_type == "multi_choice":
-        text = extraction.strip() if isinstance(extraction, str) else str(extraction)
-        letter = re.findall(r"\(([a-zA-Z])\)", text)
-        if letter:
-            text = letter[0].upper()
-        options = letters(len(choices))
-        if text in options:
-            return choices[options.index(text)]
-        return nearest_choice(text, choices)
-    if answer_type == "integer":
-        try:
-            return str(int(float(extraction)))
-        except (TypeError, ValueError, OverflowError):
-            return None
-    if answer_type == "float":
-        try:
-            return str(round(float(extraction), int(precision if precision is not None else 0)))
-        except (TypeError, ValueError, OverflowError):
-            return None
-    if answer_type == "list":
-        return None if extraction is None else str(extraction)
-    return None if extraction is None else str(extraction).strip()
+    """MathVista's ``normalize_extracted_answer``; None where the official ``float()``/``int()`` fails.
 
-
-def _list_text(text: str) -> str | None:
-    """A list answer as ``str(list)`` (``"[1,2]"`` -> ``"[1, 2]"``); the bracketed text itself when not a literal."""
-    found = re.findall(r"\[[^\[\]]*\]", text)
-    if not found:
-        return None
-    raw = found[-1]
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw.strip()
-    return str(list(value)) if isinstance(value, (list, tuple)) else raw.strip()
-
-
-def _number_text(text: str, marked: bool) -> str | None:
-    """The number an answer gives, as text for ``float()``: the first after a marker, else the last."""
-    found = _NUMBER_TEXT_RE.findall(text)
-    if not found:
-        return None
-    raw = (found[0] if marked else found[-1]).replace(",", "").replace("−", "-")
-    return raw
-
-
-def extract_answer(response: Any, choices: list[str] | None, question_type: str, answer_type: str) -> str | None:
-    """The rule-based stand-in for MathVista's GPT extraction: what ``normalize_extraction`` receives.
-
-    None when the response gives nothing to extract (empty, or cut off inside its reasoning).
+    A float problem without a precision rounds to whole numbers (the
+    official ``int(None)`` would fail and score it wrong).
     """
-    final, marked = final_answer(response)
-    if not final:
+    return mathvista_normalize_extracted_answer(
+        extraction, choices, question_type, answer_type, 0 if precision is None else precision
+    )
+
+
+def list_text(text: str) -> str | None:
+    """A list answer as ``str(list)`` (``"[1,2]"`` -> ``"[1, 2]"``): the last ``[...]`` that is a Python list literal."""
+    for raw in reversed(re.findall(r"\[[^\[\]]*\]", text)):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, (list, tuple)):
+            return str(list(value))
+    return None
+
+
+def _listed_numbers(text: str) -> str | None:
+    """A stated list written out ("2007 and 2008", "2007, 2008") as ``str(list)``; None unless all are numbers."""
+    parts = [p.strip(" .") for p in re.split(r"\s*(?:,|;|\band\b)\s*", text) if p.strip(" .")]
+    if len(parts) < 2 or not all(re.fullmatch(r"[-+]?\d+(?:\.\d+)?", p) for p in parts):
         return None
+    return str([int(p) if re.fullmatch(r"[-+]?\d+", p) else float(p) for p in parts])
+
+
+def extract_answer(
+    answer_part: str, choices: list[str] | None, question_type: str, answer_type: str
+) -> tuple[str | None, bool]:
+    """(what ``normalize_extraction`` receives, whether the model abstained) from a response's answer part.
+
+    The rule-based stand-in for MathVista's GPT extraction (module doc).
+    None when there is nothing to extract.
+    """
+    text = answer_part.strip()
+    if not text:
+        return None, False
+    problem = {"question_type": question_type, "answer_type": answer_type, "choices": choices}
+    quick = mathvista_quick_extract(text, problem, quick_extract=False)
+    if quick is not None:
+        return quick, False
+    final, stated = final_answer(text)
+    if not final:
+        return None, False
     if question_type == "multi_choice":
         if final in choices:
-            return final
+            return final, False
         letter = extract_letter(final, choices=choices)
-        return f"({letter})" if letter else final
+        if letter is not None:
+            return f"({letter})", False
+        if is_abstention(final):
+            return None, True
+        # a stated answer that is neither a letter nor a choice goes to the nearest choice, as GPT's
+        # extraction would; an unstated last line is too loose to map
+        return (final if stated else None), False
     if answer_type in ("integer", "float"):
-        return _number_text(final, marked)
+        value = parse_number(final, which="first" if stated else "last")
+        if value is None:
+            return None, is_abstention(final)
+        return format_number(value), False
     if answer_type == "list":
-        return _list_text(final)
-    return final
+        found = list_text(final) or (_listed_numbers(final) if stated else None)
+        return (found, False) if found is not None else (None, is_abstention(final))
+    return None, False
 
 
 class MathVistaAdapter(Adapter):
@@ -230,20 +238,22 @@ class MathVistaAdapter(Adapter):
 
     def _item(self, row: dict[str, Any], line: int, dirs: list[Path]) -> RawItem | Reject:
         pid = row.get("pid")
-        if is_missing(pid):
+        if is_blank(pid):
             return Reject(reason="no pid", source_line=line)
         pid = str(pid)
         if "_bad" in row:
             return Reject(reason="problem is not a JSON object", item_id=pid, source_line=line)
         for key in ("question", "answer", "question_type", "answer_type"):
-            if is_missing(row.get(key)):
+            if is_blank(row.get(key)):
                 return Reject(reason=f"missing '{key}'", item_id=pid, source_line=line)
         question_type = str(row["question_type"])
         answer_type = str(row["answer_type"])
-        choices = row.get("choices")
-        choices = None if choices is None else [str(c) for c in list(choices)]
+        if question_type not in QUESTION_TYPES:
+            return Reject(reason=f"question_type {question_type!r} is not one of {', '.join(QUESTION_TYPES)}",
+                          item_id=pid, source_line=line)
+        choices = text_list(row.get("choices"), "choices")
         precision = _precision(row.get("precision"), row["answer"], answer_type)
-        unit = None if is_missing(row.get("unit")) else str(row["unit"])
+        unit = None if is_blank(row.get("unit")) else str(row["unit"])
 
         if question_type == "multi_choice":
             if not choices:
@@ -253,16 +263,12 @@ class MathVistaAdapter(Adapter):
                 return Reject(reason=f"answer {gold!r} is not one of the choices {choices}", item_id=pid,
                               source_line=line)
             our_type = "multi_choice"
-        elif answer_type in _ANSWER_TYPES:
-            gold = normalize_extraction(row["answer"], choices, question_type, answer_type, precision)
-            if answer_type == "list":
-                gold = _list_text(str(row["answer"])) or str(row["answer"]).strip()
-            if gold is None:
-                return Reject(reason=f"answer {row['answer']!r} is not a valid {answer_type}", item_id=pid,
-                              source_line=line)
-            our_type = _ANSWER_TYPES[answer_type]
+        elif answer_type in FREE_FORM_TYPES:
+            gold = _free_form_gold(row["answer"], answer_type, precision)
+            our_type = answer_type
         else:
-            return Reject(reason=f"unknown answer_type {answer_type!r}", item_id=pid, source_line=line)
+            return Reject(reason=f"free-form answer_type {answer_type!r} has no official normalisation "
+                                 f"(known: {', '.join(FREE_FORM_TYPES)})", item_id=pid, source_line=line)
 
         image = image_source(row.get("decoded_image"), dirs)
         if image is None:
@@ -275,7 +281,7 @@ class MathVistaAdapter(Adapter):
         query = row.get("query")
         if self.options.get("prompt", "query") == "question":
             shown = build_query(str(row["question"]), choices, unit, hint).split("\n", 1)[1]
-        elif is_missing(query):
+        elif is_blank(query):
             shown = build_query(str(row["question"]), choices, unit, hint)
         else:
             shown = str(query)
@@ -301,28 +307,50 @@ class MathVistaAdapter(Adapter):
             source_line=line,
         )
 
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        meta = item_meta(item)
-        has_choices = item.get("choices") is not None
-        question_type = meta.get("question_type") or ("multi_choice" if has_choices else "free_form")
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        meta = parse_meta(item.get("meta"))
+        choices = text_list(item.get("choices"), "choices")
+        question_type = meta.get("question_type") or ("multi_choice" if choices else "free_form")
         answer_type = meta.get("mathvista_answer_type") or item.get("answer_type")
-        choices = item.get("choices")
-        choices = None if choices is None else [str(c) for c in list(choices)]
-        final, _ = final_answer(response)
-        abstained = is_abstention(final)
-        extraction = extract_answer(response, choices, question_type, answer_type)
+        answer_part, truncated = split_thinking(response, thinking_open)
+        if truncated:
+            return Score(answer_text=None, correct=False, truncated=True)
+        extraction, abstained = extract_answer(answer_part, choices, question_type, answer_type)
         if extraction is None:
             return Score(answer_text=None, correct=False, abstained=abstained)
         prediction = normalize_extraction(extraction, choices, question_type, answer_type, meta.get("precision"))
         if prediction is None:
-            return Score(answer_text=None, correct=False, abstained=abstained)
-        return Score(answer_text=prediction, correct=prediction == str(item["answer"]), abstained=abstained)
+            return Score(answer_text=None, correct=False)
+        return Score(answer_text=prediction, correct=prediction == str(item["answer"]))
+
+
+def _free_form_gold(answer: Any, answer_type: str, precision: int | None) -> str:
+    """A free-form gold answer in the form the official normalisation gives predictions; ValueError if it
+    does not fit its type (never read with another meaning: "3.5" is no integer, "2014" no list)."""
+    if answer_type == "integer":
+        return str(integer(answer, "integer answer"))
+    if answer_type == "float":
+        try:
+            value = None if isinstance(answer, bool) else float(answer)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not math.isfinite(value):
+            raise ValueError(f"float answer {answer!r} is not a number")
+        return str(round(value, precision if precision is not None else 0))
+    if isinstance(answer, str):
+        found = list_text(answer)
+        if found is None or not re.fullmatch(r"\s*\[.*\]\s*", answer, re.DOTALL):
+            raise ValueError(f"list answer {answer!r} is not a list")
+        return found
+    if isinstance(answer, (list, tuple)) or hasattr(answer, "tolist"):
+        return str(list(answer.tolist() if hasattr(answer, "tolist") else answer))
+    raise ValueError(f"list answer {answer!r} is not a list")
 
 
 def _precision(value: Any, answer: Any, answer_type: str) -> int | None:
     """``int(precision)`` (stored as a float); a float answer without one: the decimals it is written with."""
-    if not is_missing(value):
-        return int(float(value))
+    if not is_blank(value):
+        return integer(value, "precision")
     if answer_type != "float":
         return None
     text = str(answer).strip()
@@ -345,6 +373,7 @@ __all__ = [
     "MathVistaAdapter",
     "build_query",
     "extract_answer",
+    "list_text",
     "nearest_choice",
     "normalize_extraction",
     "official_hint",

@@ -23,13 +23,22 @@ the image's position in that list (the images precede the text in the chat).
 A question without any token gets all its non-empty image columns in order.
 A token naming an empty image column rejects the record.
 
-Scoring: the official ``parse_multi_choice_response`` on the response's
-answer part (after a thinking block): a single option letter after the last
-``Answer:``, then ``(A)``, ``A `` and ``A.`` patterns, then (for responses of
-more than five words) the option text, the last-mentioned candidate winning.
-Where the official parser falls back to a random letter, the response is
-unparsed here: ``answer_text`` None, counted wrong (and counted: the number of
-unparsed responses is in ``summary_metrics``).
+Scoring (``_common.read_option_letter``) on what the model finally says
+(``peekaboo.answers.split_thinking``: a chain that ended inside its thinking
+is unparsed, wrong and ``truncated``): the last stated answer ("Answer: C",
+``\\boxed{C}``, GLM's answer box, "the answer is (C)") when it names an
+option by letter or text; else an abstention when the final answer is one;
+else the official ``parse_multi_choice_response`` (``official.py``) over the
+answer part: a single option letter after the last ``Answer:``, then ``(A)``,
+``A `` and ``A.`` patterns, then (for more than five words) the option text,
+the last-mentioned candidate winning. Where the official parser falls back to
+a random letter, the response is unparsed here: ``answer_text`` None, counted
+wrong (and counted: the number of unparsed responses is in
+``summary_metrics``).
+
+Malformed records are rejected with the reason: ``options`` that is not a list
+(a string that is no list literal, a dict), an option that is not text, an
+answer that is not one of the option letters.
 
 Task type: visual_reference by default (the study treats MMMU-Pro so). No
 evidence boxes are shipped; supply them with the dataset's ``boxes`` file.
@@ -41,18 +50,20 @@ import ast
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..answers import is_abstention
+from ..answers import split_thinking
+from ..cells import is_blank
 from ._common import (
-    answer_body,
-    final_answer,
+    unparsed_fallback,
     image_source,
-    is_missing,
     iter_parquet,
     letters,
     parquet_columns,
     parquet_count,
+    read_option_letter,
+    text_list,
 )
 from .base import Adapter, AdapterError, RawItem, Reject, Score
+from .official import mmmu_parse_multi_choice_response
 
 PROMPTS = {
     "cot": {
@@ -81,14 +92,18 @@ _IMAGE_TOKEN_RE = re.compile(r"<image\s+(\d+)>")
 
 
 def parse_options(value: Any) -> list[str]:
-    """The options list from its Python-literal string (or a list already)."""
+    """The options list from its Python-literal string (or a list already); ValueError when it is not a list."""
     if isinstance(value, str):
-        parsed = ast.literal_eval(value)
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ValueError(f"options {value[:60]!r} is not a Python list literal") from None
     else:
-        parsed = value.tolist() if hasattr(value, "tolist") else value
-    if not isinstance(parsed, (list, tuple)):
-        raise ValueError(f"options is not a list: {value!r}")
-    return [str(o) for o in parsed]
+        parsed = value
+    options = text_list(parsed, "options")
+    if options is None:
+        raise ValueError("options is empty")
+    return options
 
 
 def image_order(text: str) -> list[int]:
@@ -102,51 +117,8 @@ def image_order(text: str) -> list[int]:
 
 
 def parse_multi_choice_response(response: str, all_choices: Sequence[str], index2ans: Mapping[str, str]) -> str | None:
-    """The official MMMU(-Pro) parser, without its random fallback (None instead)."""
-    last_answer_pos = response.rfind("Answer:")
-    if last_answer_pos != -1:
-        answer_str = response[last_answer_pos + len("Answer:") :].strip()
-        matching = [option for option in all_choices if option in answer_str]
-        if len(matching) == 1:
-            return matching[0]
-    for char in [",", ".", "!", "?", ";", ":", "'"]:
-        response = response.strip(char)
-    response = " " + response + " "  # spaces avoid partial matches
-
-    index_ans = True
-    ans_with_brack = False
-    candidates: list[str] = []
-    for choice in all_choices:  # (A) (B) ...
-        if f"({choice})" in response:
-            candidates.append(choice)
-            ans_with_brack = True
-    if not candidates:
-        for choice in all_choices:  # A B ...
-            if f"{choice} " in response:
-                candidates.append(choice)
-    if not candidates:
-        for choice in all_choices:  # A. B. ...
-            if f"{choice}." in response:
-                candidates.append(choice)
-    if not candidates and len(response.split()) > 5:
-        for index, ans in index2ans.items():
-            if ans.lower() in response.lower():
-                candidates.append(index)
-                index_ans = False  # matched on the option's text
-    if not candidates:
-        return None
-    if len(candidates) == 1:
-        return candidates[0]
-    starts = []
-    for can in candidates:
-        if index_ans and ans_with_brack:
-            starts.append(response.rfind(f"({can})"))
-        elif index_ans:
-            starts.append(response.rfind(f" {can} "))
-        else:
-            starts.append(response.lower().rfind(index2ans[can].lower()))
-    # the last-mentioned candidate (np.argmax: the first of equal maxima)
-    return candidates[starts.index(max(starts))]
+    """The official MMMU(-Pro) parser (``official.mmmu_parse_multi_choice_response``), None instead of a random letter."""
+    return mmmu_parse_multi_choice_response(response, all_choices, index2ans, fallback=unparsed_fallback)
 
 
 class MMMUProAdapter(Adapter):
@@ -188,7 +160,7 @@ class MMMUProAdapter(Adapter):
         dirs = [self.path("images")] if self.options.get("images") else []
         dirs.append(p if p.is_dir() else p.parent)
         for line, row in iter_parquet(p):
-            item_id = None if is_missing(row.get("id")) else str(row["id"])
+            item_id = None if is_blank(row.get("id")) else str(row["id"])
             try:
                 yield self._item(row, item_id, line, config, prompts[config], dirs)
             except (ValueError, SyntaxError, TypeError) as exc:
@@ -198,7 +170,7 @@ class MMMUProAdapter(Adapter):
         if item_id is None:
             return Reject(reason="no id", source_line=line)
         for key in ("options", "answer"):
-            if is_missing(row.get(key)):
+            if is_blank(row.get(key)):
                 return Reject(reason=f"missing '{key}'", item_id=item_id, source_line=line)
         options = parse_options(row["options"])
         if not 1 <= len(options) <= MAX_OPTIONS:
@@ -215,12 +187,12 @@ class MMMUProAdapter(Adapter):
                 return Reject(reason="no image", item_id=item_id, source_line=line)
             question, images = instruction, [image]
         else:
-            if is_missing(row.get("question")):
+            if is_blank(row.get("question")):
                 return Reject(reason="missing 'question'", item_id=item_id, source_line=line)
             body = f"{row['question']}\n" + "\n".join(f"{l}. {o}" for l, o in zip(letters(len(options)), options))
             order = image_order(body)
             if not order:
-                order = [k for k in range(1, 8) if not is_missing(row.get(f"image_{k}"))]
+                order = [k for k in range(1, 8) if not is_blank(row.get(f"image_{k}"))]
             images = []
             for k in order:
                 image = image_source(row.get(f"image_{k}"), dirs)
@@ -248,15 +220,14 @@ class MMMUProAdapter(Adapter):
             source_line=line,
         )
 
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        choices = item.get("choices")
-        options = [str(c) for c in (choices.tolist() if hasattr(choices, "tolist") else list(choices or []))]
-        all_choices = letters(len(options))
-        body = answer_body(response)
-        final, _ = final_answer(response)
-        abstained = is_abstention(final)
-        parsed = parse_multi_choice_response(body, all_choices, dict(zip(all_choices, options))) if body else None
-        return Score(answer_text=parsed, correct=parsed == str(item["answer"]), abstained=abstained)
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        options = text_list(item.get("choices"), "choices") or []
+        answer_part, truncated = split_thinking(response, thinking_open)
+        if truncated:
+            return Score(answer_text=None, correct=False, truncated=True)
+        letter, abstained = read_option_letter(answer_part, options)
+        return Score(answer_text=letter, correct=letter is not None and letter == str(item["answer"]),
+                     abstained=abstained)
 
     def summary_metrics(self, items, traces) -> dict[str, float]:
         """Accuracy over base traces, and how many responses the parser could not read (counted wrong)."""
@@ -273,11 +244,11 @@ class MMMUProAdapter(Adapter):
 
 
 def _text(value: Any) -> str | None:
-    return None if is_missing(value) else str(value)
+    return None if is_blank(value) else str(value)
 
 
 def _literal_or_text(value: Any) -> Any:
-    if is_missing(value):
+    if is_blank(value):
         return None
     try:
         return ast.literal_eval(str(value))

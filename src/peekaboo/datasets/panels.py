@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator, Mapping
 
+from ..answers import split_thinking
 from ..synthetic import OptionsError, PanelItem, generate_items, gold_solution, resolve_options
 from .base import Adapter, AdapterError, RawItem, Score
 
@@ -52,8 +53,12 @@ def normalise(text: str, answer_type: str) -> str | None:
     return t or None
 
 
-def score_response(item: Mapping[str, Any], response: str) -> Score:
-    answer = final_answer(response)
+def score_response(item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+    """Score a response to a panels item (module doc); a thinking block is skipped, as for the real benchmarks."""
+    answer_part, truncated = split_thinking(response, thinking_open)
+    if truncated:
+        return Score(answer_text=None, correct=False, truncated=True)
+    answer = final_answer(answer_part)
     if answer is None:
         return Score(answer_text=None, correct=False, abstained=False)
     if is_abstention(answer):
@@ -117,5 +122,5 @@ class PanelsAdapter(Adapter):
                 meta=item_meta(item),
             )
 
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        return score_response(item, response)
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        return score_response(item, response, thinking_open=thinking_open)

@@ -46,10 +46,17 @@ k-1 conclusions of other images drawn with the config seed (a construct of
 this tool in the spirit of VisArgs' "identification of premises" task, not
 an official task). The prompt asks for step-by-step reasoning through the
 premises (see ``QUESTION_TEMPLATE``) and a final ``Answer: $LETTER`` line,
-read with MMMU-Pro's official parser; unparsed counts wrong. With
-``choices: 0`` the model states the conclusion in its own words; the item's
-``answer`` is the reference conclusion and ``correct`` is null (no rule can
-judge a paraphrase).
+read like MMMU-Pro's (``_common.read_option_letter``: the stated answer, else
+MMMU's official parser without its random fallback) from what the model
+finally says (a chain cut off in its thinking is unparsed and ``truncated``);
+unparsed counts wrong. With ``choices: 0`` the model states the conclusion in
+its own words; the item's ``answer`` is the reference conclusion and
+``correct`` is null (no rule can judge a paraphrase).
+
+Malformed records are rejected with the reason: ``visual_premises``,
+``commonsense_premises`` or ``reasoning_steps`` that is not a list (a string
+would be read as its characters), a ``conclusion`` or ``url`` that is not
+text.
 
 Task type: visual_reference. Masked variants: VisArgs is the CRM dataset
 (``masks: true`` in the paper's config).
@@ -63,12 +70,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from ..answers import is_abstention
+from ..answers import final_answer, is_abstention, split_thinking
+from ..cells import is_blank
 from ..logs import get_logger
 from ..seeding import rng
-from ._common import answer_body, final_answer, is_missing, letters, read_json
+from ._common import letters, read_json, read_option_letter, text_list
 from .base import Adapter, AdapterError, RawItem, Region, Reject, Score
-from .mmmu_pro import parse_multi_choice_response
 
 log = get_logger("datasets.visargs")
 
@@ -208,7 +215,7 @@ class VisArgsAdapter(Adapter):
         pool = []  # distinct conclusions in file order: the distractor pool
         for rec in data:
             c = rec.get("conclusion") if isinstance(rec, dict) else None
-            if not is_missing(c) and str(c).strip() not in pool:
+            if isinstance(c, str) and c.strip() and c.strip() not in pool:
                 pool.append(str(c).strip())
         ids = _item_ids(data)
         without_boxes = 0
@@ -216,13 +223,22 @@ class VisArgsAdapter(Adapter):
             if not isinstance(rec, dict):
                 yield Reject(reason="record is not a JSON object", source_line=line)
                 continue
-            if is_missing(rec.get("url")):
+            if is_blank(rec.get("url")):
                 yield Reject(reason="missing 'url'", source_line=line)
                 continue
-            if is_missing(rec.get("conclusion")):
+            if is_blank(rec.get("conclusion")):
                 yield Reject(reason="missing 'conclusion'", item_id=item_id, source_line=line)
                 continue
-            premises = [str(p) for p in rec.get("visual_premises") or []]
+            try:
+                premises, commonsense, steps = (
+                    text_list(rec.get(k), k) or [] for k in ("visual_premises", "commonsense_premises", "reasoning_steps")
+                )
+                for key in ("url", "conclusion"):
+                    if not isinstance(rec[key], str):
+                        raise ValueError(f"{key} is a {type(rec[key]).__name__}, not text")
+            except ValueError as exc:
+                yield Reject(reason=str(exc), item_id=item_id, source_line=line)
+                continue
             boxes = rec.get("b_box")
             regions: list[Region] = []
             if boxes:
@@ -240,22 +256,21 @@ class VisArgsAdapter(Adapter):
                     continue
             else:
                 without_boxes += 1
-            yield self._item(rec, item_id, line, premises, regions, pool, n_choices,
+            yield self._item(rec, item_id, line, premises, commonsense, steps, regions, pool, n_choices,
                              self._find_image(str(rec["url"]), mapping, by_stem))
         if without_boxes:
             log.info("%s: %d record(s) without b_box: items without regions (left out of CRM and collapse)",
                      self.dataset, without_boxes)
 
-    def _item(self, rec, item_id, line, premises, regions, pool, n_choices, image) -> RawItem:
+    def _item(self, rec, item_id, line, premises, commonsense, steps, regions, pool, n_choices, image) -> RawItem:
         gold = str(rec["conclusion"]).strip()
-        commonsense = [str(p) for p in rec.get("commonsense_premises") or []]
         labels = [r.label for r in regions]
-        deps, unparsed = expected_dependencies(rec.get("reasoning_steps") or [], labels)
+        deps, unparsed = expected_dependencies(steps, labels)
         meta: dict[str, Any] = {
             "url": str(rec["url"]),
             "premises": {**{f"VP{i + 1}": p for i, p in enumerate(premises)},
                          **{f"CP{i + 1}": p for i, p in enumerate(commonsense)}},
-            "reasoning_steps": [str(s) for s in rec.get("reasoning_steps") or []],
+            "reasoning_steps": steps,
             "expected_dependencies": deps,
             "conclusion": gold,
         }
@@ -288,18 +303,18 @@ class VisArgsAdapter(Adapter):
             source_line=line,
         )
 
-    def score(self, item: Mapping[str, Any], response: str) -> Score:
-        final, _ = final_answer(response)
-        abstained = is_abstention(final)
-        choices = item.get("choices")
-        if choices is None or len(choices) == 0:
+    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
+        answer_part, truncated = split_thinking(response, thinking_open)
+        options = text_list(item.get("choices"), "choices")
+        if truncated:
+            return Score(answer_text=None, correct=False if options else None, truncated=True)
+        if not options:
             # free-form conclusion: no rule judges a paraphrase
-            return Score(answer_text=final or None, correct=None, abstained=abstained)
-        options = [str(c) for c in list(choices)]
-        all_choices = letters(len(options))
-        body = answer_body(response)
-        parsed = parse_multi_choice_response(body, all_choices, dict(zip(all_choices, options))) if body else None
-        return Score(answer_text=parsed, correct=parsed == str(item["answer"]), abstained=abstained)
+            final, _ = final_answer(answer_part)
+            return Score(answer_text=final or None, correct=None, abstained=is_abstention(final))
+        letter, abstained = read_option_letter(answer_part, options)
+        return Score(answer_text=letter, correct=letter is not None and letter == str(item["answer"]),
+                     abstained=abstained)
 
 
 def _box_ok(box: Any) -> bool:
@@ -315,7 +330,7 @@ def _item_ids(data: list[Any]) -> list[str]:
     ids, seen = [], {}
     for n, rec in enumerate(data, 1):
         url = rec.get("url") if isinstance(rec, dict) else None
-        stem = Path(url_file_name(url)).stem if not is_missing(url) else ""
+        stem = Path(url_file_name(url)).stem if not is_blank(url) else ""
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or f"record-{n}"
         seen[stem] = seen.get(stem, 0) + 1
         ids.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")

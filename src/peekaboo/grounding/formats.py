@@ -28,7 +28,8 @@ image's pixels by :mod:`peekaboo.grounding.coords`):
     is read too.
 
 Only the answer is read: the text after a thinking block (``</think>``), as
-for scoring (:func:`peekaboo.datasets._common.answer_body`). Each box comes
+for scoring (:func:`peekaboo.answers.split_thinking`; ``thinking_open`` when
+the chat template opened the block in the prompt). Each box comes
 with the fragment it was read from; a fragment that looks like a box but
 cannot be read (bad JSON, not four numbers, cut off at the end of the
 generation) is a reject with its reason, never dropped.
@@ -42,7 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..datasets._common import answer_body
+from ..answers import split_thinking
 from .coords import NORM_1000, RESIZED_PIXELS, BoxReject
 
 FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm")
@@ -247,17 +248,22 @@ _EXPECTED = {
 }
 
 
-def parse_answer(text: str | None, fmt: str) -> ParsedAnswer:
-    """The boxes of a grounding answer written in format ``fmt`` (see the module doc), with every reject."""
+def parse_answer(text: str | None, fmt: str, thinking_open: bool = False) -> ParsedAnswer:
+    """The boxes of a grounding answer written in format ``fmt`` (see the module doc), with every reject.
+
+    ``thinking_open``: the prompt ended inside an open thinking block
+    (:func:`peekaboo.prompting.thinking_open`), so an answer without ``</think>``
+    is all reasoning.
+    """
     if fmt not in _PARSERS:
         raise FormatError(f"unknown grounding format '{fmt}' (known: {', '.join(FORMATS)})")
     collect = _Collector(SPACES[fmt])
     raw = "" if text is None else str(text)
-    body = answer_body(raw)
+    body, in_thinking = split_thinking(raw, thinking_open)
+    body = body.strip()
     if not body:
-        low = raw.lower()
-        detail = ("the thinking block was never closed (cut off at max_new_tokens?)"
-                  if "<think>" in low and "</think>" not in low else "the model answered nothing")
+        detail = ("the thinking block was never closed (cut off at max_new_tokens?)" if in_thinking
+                  else "the model answered nothing")
         collect.reject("no answer", detail, raw, whole=True)
         return collect.out
     if not _PARSERS[fmt](body, collect):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .. import prompting
 from ..logs import get_logger
 from . import coords, formats
 from .coords import BoxReject
@@ -82,9 +83,10 @@ class VlmSource:
         traces = [TraceRequest(trace_id=f"{r.item_id}|{r.image_index}", question=q, images=[r.image])
                   for r, q in zip(requests, asked)]
         results = self.generator.generate(traces)
-        return [self._outcome(r, q, res) for r, q, res in zip(requests, asked, results)]
+        return [self._outcome(r, q, res, prompting.thinking_open(self.generator.prompt_text(t)))
+                for r, q, res, t in zip(requests, asked, results, traces)]
 
-    def _outcome(self, request: Request, asked: str, result) -> Outcome:
+    def _outcome(self, request: Request, asked: str, result, thinking_open: bool = False) -> Outcome:
         outcome = Outcome.of(request, asked=asked, coordinates=formats.SPACES[self.format])
         if result.status != "ok":
             return outcome.fail("failed", result.error or "generation failed")
@@ -97,16 +99,18 @@ class VlmSource:
             outcome.rejects.append(BoxReject("cut off", f"the answer reached max_new_tokens "
                                              f"({self.generator.settings.max_new_tokens}) before it ended"))
         frame = coords.ImageFrame(outcome.width, outcome.height, *outcome.resized)
-        return read_answer(outcome, self.format, frame, int(self.entry["max_boxes"]))
+        return read_answer(outcome, self.format, frame, int(self.entry["max_boxes"]), thinking_open)
 
 
-def read_answer(outcome: Outcome, fmt: str, frame: coords.ImageFrame, max_boxes: int) -> Outcome:
+def read_answer(outcome: Outcome, fmt: str, frame: coords.ImageFrame, max_boxes: int,
+                thinking_open: bool = False) -> Outcome:
     """Fill ``outcome`` from its ``answer`` (format ``fmt``) on an image seen as ``frame``: boxes and rejects.
 
     The boxes are in original pixels, the first ``max_boxes`` accepted; a
-    recorded answer replayed through this gives what the stage gave.
+    recorded answer replayed through this gives what the stage gave
+    (``thinking_open``: the prompt opened a thinking block, see formats.parse_answer).
     """
-    parsed = formats.parse_answer(outcome.answer, fmt)
+    parsed = formats.parse_answer(outcome.answer, fmt, thinking_open)
     outcome.coordinates = parsed.space
     outcome.rejects.extend(parsed.rejects)
     candidates = []

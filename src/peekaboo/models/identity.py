@@ -155,8 +155,8 @@ def identify(source: str | Path, revision: str | None = None, where: str = "mode
         raise ModelSourceError(f"{where}: no model folder at {text}")
     commit = hub_commit(text, revision or "main")
     if commit is None:
-        how = "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if _offline() else \
-            "neither in the local Hugging Face cache nor reachable on the hub"
-        raise ModelSourceError(f"{where}: '{text}' (revision {revision or 'main'}) is {how}; "
-                               f"download it first or give a local path")
+        how = "in the local Hugging Face cache (HF_HUB_OFFLINE is set)" if _offline() else \
+            "in the local Hugging Face cache or on the hub"
+        raise ModelSourceError(f"{where}: '{text}' is neither a model folder nor a hub id found {how} at "
+                               f"revision {revision or 'main'}; download it first or give a local path")
     return ModelIdentity(text, "hub", commit)
