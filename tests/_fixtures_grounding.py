@@ -93,6 +93,17 @@ def teach_answer(path: Path, answer: str, prompts: Iterable[tuple[str, Image.Ima
     tokens the greedy choice by a wide margin.
     """
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: on a shared 2-core machine a second one mostly waits
+    try:
+        return _teach(path, answer, prompts, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _teach(path: Path, answer: str, prompts, steps: int, seed: int) -> Path:
+    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from peekaboo import prompting
