@@ -48,7 +48,7 @@ class DetectorLoadError(RuntimeError):
     """The detector could not be loaded; the message names the config key."""
 
 
-def _hub_kwargs(spec: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+def _hub_kwargs(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The source to load and the keyword arguments for a hub id or a local folder (as the traces stage loads)."""
     source = str(spec["source"])
     common: dict[str, Any] = {"trust_remote_code": bool(spec["trust_remote_code"])}
@@ -74,7 +74,7 @@ class DetectorSource:
         from ..models.loading import resolve_device
 
         spec = entry["model"]
-        source, common = _hub_kwargs(spec, where)
+        source, common = _hub_kwargs(spec)
         try:
             config = AutoConfig.from_pretrained(source, **common)
         except Exception as exc:
@@ -84,15 +84,15 @@ class DetectorSource:
             raise DetectorLoadError(f"{where}.model: model_type '{config.model_type}' is not a supported detector "
                                     f"(supported: {', '.join(ARCHITECTURES)})")
         dtype = spec["dtype"]
-        self.dtype = None if dtype == "auto" else getattr(torch, dtype)
         try:
-            model = AutoModelForZeroShotObjectDetection.from_pretrained(source, dtype=dtype if dtype == "auto" else
-                                                                        self.dtype, **common)
+            model = AutoModelForZeroShotObjectDetection.from_pretrained(
+                source, dtype=dtype if dtype == "auto" else getattr(torch, dtype), **common)
             self.processor = AutoProcessor.from_pretrained(source, **common)
         except Exception as exc:
             raise DetectorLoadError(f"{where}.model: cannot load '{source}': {exc}") from exc
         self.device = resolve_device(device or spec["device"])
         self.model = model.to(self.device).eval()
+        self.dtype = self.model.dtype  # the pixels go in as the weights are (auto: the checkpoint's)
         self.entry = entry
         self.model_id = str(spec["source"])
         self.batch_size = 1
@@ -103,8 +103,8 @@ class DetectorSource:
         import torch
 
         inputs = self.processor(text=[list(phrases)], images=[image], return_tensors="pt", truncation=True)
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() and self.dtype is not None
-                      else v.to(self.device)) for k, v in inputs.items()}
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in inputs.items()}
         with torch.inference_mode():
             outputs = self.model(**inputs)
         size = [(image.height, image.width)]
