@@ -19,6 +19,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/boxes.smk"
 include: "workflow/rules/items.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/reference.smk"

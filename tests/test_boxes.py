@@ -60,6 +60,28 @@ def test_each_bad_line_is_an_error_naming_it_and_the_rest_is_read(tmp_path):
     assert list(boxes.by_item) == ["5"]
 
 
+def test_a_line_that_is_not_utf8_is_an_error_naming_it_and_the_others_are_read(tmp_path):
+    path = tmp_path / "boxes.jsonl"
+    bad = json.dumps({"item_id": "caf\u00e9", "boxes": []}).replace("\\u00e9", "\u00e9").encode("latin-1")
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + bad + b"\n" + json.dumps({**GOOD, "item_id": "9"}).encode())
+    boxes = read_boxes(path, "mathvista")
+    assert list(boxes.by_item) == ["5", "9"] and boxes.line_of == {"5": 1, "9": 3}
+    assert len(boxes.errors) == 1 and boxes.errors[0].line == 2
+    assert boxes.errors[0].reason.startswith("not valid UTF-8: byte 0xe9")
+
+
+def test_a_byte_order_mark_is_read_as_such(tmp_path):
+    path = tmp_path / "boxes.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode("utf-8") + b"\n")
+    boxes = read_boxes(path, "mathvista")
+    assert boxes.errors == [] and boxes.regions_for("5") == [Region("angle H", (10.0, 5.0, 40.0, 30.0), 0)]
+    # a mark anywhere but the start is not one: that line is not JSON
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n\xef\xbb\xbf" + json.dumps({**GOOD, "item_id": "7"}).encode())
+    boxes = read_boxes(path, "mathvista")
+    assert list(boxes.by_item) == ["5"] and [e.line for e in boxes.errors] == [2]
+    assert boxes.errors[0].reason.startswith("not JSON")
+
+
 def test_lines_of_other_datasets_are_skipped_and_counted(tmp_path):
     path = write_lines(tmp_path / "boxes.jsonl", [GOOD, {**GOOD, "dataset": "mmmu_pro", "item_id": "x"}])
     boxes = read_boxes(path, "mmmu_pro")
@@ -86,7 +108,7 @@ def test_attach_gives_boxes_to_items_without_regions_only(tmp_path):
     assert out[1].regions == [Region("mine", (1, 1, 3, 3))]
     assert out[2].regions == [] and isinstance(out[3], Reject)
     assert (report.attached, report.kept_own, report.without_boxes) == (1, 1, 1)
-    assert report.unknown_ids == ["ghost"] and report.errors == ["line 4: not JSON (Expecting value)"]
+    assert report.unknown_ids == ["ghost"] and report.errors == ["line 4: not JSON: Expecting value at column 1"]
     summary = report.summary()
     assert "1 item(s) got evidence boxes" in summary and "ghost" in summary and "line 4" in summary
 

@@ -23,6 +23,14 @@ def paper_raw() -> dict:
     return yaml.safe_load(PAPER.read_text(encoding="utf-8"))
 
 
+def hub_models(raw: dict) -> list[str]:
+    """Every hub id a config names: its models' sources and its boxes models'."""
+    sources = [m["source"] for m in raw["models"].values() if "source" in m]
+    sources += [d["boxes"]["model"]["source"] for d in raw["datasets"].values() if isinstance(d.get("boxes"), dict)
+                and "model" in d["boxes"]]
+    return sorted(set(sources))
+
+
 def pointed_at(options_by_dataset: dict) -> dict:
     """The paper's config with each dataset's path options replaced by fixture copies."""
     raw = copy.deepcopy(paper_raw())
@@ -36,7 +44,7 @@ def paper_models(tmp_path, monkeypatch):
     """The paper's models in a hub cache, as on a machine that downloaded them (validation resolves every hub id)."""
     import huggingface_hub.constants
 
-    cache = hub_cache(tmp_path / "hub", *(m["source"] for m in paper_raw()["models"].values()))
+    cache = hub_cache(tmp_path / "hub", *hub_models(paper_raw()))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
 
@@ -73,6 +81,17 @@ def test_masks_for_visargs_only_and_the_study_task_types():
     assert cfg["datasets"]["hallusionbench"]["task_type"] is None  # per item: no image -> symbolic
 
 
+def test_the_three_box_less_datasets_get_boxes_from_the_boxes_stage():
+    cfg = pcfg.load(PAPER, check_paths=False)
+    for name in ("mathvista", "hallusionbench", "mmmu_pro"):
+        boxes = cfg["datasets"][name]["boxes"]
+        assert boxes["kind"] in ("vlm", "detector"), name
+        assert boxes["model"]["trust_remote_code"] is False and boxes["model"]["resources"].get("gpu") == 1, name
+        # a grounding model outside the studied ones
+        assert boxes["model"]["source"] not in {m["source"] for m in cfg["models"].values()}, name
+    assert cfg["datasets"]["visargs"]["boxes"] is None  # its human boxes
+
+
 def test_placeholder_paths_are_reported_when_missing(tmp_path):
     with pytest.raises(pcfg.ConfigError) as err:
         pcfg.validate(paper_raw(), base_dir=tmp_path, check_paths=True)
@@ -81,6 +100,8 @@ def test_placeholder_paths_are_reported_when_missing(tmp_path):
     # and the models, absent from this machine's (empty) hub cache, are named too
     for name in paper_raw()["models"]:
         assert f"models.{name}.source" in str(err.value)
+    for name in ("mathvista", "hallusionbench", "mmmu_pro"):  # the grounding model
+        assert f"datasets.{name}.boxes.model.source" in str(err.value)
 
 
 def test_pointed_at_fixture_copies_it_validates_and_every_dataset_gives_items(fixture_options, paper_models, tmp_path):
@@ -97,6 +118,8 @@ def test_items_stage_on_all_four_fixture_copies(fixture_options, paper_models, t
 
     kept = {}
     for name, spec in cfg["datasets"].items():
+        # boxes made by a model need the boxes stage first (the end-to-end run below); here: none
+        spec = {**spec, "boxes": None}
         items, rejects = build_items(name, spec, cfg["seed"], tmp_path / "results", base_dir=tmp_path)
         kept[name] = (len(items), sorted(rejects["item_id"]))
         assert set(items["task_type"]) <= {"symbolic", "visual_reference"}
@@ -114,7 +137,7 @@ def test_snakemake_dry_run_with_the_paper_config_on_fixture_copies(fixture_optio
     config.write_text(yaml.safe_dump(pointed_at(fixture_options)), encoding="utf-8")
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
     # the paper's models, as a machine that downloaded them has them (validation resolves every hub id)
-    cache = hub_cache(tmp_path / "hub", *(m["source"] for m in pointed_at(fixture_options)["models"].values()))
+    cache = hub_cache(tmp_path / "hub", *hub_models(pointed_at(fixture_options)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     proc = subprocess.run(
         [snakemake, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
@@ -122,12 +145,38 @@ def test_snakemake_dry_run_with_the_paper_config_on_fixture_copies(fixture_optio
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "items" in proc.stdout + proc.stderr
+    planned = proc.stdout + proc.stderr
+    assert "items" in planned and "boxes" in planned
+
+
+def tiny_box_sources(raw, model_dir, root):
+    """The paper's boxes entries with tiny models: mathvista a tiny Qwen2.5-VL taught one answer (parseable boxes),
+    hallusionbench the tiny random Qwen3-VL (noise: rejects with reasons), mmmu_pro a tiny random OWLv2."""
+    from _fixtures_grounding import build_tiny_owlv2, stage_prompts, teach_answer
+    from peekaboo.images import load_image
+    from peekaboo.models.tiny import build_tiny
+
+    boxes = {
+        "mathvista": {"kind": "vlm", "model": {"source": str(build_tiny("qwen2_5_vl", root / "tiny-qwen2.5-vl")),
+                                                "generation": {"max_new_tokens": 40}, "batch_size": 3}},
+        "hallusionbench": {"kind": "vlm", "model": {"source": str(model_dir), "generation": {"max_new_tokens": 16}}},
+        "mmmu_pro": {"kind": "detector", "model": {"source": str(build_tiny_owlv2(root / "tiny-owlv2"))},
+                     "score_threshold": 0.0, "max_boxes": 2},
+    }
+    spec = pcfg.validate({**raw, "datasets": {"mathvista": {**raw["datasets"]["mathvista"],
+                                                            "boxes": boxes["mathvista"]}}}, check_paths=False)
+    entry = spec["datasets"]["mathvista"]
+    records = [r for r in get_adapter("mathvista", entry).records() if isinstance(r, RawItem)][: entry["limit"]]
+    teach_answer(Path(boxes["mathvista"]["model"]["source"]), '[{"bbox_2d":[7,7,42,35]}]',
+                 stage_prompts(entry["boxes"], records, load_image))
+    for name, entry in boxes.items():
+        raw["datasets"][name]["boxes"] = entry
 
 
 @pytest.mark.slow
 def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_path):
-    """The paper's datasets (fixture copies, two items each) through every stage with a tiny random Qwen3-VL."""
+    """The paper's datasets (fixture copies, two items each) through every stage with a tiny random Qwen3-VL,
+    the three box-less ones with evidence boxes from the boxes stage (tiny grounding models)."""
     from peekaboo.models.tiny import build_tiny
 
     model_dir = build_tiny("qwen3_vl", tmp_path / "tiny-qwen3-vl")
@@ -136,6 +185,7 @@ def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_p
     for spec in raw["datasets"].values():
         spec["limit"] = 3
         spec["shard_size"] = 2
+    tiny_box_sources(raw, model_dir, tmp_path)
     raw["models"] = {
         "tiny": {"source": str(model_dir), "thinking": True, "dtype": "float32", "batch_size": 2,
                  "generation": {"max_new_tokens": 12}},
@@ -144,7 +194,8 @@ def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_p
     config = tmp_path / "paper-tiny.yaml"
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # PEEKABOO_CHECK_CODE_INPUTS: a stage on the contract fails if it runs code its rule does not declare
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PEEKABOO_CHECK_CODE_INPUTS": "1"}
     proc = subprocess.run(
         [snakemake, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(config), "--cores", "2"],
@@ -160,3 +211,21 @@ def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_p
     assert (results / "crm" / "tiny" / "visargs" / "modes.parquet").is_file()
     for out in ("regression/coefficients.csv", "selective/summary.csv", "figures/manifest.json"):
         assert (results / out).is_file(), out
+
+    # the boxes stage made boxes (or rejects with reasons) that the items and the later stages use
+    from peekaboo import tables
+
+    sources = {d: tables.read_table(results / "items" / f"{d}.parquet").set_index("item_id")["boxes_source"]
+               for d in ("mathvista", "hallusionbench", "mmmu_pro", "visargs")}
+    assert set(sources["mathvista"]) == {"vlm"}  # the taught answer's box, on every item
+    assert sources["hallusionbench"].isna().all()  # noise: no box
+    hb_rejects = tables.read_table(results / "boxes" / "hallusionbench.rejects.parquet")
+    assert len(hb_rejects) and hb_rejects["reason"].map(bool).all()
+    assert set(sources["mmmu_pro"]) == {"detector"}
+    assert set(sources["visargs"].dropna()) == {"dataset"}
+    for d in ("mathvista", "mmmu_pro"):
+        traces = tables.read_table(results / "collapse" / "tiny" / f"{d}.traces.parquet")
+        ok = traces[traces["status"] == "ok"]
+        assert len(ok) and (ok["n_evidence_regions"] > 0).all(), d
+        assert ok["evidence_area_fraction"].between(0, 1, inclusive="right").all(), d
+    assert not (results / "boxes" / "visargs.jsonl").exists()  # no boxes entry: no boxes job

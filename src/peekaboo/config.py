@@ -80,6 +80,7 @@ def _cross_check(cfg: dict) -> list[str]:
 
 def _check_datasets(cfg: dict, base_dir: Path) -> list[str]:
     from .datasets.base import AdapterError, get_adapter
+    from .datasets.boxes import file_path
 
     problems = []
     for name, spec in cfg["datasets"].items():
@@ -88,25 +89,28 @@ def _check_datasets(cfg: dict, base_dir: Path) -> list[str]:
             problems.extend(adapter.check())
         except AdapterError as exc:
             problems.append(str(exc))
-        boxes = spec.get("boxes")
+        boxes = file_path(spec["boxes"])  # a hand-made file; boxes made by a model are the boxes stage's output
         if boxes:
             p = Path(boxes).expanduser()
             p = p if p.is_absolute() else base_dir / p
             if not p.is_file():
-                problems.append(f"datasets.{name}.boxes: no such file {p}")
+                key = "boxes" if isinstance(spec["boxes"], str) else "boxes.path"
+                problems.append(f"datasets.{name}.{key}: no such file {p}")
     return problems
 
 
 def _check_models(cfg: dict, base_dir: Path) -> list[str]:
     """Every configured model source can be read: a checkpoint folder, or a hub id the local cache (or hub) knows."""
+    from .datasets.boxes import MODEL_KINDS, box_kind
     from .models.identity import ModelSourceError, identify
 
     problems = []
-    for name, model in cfg["models"].items():
-        if not model.get("source"):
-            continue  # a reference model: trained by the workflow
+    sources = [(f"models.{name}.source", model) for name, model in cfg["models"].items() if model.get("source")]
+    sources += [(f"datasets.{name}.boxes.model.source", spec["boxes"]["model"])  # a grounding model or detector
+                for name, spec in cfg["datasets"].items() if box_kind(spec["boxes"]) in MODEL_KINDS]
+    for where, model in sources:  # a reference model has no source: trained by the workflow
         try:
-            identify(resolve_path(model["source"], base_dir), model["revision"], where=f"models.{name}.source")
+            identify(resolve_path(model["source"], base_dir), model["revision"], where=where)
         except ModelSourceError as exc:
             problems.append(str(exc))
     return problems

@@ -2,8 +2,10 @@
 
 ``build_items`` runs the configured adapter, applies the dataset entry's
 ``limit``, ``task_type``, ``task_type_overrides`` and optional evidence
-``boxes`` file (read by ``datasets.boxes``; its boxes go to items that have no
-regions of their own), reads every image (path, encoded bytes or decoded image),
+``boxes`` (a hand-made file, or the boxes stage's ``boxes/{d}.jsonl`` when a
+model makes them; read by ``datasets.boxes``; they go to items that have no
+regions of their own, and ``boxes_source`` records where each item's regions
+came from), reads every image (path, encoded bytes or decoded image),
 re-encodes it as an RGB PNG under ``items/{d}/images/`` (same pixels, same
 bytes: no timestamps or other metadata), checks every region box against its
 image, and sends each record it cannot use to the rejects table with the
@@ -28,7 +30,7 @@ from PIL import Image
 
 from . import logs, provenance, tables
 from .datasets.base import ANSWER_TYPES, TASK_TYPES, RawItem, Region, Reject, get_adapter
-from .datasets.boxes import BoxReport, read_boxes
+from .datasets.boxes import MODEL_KINDS, BoxReport, box_kind, file_path, read_boxes
 from .images import ItemRejected, load_image, write_png
 from .stage import StageCall
 
@@ -50,6 +52,7 @@ ITEMS_SCHEMA = pa.schema(
         ("answer_type", pa.string()),
         ("task_type", pa.string()),
         ("regions", pa.list_(REGION_TYPE)),
+        ("boxes_source", pa.string()),
         ("meta", pa.string()),
         ("source_line", pa.int64()),
     ]
@@ -146,12 +149,15 @@ def build_items(
     seed: int,
     results_dir: str | Path,
     base_dir: str | Path = ".",
+    boxes_path: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run a dataset's adapter and write its normalised images; returns (items, rejects).
 
     ``spec`` is the dataset's validated config entry. Images go to
     ``{results_dir}/items/{dataset}/images/`` (emptied first); paths in the
-    tables are relative to ``results_dir``.
+    tables are relative to ``results_dir``. ``boxes_path`` is the boxes
+    stage's JSONL, needed when the entry's boxes are made by a model (kind
+    vlm or detector).
     """
     results_dir = Path(results_dir)
     base_dir = Path(base_dir)
@@ -167,9 +173,15 @@ def build_items(
     forced_type = spec.get("task_type")
     extra_boxes = None
     box_report = BoxReport()
-    if spec.get("boxes"):
-        boxes_path = Path(spec["boxes"]).expanduser()
+    boxes_kind = box_kind(spec["boxes"])
+    if boxes_kind == "file":
+        boxes_path = Path(file_path(spec["boxes"])).expanduser()
         boxes_path = boxes_path if boxes_path.is_absolute() else base_dir / boxes_path
+    elif boxes_kind in MODEL_KINDS and boxes_path is None:
+        raise ValueError(f"datasets.{dataset}.boxes: kind {boxes_kind} is made by the boxes stage; "
+                         f"give its boxes/{dataset}.jsonl as boxes_path")
+    if boxes_kind is not None:
+        boxes_path = Path(boxes_path)
         extra_boxes = read_boxes(boxes_path, dataset)
         box_report.errors = [str(e) for e in extra_boxes.errors]
         for error in extra_boxes.errors:
@@ -211,6 +223,7 @@ def build_items(
             continue
         seen[item_id] = line
         regions = list(record.regions or [])
+        source = "dataset" if regions else None
         boxes_line = None
         file_regions = extra_boxes.regions_for(item_id) if extra_boxes is not None else None
         if file_regions is not None:
@@ -218,6 +231,7 @@ def build_items(
                 box_report.kept_own += 1  # the dataset's own regions win
             elif file_regions:
                 regions = list(file_regions)
+                source = boxes_kind
                 boxes_line = extra_boxes.line_of[item_id]
                 box_report.attached += 1
         try:
@@ -225,7 +239,7 @@ def build_items(
         except ItemRejected as exc:
             reason = str(exc)
             if boxes_line is not None and reason.startswith(("box outside image", "zero-area box", "bad region")):
-                reason += f" [box from {spec['boxes']} line {boxes_line}]"
+                reason += f" [box from {boxes_path} line {boxes_line}]"
             reject(reason, item_id, line)
             continue
         paths = []
@@ -240,6 +254,7 @@ def build_items(
             images=paths,
             width=images[0].width if images else None,
             height=images[0].height if images else None,
+            boxes_source=source,
             source_line=line,
         )
         box_report.without_boxes += not row["regions"]
@@ -248,8 +263,8 @@ def build_items(
     if extra_boxes is not None:
         box_report.unknown_ids = sorted(set(extra_boxes.by_item) - set(seen))
         log.info(
-            "boxes file %s: %s; %d line(s) for other datasets",
-            spec["boxes"], box_report.summary(), extra_boxes.other_datasets,
+            "boxes file %s (%s): %s; %d line(s) for other datasets",
+            boxes_path, boxes_kind, box_report.summary(), extra_boxes.other_datasets,
         )
     unused_overrides = sorted(set(overrides) - {r["item_id"] for r in rows})
     if unused_overrides:
@@ -328,10 +343,13 @@ def run_stage(call: StageCall) -> None:
     """The ``items`` rule: build one dataset's items (``config``: ``dataset`` entry, ``seed``) and write both tables.
 
     Relative paths in the dataset entry resolve against the working directory
-    (where Snakemake runs).
+    (where Snakemake runs). Boxes made by a model come from input ``boxes``
+    (the boxes stage's ``boxes/{d}.jsonl``).
     """
     dataset = call.wildcards["d"]
     spec = call.config["dataset"]
-    items_df, rejects_df = build_items(dataset, spec, call.config["seed"], call.results_dir, base_dir=Path.cwd())
+    boxes = call.paths("boxes") if "boxes" in call.inputs else []
+    items_df, rejects_df = build_items(dataset, spec, call.config["seed"], call.results_dir, base_dir=Path.cwd(),
+                                       boxes_path=boxes[0] if boxes else None)
     record = call.provenance(dataset=dataset, n_items=len(items_df), n_rejects=len(rejects_df))
     write_items(items_df, rejects_df, call.output("table"), call.output("rejects"), record)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from .closure import closure_files
 
 STAGE_MODULES: dict[str, str] = {
+    "boxes": "peekaboo.grounding.stage",
     "items": "peekaboo.items",
     "masks": "peekaboo.masks",
     "train_reference": "peekaboo.models.reference.training",

@@ -15,6 +15,7 @@ if sys.path[:1] != [_SRC]:  # first: an editable install of another checkout mus
 
 import peekaboo.config as pcfg
 from peekaboo import stages
+from peekaboo.datasets.boxes import MODEL_KINDS as BOX_MODEL_KINDS, box_kind, file_path as box_file_path
 from peekaboo.models.identity import identify
 from peekaboo.models.reference import spec as reference_spec
 from snakemake.exceptions import WorkflowError
@@ -174,7 +175,8 @@ def job_resources(stage):
     """A rule's resources from the config's `resources` section: `resources: **job_resources("trace")`.
 
     stage: "trace" (per model: a model's own `resources` win; asks for GPUs),
-    "train" (reference-model training) or "default". Memory and runtime are
+    "boxes" (per dataset: its boxes model's `resources` over the trace
+    defaults; asks for GPUs), "train" (reference-model training) or "default". Memory and runtime are
     multiplied by the attempt, so a job retried after running out of either
     (--retries, set in the SLURM profile) gets more. The SLURM profile's
     set-resources still override these per rule.
@@ -199,13 +201,54 @@ def job_resources(stage):
             if any(key in model_cfg(m)["resources"] for m in MODELS):
                 out[name] = from_model(key, "" if key != "cpus" else 1)
         return out
+    if stage == "boxes":
+
+        def from_box_model(key, default, scaled=False):
+            def value(wildcards, attempt):
+                v = dataset_cfg(wildcards.d)["boxes"]["model"]["resources"].get(key, default)
+                return v * attempt if scaled else v
+
+            return value
+
+        out = {
+            "mem_mb": from_box_model("mem_mb", res["trace_mem_mb"], scaled=True),
+            "runtime": from_box_model("runtime", res["trace_runtime"], scaled=True),
+            "gpu": from_box_model("gpu", res["trace_gpus"]),
+        }
+        for key, name in _MODEL_RESOURCE_NAMES.items():
+            if any(key in box_model_resources(d) for d in DATASETS):
+                out[name] = from_box_model(key, "" if key != "cpus" else 1)
+        return out
     if stage not in ("train", "default"):
-        raise ValueError(f"job_resources: unknown stage {stage!r} (trace, train or default)")
+        raise ValueError(f"job_resources: unknown stage {stage!r} (trace, boxes, train or default)")
     mem_mb, runtime = res[f"{stage}_mem_mb"], res[f"{stage}_runtime"]
     return {
         "mem_mb": lambda wildcards, attempt: mem_mb * attempt,
         "runtime": lambda wildcards, attempt: runtime * attempt,
     }
+
+
+# --- boxes jobs (workflow/rules/boxes.smk) ---
+def boxes_kind(d):
+    """How dataset d's evidence boxes are made: None, "file", "vlm" or "detector"."""
+    return box_kind(dataset_cfg(d)["boxes"])
+
+
+def model_boxes_datasets():
+    """The datasets whose boxes a model makes (the boxes rule runs for these)."""
+    return [d for d in DATASETS if boxes_kind(d) in BOX_MODEL_KINDS]
+
+
+def box_model_resources(d):
+    return dataset_cfg(d)["boxes"]["model"]["resources"] if d in model_boxes_datasets() else {}
+
+
+@lru_cache(maxsize=None)
+def box_model_identity(d):
+    """The identity of dataset d's boxes model (weights hash or hub commit): a param, so new weights re-run."""
+    spec = dataset_cfg(d)["boxes"]["model"]
+    where = f"datasets.{d}.boxes.model.source"
+    return identify(pcfg.resolve_path(spec["source"], Path.cwd()), spec["revision"], where=where).as_dict()
 
 
 def collapse_outputs(kind="", analyses=COLLAPSE_ANALYSES):

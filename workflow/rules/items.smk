@@ -1,6 +1,7 @@
 # Items stage: the dataset's adapter -> items/{d}.parquet, rejects, normalised images.
 # The dataset entry and the seed are its config, so editing them re-runs the stage;
 # a file-based dataset's file (and its boxes file) are inputs for the same reason.
+# box_file_path, boxes_kind and BOX_MODEL_KINDS come from common.smk.
 rule items:
     input:
         # this dataset's adapter only: editing another adapter must not re-run it
@@ -9,10 +10,12 @@ rule items:
             p
             for p in (
                 dataset_cfg(wc.d)["options"].get("path"),
-                dataset_cfg(wc.d).get("boxes"),
+                box_file_path(dataset_cfg(wc.d)["boxes"]),
             )
             if p and Path(p).is_file()
         ],
+        # boxes made by a model (kind vlm or detector): the boxes stage's JSONL
+        boxes=lambda wc: [R(f"boxes/{wc.d}.jsonl")] if boxes_kind(wc.d) in BOX_MODEL_KINDS else [],
     output:
         table=R("items/{d}.parquet"),
         rejects=R("items/{d}.rejects.parquet"),

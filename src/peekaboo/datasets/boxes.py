@@ -1,16 +1,24 @@
 """Evidence boxes for datasets that ship none (MathVista, HallusionBench, MMMU-Pro).
 
-The user supplies a JSONL file (a dataset's ``boxes`` in the config), one item
-per line::
+A box file is JSONL (a dataset's ``boxes`` in the config), one item per line::
 
     {"dataset": "mathvista", "item_id": "5", "boxes": [{"label": "angle H", "box": [12, 30, 80, 95]}]}
 
 ``box`` is XYXY in the original image's pixels; ``image`` (optional, default
 0) says which of the item's images the box lies in; ``label`` is optional
 (default ``box{k}``). ``dataset`` is optional: a line naming another dataset
-is skipped (one file can serve several datasets). A line that is not JSON, or
-lacks ``item_id`` or valid ``boxes``, is an error naming its line; a second
-line for the same item is an error too. Errors never stop the other lines.
+is skipped (one file can serve several datasets). Other keys (the boxes
+stage writes ``source``, ``model`` and per-box ``score``) are ignored. The
+file is read with :func:`peekaboo.jsonlines.read_lines`: a line that is not
+valid UTF-8 or not JSON, or lacks ``item_id`` or valid ``boxes``, is an error
+naming its line; a second line for the same item is an error too. Errors
+never stop the other lines.
+
+Where a dataset's boxes come from is its config entry's ``boxes``: null (none),
+a path (a hand-made file), or an object whose ``kind`` is ``file`` (with
+``path``), ``vlm`` or ``detector`` (made by the boxes stage,
+``peekaboo.grounding``, into ``boxes/{d}.jsonl`` of the results folder, in
+this same format). :func:`box_kind` and :func:`file_path` read that entry.
 
 Boxes go to items that have no regions of their own (``attach_boxes``); items
 without boxes still count for entropy, correctness and selective risk, and
@@ -24,9 +32,34 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from ..jsonlines import read_lines
 from .base import RawItem, Region, Reject
+
+# where an item's regions came from: the items table's ``boxes_source`` column
+BOX_SOURCES = ("dataset", "file", "vlm", "detector")
+# the kinds of a dataset's ``boxes`` entry that the boxes stage makes with a model
+MODEL_KINDS = ("vlm", "detector")
+
+
+def box_kind(entry: Any) -> str | None:
+    """The kind of a dataset's ``boxes`` config entry: None, ``file``, ``vlm`` or ``detector``."""
+    if entry is None or (isinstance(entry, str) and not entry.strip()):
+        return None
+    if isinstance(entry, (str, Path)):
+        return "file"
+    if isinstance(entry, Mapping) and entry.get("kind") in ("file", *MODEL_KINDS):
+        return str(entry["kind"])
+    raise ValueError(f"a boxes entry is null, a path or an object with kind file, vlm or detector; got {entry!r}")
+
+
+def file_path(entry: Any) -> str | None:
+    """The hand-made box file of a dataset's ``boxes`` entry (plain path or kind ``file``); None otherwise."""
+    kind = box_kind(entry)
+    if kind != "file":
+        return None
+    return str(entry) if isinstance(entry, (str, Path)) else str(entry["path"])
 
 
 @dataclass
@@ -105,44 +138,49 @@ def read_boxes(path: str | Path, dataset: str | None = None) -> EvidenceBoxes:
     """Read a box file, keeping the lines for ``dataset`` (all lines when None or when a line names none)."""
     path = Path(path)
     out = EvidenceBoxes(path=path, dataset=dataset)
-    with open(path, encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                out.errors.append(BoxLineError(n, f"not JSON ({exc.msg})"))
-                continue
-            if not isinstance(rec, dict):
-                out.errors.append(BoxLineError(n, "not a JSON object"))
-                continue
-            line_dataset = rec.get("dataset")
-            if dataset is not None and line_dataset not in (None, "") and str(line_dataset) != dataset:
-                out.other_datasets += 1
-                continue
-            item_id = rec.get("item_id")
-            if item_id is None or (isinstance(item_id, str) and not item_id.strip()):
-                out.errors.append(BoxLineError(n, "missing item_id"))
-                continue
-            item_id = str(item_id)
-            boxes = rec.get("boxes")
-            if not isinstance(boxes, list):
-                out.errors.append(BoxLineError(n, f"item {item_id!r}: 'boxes' must be a list"))
-                continue
-            try:
-                regions = [_parse_box(b, k) for k, b in enumerate(boxes)]
-            except ValueError as exc:
-                out.errors.append(BoxLineError(n, f"item {item_id!r}: {exc}"))
-                continue
-            if item_id in out.by_item:
-                out.errors.append(
-                    BoxLineError(n, f"item {item_id!r} already has boxes on line {out.line_of[item_id]}")
-                )
-                continue
-            out.by_item[item_id] = regions
-            out.line_of[item_id] = n
+    for line in read_lines(path):
+        n, rec = line.number, line.value
+        if not line.ok:
+            out.errors.append(BoxLineError(n, line.error))
+            continue
+        if not isinstance(rec, dict):
+            out.errors.append(BoxLineError(n, "not a JSON object"))
+            continue
+        line_dataset = rec.get("dataset")
+        if dataset is not None and line_dataset not in (None, "") and str(line_dataset) != dataset:
+            out.other_datasets += 1
+            continue
+        item_id = rec.get("item_id")
+        if item_id is None or (isinstance(item_id, str) and not item_id.strip()):
+            out.errors.append(BoxLineError(n, "missing item_id"))
+            continue
+        item_id = str(item_id)
+        boxes = rec.get("boxes")
+        if not isinstance(boxes, list):
+            out.errors.append(BoxLineError(n, f"item {item_id!r}: 'boxes' must be a list"))
+            continue
+        try:
+            regions = [_parse_box(b, k) for k, b in enumerate(boxes)]
+        except ValueError as exc:
+            out.errors.append(BoxLineError(n, f"item {item_id!r}: {exc}"))
+            continue
+        if item_id in out.by_item:
+            out.errors.append(BoxLineError(n, f"item {item_id!r} already has boxes on line {out.line_of[item_id]}"))
+            continue
+        out.by_item[item_id] = regions
+        out.line_of[item_id] = n
     return out
+
+
+def box_line(dataset: str, item_id: str, boxes: Sequence[Mapping[str, Any]], **extra: Any) -> str:
+    """One line of a box file (no newline): ``boxes`` are ``{box, image, label?, ...}`` dicts.
+
+    Keys are sorted and coordinates written as given, so the same boxes give
+    the same bytes; ``extra`` keys (``source``, ``model``) are kept for the
+    reader of the file and ignored by :func:`read_boxes`.
+    """
+    record = {"dataset": dataset, "item_id": str(item_id), "boxes": [dict(b) for b in boxes], **extra}
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 
 def attach_boxes(
