@@ -1,29 +1,42 @@
-"""Batched generation of reasoning traces, with entropy, log-probabilities and attention capture.
+"""Trace generation in two steps: generate the tokens, then replay them once to capture.
 
-One :class:`TraceGenerator` per (model, shard). For each planned batch of
-trace requests it
+One :class:`TraceGenerator` per (model, shard).
+
+**Generating** (:meth:`TraceGenerator.generate_ids`), per batch of requests:
 
 * loads the images and builds the prompt through the model's chat template
   (:mod:`peekaboo.prompting`, shared with reference-model training); a request
   whose image cannot be read or processed, or whose prompt does not fit the
-  model's context, becomes a ``failed`` result with the reason, and the rest of
-  the batch goes on;
-* collates the prompts with left padding (image token positions tracked per
-  row) and runs transformers' ``generate``: greedy unless
+  model's context, fails with the reason, and the rest of the batch goes on;
+* collates the prompts with left padding and runs transformers' ``generate``
+  with plain SDPA attention, nothing recorded: greedy unless
   ``generation.do_sample`` (then seeded from ``generation.seed`` and the
-  batch's first trace id); each row stops at EOS, at ``max_new_tokens`` or
-  where the model's context ends (then ``truncated``);
-* computes, in a forward hook on the model's raw output logits, the entropy of
-  the full next-token distribution and the log-probability of the token the
-  model then emitted (under the model's own distribution, before any sampling
-  warpers), one ``[batch, vocab]`` row at a time: no ``[tokens, vocab]`` array;
-* records attention with :mod:`peekaboo.capture` (switchable off);
+  batch's first trace id); each row stops at a stop token, at
+  ``max_new_tokens`` or where the model's context ends (then ``truncated``);
+  with ``generation.compile`` on CUDA, a static cache and transformers'
+  ``torch.compile`` of the decoding step;
 * on ``torch.OutOfMemoryError`` splits the batch in halves and retries each,
-  recording the number of splits per trace; a single trace that still does
-  not fit fails with the reason.
+  recording the number of splits; a single request that still does not fit
+  fails with the reason.
 
-Results are plain numpy arrays per trace (:class:`TraceResult`), which
-:mod:`peekaboo.tracestore` writes.
+It gives one :class:`peekaboo.generations.Generation` per request: the token
+ids (stop token included), their text and the finish reason, which is a line
+of a generations file.
+
+**Replaying** (:meth:`TraceGenerator.replay`), per batch of requests and their
+generations (made here or imported from any engine through
+:mod:`peekaboo.generations`): prepares the prompts the same way, turns an
+imported text into the model tokenizer's tokens, checks the ids against the
+vocabulary and the context (a bad one fails that trace with the reason), and
+makes one teacher-forced forward pass per batch (:mod:`peekaboo.replay`) that
+yields entropy, log-probability and every attention array; out-of-memory
+splitting as above. :meth:`TraceGenerator.generate` does both with one
+preparation per request.
+
+Batches (:func:`plan_batches`) are sorted by prompt length so that rows of a
+batch pad little; the store keeps the shard's order. Results are plain numpy
+arrays per trace (:class:`TraceResult`), which :mod:`peekaboo.tracestore`
+writes.
 """
 
 from __future__ import annotations
@@ -35,7 +48,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import capture, geometry, prompting
+from . import capture, geometry, prompting, replay
+from .generations import Generation
 from .logs import get_logger
 from .seeding import derive_seed
 
@@ -50,6 +64,7 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    compile: bool = False  # static cache + torch.compile of decoding, CUDA only
 
     @classmethod
     def from_config(cls, generation: Mapping[str, Any] | None) -> "GenerationSettings":
@@ -70,6 +85,11 @@ class TraceRequest:
     regions: list[Mapping[str, Any]] = field(default_factory=list)  # {box: [x0,y0,x1,y1], image: k}
     meta: dict[str, Any] = field(default_factory=dict)  # sidecar columns (model, dataset, item_id, ...)
     item: Mapping[str, Any] | None = None  # the items-table row, for scoring
+
+    @property
+    def generation_id(self) -> str:
+        """The request's id in a generations file: its mask id (the same for every model), else the trace id."""
+        return str(self.meta.get("mask_id") or self.trace_id)
 
 
 @dataclass
@@ -114,42 +134,17 @@ class _Prepared:
     weights: np.ndarray  # [P, R]
     budget: int  # new tokens this trace may generate
 
+    @property
+    def prompt_len(self) -> int:
+        return int(self.encoding["input_ids"].shape[1])
 
-class _LogitStats:
-    """Forward hook on the model: entropy and emitted-token log-probability from the raw logits."""
 
-    def __init__(self) -> None:
-        self.entropy: list[torch.Tensor] = []
-        self.logprob: list[torch.Tensor] = []
-        self._prev: torch.Tensor | None = None
-
-    def __call__(self, module, args, kwargs, output) -> None:
-        logits = output.logits[:, -1].float()
-        if self._prev is not None:
-            emitted = kwargs.get("input_ids")
-            if emitted is None:  # pragma: no cover - the supported families decode from input_ids
-                raise RuntimeError("decode step without input_ids: cannot tell the emitted token")
-            self.logprob.append(self._gather(emitted[:, -1]))
-        logp = torch.log_softmax(logits, dim=-1)
-        # entr(p) = -p log p, and 0 where the model rules a token out entirely (p = 0);
-        # kept on the device until the end: a host copy per token would stall the GPU queue each token
-        self.entropy.append(torch.special.entr(logp.exp()).sum(-1))
-        self._prev = logp
-
-    def _gather(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._prev.gather(1, tokens.to(self._prev.device).long()[:, None])[:, 0]
-
-    def finish(self, generated: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """[B, G] entropy and log-probability for the G generated columns."""
-        n = generated.shape[1]
-        if len(self.logprob) < n and self._prev is not None:
-            self.logprob.append(self._gather(generated[:, len(self.logprob)]))
-        if not n:
-            empty = np.zeros((generated.shape[0], 0), np.float32)
-            return empty, empty.copy()
-        entropy = torch.stack(self.entropy[:n], 1).cpu().numpy()
-        logprob = torch.stack(self.logprob[:n], 1).cpu().numpy()
-        return entropy.astype(np.float32), logprob.astype(np.float32)
+@dataclass
+class _ToReplay:
+    prepared: _Prepared
+    token_ids: np.ndarray  # int64, at least one
+    truncated: bool
+    retries: int  # splits so far (generation)
 
 
 class _RowBudget:
@@ -199,8 +194,19 @@ def decode_with_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[
     return text, starts, ends
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 class TraceGenerator:
-    """Generate traces for batches of requests with one loaded model (see the module doc)."""
+    """Generate token ids for batches of requests, and replay them to capture (see the module doc).
+
+    ``replay_chunk_mb`` bounds the replay's float32 working set per chunk of
+    rows (:class:`peekaboo.replay.Replayer`). ``static_cache``: None follows
+    ``settings.compile`` (a static cache, which transformers compiles, on CUDA;
+    on another device the switch is left unused with a log line); True or
+    False force it (tests, benchmarks).
+    """
 
     def __init__(
         self,
@@ -213,9 +219,10 @@ class TraceGenerator:
         system_prompt: str | None = None,
         map_layers: str | Sequence[int] = "mean",
         keep_heads: bool = False,
-        capture_attention: bool = True,
         score: Callable[[TraceRequest, str], Any] | None = None,
         context_length: int | None = None,
+        replay_chunk_mb: float = 1024.0,
+        static_cache: bool | None = None,
     ):
         self.model = model
         self.processor = processor
@@ -230,15 +237,23 @@ class TraceGenerator:
         self.n_layers = int(lm_config.num_hidden_layers)
         self.n_heads = int(lm_config.num_attention_heads)
         self.context_length = int(context_length or lm_config.max_position_embeddings)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         gen_cfg = model.generation_config
         eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
         pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
-        self.recorder = capture.Recorder(model, map_layers, keep_heads) if capture_attention else None
-        self.map_layers = capture.resolve_map_layers(map_layers, self.n_layers)
+        self.replayer = replay.Replayer(model, map_layers, keep_heads, chunk_mb=replay_chunk_mb)
+        self.map_layers = self.replayer.map_layers
         self.keep_heads = keep_heads
         self.score = score
+        if static_cache is None:
+            on_cuda = model.device.type == "cuda"
+            if self.settings.compile and not on_cuda:
+                log.info("generation.compile (static cache + torch.compile) is used on CUDA only: generating on %s "
+                         "with the dynamic cache", model.device)
+            static_cache = self.settings.compile and on_cuda
+        self.static_cache = bool(static_cache)
 
     # -- preparing ------------------------------------------------------------
     def prompt_text(self, request: TraceRequest) -> str:
@@ -279,9 +294,17 @@ class TraceGenerator:
         return _Prepared(request, dict(enc), located, weights.reshape(len(located), len(boxes)),
                          budget=min(self.settings.max_new_tokens, room))
 
+    def prompt_lengths(self, requests: Sequence[TraceRequest]) -> list[int]:
+        """Each request's prompt length in tokens (0 where it cannot be prepared: it fails at once anyway)."""
+        out = []
+        for request in requests:
+            prepared = self.prepare(request)
+            out.append(0 if isinstance(prepared, TraceResult) else prepared.prompt_len)
+        return out
+
     def collate(self, prepared: Sequence[_Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Left-padded batch inputs and each row's padding offset."""
-        lengths = [int(p.encoding["input_ids"].shape[1]) for p in prepared]
+        lengths = [p.prompt_len for p in prepared]
         S = max(lengths)
         padded: dict[str, list[torch.Tensor]] = {}
         stacked: dict[str, list[torch.Tensor]] = {}
@@ -299,48 +322,61 @@ class TraceGenerator:
         batch.update({k: torch.cat(v, 0) for k, v in stacked.items()})
         return batch, [S - n for n in lengths]
 
-    # -- generating -----------------------------------------------------------
-    def generate(self, requests: Sequence[TraceRequest]) -> list[TraceResult]:
-        """Results for ``requests`` in their order (failed ones included)."""
-        results: list[TraceResult | None] = [None] * len(requests)
+    def _prepare_all(self, requests: Sequence[TraceRequest]) -> tuple[list[TraceResult | None],
+                                                                      list[tuple[int, _Prepared]]]:
+        failed: list[TraceResult | None] = [None] * len(requests)
         ready: list[tuple[int, _Prepared]] = []
         for i, request in enumerate(requests):
             prepared = self.prepare(request)
             if isinstance(prepared, TraceResult):
                 log.warning("trace %s failed: %s", request.trace_id, prepared.error)
-                results[i] = prepared
+                failed[i] = prepared
             else:
                 ready.append((i, prepared))
-        for (i, _), result in zip(ready, self._generate_split([p for _, p in ready], retries=0)):
-            results[i] = result
-        return results  # type: ignore[return-value]
+        return failed, ready
 
-    def _generate_split(self, prepared: list[_Prepared], retries: int) -> list[TraceResult]:
-        if not prepared:
+    # -- out of memory ----------------------------------------------------------
+    def _split_on_oom(self, items: list, run: Callable[[list, int], list], fail: Callable[[Any, str, int], Any],
+                      retries: int = 0) -> list:
+        """``run(items, retries)``; on out-of-memory, halves retried alone, and a single item that does not fit
+        fails (``fail(item, reason, retries)``)."""
+        if not items:
             return []
         try:
-            return self._generate_batch(prepared, retries)
+            return run(items, retries)
         except torch.OutOfMemoryError as exc:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if len(prepared) == 1:
-                reason = f"out of memory on a batch of one: {str(exc).splitlines()[0] if str(exc) else 'OOM'}"
-                log.warning("trace %s failed: %s", prepared[0].request.trace_id, reason)
-                return [TraceResult.failed(prepared[0].request, reason, retries=retries + 1)]
-            half = (len(prepared) + 1) // 2
-            log.warning("out of memory on a batch of %d: splitting into %d + %d", len(prepared), half,
-                        len(prepared) - half)
-            return self._generate_split(prepared[:half], retries + 1) + \
-                self._generate_split(prepared[half:], retries + 1)
+            if len(items) == 1:
+                return [fail(items[0], f"out of memory on a batch of one: {_first_line(exc)}", retries + 1)]
+            half = (len(items) + 1) // 2
+            log.warning("out of memory on a batch of %d: splitting into %d + %d", len(items), half, len(items) - half)
+            return (self._split_on_oom(items[:half], run, fail, retries + 1)
+                    + self._split_on_oom(items[half:], run, fail, retries + 1))
 
-    def _generate_batch(self, prepared: list[_Prepared], retries: int) -> list[TraceResult]:
-        batch, offsets = self.collate(prepared)
+    # -- generating -----------------------------------------------------------
+    def generate_ids(self, requests: Sequence[TraceRequest]) -> list[Generation]:
+        """One generation per request, in their order (failed ones with the reason): a generations file's lines."""
+        failed, ready = self._prepare_all(requests)
+        out: list[Generation | None] = [None if f is None else Generation(requests[i].generation_id, error=f.error)
+                                        for i, f in enumerate(failed)]
+        for (i, _), g in zip(ready, self._generate_split([p for _, p in ready])):
+            out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _generate_split(self, prepared: list[_Prepared]) -> list[Generation]:
+        def fail(p: _Prepared, reason: str, retries: int) -> Generation:
+            log.warning("trace %s failed: %s", p.request.trace_id, reason)
+            return Generation(p.request.generation_id, error=reason, retries=retries)
+
+        return self._split_on_oom(prepared, self._generate_batch, fail)
+
+    def _generate_batch(self, prepared: list[_Prepared], retries: int) -> list[Generation]:
+        batch, _ = self.collate(prepared)
         device = self.model.device
         batch = {k: v.to(device) for k, v in batch.items()}
         S = int(batch["input_ids"].shape[1])
         budgets = [p.budget for p in prepared]
-        images = capture.BatchImages.from_rows(
-            [p.images.positions + off for p, off in zip(prepared, offsets)], [p.weights for p in prepared])
         s = self.settings
         kwargs: dict[str, Any] = dict(max_new_tokens=max(budgets), do_sample=s.do_sample,
                                       pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids))
@@ -350,56 +386,139 @@ class TraceGenerator:
         else:
             # greedy: neutral values so a checkpoint's sampling defaults do not warn or apply
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"  # transformers compiles the decoding step for it on CUDA
         from transformers import StoppingCriteriaList
 
         kwargs["stopping_criteria"] = StoppingCriteriaList([_RowBudget(S, budgets)])
-        stats = _LogitStats()
-        handle = self.model.register_forward_hook(stats, with_kwargs=True)
-        try:
-            with torch.inference_mode():
-                if self.recorder is not None:
-                    with capture.capturing(self.model, self.recorder, images):
-                        out = self.model.generate(**batch, **kwargs)
-                    captured = self.recorder.stacked()
-                else:
-                    out = self.model.generate(**batch, **kwargs)
-                    captured = {}
-        finally:
-            handle.remove()
-        generated = out[:, S:].cpu()
-        entropy, logprob = stats.finish(generated)
-        return [self._result(p, r, generated[r], entropy[r], logprob[r], captured, retries)
-                for r, p in enumerate(prepared)]
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **kwargs)
+        generated = out[:, S:].cpu().numpy().astype(np.int64)
+        return [self._generation(p, generated[r], retries) for r, p in enumerate(prepared)]
 
-    def _result(self, p: _Prepared, row: int, generated: torch.Tensor, entropy, logprob, captured, retries):
-        ids = generated.numpy().astype(np.int64)
+    def _generation(self, p: _Prepared, ids: np.ndarray, retries: int) -> Generation:
         n = min(len(ids), p.budget)
         stop = next((k for k in range(n) if int(ids[k]) in self.eos_ids), None)
-        n_tokens = n if stop is None else stop + 1
-        token_ids = ids[:n_tokens].astype(np.int32)
+        token_ids = ids[: n if stop is None else stop + 1]
+        text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)
+        return Generation(p.request.generation_id, token_ids=tuple(int(t) for t in token_ids), text=text,
+                          finish_reason="length" if stop is None else "stop", retries=retries)
+
+    # -- replaying ------------------------------------------------------------
+    def replay(self, requests: Sequence[TraceRequest], generations: Sequence[Generation]) -> list[TraceResult]:
+        """Results for ``requests`` from their generations (made here or imported), in the requests' order."""
+        if len(requests) != len(generations):
+            raise ValueError(f"{len(requests)} requests but {len(generations)} generations")
+        results: list[TraceResult | None] = [None] * len(requests)
+        ready: list[tuple[int, _Prepared]] = []
+        for i, (request, g) in enumerate(zip(requests, generations)):
+            if not g.ok:
+                log.warning("trace %s failed: %s", request.trace_id, g.error)
+                results[i] = TraceResult.failed(request, g.error, retries=g.retries)
+                continue
+            prepared = self.prepare(request)
+            if isinstance(prepared, TraceResult):
+                log.warning("trace %s failed: %s", request.trace_id, prepared.error)
+                prepared.retries = g.retries
+                results[i] = prepared
+            else:
+                ready.append((i, prepared))
+        self._replay_ready(results, [(i, p, generations[i]) for i, p in ready])
+        return results  # type: ignore[return-value]
+
+    def generate(self, requests: Sequence[TraceRequest]) -> list[TraceResult]:
+        """Generate, then replay: results for ``requests`` in their order (failed ones included)."""
+        results, ready = self._prepare_all(requests)
+        generated = self._generate_split([p for _, p in ready])
+        todo = []
+        for (i, p), g in zip(ready, generated):
+            if g.ok:
+                todo.append((i, p, g))
+            else:
+                results[i] = TraceResult.failed(p.request, g.error, retries=g.retries)
+        self._replay_ready(results, todo)
+        return results  # type: ignore[return-value]
+
+    def to_replay(self, p: _Prepared, g: Generation) -> _ToReplay | str:
+        """The tokens to replay for a generation, or why it cannot be replayed with this model and prompt.
+
+        Token ids are taken as they are; a text is encoded by the model's
+        tokenizer without special tokens. The finish reason says whether the
+        generation was cut (``length``); without one, ids that do not end with a
+        stop token were cut, and a text was not.
+        """
+        if g.token_ids is not None:
+            ids = np.asarray(g.token_ids, dtype=np.int64)
+        else:
+            ids = np.asarray(self.tokenizer(g.text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            if not ids.size:
+                return "the text encodes to no tokens"
+        outside = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if outside.size:
+            k = int(outside[0])
+            return f"token id {int(ids[k])} at position {k} is outside the model's vocabulary of {self.vocab_size}"
+        if p.prompt_len + len(ids) > self.context_length:
+            source = "token ids" if g.token_ids is not None else "text"
+            return (f"the generation ({source}) of {len(ids)} tokens after a prompt of {p.prompt_len} tokens does "
+                    f"not fit the model's context of {self.context_length}")
+        if g.finish_reason in ("stop", "length") or g.token_ids is None:
+            truncated = g.finish_reason == "length"
+        else:
+            truncated = int(ids[-1]) not in self.eos_ids
+        return _ToReplay(p, ids, truncated, g.retries)
+
+    def _replay_ready(self, results: list[TraceResult | None],
+                      todo: Sequence[tuple[int, _Prepared, Generation]]) -> None:
+        items: list[tuple[int, _ToReplay]] = []
+        for i, p, g in todo:
+            item = self.to_replay(p, g)
+            if isinstance(item, str):
+                log.warning("trace %s failed: %s", p.request.trace_id, item)
+                results[i] = TraceResult.failed(p.request, item, retries=g.retries)
+            else:
+                items.append((i, item))
+
+        def fail(item: _ToReplay, reason: str, retries: int) -> TraceResult:
+            log.warning("trace %s failed: %s", item.prepared.request.trace_id, reason)
+            return TraceResult.failed(item.prepared.request, reason, retries=item.retries + retries)
+
+        for (i, _), result in zip(items, self._split_on_oom([it for _, it in items], self._replay_batch, fail)):
+            results[i] = result
+
+    def _replay_batch(self, items: list[_ToReplay], retries: int) -> list[TraceResult]:
+        prepared = [it.prepared for it in items]
+        batch, offsets = self.collate(prepared)
+        images = capture.BatchImages.from_rows(
+            [p.images.positions + off for p, off in zip(prepared, offsets)], [p.weights for p in prepared])
+        arrays = self.replayer.run(replay.replay_inputs(batch, [it.token_ids for it in items], self.pad_id, images))
+        return [self._result(it, r, arrays, retries) for r, it in enumerate(items)]
+
+    def _result(self, item: _ToReplay, row: int, arrays: Mapping[str, np.ndarray], retries: int) -> TraceResult:
+        p = item.prepared
+        n = len(item.token_ids)
+        token_ids = item.token_ids.astype(np.int32)
         text, starts, ends = decode_with_offsets(self.tokenizer, token_ids)
-        P = len(p.images)
+        P, R = len(p.images), p.weights.shape[1]
         result = TraceResult(
             request=p.request,
             token_ids=token_ids,
-            logprob=np.asarray(logprob[:n_tokens], np.float32),
-            entropy=np.asarray(entropy[:n_tokens], np.float32),
+            logprob=arrays["logprob"][row, :n].copy(),
+            entropy=arrays["entropy"][row, :n].copy(),
+            image_attn=arrays["image_attn"][row, :n, :, :P].copy(),
+            image_mass=arrays["image_mass"][row, :n].copy(),
+            region_mass=arrays["region_mass"][row, :n, :, :R].copy(),
+            image_attn_heads=(arrays["image_attn_heads"][row, :n, :, :, :P].copy()
+                              if "image_attn_heads" in arrays else None),
             patch_box=p.images.boxes,
             patch_image=p.images.image,
-            n_regions=p.weights.shape[1],
+            n_regions=R,
             text=text,
             token_char_start=starts,
             token_char_end=ends,
-            truncated=stop is None,
-            retries=retries,
+            truncated=item.truncated,
+            retries=item.retries + retries,
         )
-        if captured:
-            R = p.weights.shape[1]
-            result.image_attn = captured["image_attn"][row, :n_tokens, :, :P].numpy()
-            result.image_mass = captured["image_mass"][row, :n_tokens].numpy()
-            result.region_mass = captured["region_mass"][row, :n_tokens, :, :R].numpy()
-            if "image_attn_heads" in captured:
-                result.image_attn_heads = captured["image_attn_heads"][row, :n_tokens, :, :, :P].numpy()
         if self.score is not None:
             try:
                 scored = self.score(p.request, text)
@@ -447,10 +566,115 @@ def shard_requests(
     return requests
 
 
-def plan_batches(requests: Sequence[TraceRequest], batch_size: int) -> list[list[TraceRequest]]:
-    """Fixed batches in shard order: the unit of resume, so a re-run batches exactly the same way."""
+def plan_batches(requests: Sequence[TraceRequest], batch_size: int,
+                 prompt_lengths: Sequence[int] | None = None) -> list[list[TraceRequest]]:
+    """Fixed batches, the unit of resume, so a re-run batches exactly the same way.
+
+    With ``prompt_lengths`` the requests are sorted by prompt length first
+    (stable: equal lengths keep the shard's order), so that a batch's rows pad
+    little; without, batches follow the shard's order.
+    """
     size = max(1, int(batch_size))
-    return [list(requests[i:i + size]) for i in range(0, len(requests), size)]
+    order = list(range(len(requests)))
+    if prompt_lengths is not None:
+        if len(prompt_lengths) != len(requests):
+            raise ValueError(f"{len(prompt_lengths)} prompt lengths for {len(requests)} requests")
+        order.sort(key=lambda i: (int(prompt_lengths[i]), i))
+    ordered = [requests[i] for i in order]
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def write_generations(generator: TraceGenerator, batches: Sequence[Sequence[TraceRequest]], path: str | Path, *,
+                      order: Sequence[TraceRequest] | None = None,
+                      fingerprint: Mapping[str, Any] | None = None) -> Path:
+    """Generate the token ids of every batch into a generations file, resumably (a killed run goes on from the
+    last finished batch); the file's lines follow ``order`` (default: the batches')."""
+    from .generations import GenerationsWriter
+
+    writer = GenerationsWriter(path, [[r.generation_id for r in b] for b in batches], fingerprint,
+                               order=None if order is None else [r.generation_id for r in order])
+    done = writer.start()
+    for k, batch in enumerate(batches):
+        if k not in done:
+            writer.write_batch(k, generator.generate_ids(batch))
+    return writer.finalize()
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ShardSetup:
+    """One (model, dataset, shard) ready to run: its requests in shard order, the planned batches (sorted by
+    prompt length) and the generator with the model loaded."""
+
+    requests: list[TraceRequest]
+    batches: list[list[TraceRequest]]
+    generator: TraceGenerator
+    family: str
+    info: Any  # peekaboo.models.loading.ModelInfo
+    processor: Any
+    known_ids: list[str]  # every mask id of the dataset: a generations line with another id is unknown
+    n_items: int
+
+
+def setup_shard(
+    *,
+    items_path: str | Path,
+    masks_path: str | Path,
+    results_dir: str | Path,
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    model_path: str | Path,
+    dataset: str,
+    dataset_spec: Mapping[str, Any],
+    seed: int,
+    shard: int,
+    traces_cfg: Mapping[str, Any],
+    device: str | None = None,
+    base_dir: str | Path = ".",
+) -> ShardSetup:
+    """Load the model and plan the shard's batches, as both generating and replaying a shard need it.
+
+    ``model_spec``, ``dataset_spec`` and ``traces_cfg`` are validated config
+    entries (defaults filled).
+    """
+    from . import tables
+    from .datasets import get_adapter
+    from .models.loading import load_model
+
+    items = tables.read_table(items_path)
+    masks = tables.read_table(masks_path)
+    shard_size = int(dataset_spec["shard_size"])
+    requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
+    model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
+    adapter = get_adapter(dataset, dataset_spec, seed=seed, base_dir=base_dir)
+    generator = TraceGenerator(
+        model, processor, family, GenerationSettings.from_config(model_spec["generation"]),
+        thinking=bool(model_spec["thinking"]),
+        system_prompt=model_spec["system_prompt"],
+        map_layers=traces_cfg["map_layers"], keep_heads=bool(traces_cfg["keep_heads"]),
+        score=lambda request, text: adapter.score(request.item or {}, text),
+        replay_chunk_mb=float(model_spec["replay_chunk_mb"]),
+    )
+    batches = plan_batches(requests, int(model_spec["batch_size"]), generator.prompt_lengths(requests))
+    n_items = len(items.iloc[shard * shard_size:(shard + 1) * shard_size])
+    log.info("%s/%s shard %d: %d traces from %d items in %d batches (sorted by prompt length)", model_name, dataset,
+             shard, len(requests), n_items, len(batches))
+    return ShardSetup(requests, batches, generator, family, info, processor, [str(m) for m in masks["mask_id"]],
+                      n_items)
+
+
+def generate_shard(setup: ShardSetup, path: str | Path, fingerprint: Mapping[str, Any] | None = None) -> Path:
+    """Generate a shard's token ids into a generations file (lines in shard order), resumably per batch."""
+    return write_generations(setup.generator, setup.batches, path, order=setup.requests, fingerprint=fingerprint)
 
 
 def run_shard(
@@ -472,51 +696,54 @@ def run_shard(
     code_files: Sequence[str | Path] | None = None,
     device: str | None = None,
     base_dir: str | Path = ".",
+    generations_path: str | Path | None = None,
 ) -> tuple[Path, Path]:
-    """The traces stage for one (model, dataset, shard): generate, write resumably, assemble the store."""
+    """The traces stage for one (model, dataset, shard): generate and replay per batch, write resumably, assemble.
+
+    With ``generations_path`` nothing is generated: the tokens come from that
+    generations file (any engine's, see :mod:`peekaboo.generations`) and are
+    replayed in the batches generating here would have used, so a file of the
+    model's own token ids gives the same store.
+    """
     import time
 
-    from . import provenance, tables, tracestore
-    from .datasets import get_adapter
+    from . import generations as gen_files
+    from . import provenance, tracestore
     from .logs import progress
-    from .models.loading import load_model
 
-    items = tables.read_table(items_path)
-    masks = tables.read_table(masks_path)
-    shard_size = int(dataset_spec.get("shard_size", 256))
-    requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
-    batches = plan_batches(requests, int(model_spec.get("batch_size", 8)))
-    settings = GenerationSettings.from_config(model_spec.get("generation"))
-    map_spec = traces_cfg.get("map_layers", "mean")
-    keep_heads = bool(traces_cfg.get("keep_heads", False))
-    log.info("%s/%s shard %d: %d traces from %d items in %d batches", model_name, dataset, shard, len(requests),
-             len(items.iloc[shard * shard_size:(shard + 1) * shard_size]), len(batches))
-
-    model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
+    setup = setup_shard(items_path=items_path, masks_path=masks_path, results_dir=results_dir,
+                        model_name=model_name, model_spec=model_spec, model_path=model_path, dataset=dataset,
+                        dataset_spec=dataset_spec, seed=seed, shard=shard, traces_cfg=traces_cfg, device=device,
+                        base_dir=base_dir)
+    generator, info, requests, batches = setup.generator, setup.info, setup.requests, setup.batches
     prov = provenance.record(config_section, code_files, model_id=info.model_id,
                              model_revision=info.commit or info.revision)
-    adapter = get_adapter(dataset, dataset_spec, seed=seed, base_dir=base_dir)
-    generator = TraceGenerator(
-        model, processor, family, settings,
-        thinking=bool(model_spec.get("thinking", False)),
-        system_prompt=model_spec.get("system_prompt"),
-        map_layers=map_spec, keep_heads=keep_heads,
-        score=lambda request, text: adapter.score(request.item or {}, text),
-    )
+    imported = None
+    source = "generated"
+    if generations_path is not None:
+        generations_path = Path(generations_path)
+        imported = gen_files.read_generations(generations_path, [r.generation_id for r in requests],
+                                              known=setup.known_ids)
+        gen_files.log_problems(imported)
+        source = f"imported: {generations_path.name} (sha256 {_file_digest(generations_path)})"
+        log.info("%s: %d of %d traces have a generation, %d problem lines", generations_path.name,
+                 len(requests) - imported.n_failed, len(requests), len(imported.problems))
+    map_spec = traces_cfg["map_layers"]
     attrs = {
         "model": model_name,
         "dataset": dataset,
         "shard": int(shard),
         "model_id": info.model_id,
         "model_revision": info.commit or info.revision,
-        "family": family,
+        "family": setup.family,
         "dtype": info.dtype,
-        "attn_implementation": (f"{capture.CAPTURE_IMPL} (layer outputs by sdpa; "
+        "attn_implementation": (f"{replay.REPLAY_IMPL} (layer outputs by sdpa; "
                                 f"model configured {info.attn_implementation})"),
-        "generation": settings.as_dict(),
-        "prompt_template": getattr(processor, "chat_template", None) or "",
-        "thinking": bool(model_spec.get("thinking", False)),
-        "system_prompt": model_spec.get("system_prompt") or "",
+        "generation": generator.settings.as_dict(),
+        "generations": source,
+        "prompt_template": getattr(setup.processor, "chat_template", None) or "",
+        "thinking": bool(model_spec["thinking"]),
+        "system_prompt": model_spec["system_prompt"] or "",
         "n_layers": generator.n_layers,
         "n_heads": generator.n_heads,
         "map_layers_config": map_spec if isinstance(map_spec, str) else list(map_spec),
@@ -524,11 +751,11 @@ def run_shard(
     writer = tracestore.ShardWriter(
         store_path, sidecar_path, [[r.trace_id for r in b] for b in batches],
         n_layers=generator.n_layers, n_heads=generator.n_heads, map_layers=generator.map_layers,
-        keep_heads=keep_heads, chunk_traces=int(traces_cfg.get("chunk_traces", 16)),
-        compression_level=int(traces_cfg.get("compression_level", 3)),
-        attrs=attrs, provenance=prov,
+        keep_heads=bool(traces_cfg["keep_heads"]), chunk_traces=int(traces_cfg["chunk_traces"]),
+        compression_level=int(traces_cfg["compression_level"]),
+        attrs=attrs, provenance=prov, order=[r.trace_id for r in requests],
         fingerprint={"config_hash": prov.get("config_hash"), "code_hash": prov.get("code_hash"),
-                     "model_id": info.model_id},
+                     "model_id": info.model_id, "generations": source},
     )
     done = writer.start()
     bar = progress(total=len(requests), desc=f"{model_name}/{dataset} shard {shard}", unit="trace")
@@ -537,7 +764,10 @@ def run_shard(
     for k, batch in enumerate(batches):
         if k in done:
             continue
-        results = generator.generate(batch)
+        if imported is None:
+            results = generator.generate(batch)
+        else:
+            results = generator.replay(batch, [imported.get(r.generation_id) for r in batch])
         writer.write_batch(k, results)
         n_tokens += sum(r.n_tokens for r in results)
         failed += sum(r.status != "ok" for r in results)

@@ -117,6 +117,9 @@ def trace_code(wc):
     return code(
         "generate",
         "capture",
+        "replay",
+        "generations",
+        "jsonlines",
         "geometry",
         "tracestore",
         "prompting",
