@@ -242,3 +242,22 @@ def test_batches_sorted_by_prompt_length_keep_equal_lengths_in_order():
                                                                        ["t6"]]
     with pytest.raises(ValueError, match="prompt lengths"):
         plan_batches(reqs, 3, lengths[:3])
+
+
+def test_decode_offsets_are_those_of_growing_prefixes_in_linear_time(tiny_models):  # noqa: F811
+    """Random byte-level tokens split characters everywhere: the run-by-run offsets equal those of decoding
+    every growing prefix of the whole chain (the quadratic method they replace)."""
+    from peekaboo.generate import prefix_offsets
+
+    _, processor = load(tiny_models["qwen3_vl"])
+    tok = processor.tokenizer
+    rng = np.random.default_rng(0)
+
+    def decode(part):
+        return tok.decode(part, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    for n in (1, 7, 300):
+        ids = rng.integers(0, len(tok), n).tolist()
+        text, starts, ends = decode_with_offsets(tok, ids)
+        assert (starts, ends) == prefix_offsets(decode, ids, text)
+        assert "\ufffd" in text or n == 1

@@ -152,11 +152,13 @@ DEVICES = [pytest.param("cpu", torch.float32, id="cpu-float32"),
 
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
-@pytest.mark.parametrize("mask", ["none", "bool-padding", "bool-one-row", "float-per-head"])
+@pytest.mark.parametrize("mask", ["none", "bool-padding", "bool-one-row", "bool-window", "float-per-head"])
 def test_chunk_probabilities_follow_the_mask_with_grouped_heads(mask, device, dtype):
     """A chunk of query rows against softmax(q k^T * scale + mask) written out with repeated keys over
     every key, in float64 from the same (possibly half-precision) q and k: keys past the chunk left out
-    by causality, the log-normaliser over all keys, the mask broadcast over heads, grouped heads."""
+    by causality, the log-normaliser over all keys, the mask broadcast over heads, grouped heads. Causal
+    masks with key padding take the folded key bias; others (a sliding window, additive per-head masks) are
+    applied in full."""
     gen = torch.Generator().manual_seed(3)
     B, H, n_kv, S, D = 3, 6, 2, 11, 8
     query = torch.randn(B, H, S, D, generator=gen).to(device, dtype)
@@ -166,13 +168,17 @@ def test_chunk_probabilities_follow_the_mask_with_grouped_heads(mask, device, dt
     attention_mask = {"none": None,  # SDPA ran causal without a mask
                       "bool-padding": keep,
                       "bool-one-row": keep[:1],  # one mask shared by the whole batch
+                      "bool-window": keep & torch.ones(S, S).triu(-4).bool(),  # each row sees its last 5 keys
                       "float-per-head": torch.where(keep, 0.0, float("-inf")).expand(B, H, S, S)
                       + torch.randn(B, H, S, S, generator=gen)}[mask]
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
     positions = torch.tensor([[0, 2, 3, 4], [1, 4, 5, 6], [1, 2, 3, 5]], device=device)
     start, stop = 6, 9
-    probs = replay.chunk_probs(query, key, attention_mask, 0.3, start, stop, positions)
+    chunk_mask = replay.ChunkMask.of(attention_mask, start, stop)
+    assert (chunk_mask.key_bias is not None) == (mask.startswith("bool-") and mask != "bool-window")
+    assert (chunk_mask.full is not None) == (mask in ("bool-window", "float-per-head"))
+    probs = replay.chunk_probs(query, key, chunk_mask, 0.3, start, stop, positions)
     assert probs.shape == (B, H, stop - start, 4) and probs.dtype == torch.float32
 
     q, k = query.double().cpu(), key.double().cpu().repeat_interleave(H // n_kv, dim=1)

@@ -173,25 +173,60 @@ def load_image(source: Any):
 
 
 def decode_with_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[int], list[int]]:
-    """Text of the tokens (special tokens dropped) and each token's [start, end) character span in it."""
+    """Text of the tokens (special tokens dropped) and each token's [start, end) character span in it.
+
+    Linear in the chain: tokens are decoded one by one, and only runs of tokens
+    that split a character between them (each decodes to U+FFFD alone) are
+    decoded together, each run on its own, with :func:`prefix_offsets`. A token
+    that decodes cleanly is whole UTF-8, so it starts and ends on character
+    boundaries and a run never needs its neighbours. Should the pieces not add
+    up to the text (a tokenizer whose decoding is not piecewise), the whole
+    chain goes through :func:`prefix_offsets`.
+    """
     ids = [int(t) for t in token_ids]
-    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    pieces = [tokenizer.decode([t], skip_special_tokens=True, clean_up_tokenization_spaces=False) for t in ids]
-    if "".join(pieces) == text:
-        ends = np.cumsum([len(p) for p in pieces]).tolist()
-        starts = [0] + ends[:-1]
-        return text, [int(s) for s in starts], [int(e) for e in ends]
-    # byte-level tokens that split a character: decode growing prefixes (kept monotone)
+
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    text = decode(ids)
+    pieces = [decode([t]) for t in ids]
+    starts, ends, parts, pos, k = [], [], [], 0, 0
+    while k < len(ids):
+        if "\ufffd" not in pieces[k]:
+            starts.append(pos)
+            pos += len(pieces[k])
+            ends.append(pos)
+            parts.append(pieces[k])
+            k += 1
+            continue
+        end = k
+        while end < len(ids) and "\ufffd" in pieces[end]:
+            end += 1
+        run = decode(ids[k:end])
+        run_starts, run_ends = prefix_offsets(decode, ids[k:end], run)
+        starts += [pos + x for x in run_starts]
+        ends += [pos + x for x in run_ends]
+        pos += len(run)
+        parts.append(run)
+        k = end
+    if "".join(parts) == text:
+        return text, starts, ends
+    return (text, *prefix_offsets(decode, ids, text))
+
+
+def prefix_offsets(decode: Callable[[list[int]], str], ids: list[int], text: str) -> tuple[list[int], list[int]]:
+    """Each token's span in ``text`` (the decoding of ``ids``) from the decodings of growing prefixes, kept
+    monotone: a character split over tokens belongs to the token where it starts. Quadratic in ``ids``."""
     starts, ends, last = [], [], 0
     for k in range(len(ids)):
-        prefix = tokenizer.decode(ids[: k + 1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        prefix = decode(ids[: k + 1])
         end = min(len(text), max(last, len(prefix) if text.startswith(prefix[:-1]) else last))
         starts.append(last)
         ends.append(end)
         last = end
     if ends:
         ends[-1] = len(text)
-    return text, starts, ends
+    return starts, ends
 
 
 def _first_line(exc: BaseException) -> str:

@@ -154,8 +154,9 @@ class Replayer:
         self.chunk_bytes = float(chunk_mb) * 2**20
         self.lm_head = model.get_output_embeddings()
 
-    def rows_per_chunk(self, bytes_per_row: float) -> int:
-        return max(1, int(self.chunk_bytes // max(bytes_per_row, 1.0)))
+    def rows_per_chunk(self, bytes_per_row: float, cap: int | None = None) -> int:
+        rows = max(1, int(self.chunk_bytes // max(bytes_per_row, 1.0)))
+        return rows if cap is None else min(rows, cap)
 
     def run(self, batch: ReplayBatch) -> dict[str, np.ndarray]:
         """Per array, float32 [B, G, ...] (row ``t`` belongs to generated token ``t``; rows past a trace's length are
@@ -210,6 +211,7 @@ class _Pass:
         self.B, self.P, self.R, self.L, self.H, self.M = B, P, R, L, H, M
         self.home: torch.device | None = None  # the first layer's device: per-batch results live there
         self.layers_seen = 0
+        self._masks: dict[tuple, ChunkMask] = {}  # (mask object, chunk) -> its parts; the masks live as long
         # on the host from the start: these can be large (every kept layer's map, per-head maps)
         self.image_attn = torch.zeros(B, self.G, M, P, dtype=torch.float32)
         self.heads = torch.zeros(B, self.G, M, H, P, dtype=torch.float32) if replayer.keep_heads else None
@@ -233,14 +235,16 @@ class _Pass:
         all_valid = self.batch.images.all_valid
         scale = scaling if scaling is not None else D**-0.5
         last_key = self.first_row + self.G  # keys past the last recorded row are masked for every recorded row
-        # float32 scores plus softmax temporaries for one row of every batch row and head
-        step = self.r.rows_per_chunk(2 * 4 * B * H * last_key)
+        # float32 scores plus softmax temporaries for one row of every batch row and head; capped so that the
+        # keys a chunk computes past its own rows (masked by causality) stay few
+        step = self.r.rows_per_chunk(2 * 4 * B * H * last_key, cap=MAX_CHUNK_ROWS)
         map_slot = None if self.r.map_mean else self.r.map_slot.get(layer)
         layer_map = (torch.empty(B, self.G, self.P, dtype=torch.float32, device=device)
                      if map_slot is not None else None)
         for r0 in range(0, self.G, step):
             r1 = min(self.G, r0 + step)
-            probs = chunk_probs(query, key, attention_mask, scale, self.first_row + r0, self.first_row + r1,
+            start, stop = self.first_row + r0, self.first_row + r1
+            probs = chunk_probs(query, key, self.chunk_mask(attention_mask, start, stop), scale, start, stop,
                                 positions)  # [B, H, c, P]
             if not all_valid:  # rows with fewer image tokens point their padding at key 0
                 probs = probs * valid[:, None, None, :]
@@ -264,6 +268,13 @@ class _Pass:
             self.image_attn[:, :, map_slot] = layer_map.cpu()
         self.layers_seen += 1
 
+    def chunk_mask(self, attention_mask: torch.Tensor | None, start: int, stop: int) -> "ChunkMask":
+        """The mask of a chunk of rows, made once per forward pass (every layer gets the same mask object)."""
+        key = (id(attention_mask), start, stop)
+        if key not in self._masks:
+            self._masks[key] = ChunkMask.of(attention_mask, start, stop)
+        return self._masks[key]
+
     def finish(self) -> dict[str, np.ndarray]:
         out = {"image_mass": self.image_mass.cpu().numpy(), "region_mass": self.region_mass.cpu().numpy()}
         if self.map_sum is not None:
@@ -278,9 +289,43 @@ class _Pass:
 
 _HALF = (torch.float16, torch.bfloat16)
 
+# rows per chunk at most: a chunk computes scores for keys up to its last row, so a row sees on average
+# half a chunk of keys that causality masks; 256 rows keep that waste small next to a prompt of ~1,000 tokens
+MAX_CHUNK_ROWS = 256
 
-def chunk_probs(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scale: float,
-                start: int, stop: int, positions: torch.Tensor) -> torch.Tensor:
+
+@dataclass
+class ChunkMask:
+    """The model's attention mask for a chunk of query rows ``[start, stop)`` over keys ``[0, stop)``.
+
+    transformers' SDPA masks for these models are causal plus key padding
+    (left padding of the prompt, right padding of shorter chains): every row of
+    a chunk then sees the keys before the chunk alike (``key_bias``, an
+    additive float32 row folded into the score matmul) and the chunk's own
+    columns causally. Any other mask (sliding windows, additive or per-head
+    masks) is applied in ``full``.
+    """
+
+    key_bias: torch.Tensor | None = None  # float32 [B or 1, stop]: 0 or -inf per key, the same for every row
+    full: torch.Tensor | None = None  # [B or 1, 1 or H, c, stop]: bool (True = attend) or additive
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor | None, start: int, stop: int) -> "ChunkMask":
+        if attention_mask is None:  # SDPA ran causal without a mask
+            return cls()
+        rows = attention_mask[:, :, start:stop, :stop]
+        if rows.dtype == torch.bool and rows.shape[1] == 1:
+            last = rows[:, 0, -1, :]  # the chunk's last row sees every key a row of the chunk may see
+            causal = (torch.arange(stop, device=rows.device)[None, :]
+                      <= torch.arange(start, stop, device=rows.device)[:, None])  # [c, stop]
+            if torch.equal(rows[:, 0], last[:, None, :] & causal):
+                return cls(key_bias=torch.zeros(last.shape, dtype=torch.float32, device=rows.device)
+                           .masked_fill_(~last, float("-inf")))
+        return cls(full=rows)
+
+
+def chunk_probs(query: torch.Tensor, key: torch.Tensor, mask: ChunkMask, scale: float, start: int, stop: int,
+                positions: torch.Tensor) -> torch.Tensor:
     """float32 [B, H, stop - start, P]: softmax(q k^T * scale + mask) of query rows [start, stop) on the image keys.
 
     The scores of the chunk run over keys ``[0, stop)`` (later keys are masked
@@ -288,34 +333,35 @@ def chunk_probs(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Te
     taken over all of them, and only the image columns (``positions``, int64
     [B, P]) are exponentiated. Query heads ``h * rep .. h * rep + rep - 1``
     share key head ``h`` (repeat_kv's layout): one batched matmul per key head,
-    keys not repeated. ``attention_mask``: transformers' 4D mask (bool, True =
-    attend, or additive float; one row for all heads or one per head), or None
-    when SDPA ran causal without a mask.
+    keys not repeated, with the scale and the key bias folded in.
     """
     B, H, _, D = query.shape
     n_kv = key.shape[1]
     rep = H // n_kv
     c = stop - start
     q = query[:, :, start:stop].reshape(B * n_kv, rep * c, D)  # heads grouped by key head, then rows
-    k = key[:, :, :stop].reshape(B * n_kv, stop, D)
-    if query.is_cuda and query.dtype in _HALF:
-        # float32 products and sums straight from the half-precision q and k: no float32 copy of the keys
-        scores = torch.bmm(q, k.mT, out_dtype=torch.float32)
+    k_t = key[:, :, :stop].reshape(B * n_kv, stop, D).mT
+    half = query.is_cuda and query.dtype in _HALF
+    if not half:
+        q, k_t = q.float(), k_t.float()
+    # float32 products and sums straight from half-precision q and k: no float32 copy of the keys
+    extra = {"out_dtype": torch.float32} if half else {}
+    if mask.key_bias is not None:
+        bias = mask.key_bias.to(q.device)[:, None, None, :].expand(B, n_kv, 1, stop).reshape(B * n_kv, 1, stop)
+        scores = torch.baddbmm(bias, q, k_t, alpha=scale, **extra)
     else:
-        scores = torch.bmm(q.float(), k.float().mT)
-    scores = scores.view(B, n_kv, rep, c, stop).mul_(scale)
-    if attention_mask is None:  # SDPA ran causal: row i of the chunk sees keys up to start + i
-        rows = torch.arange(start, stop, device=scores.device)
-        hidden = torch.arange(stop, device=scores.device)[None, :] > rows[:, None]  # [c, stop]
-        scores.masked_fill_(hidden, float("-inf"))
+        scores = torch.bmm(q, k_t, **extra).mul_(scale)
+    scores = scores.view(B, n_kv, rep, c, stop)
+    if mask.full is None:  # causal inside the chunk's own columns: row i sees keys up to start + i
+        ahead = torch.ones(c, c, dtype=torch.bool, device=scores.device).triu_(1)
+        scores[..., start:].masked_fill_(ahead, float("-inf"))
     else:
-        mask = attention_mask[:, :, start:stop, :stop].to(scores.device)  # [B or 1, 1 or H, c, stop]
-        heads = mask.shape[1]
-        shape = (mask.shape[0], 1, 1, c, stop) if heads == 1 else (mask.shape[0], n_kv, rep, c, stop)
-        if mask.dtype == torch.bool:
-            scores.masked_fill_(~mask.reshape(shape), float("-inf"))
+        full = mask.full.to(scores.device)
+        shape = (full.shape[0], 1, 1, c, stop) if full.shape[1] == 1 else (full.shape[0], n_kv, rep, c, stop)
+        if full.dtype == torch.bool:
+            scores.masked_fill_(~full.reshape(shape), float("-inf"))
         else:
-            scores.add_(mask.reshape(shape).float())
+            scores.add_(full.reshape(shape).float())
     lognorm = torch.logsumexp(scores, dim=-1, keepdim=True)  # [B, n_kv, rep, c, 1]
     index = positions[:, None, None, None, :].expand(B, n_kv, rep, c, positions.shape[1])
     image = torch.gather(scores, -1, index)
