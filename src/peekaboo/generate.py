@@ -535,16 +535,16 @@ class TraceGenerator:
         token_ids = item.token_ids.astype(np.int32)
         text, starts, ends = decode_with_offsets(self.tokenizer, token_ids)
         P, R = len(p.images), p.weights.shape[1]
+        # views into the batch's arrays: no second copy of them while the batch's results live
         result = TraceResult(
             request=p.request,
             token_ids=token_ids,
-            logprob=arrays["logprob"][row, :n].copy(),
-            entropy=arrays["entropy"][row, :n].copy(),
-            image_attn=arrays["image_attn"][row, :n, :, :P].copy(),
-            image_mass=arrays["image_mass"][row, :n].copy(),
-            region_mass=arrays["region_mass"][row, :n, :, :R].copy(),
-            image_attn_heads=(arrays["image_attn_heads"][row, :n, :, :, :P].copy()
-                              if "image_attn_heads" in arrays else None),
+            logprob=arrays["logprob"][row, :n],
+            entropy=arrays["entropy"][row, :n],
+            image_attn=arrays["image_attn"][row, :n, :, :P],
+            image_mass=arrays["image_mass"][row, :n],
+            region_mass=arrays["region_mass"][row, :n, :, :R],
+            image_attn_heads=arrays["image_attn_heads"][row, :n, :, :, :P] if "image_attn_heads" in arrays else None,
             patch_box=p.images.boxes,
             patch_image=p.images.image,
             n_regions=R,

@@ -173,7 +173,7 @@ class Replayer:
                                "is the replay attention set for every decoder layer?")
         with torch.inference_mode():
             entropy, logprob = self._token_stats(hidden, batch)
-        out = state.finish()
+            out = state.finish()
         out["entropy"], out["logprob"] = entropy, logprob
         return out
 
@@ -212,8 +212,9 @@ class _Pass:
         self.home: torch.device | None = None  # the first layer's device: per-batch results live there
         self.layers_seen = 0
         self._masks: dict[tuple, ChunkMask] = {}  # (mask object, chunk) -> its parts; the masks live as long
-        # on the host from the start: these can be large (every kept layer's map, per-head maps)
-        self.image_attn = torch.zeros(B, self.G, M, P, dtype=torch.float32)
+        # on the host from the start: these can be large (every kept layer's map, per-head maps); the mean map
+        # is summed on the first layer's device instead
+        self.image_attn = None if replayer.map_mean else torch.zeros(B, self.G, M, P, dtype=torch.float32)
         self.heads = torch.zeros(B, self.G, M, H, P, dtype=torch.float32) if replayer.keep_heads else None
 
     def _allocate(self, device: torch.device) -> None:
@@ -278,7 +279,7 @@ class _Pass:
     def finish(self) -> dict[str, np.ndarray]:
         out = {"image_mass": self.image_mass.cpu().numpy(), "region_mass": self.region_mass.cpu().numpy()}
         if self.map_sum is not None:
-            self.image_attn[:, :, 0] = (self.map_sum / self.L).cpu()
+            self.image_attn = self.map_sum.div_(self.L).cpu()[:, :, None]  # in place: no second copy on a CPU
         out["image_attn"] = self.image_attn.numpy()
         if self.heads is not None:
             if self.r.map_mean:
