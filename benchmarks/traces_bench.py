@@ -73,10 +73,11 @@ QWEN3_2B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_h
 IMAGE_SIDE = 1024  # Qwen3-VL: 32 px per image token, so 32 x 32 = 1,024 image tokens
 QUESTION = "Which panel shows the larger shape? Think step by step, then answer."
 
-# Decode-time capture before this change (docs/traces.md, "before replay"): H100, Qwen3-VL-2B shape, bf16,
-# ~1,900-token context, tokens/s of generation with capture (run C), the median of three runs at batch 8 is
-# 0.93x plain (231 tok/s): the rates the issue calls "today's"
-TODAY_H100 = {1: 35.4, 8: 186.2}
+# Measured before this change on an H100 (docs/traces.md, "Before: decode-time capture"; run C: Qwen3-VL-2B
+# shape, bf16, ~1,900-token prompt, 64 new tokens): tokens/s of generation with decode-time capture ("today's"
+# rates), and of plain SDPA generation, which is this path's generation step (the same generate call, nothing
+# recorded)
+BEFORE_H100 = {"decode-time capture": {1: 35.4, 8: 186.2}, "plain SDPA generation": {1: 39.2, 8: 231.1}}
 
 # configs/paper.yaml: items per dataset (docs/datasets.md) and traces per item
 PAPER_ITEMS = {"mathvista": 1000, "hallusionbench": 1129, "mmmu_pro": 1730, "visargs": 1611}
@@ -197,8 +198,9 @@ def worker(args) -> dict:
         gens, wall, peak, over = measured(lambda: dynamic.generate_ids(requests), cuda)
     except torch.OutOfMemoryError:
         return {**row, "oom": "generate"}
-    if any(not g.ok for g in gens):  # out of memory inside generate_ids is a failed generation, not an exception
-        return {**row, "oom": "generate", "error": next(g.error for g in gens if not g.ok)}
+    # out of memory inside generate_ids splits the batch (or fails a single row): the batch did not fit
+    if any(not g.ok or g.retries for g in gens):
+        return {**row, "oom": "generate", "error": next((g.error for g in gens if not g.ok), "batch split")}
     n = sum(len(g.token_ids) for g in gens)
     row["generate"] = {"wall_s": wall, "tok_s": n / wall, "peak_mb": peak / 2**20, "over_mb": over / 2**20,
                        "tokens": n}
@@ -216,8 +218,8 @@ def worker(args) -> dict:
         results, wall, peak, over = measured(lambda: dynamic.replay(requests, gens), cuda)
     except torch.OutOfMemoryError:
         return {**row, "oom": "replay"}
-    if any(r.status != "ok" for r in results):
-        return {**row, "oom": "replay", "error": next(r.error for r in results if r.status != "ok")}
+    if any(r.status != "ok" or r.retries for r in results):
+        return {**row, "oom": "replay", "error": next((r.error for r in results if r.status != "ok"), "batch split")}
     row["replay"] = {"wall_s": wall, "s_per_trace": wall / args.batch, "share": wall / row["generate"]["wall_s"],
                      "peak_mb": peak / 2**20, "over_mb": over / 2**20}
     if args.store:  # one trace: the batch's rows are the same request, and zstd would find the repeats
@@ -389,13 +391,12 @@ def main() -> None:
 
 
 def machine(args) -> str:
-    if args.device.startswith("cuda"):
-        import torch
-
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     import torch
 
-    return f"CPU ({os.cpu_count()} cores, {args.threads} torch thread(s), {platform.machine()}), torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = f"CPU ({os.cpu_count()} cores, {args.threads} torch thread(s), {platform.machine()})"
+    return f"{cpu}, torch {torch.__version__}"
 
 
 def report(rows: list[dict], args, notes: list[str], elapsed: float) -> None:
@@ -496,13 +497,14 @@ def projection(rows: list[dict], args) -> None:
         label = f"{r['batch']} (largest)" if r.get("largest") else str(r["batch"])
         print(f"| {r['model']} | {r['chain']} | {label} | {gen_h:,.1f} | {rep_h:,.1f} | {gen_h + rep_h:,.1f} "
               f"| {rep_h / (gen_h + rep_h):.1%} |")
-    print("\nFor comparison, decode-time capture before this change on an H100 (Qwen3-VL-2B shape, bf16, "
-          "docs/traces.md):\n")
-    print("| mean chain | batch | tok/s | GPU-hours, 3 models |")
-    print("|---|---|---|---|")
-    for chain in sorted({r["chain"] for r in rows} or {1024}):
-        for batch, rate in TODAY_H100.items():
-            print(f"| {chain} | {batch} | {rate} | {n_models * per_model * chain / rate / 3600:,.0f} |")
+    print("\nAt the rates measured before this change on an H100 (Qwen3-VL-2B shape, bf16, ~1,900-token prompt, "
+          "64 new tokens; docs/traces.md), generation only:\n")
+    print("| path | mean chain | batch | tok/s | GPU-hours, 3 models |")
+    print("|---|---|---|---|---|")
+    for name, rates in BEFORE_H100.items():
+        for chain in sorted({r["chain"] for r in rows} or {1024}):
+            for batch, rate in rates.items():
+                print(f"| {name} | {chain} | {batch} | {rate} | {n_models * per_model * chain / rate / 3600:,.0f} |")
 
 
 if __name__ == "__main__":

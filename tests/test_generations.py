@@ -77,7 +77,8 @@ def test_bad_lines_fail_their_trace_or_are_reported_and_the_rest_goes_on(tmp_pat
          "error": None},
         {"custom_id": "q3|drop:0|gray", "error": {"code": "timeout", "message": "request timed out"}},
         {"id": "q4|base|none",
-         "choices": [{"message": {"content": "Answer: A", "reasoning_content": "I think..."}, "finish_reason": "stop"}]},
+         "choices": [{"message": {"content": "Answer: A", "reasoning_content": "I think..."},
+                      "finish_reason": "stop"}]},
         {"id": "q4|drop:0|gray", "text": "other shard, known: left alone"},
         {"id": "q4|drop:0|gray", "token_ids": []},  # a duplicate of an id nobody asked for: reported
     ])

@@ -216,3 +216,25 @@ def test_text_import_and_bad_lines(tiny_models, tiny_shard, tmp_path):  # noqa: 
     assert side.loc["q1|drop:1|gray", "error"].startswith("line 8: not valid UTF-8")
     assert (ds["n_tokens"].values[[list(ds["trace_id"].values).index(f"tiny|{m}")
                                     for m in side.index[side["status"] == "failed"]]] == 0).all()
+
+
+def test_generations_file_resumes_after_kill(tiny_models, tiny_shard, tmp_path, monkeypatch):  # noqa: F811
+    setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
+    clean = generate.generate_shard(setup, tmp_path / "clean" / "shard-0.jsonl").read_bytes()
+    real = generate.TraceGenerator.generate_ids
+    calls = {"n": 0}
+
+    def dies_on_second_batch(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("job killed")
+        return real(self, requests)
+
+    monkeypatch.setattr(generate.TraceGenerator, "generate_ids", dies_on_second_batch)
+    path = tmp_path / "resumed" / "shard-0.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate.generate_shard(setup, path)
+    assert not path.exists() and (path.parent / "shard-0.jsonl.partial" / "batch-00000.jsonl").is_file()
+    calls["n"] = 10  # the re-run generates only the two unfinished batches
+    assert generate.generate_shard(setup, path).read_bytes() == clean and calls["n"] == 12
+    assert not (path.parent / "shard-0.jsonl.partial").exists()

@@ -197,7 +197,8 @@ class ShardWriter:
         planned = [t for b in self.plan for t in b]
         self.order = list(order) if order is not None else planned
         if sorted(self.order) != sorted(planned) or len(set(planned)) != len(planned):
-            raise ValueError(f"{self.store_path}: the store order and the batches must hold the same distinct trace ids")
+            raise ValueError(f"{self.store_path}: the store order and the batches must hold the same distinct "
+                             "trace ids")
         self.index = {t: i for i, t in enumerate(self.order)}  # trace id -> position in the store
         self.where = {t: (k, j) for k, b in enumerate(self.plan) for j, t in enumerate(b)}
         self.n_layers, self.n_heads = int(n_layers), int(n_heads)
@@ -206,7 +207,7 @@ class ShardWriter:
         self.chunk_traces = max(1, int(chunk_traces))
         self.compression_level = int(compression_level)
         self.attrs = dict(attrs or {})
-        # the store order only joins the fingerprint when it differs from the plan's (earlier partial folders stay valid)
+        # the store order joins the fingerprint only where it differs from the plan's (old partial folders stay valid)
         extra = {"order": self.order} if self.order != planned else {}
         self.fingerprint = {"plan": self.plan, **extra, **dict(fingerprint or {})}
         self.provenance = dict(provenance or {})
