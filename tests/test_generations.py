@@ -91,7 +91,7 @@ def test_bad_lines_fail_their_trace_or_are_reported_and_the_rest_goes_on(tmp_pat
     assert "token_ids[1] is '2'" in g["q2|base|none"].error
     assert g["q2|drop:0|gray"].error == "duplicate id: lines 6, 7 all hold it"
     assert "status 500 (overloaded)" in g["q3|base|none"].error
-    assert g["q3|drop:0|gray"].error == "the generation failed where it ran: request timed out (code timeout)"
+    assert g["q3|drop:0|gray"].error == "request timed out (code timeout)"
     assert "reasoning_content is set" in g["q4|base|none"].error
     # missing, and the file had an unreadable line that may have been its
     assert g["q1|drop:0|gray"].error.startswith("missing from gen.jsonl (1 line(s) of the file could not be read")
@@ -116,7 +116,7 @@ def test_a_line_round_trips(tmp_path):
     path.write_text("".join(json.dumps(g.to_line(), ensure_ascii=False) + "\n" for g in lines), encoding="utf-8")
     got = read_generations(path, ["a|base|none", "b|base|none"]).generations
     assert got["a|base|none"] == Generation("a|base|none", (1, 2, 151645), "hé\u2028llo", "stop", retries=2, line=1)
-    assert got["b|base|none"].error == "the generation failed where it ran: image 0 (x.png) could not be loaded"
+    assert got["b|base|none"].error == "image 0 (x.png) could not be loaded"
     assert got["b|base|none"].retries == 1
 
 

@@ -158,7 +158,11 @@ def test_empty_shard_writes_an_empty_store(tiny_models, tiny_shard, tmp_path):  
 def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp_path):  # noqa: F811
     """The project's own generation path writes a generations file (the import format); replaying that file
     gives the store that generating and replaying in one run gives: the same arrays and sidecar, byte for
-    byte. Only the store's attribute naming where the tokens came from differs."""
+    byte, a trace whose image cannot be read included. Only the store's attribute naming where the tokens
+    came from differs."""
+    masks = tracestore.tables.read_table(tiny_shard["masks"])
+    broken = masks.loc[masks["mask_id"] == "q1|drop:0|gray", "image"].iloc[0]
+    (tiny_shard["results"] / broken).write_bytes(b"not a png")
     store, sidecar = run(tiny_models, tiny_shard, tmp_path / "generated")
     setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
     generations = generate.generate_shard(setup, tmp_path / "gens" / "shard-0.jsonl")
@@ -166,11 +170,15 @@ def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp
     assert [line["id"] for line in lines] == [r.generation_id for r in setup.requests]  # shard order
     assert lines[0]["id"] == "q0|base|none" and len(lines[0]["token_ids"]) == 5
     assert set(lines[0]) == {"id", "token_ids", "text", "finish_reason", "retries"}
+    failed = next(line for line in lines if line["id"] == "q1|drop:0|gray")
+    assert set(failed) == {"id", "error", "retries"} and "could not be loaded" in failed["error"]
     imported, imported_side = run(tiny_models, tiny_shard, tmp_path / "imported", generations_path=generations)
     a, b = tree(store), tree(imported)
     assert a.keys() == b.keys()
     assert {k for k in a if a[k] != b[k]} == {"zarr.json"}  # the root metadata, with the attributes
     assert sidecar.read_bytes() == imported_side.read_bytes()
+    side = tracestore.read_sidecars(imported_side).set_index("mask_id")
+    assert side.loc["q1|drop:0|gray", "status"] == "failed" and (side["status"] == "ok").sum() == 5
     x, y = xr.open_zarr(store), xr.open_zarr(imported)
     assert x.attrs.pop("generations") == "generated"
     assert y.attrs.pop("generations").startswith("imported: shard-0.jsonl (sha256 ")

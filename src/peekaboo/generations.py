@@ -152,8 +152,8 @@ def parse_line(value: Any, request_id: str, number: int) -> Generation:
     retries = value.get("retries", 0)
     retries = retries if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else 0
     g = Generation(request_id, retries=retries, line=number)
-    if value.get("error") not in (None, "", {}):
-        return g.failed(f"the generation failed where it ran: {_error_text(value['error'])}")
+    if value.get("error") not in (None, "", {}):  # verbatim: a failed trace reads the same wherever it failed
+        return g.failed(_error_text(value["error"]))
     finish = _finish(value.get("finish_reason"))
     meta = value.get("meta_info")
     if finish is None and isinstance(meta, Mapping):

@@ -211,7 +211,7 @@ class _Pass:
         self.B, self.P, self.R, self.L, self.H, self.M = B, P, R, L, H, M
         self.home: torch.device | None = None  # the first layer's device: per-batch results live there
         self.layers_seen = 0
-        self._masks: dict[tuple, ChunkMask] = {}  # (mask object, chunk) -> its parts; the masks live as long
+        self._masks: dict[tuple, ChunkMask] = {}  # (mask object, chunk) -> its parts, for this pass's masks
         # on the host from the start: these can be large (every kept layer's map, per-head maps); the mean map
         # is summed on the first layer's device instead
         self.image_attn = None if replayer.map_mean else torch.zeros(B, self.G, M, P, dtype=torch.float32)
