@@ -238,6 +238,7 @@ def test_workflow_through_slurm_profile_matches_local_run(slurm_cluster, tmp_pat
     slurm_ids = [int(slurm_id) for _, slurm_id, _ in submitted]
     assert len(set(slurm_ids)) == len(slurm_ids)
     assert len([r for r in remote_rules if r == "traces"]) == 2  # one job per shard
+    assert len([r for r in remote_rules if r == "generate"]) == 2  # ... and one to generate it
     for _, slurm_id, log in submitted:
         log = Path(log)
         # SLURM itself wrote this file (sbatch --output=.../%j.log), named by the job id
@@ -307,11 +308,11 @@ def test_paper_config_dry_run_asks_for_gpus_in_trace_jobs_only(tmp_path):
     jobs = dry_run_jobs(out)
     assert jobs, out[-3000:]
     with_gpu = {rule for rule, res in jobs if asks_for_gpu(res)}
-    assert with_gpu == {"traces"}
-    traces = [res for rule, res in jobs if rule == "traces"]
+    assert with_gpu == {"generate", "traces", "boxes"}  # the model jobs: generating, replaying, making boxes
+    traces = [res for rule, res in jobs if rule in ("generate", "traces")]
     # every trace job asks for the model's GPU (the paper's models: one each), memory and time
     assert traces and all(res["gpu"] == "1" and int(res["mem_mb"]) >= 64000 and int(res["runtime"]) >= 720
                           for res in traces), traces
     n_models = len(paper["models"])
     assert len({rule for rule, _ in jobs}) > 1
-    assert len(traces) >= n_models * len(paper["datasets"])
+    assert len(traces) >= 2 * n_models * len(paper["datasets"])

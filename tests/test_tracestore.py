@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -11,23 +12,33 @@ import pytest
 import xarray as xr
 
 from _fixtures_models import tiny_models, tiny_shard  # noqa: F401
+from peekaboo import config as configuration
 from peekaboo import generate, traces, tracestore
 
-MODEL_SPEC = {"dtype": "float32", "attn_implementation": "sdpa", "batch_size": 2, "thinking": False,
-              "system_prompt": None, "generation": {"max_new_tokens": 5, "do_sample": False}}
+
+def validated_model(**entry) -> dict:
+    """A model entry with the schema's defaults filled, as the workflow hands it to the stage."""
+    cfg = {"datasets": {"toy": {"adapter": "jsonl", "options": {"path": "unused.jsonl"}}},
+           "models": {"tiny": {"source": "unused", **entry}}}
+    return configuration.validate(cfg, check_paths=False)["models"]["tiny"]
+
+
+MODEL_SPEC = validated_model(dtype="float32", batch_size=2, generation={"max_new_tokens": 5})
 TRACES_CFG = {"map_layers": [0, -1], "keep_heads": False, "chunk_traces": 2, "compression_level": 3}
 
 
-def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None):  # noqa: F811
-    model_path = model_path or tiny_models["qwen3_vl"]
-    return traces.generate_shard(
-        items_path=shard_info["items"], masks_path=shard_info["masks"], results_dir=shard_info["results"],
-        model_name="tiny", model_spec={**MODEL_SPEC, "source": str(model_path)},
-        model_path=model_path, dataset="toy",
-        dataset_spec=shard_info["spec"], seed=0, shard=shard, traces_cfg=traces_cfg,
-        store_path=out / f"shard-{shard}.zarr", sidecar_path=out / f"shard-{shard}.parquet",
-        config_section={"traces": traces_cfg, "model": MODEL_SPEC}, code_files=None, device="cpu",
-    )
+def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None,
+        **extra):  # noqa: F811
+    return traces.trace_shard(**shard_args(tiny_models, shard_info, traces_cfg, shard, model_path),
+                              store_path=out / f"shard-{shard}.zarr", sidecar_path=out / f"shard-{shard}.parquet",
+                              config_section={"traces": traces_cfg, "model": MODEL_SPEC}, code_files=None, **extra)
+
+
+def shard_args(tiny_models, shard_info, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None) -> dict:  # noqa: F811
+    return dict(items_path=shard_info["items"], masks_path=shard_info["masks"], results_dir=shard_info["results"],
+                model_name="tiny", model_spec={**MODEL_SPEC, "source": str(model_path or tiny_models["qwen3_vl"])},
+                model_path=model_path or tiny_models["qwen3_vl"], dataset="toy",
+                dataset_spec=shard_info["spec"], seed=0, shard=shard, traces_cfg=traces_cfg, device="cpu")
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -195,3 +206,96 @@ def test_empty_shard_writes_an_empty_store(tiny_models, tiny_shard, tmp_path):  
     ds = xr.open_zarr(store)
     assert ds.sizes["trace"] == 0
     assert len(tracestore.read_sidecars(side)) == 0
+
+
+def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    """The project's own generation path writes a generations file (the import format); replaying that file
+    gives the store that generating and replaying in one run gives: the same arrays and sidecar, byte for
+    byte, a trace whose image cannot be read included. Only the store's attribute naming where the tokens
+    came from differs."""
+    masks = tracestore.tables.read_table(tiny_shard["masks"])
+    broken = masks.loc[masks["mask_id"] == "q1|drop:0|gray", "image"].iloc[0]
+    (tiny_shard["results"] / broken).write_bytes(b"not a png")
+    store, sidecar = run(tiny_models, tiny_shard, tmp_path / "generated")
+    setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
+    generations = generate.generate_shard(setup, tmp_path / "gens" / "shard-0.jsonl")
+    lines = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines()]
+    assert [line["id"] for line in lines] == [r.generation_id for r in setup.requests]  # shard order
+    assert lines[0]["id"] == "q0|base|none" and len(lines[0]["token_ids"]) == 5
+    assert set(lines[0]) == {"id", "token_ids", "text", "finish_reason", "retries"}
+    failed = next(line for line in lines if line["id"] == "q1|drop:0|gray")
+    assert set(failed) == {"id", "error", "retries"} and "could not be loaded" in failed["error"]
+    imported, imported_side = run(tiny_models, tiny_shard, tmp_path / "imported", generations_path=generations)
+    a, b = tree(store), tree(imported)
+    assert a.keys() == b.keys()
+    assert {k for k in a if a[k] != b[k]} == {"zarr.json"}  # the root metadata, with the attributes
+    assert sidecar.read_bytes() == imported_side.read_bytes()
+    side = tracestore.read_sidecars(imported_side).set_index("mask_id")
+    assert side.loc["q1|drop:0|gray", "status"] == "failed" and (side["status"] == "ok").sum() == 5
+    x, y = xr.open_zarr(store), xr.open_zarr(imported)
+    assert x.attrs.pop("generations") == "generated"
+    assert y.attrs.pop("generations").startswith("from file: shard-0.jsonl (sha256 ")
+    xr.testing.assert_identical(x.load(), y.load())
+
+
+def test_text_import_and_bad_lines(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+    """Generations from other engines' formats: a text is replayed in the model tokenizer's tokens; bad
+    lines fail their trace with the reason or are reported, and the rest of the shard goes on."""
+    from peekaboo.models.loading import load_model
+
+    _, processor, _, _ = load_model(MODEL_SPEC, tiny_models["qwen3_vl"], device="cpu")
+    tok = processor.tokenizer
+    text = "Step 1: the square is red.\nAnswer: A"
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    path = tmp_path / "engine.jsonl"
+    lines = [
+        json.dumps({"id": "batch_req_1", "custom_id": "q0|base|none", "error": None,
+                    "response": {"status_code": 200, "body": {"choices": [
+                        {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}}}),
+        json.dumps({"request_id": "q0|drop:0|gray",
+                    "outputs": [{"text": text, "token_ids": ids, "finish_reason": "stop"}]}),
+        json.dumps({"id": "q0|drop:1|gray", "text": ""}),
+        json.dumps({"id": "q1|base|none", "output_ids": ids[:4], "meta_info": {"finish_reason": {"type": "length"}}}),
+        json.dumps({"id": "q1|drop:0|gray", "text": "a" * 5000}),  # longer than the model's context of 4096
+        json.dumps({"id": "zz|base|none", "text": "unknown item"}),
+        json.dumps({"id": "q2|base|none", "text": "another shard's"}),
+    ]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "q1|drop:1|gray", "text": "\xff"}\n')
+    store, sidecar = run(tiny_models, tiny_shard, tmp_path / "out", generations_path=path)
+    side = tracestore.read_sidecars(sidecar).set_index("mask_id")
+    ds = xr.open_zarr(store)
+    ok = side[side["status"] == "ok"]
+    assert list(ok.index) == ["q0|base|none", "q0|drop:0|gray", "q1|base|none"]
+    t = list(ds["trace_id"].values).index("tiny|q0|base|none")
+    assert ds["token_id"][t, :int(ds["n_tokens"][t])].values.tolist() == ids[:-1]  # the text's own tokens
+    assert side.loc["q0|base|none", "text"] == text and not side.loc["q0|base|none", "truncated"]
+    assert side.loc["q0|drop:0|gray", "n_tokens"] == len(ids) and side.loc["q0|drop:0|gray", "text"] == text
+    assert side.loc["q1|base|none", "n_tokens"] == 4 and side.loc["q1|base|none", "truncated"]
+    assert side.loc["q0|base|none", "answer_text"] == "A" and side.loc["q0|base|none", "correct"]
+    assert "empty text" in side.loc["q0|drop:1|gray", "error"]
+    assert "does not fit the model's context of 4096" in side.loc["q1|drop:0|gray", "error"]
+    assert side.loc["q1|drop:1|gray", "error"].startswith("line 8: not valid UTF-8")
+    assert (ds["n_tokens"].values[[list(ds["trace_id"].values).index(f"tiny|{m}")
+                                    for m in side.index[side["status"] == "failed"]]] == 0).all()
+
+
+def test_generations_file_resumes_after_kill(tiny_models, tiny_shard, tmp_path, monkeypatch):  # noqa: F811
+    setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
+    clean = generate.generate_shard(setup, tmp_path / "clean" / "shard-0.jsonl").read_bytes()
+    real = generate.TraceGenerator.generate_ids
+    calls = {"n": 0}
+
+    def dies_on_second_batch(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("job killed")
+        return real(self, requests)
+
+    monkeypatch.setattr(generate.TraceGenerator, "generate_ids", dies_on_second_batch)
+    path = tmp_path / "resumed" / "shard-0.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate.generate_shard(setup, path)
+    assert not path.exists() and (path.parent / "shard-0.jsonl.partial" / "batch-00000.jsonl").is_file()
+    calls["n"] = 10  # the re-run generates only the two unfinished batches
+    assert generate.generate_shard(setup, path).read_bytes() == clean and calls["n"] == 12
+    assert not (path.parent / "shard-0.jsonl.partial").exists()

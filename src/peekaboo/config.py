@@ -99,12 +99,26 @@ def _check_datasets(cfg: dict, base_dir: Path) -> list[str]:
     return problems
 
 
+def imported_generations(cfg: Mapping[str, Any], model: str, dataset: str) -> str | None:
+    """The imported generations file of (model, dataset) (``models.<m>.generations``), or None."""
+    template = cfg["models"][model].get("generations")
+    return template.replace("{dataset}", dataset) if template else None
+
+
 def _check_models(cfg: dict, base_dir: Path) -> list[str]:
-    """Every configured model source can be read: a checkpoint folder, or a hub id the local cache (or hub) knows."""
+    """Every configured model source can be read: a checkpoint folder, or a hub id the local cache (or hub) knows.
+
+    An imported generations file must exist for every dataset the model runs on.
+    """
     from .datasets.boxes import MODEL_KINDS, box_kind
     from .models.identity import ModelSourceError, identify
 
     problems = []
+    for name in cfg["models"]:
+        for d in model_datasets(cfg, name):
+            path = imported_generations(cfg, name, d)
+            if path and not Path(resolve_path(path, base_dir)).is_file():
+                problems.append(f"models.{name}.generations: no generations file {path} for dataset {d}")
     sources = [(f"models.{name}.source", model) for name, model in cfg["models"].items() if model.get("source")]
     sources += [(f"datasets.{name}.boxes.model.source", spec["boxes"]["model"])  # a grounding model or detector
                 for name, spec in cfg["datasets"].items() if box_kind(spec["boxes"]) in MODEL_KINDS]
@@ -123,7 +137,6 @@ def notices(cfg: Mapping[str, Any], base_dir: str | Path | None = None) -> list[
     ``enable_thinking``, so that the prompt is the same with thinking on or off
     (the traces store records the prompt the model really got).
     """
-
     from .models.identity import hub_commit
 
     out = []

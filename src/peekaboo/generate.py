@@ -1,29 +1,42 @@
-"""Batched generation of reasoning traces, with entropy, log-probabilities and attention capture.
+"""Trace generation in two steps: generate the tokens, then replay them once to capture.
 
-One :class:`TraceGenerator` per (model, shard). For each planned batch of
-trace requests it
+One :class:`TraceGenerator` per (model, shard).
+
+**Generating** (:meth:`TraceGenerator.generate_ids`), per batch of requests:
 
 * loads the images and builds the prompt through the model's chat template
   (:mod:`peekaboo.prompting`, shared with reference-model training); a request
   whose image cannot be read or processed, or whose prompt does not fit the
-  model's context, becomes a ``failed`` result with the reason, and the rest of
-  the batch goes on;
-* collates the prompts with left padding (image token positions tracked per
-  row) and runs transformers' ``generate``: greedy unless
+  model's context, fails with the reason, and the rest of the batch goes on;
+* collates the prompts with left padding and runs transformers' ``generate``
+  with plain SDPA attention, nothing recorded: greedy unless
   ``generation.do_sample`` (then seeded from ``generation.seed`` and the
-  batch's first trace id); each row stops at EOS, at ``max_new_tokens`` or
-  where the model's context ends (then ``truncated``);
-* computes, in a forward hook on the model's raw output logits, the entropy of
-  the full next-token distribution and the log-probability of the token the
-  model then emitted (under the model's own distribution, before any sampling
-  warpers), one ``[batch, vocab]`` row at a time: no ``[tokens, vocab]`` array;
-* records attention with :mod:`peekaboo.capture` (switchable off);
+  batch's first trace id); each row stops at a stop token, at
+  ``max_new_tokens`` or where the model's context ends (then ``truncated``);
+  with ``generation.compile`` on CUDA, a static cache and transformers'
+  ``torch.compile`` of the decoding step;
 * on ``torch.OutOfMemoryError`` splits the batch in halves and retries each,
-  recording the number of splits per trace; a single trace that still does
-  not fit fails with the reason.
+  recording the number of splits; a single request that still does not fit
+  fails with the reason.
 
-Results are plain numpy arrays per trace (:class:`TraceResult`), which
-:mod:`peekaboo.tracestore` writes.
+It gives one :class:`peekaboo.generations.Generation` per request: the token
+ids (stop token included), their text and the finish reason, which is a line
+of a generations file.
+
+**Replaying** (:meth:`TraceGenerator.replay`), per batch of requests and their
+generations (made here or imported from any engine through
+:mod:`peekaboo.generations`): prepares the prompts the same way, turns an
+imported text into the model tokenizer's tokens, checks the ids against the
+vocabulary and the context (a bad one fails that trace with the reason), and
+makes one teacher-forced forward pass per batch (:mod:`peekaboo.replay`) that
+yields entropy, log-probability and every attention array; out-of-memory
+splitting as above. :meth:`TraceGenerator.generate` does both with one
+preparation per request.
+
+Batches (:func:`plan_batches`) are sorted by prompt length so that rows of a
+batch pad little; the store keeps the shard's order. Results are plain numpy
+arrays per trace (:class:`TraceResult`), which :mod:`peekaboo.tracestore`
+writes.
 """
 
 from __future__ import annotations
@@ -35,26 +48,32 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import capture, geometry, prompting
+from . import capture, geometry, prompting, replay, schema
+from .generations import Generation
 from .logs import get_logger
 from .seeding import derive_seed
 
 log = get_logger("generate")
 
 
+# the schema's defaults of a model's generation entry: the one source of them
+_DEFAULTS = schema.definition("generation")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
+    max_new_tokens: int = _DEFAULTS["max_new_tokens"]
+    do_sample: bool = _DEFAULTS["do_sample"]
+    temperature: float = _DEFAULTS["temperature"]
+    top_p: float = _DEFAULTS["top_p"]
+    top_k: int = _DEFAULTS["top_k"]
+    seed: int = _DEFAULTS["seed"]
+    compile: bool = _DEFAULTS["compile"]  # static cache + torch.compile of decoding, CUDA only
 
     @classmethod
     def from_config(cls, generation: Mapping[str, Any] | None) -> "GenerationSettings":
-        known = {k: v for k, v in dict(generation or {}).items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """Settings from a model's ``generation`` entry, checked against the schema (absent keys: its defaults)."""
+        return cls(**schema.definition("generation", generation, where="generation"))
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -70,6 +89,11 @@ class TraceRequest:
     regions: list[Mapping[str, Any]] = field(default_factory=list)  # {box: [x0,y0,x1,y1], image: k}
     meta: dict[str, Any] = field(default_factory=dict)  # sidecar columns (model, dataset, item_id, ...)
     item: Mapping[str, Any] | None = None  # the items-table row, for scoring
+
+    @property
+    def generation_id(self) -> str:
+        """The request's id in a generations file: its mask id (the same for every model), else the trace id."""
+        return str(self.meta.get("mask_id") or self.trace_id)
 
 
 @dataclass
@@ -113,43 +137,19 @@ class _Prepared:
     images: geometry.PromptImages
     weights: np.ndarray  # [P, R]
     budget: int  # new tokens this trace may generate
+    thinking_open: bool = False  # the prompt ends inside an open thinking block (the chat template opened it)
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.encoding["input_ids"].shape[1])
 
 
-class _LogitStats:
-    """Forward hook on the model: entropy and emitted-token log-probability from the raw logits."""
-
-    def __init__(self) -> None:
-        self.entropy: list[torch.Tensor] = []
-        self.logprob: list[torch.Tensor] = []
-        self._prev: torch.Tensor | None = None
-
-    def __call__(self, module, args, kwargs, output) -> None:
-        logits = output.logits[:, -1].float()
-        if self._prev is not None:
-            emitted = kwargs.get("input_ids")
-            if emitted is None:  # pragma: no cover - the supported families decode from input_ids
-                raise RuntimeError("decode step without input_ids: cannot tell the emitted token")
-            self.logprob.append(self._gather(emitted[:, -1]))
-        logp = torch.log_softmax(logits, dim=-1)
-        # entr(p) = -p log p, and 0 where the model rules a token out entirely (p = 0);
-        # kept on the device until the end: a host copy per token would stall the GPU queue each token
-        self.entropy.append(torch.special.entr(logp.exp()).sum(-1))
-        self._prev = logp
-
-    def _gather(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._prev.gather(1, tokens.to(self._prev.device).long()[:, None])[:, 0]
-
-    def finish(self, generated: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """[B, G] entropy and log-probability for the G generated columns."""
-        n = generated.shape[1]
-        if len(self.logprob) < n and self._prev is not None:
-            self.logprob.append(self._gather(generated[:, len(self.logprob)]))
-        if not n:
-            empty = np.zeros((generated.shape[0], 0), np.float32)
-            return empty, empty.copy()
-        entropy = torch.stack(self.entropy[:n], 1).cpu().numpy()
-        logprob = torch.stack(self.logprob[:n], 1).cpu().numpy()
-        return entropy.astype(np.float32), logprob.astype(np.float32)
+@dataclass
+class _ToReplay:
+    prepared: _Prepared
+    token_ids: np.ndarray  # int64, at least one
+    truncated: bool
+    retries: int  # splits so far (generation)
 
 
 class _RowBudget:
@@ -178,29 +178,75 @@ def load_image(source: Any):
 
 
 def decode_with_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[int], list[int]]:
-    """Text of the tokens (special tokens dropped) and each token's [start, end) character span in it."""
+    """Text of the tokens (special tokens dropped) and each token's [start, end) character span in it.
+
+    Linear in the chain: tokens are decoded one by one, and only runs of tokens
+    that split a character between them (each decodes to U+FFFD alone) are
+    decoded together, each run on its own, with :func:`prefix_offsets`. A token
+    that decodes cleanly is whole UTF-8, so it starts and ends on character
+    boundaries and a run never needs its neighbours. Should the pieces not add
+    up to the text (a tokenizer whose decoding is not piecewise), the whole
+    chain goes through :func:`prefix_offsets`.
+    """
     ids = [int(t) for t in token_ids]
-    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    pieces = [tokenizer.decode([t], skip_special_tokens=True, clean_up_tokenization_spaces=False) for t in ids]
-    if "".join(pieces) == text:
-        ends = np.cumsum([len(p) for p in pieces]).tolist()
-        starts = [0] + ends[:-1]
-        return text, [int(s) for s in starts], [int(e) for e in ends]
-    # byte-level tokens that split a character: decode growing prefixes (kept monotone)
+
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    text = decode(ids)
+    pieces = [decode([t]) for t in ids]
+    starts, ends, parts, pos, k = [], [], [], 0, 0
+    while k < len(ids):
+        if "\ufffd" not in pieces[k]:
+            starts.append(pos)
+            pos += len(pieces[k])
+            ends.append(pos)
+            parts.append(pieces[k])
+            k += 1
+            continue
+        end = k
+        while end < len(ids) and "\ufffd" in pieces[end]:
+            end += 1
+        run = decode(ids[k:end])
+        run_starts, run_ends = prefix_offsets(decode, ids[k:end], run)
+        starts += [pos + x for x in run_starts]
+        ends += [pos + x for x in run_ends]
+        pos += len(run)
+        parts.append(run)
+        k = end
+    if "".join(parts) == text:
+        return text, starts, ends
+    return (text, *prefix_offsets(decode, ids, text))
+
+
+def prefix_offsets(decode: Callable[[list[int]], str], ids: list[int], text: str) -> tuple[list[int], list[int]]:
+    """Each token's span in ``text`` (the decoding of ``ids``) from the decodings of growing prefixes, kept
+    monotone: a character split over tokens belongs to the token where it starts. Quadratic in ``ids``."""
     starts, ends, last = [], [], 0
     for k in range(len(ids)):
-        prefix = tokenizer.decode(ids[: k + 1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        prefix = decode(ids[: k + 1])
         end = min(len(text), max(last, len(prefix) if text.startswith(prefix[:-1]) else last))
         starts.append(last)
         ends.append(end)
         last = end
     if ends:
         ends[-1] = len(text)
-    return text, starts, ends
+    return starts, ends
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class TraceGenerator:
-    """Generate traces for batches of requests with one loaded model (see the module doc)."""
+    """Generate token ids for batches of requests, and replay them to capture (see the module doc).
+
+    ``replay_chunk_mb`` bounds the replay's float32 working set per chunk of
+    rows (:class:`peekaboo.replay.Replayer`). ``static_cache``: None follows
+    ``settings.compile`` (a static cache, which transformers compiles, on CUDA;
+    on another device the switch is left unused with a log line); True or
+    False force it (tests, benchmarks).
+    """
 
     def __init__(
         self,
@@ -213,9 +259,10 @@ class TraceGenerator:
         system_prompt: str | None = None,
         map_layers: str | Sequence[int] = "mean",
         keep_heads: bool = False,
-        capture_attention: bool = True,
-        score: Callable[[TraceRequest, str], Any] | None = None,
+        score: Callable[..., Any] | None = None,  # (request, text, thinking_open=...) -> peekaboo.scores.Score
         context_length: int | None = None,
+        replay_chunk_mb: float | None = None,  # None: the schema's default (models.<m>.replay_chunk_mb)
+        static_cache: bool | None = None,
     ):
         self.model = model
         self.processor = processor
@@ -230,20 +277,33 @@ class TraceGenerator:
         self.n_layers = int(lm_config.num_hidden_layers)
         self.n_heads = int(lm_config.num_attention_heads)
         self.context_length = int(context_length or lm_config.max_position_embeddings)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         gen_cfg = model.generation_config
         eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
         pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
-        self.recorder = capture.Recorder(model, map_layers, keep_heads) if capture_attention else None
-        self.map_layers = capture.resolve_map_layers(map_layers, self.n_layers)
+        self.replayer = replay.Replayer(model, map_layers, keep_heads, chunk_mb=replay_chunk_mb)
+        self.map_layers = self.replayer.map_layers
         self.keep_heads = keep_heads
         self.score = score
+        if static_cache is None:
+            on_cuda = model.device.type == "cuda"
+            if self.settings.compile and not on_cuda:
+                log.info("generation.compile (static cache + torch.compile) is used on CUDA only: generating on %s "
+                         "with the dynamic cache", model.device)
+            static_cache = self.settings.compile and on_cuda
+        self.static_cache = bool(static_cache)
 
     # -- preparing ------------------------------------------------------------
     def prompt_text(self, request: TraceRequest) -> str:
         msgs = prompting.messages(request.question, len(request.images), self.system_prompt)
         return prompting.render(self.processor, msgs, thinking=self.thinking)
+
+    @staticmethod
+    def opens_thinking(prompt: str) -> bool:
+        """Whether a rendered prompt ends inside an open thinking block (``prompting.thinking_open``)."""
+        return prompting.thinking_open(prompt)
 
     def prepare(self, request: TraceRequest) -> _Prepared | TraceResult:
         """Images loaded, prompt encoded, image tokens located; or a failed result with the reason."""
@@ -277,11 +337,19 @@ class TraceGenerator:
         weights = (geometry.region_weights(located.boxes, np.asarray(boxes).reshape(-1, 4), located.image,
                                            region_image) if boxes else np.zeros((len(located), 0), np.float32))
         return _Prepared(request, dict(enc), located, weights.reshape(len(located), len(boxes)),
-                         budget=min(self.settings.max_new_tokens, room))
+                         budget=min(self.settings.max_new_tokens, room), thinking_open=self.opens_thinking(text))
+
+    def prompt_lengths(self, requests: Sequence[TraceRequest]) -> list[int]:
+        """Each request's prompt length in tokens (0 where it cannot be prepared: it fails at once anyway)."""
+        out = []
+        for request in requests:
+            prepared = self.prepare(request)
+            out.append(0 if isinstance(prepared, TraceResult) else prepared.prompt_len)
+        return out
 
     def collate(self, prepared: Sequence[_Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Left-padded batch inputs and each row's padding offset."""
-        lengths = [int(p.encoding["input_ids"].shape[1]) for p in prepared]
+        lengths = [p.prompt_len for p in prepared]
         S = max(lengths)
         padded: dict[str, list[torch.Tensor]] = {}
         stacked: dict[str, list[torch.Tensor]] = {}
@@ -299,48 +367,75 @@ class TraceGenerator:
         batch.update({k: torch.cat(v, 0) for k, v in stacked.items()})
         return batch, [S - n for n in lengths]
 
-    # -- generating -----------------------------------------------------------
-    def generate(self, requests: Sequence[TraceRequest]) -> list[TraceResult]:
-        """Results for ``requests`` in their order (failed ones included)."""
-        results: list[TraceResult | None] = [None] * len(requests)
+    def _prepare_all(self, requests: Sequence[TraceRequest]) -> tuple[list[TraceResult | None],
+                                                                      list[tuple[int, _Prepared]]]:
+        failed: list[TraceResult | None] = [None] * len(requests)
         ready: list[tuple[int, _Prepared]] = []
         for i, request in enumerate(requests):
             prepared = self.prepare(request)
             if isinstance(prepared, TraceResult):
                 log.warning("trace %s failed: %s", request.trace_id, prepared.error)
-                results[i] = prepared
+                failed[i] = prepared
             else:
                 ready.append((i, prepared))
-        for (i, _), result in zip(ready, self._generate_split([p for _, p in ready], retries=0)):
-            results[i] = result
-        return results  # type: ignore[return-value]
+        return failed, ready
 
-    def _generate_split(self, prepared: list[_Prepared], retries: int) -> list[TraceResult]:
-        if not prepared:
+    # -- failures ----------------------------------------------------------------
+    def _split_on_failure(self, items: list, run: Callable[[list, int], list], fail: Callable[[Any, str, int], Any],
+                      retries: int = 0) -> list:
+        """``run(items, retries)``; when it fails, halves are retried alone, and a single item that still fails
+        fails alone (``fail(item, reason, retries)``): one bad trace never costs the batch or the shard.
+
+        Out of memory is the usual cause (the split counts as a retry); any
+        other error (a request the model or processor cannot take) is split
+        the same way, so that the trace it belongs to fails with the reason and
+        the others of its batch go on.
+        """
+        if not items:
             return []
         try:
-            return self._generate_batch(prepared, retries)
+            return run(items, retries)
         except torch.OutOfMemoryError as exc:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if len(prepared) == 1:
-                reason = f"out of memory on a batch of one: {str(exc).splitlines()[0] if str(exc) else 'OOM'}"
-                log.warning("trace %s failed: %s", prepared[0].request.trace_id, reason)
-                return [TraceResult.failed(prepared[0].request, reason, retries=retries + 1)]
-            half = (len(prepared) + 1) // 2
-            log.warning("out of memory on a batch of %d: splitting into %d + %d", len(prepared), half,
-                        len(prepared) - half)
-            return self._generate_split(prepared[:half], retries + 1) + \
-                self._generate_split(prepared[half:], retries + 1)
+            if len(items) == 1:
+                return [fail(items[0], f"out of memory on a batch of one: {_first_line(exc)}", retries + 1)]
+            half = (len(items) + 1) // 2
+            log.warning("out of memory on a batch of %d: splitting into %d + %d", len(items), half, len(items) - half)
+            return (self._split_on_failure(items[:half], run, fail, retries + 1)
+                    + self._split_on_failure(items[half:], run, fail, retries + 1))
+        except Exception as exc:  # noqa: BLE001 - any failure of one request must stay that request's
+            if len(items) == 1:
+                return [fail(items[0], f"{type(exc).__name__}: {_first_line(exc)}", retries)]
+            half = (len(items) + 1) // 2
+            log.warning("a batch of %d failed (%s: %s): splitting into %d + %d to find the trace at fault",
+                        len(items), type(exc).__name__, _first_line(exc), half, len(items) - half)
+            return (self._split_on_failure(items[:half], run, fail, retries)
+                    + self._split_on_failure(items[half:], run, fail, retries))
 
-    def _generate_batch(self, prepared: list[_Prepared], retries: int) -> list[TraceResult]:
-        batch, offsets = self.collate(prepared)
+    # -- generating -----------------------------------------------------------
+    def generate_ids(self, requests: Sequence[TraceRequest]) -> list[Generation]:
+        """One generation per request, in their order (failed ones with the reason): a generations file's lines."""
+        failed, ready = self._prepare_all(requests)
+        out: list[Generation | None] = [None if f is None else Generation(requests[i].generation_id, error=f.error)
+                                        for i, f in enumerate(failed)]
+        for (i, _), g in zip(ready, self._generate_split([p for _, p in ready])):
+            out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _generate_split(self, prepared: list[_Prepared]) -> list[Generation]:
+        def fail(p: _Prepared, reason: str, retries: int) -> Generation:
+            log.warning("trace %s failed: %s", p.request.trace_id, reason)
+            return Generation(p.request.generation_id, error=reason, retries=retries)
+
+        return self._split_on_failure(prepared, self._generate_batch, fail)
+
+    def _generate_batch(self, prepared: list[_Prepared], retries: int) -> list[Generation]:
+        batch, _ = self.collate(prepared)
         device = self.model.device
         batch = {k: v.to(device) for k, v in batch.items()}
         S = int(batch["input_ids"].shape[1])
         budgets = [p.budget for p in prepared]
-        images = capture.BatchImages.from_rows(
-            [p.images.positions + off for p, off in zip(prepared, offsets)], [p.weights for p in prepared])
         s = self.settings
         kwargs: dict[str, Any] = dict(max_new_tokens=max(budgets), do_sample=s.do_sample,
                                       pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids))
@@ -350,61 +445,146 @@ class TraceGenerator:
         else:
             # greedy: neutral values so a checkpoint's sampling defaults do not warn or apply
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"  # transformers compiles the decoding step for it on CUDA
         from transformers import StoppingCriteriaList
 
         kwargs["stopping_criteria"] = StoppingCriteriaList([_RowBudget(S, budgets)])
-        stats = _LogitStats()
-        handle = self.model.register_forward_hook(stats, with_kwargs=True)
-        try:
-            with torch.inference_mode():
-                if self.recorder is not None:
-                    with capture.capturing(self.model, self.recorder, images):
-                        out = self.model.generate(**batch, **kwargs)
-                    captured = self.recorder.stacked()
-                else:
-                    out = self.model.generate(**batch, **kwargs)
-                    captured = {}
-        finally:
-            handle.remove()
-        generated = out[:, S:].cpu()
-        entropy, logprob = stats.finish(generated)
-        return [self._result(p, r, generated[r], entropy[r], logprob[r], captured, retries)
-                for r, p in enumerate(prepared)]
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **kwargs)
+        generated = out[:, S:].cpu().numpy().astype(np.int64)
+        return [self._generation(p, generated[r], retries) for r, p in enumerate(prepared)]
 
-    def _result(self, p: _Prepared, row: int, generated: torch.Tensor, entropy, logprob, captured, retries):
-        ids = generated.numpy().astype(np.int64)
+    def _generation(self, p: _Prepared, ids: np.ndarray, retries: int) -> Generation:
         n = min(len(ids), p.budget)
         stop = next((k for k in range(n) if int(ids[k]) in self.eos_ids), None)
-        n_tokens = n if stop is None else stop + 1
-        token_ids = ids[:n_tokens].astype(np.int32)
+        token_ids = ids[: n if stop is None else stop + 1]
+        text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)
+        return Generation(p.request.generation_id, token_ids=tuple(int(t) for t in token_ids), text=text,
+                          finish_reason="length" if stop is None else "stop", retries=retries)
+
+    # -- replaying ------------------------------------------------------------
+    def replay(self, requests: Sequence[TraceRequest], generations: Sequence[Generation]) -> list[TraceResult]:
+        """Results for ``requests`` from their generations (made here or imported), in the requests' order."""
+        if len(requests) != len(generations):
+            raise ValueError(f"{len(requests)} requests but {len(generations)} generations")
+        results: list[TraceResult | None] = [None] * len(requests)
+        ready: list[tuple[int, _Prepared]] = []
+        for i, (request, g) in enumerate(zip(requests, generations)):
+            if not g.ok:
+                log.warning("trace %s failed: %s", request.trace_id, g.error)
+                results[i] = TraceResult.failed(request, g.error, retries=g.retries)
+                continue
+            prepared = self.prepare(request)
+            if isinstance(prepared, TraceResult):
+                log.warning("trace %s failed: %s", request.trace_id, prepared.error)
+                prepared.retries = g.retries
+                results[i] = prepared
+            else:
+                ready.append((i, prepared))
+        self._replay_ready(results, [(i, p, generations[i]) for i, p in ready])
+        return results  # type: ignore[return-value]
+
+    def generate(self, requests: Sequence[TraceRequest]) -> list[TraceResult]:
+        """Generate, then replay: results for ``requests`` in their order (failed ones included)."""
+        results, ready = self._prepare_all(requests)
+        generated = self._generate_split([p for _, p in ready])
+        todo = []
+        for (i, p), g in zip(ready, generated):
+            if g.ok:
+                todo.append((i, p, g))
+            else:
+                results[i] = TraceResult.failed(p.request, g.error, retries=g.retries)
+        self._replay_ready(results, todo)
+        return results  # type: ignore[return-value]
+
+    def to_replay(self, p: _Prepared, g: Generation) -> _ToReplay | str:
+        """The tokens to replay for a generation, or why it cannot be replayed with this model and prompt.
+
+        Token ids are taken as they are; a text is encoded by the model's
+        tokenizer without special tokens. The finish reason says whether the
+        generation was cut (``length``); without one, ids that do not end with a
+        stop token were cut, and a text was not.
+        """
+        if g.token_ids is not None:
+            ids = np.asarray(g.token_ids, dtype=np.int64)
+        else:
+            ids = np.asarray(self.tokenizer(g.text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            if not ids.size:
+                return "the text encodes to no tokens"
+        outside = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if outside.size:
+            k = int(outside[0])
+            return f"token id {int(ids[k])} at position {k} is outside the model's vocabulary of {self.vocab_size}"
+        if p.prompt_len + len(ids) > self.context_length:
+            source = "token ids" if g.token_ids is not None else "text"
+            return (f"the generation ({source}) of {len(ids)} tokens after a prompt of {p.prompt_len} tokens does "
+                    f"not fit the model's context of {self.context_length}")
+        if g.finish_reason in ("stop", "length") or g.token_ids is None:
+            truncated = g.finish_reason == "length"
+        else:
+            truncated = int(ids[-1]) not in self.eos_ids
+        return _ToReplay(p, ids, truncated, g.retries)
+
+    def _replay_ready(self, results: list[TraceResult | None],
+                      todo: Sequence[tuple[int, _Prepared, Generation]]) -> None:
+        items: list[tuple[int, _ToReplay]] = []
+        for i, p, g in todo:
+            item = self.to_replay(p, g)
+            if isinstance(item, str):
+                log.warning("trace %s failed: %s", p.request.trace_id, item)
+                results[i] = TraceResult.failed(p.request, item, retries=g.retries)
+            else:
+                items.append((i, item))
+
+        def fail(item: _ToReplay, reason: str, retries: int) -> TraceResult:
+            log.warning("trace %s failed: %s", item.prepared.request.trace_id, reason)
+            return TraceResult.failed(item.prepared.request, reason, retries=item.retries + retries)
+
+        for (i, _), result in zip(items, self._split_on_failure([it for _, it in items], self._replay_batch, fail)):
+            results[i] = result
+
+    def _replay_batch(self, items: list[_ToReplay], retries: int) -> list[TraceResult]:
+        prepared = [it.prepared for it in items]
+        batch, offsets = self.collate(prepared)
+        images = capture.BatchImages.from_rows(
+            [p.images.positions + off for p, off in zip(prepared, offsets)], [p.weights for p in prepared])
+        arrays = self.replayer.run(replay.replay_inputs(batch, [it.token_ids for it in items], self.pad_id, images))
+        return [self._result(it, r, arrays, retries) for r, it in enumerate(items)]
+
+    def _result(self, item: _ToReplay, row: int, arrays: Mapping[str, np.ndarray], retries: int) -> TraceResult:
+        p = item.prepared
+        n = len(item.token_ids)
+        token_ids = item.token_ids.astype(np.int32)
         text, starts, ends = decode_with_offsets(self.tokenizer, token_ids)
-        P = len(p.images)
+        P, R = len(p.images), p.weights.shape[1]
+        # views into the batch's arrays: no second copy of them while the batch's results live
         result = TraceResult(
             request=p.request,
             token_ids=token_ids,
-            logprob=np.asarray(logprob[:n_tokens], np.float32),
-            entropy=np.asarray(entropy[:n_tokens], np.float32),
+            logprob=arrays["logprob"][row, :n],
+            entropy=arrays["entropy"][row, :n],
+            image_attn=arrays["image_attn"][row, :n, :, :P],
+            image_mass=arrays["image_mass"][row, :n],
+            region_mass=arrays["region_mass"][row, :n, :, :R],
+            image_attn_heads=arrays["image_attn_heads"][row, :n, :, :, :P] if "image_attn_heads" in arrays else None,
             patch_box=p.images.boxes,
             patch_image=p.images.image,
-            n_regions=p.weights.shape[1],
+            n_regions=R,
             text=text,
             token_char_start=starts,
             token_char_end=ends,
-            truncated=stop is None,
-            retries=retries,
+            truncated=item.truncated,
+            retries=item.retries + retries,
         )
-        if captured:
-            R = p.weights.shape[1]
-            result.image_attn = captured["image_attn"][row, :n_tokens, :, :P].numpy()
-            result.image_mass = captured["image_mass"][row, :n_tokens].numpy()
-            result.region_mass = captured["region_mass"][row, :n_tokens, :, :R].numpy()
-            if "image_attn_heads" in captured:
-                result.image_attn_heads = captured["image_attn_heads"][row, :n_tokens, :, :, :P].numpy()
         if self.score is not None:
             try:
-                scored = self.score(p.request, text)
+                # a chain that ends inside the thinking block the prompt opened has no answer: unparsed, truncated
+                scored = self.score(p.request, text, thinking_open=p.thinking_open)
                 result.answer_text, result.correct = scored.answer_text, scored.correct
                 result.abstained = bool(scored.abstained)
+                result.truncated = bool(result.truncated or scored.truncated)
             except Exception as exc:  # a scoring bug must not lose the trace
                 log.warning("trace %s could not be scored: %s", p.request.trace_id, exc)
         return result
@@ -447,7 +627,110 @@ def shard_requests(
     return requests
 
 
-def plan_batches(requests: Sequence[TraceRequest], batch_size: int) -> list[list[TraceRequest]]:
-    """Fixed batches in shard order: the unit of resume, so a re-run batches exactly the same way."""
+def plan_batches(requests: Sequence[TraceRequest], batch_size: int,
+                 prompt_lengths: Sequence[int] | None = None) -> list[list[TraceRequest]]:
+    """Fixed batches, the unit of resume, so a re-run batches exactly the same way.
+
+    With ``prompt_lengths`` the requests are sorted by prompt length first
+    (stable: equal lengths keep the shard's order), so that a batch's rows pad
+    little; without, batches follow the shard's order.
+    """
     size = max(1, int(batch_size))
-    return [list(requests[i:i + size]) for i in range(0, len(requests), size)]
+    order = list(range(len(requests)))
+    if prompt_lengths is not None:
+        if len(prompt_lengths) != len(requests):
+            raise ValueError(f"{len(prompt_lengths)} prompt lengths for {len(requests)} requests")
+        order.sort(key=lambda i: (int(prompt_lengths[i]), i))
+    ordered = [requests[i] for i in order]
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def write_generations(generator: TraceGenerator, batches: Sequence[Sequence[TraceRequest]], path: str | Path, *,
+                      order: Sequence[TraceRequest] | None = None,
+                      fingerprint: Mapping[str, Any] | None = None) -> Path:
+    """Generate the token ids of every batch into a generations file, resumably (a killed run goes on from the
+    last finished batch); the file's lines follow ``order`` (default: the batches')."""
+    from .generations import GenerationsWriter
+
+    writer = GenerationsWriter(path, [[r.generation_id for r in b] for b in batches], fingerprint,
+                               order=None if order is None else [r.generation_id for r in order])
+    done = writer.start()
+    for k, batch in enumerate(batches):
+        if k not in done:
+            writer.write_batch(k, generator.generate_ids(batch))
+    return writer.finalize()
+
+
+@dataclass
+class ShardSetup:
+    """One (model, dataset, shard) ready to run: its requests in shard order, the planned batches (sorted by
+    prompt length) and the generator with the model loaded."""
+
+    requests: list[TraceRequest]
+    batches: list[list[TraceRequest]]
+    generator: TraceGenerator
+    family: str
+    info: Any  # peekaboo.models.loading.ModelInfo
+    processor: Any
+    known_ids: list[str]  # every mask id of the dataset: a generations line with another id is unknown
+    n_items: int
+
+
+def setup_shard(
+    *,
+    items_path: str | Path,
+    masks_path: str | Path,
+    results_dir: str | Path,
+    model_name: str,
+    model_spec: Mapping[str, Any],
+    model_path: str | Path,
+    dataset: str,
+    dataset_spec: Mapping[str, Any],
+    seed: int,
+    shard: int,
+    traces_cfg: Mapping[str, Any] | None,
+    device: str | None = None,
+    base_dir: str | Path = ".",
+    scoring: bool = True,
+) -> ShardSetup:
+    """Load the model and plan the shard's batches, as both generating and replaying a shard need it.
+
+    ``model_spec`` and ``dataset_spec`` are config entries, ``traces_cfg`` the
+    ``traces`` section (what is captured; absent keys and None take the
+    schema's defaults: generating alone does not read it). ``scoring``: give
+    the generator the dataset's adapter to score responses (replaying does;
+    generating does not, so it never imports a scorer).
+    """
+    model_spec = schema.definition("model", model_spec, where=f"models.{model_name}")
+    dataset_spec = schema.definition("dataset", dataset_spec, where=f"datasets.{dataset}")
+    traces_cfg = schema.section("traces", traces_cfg)
+    from . import tables
+    from .datasets import get_adapter
+    from .models.loading import load_model
+
+    items = tables.read_table(items_path)
+    masks = tables.read_table(masks_path)
+    shard_size = int(dataset_spec["shard_size"])
+    requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
+    model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
+    adapter = get_adapter(dataset, dataset_spec, seed=seed, base_dir=base_dir) if scoring else None
+    generator = TraceGenerator(
+        model, processor, family, GenerationSettings.from_config(model_spec["generation"]),
+        thinking=bool(model_spec["thinking"]),
+        system_prompt=model_spec["system_prompt"],
+        map_layers=traces_cfg["map_layers"], keep_heads=bool(traces_cfg["keep_heads"]),
+        score=None if adapter is None else lambda request, text, thinking_open=False: adapter.score(
+            request.item or {}, text, thinking_open=thinking_open),
+        replay_chunk_mb=float(model_spec["replay_chunk_mb"]),
+    )
+    batches = plan_batches(requests, int(model_spec["batch_size"]), generator.prompt_lengths(requests))
+    n_items = len(items.iloc[shard * shard_size:(shard + 1) * shard_size])
+    log.info("%s/%s shard %d: %d traces from %d items in %d batches (sorted by prompt length)", model_name, dataset,
+             shard, len(requests), n_items, len(batches))
+    return ShardSetup(requests, batches, generator, family, info, processor, [str(m) for m in masks["mask_id"]],
+                      n_items)
+
+
+def generate_shard(setup: ShardSetup, path: str | Path, fingerprint: Mapping[str, Any] | None = None) -> Path:
+    """Generate a shard's token ids into a generations file (lines in shard order), resumably per batch."""
+    return write_generations(setup.generator, setup.batches, path, order=setup.requests, fingerprint=fingerprint)

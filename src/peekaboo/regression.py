@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
+from .cells import is_blank
 from .features import feeding, load_features, measure_views, vision_measures
 from .interaction import (
     ENTROPY,
@@ -168,7 +169,8 @@ def summary_text(coefficients: pd.DataFrame, transfer_table: pd.DataFrame) -> st
     lines = ["Entropy x vision interaction (logit of correctness; z-scored features; SEs clustered by item)", ""]
     fits = coefficients.drop_duplicates(["model", "dataset", "scope", "vision_measure"])
     for r in fits.itertuples(index=False):
-        head = (f"{r.model} / {r.dataset} (vision: {r.vision_measure or '-'}; from {r.datasets}): {r.status}, "
+        head = (f"{r.model} / {r.dataset} (vision: {'-' if is_blank(r.vision_measure) else r.vision_measure}; "
+                f"from {r.datasets}): {r.status}, "
                 f"n={r.n}, errors={r.n_errors}, left out={r.n_dropped}")
         sub = coefficients[(coefficients["model"] == r.model) & (coefficients["dataset"] == r.dataset)
                            & (coefficients["vision_measure"] == r.vision_measure)
@@ -184,11 +186,11 @@ def summary_text(coefficients: pd.DataFrame, transfer_table: pd.DataFrame) -> st
     if transfer_table.empty:
         lines.append("none")
     for r in transfer_table.itertuples(index=False):
-        if r.test_dataset is None:
+        if is_blank(r.test_dataset):
             lines.append(f"{r.model}: {r.note}")
             continue
         auc = f"{r.auroc:.3f}" if r.auroc is not None and np.isfinite(r.auroc) else "n/a"
-        label = r.features + (f" [{r.vision_measure}]" if r.vision_measure else "")
+        label = str(r.features) + ("" if is_blank(r.vision_measure) else f" [{r.vision_measure}]")
         lines.append(f"{r.model}: {r.train_dataset} -> {r.test_dataset} {label:<30} AUROC {auc} "
                      f"(train n={r.n_train}, errors={r.n_train_errors}; test n={r.n_test}, errors={r.n_test_errors})"
                      + (f" [{r.note}]" if r.note else ""))

@@ -149,3 +149,11 @@ def definition(name: str, values: Mapping[str, Any] | None = None, where: str | 
     except KeyError:
         raise ConfigError(f"unknown schema definition {name!r}") from None
     return _fill(sub, values, where or name)
+
+
+def default(definition_name: str, key: str) -> Any:
+    """The schema's default of one key of a definition (``default("model", "batch_size")``)."""
+    try:
+        return copy.deepcopy(load_schema()["definitions"][definition_name]["properties"][key]["default"])
+    except KeyError:
+        raise ConfigError(f"the schema has no default for {definition_name}.{key}") from None

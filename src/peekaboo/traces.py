@@ -1,33 +1,45 @@
-"""The ``traces`` stage: one shard of one (model, dataset) generated, scored and captured into its store.
+"""The ``traces`` stage: one shard of one (model, dataset) replayed from its generations, scored and captured.
 
-For each planned batch of the shard's trace requests (mask rows of the
-shard's items, in items order) the model generates, the dataset's adapter
-scores the response, and the per-token arrays are written resumably
-(``peekaboo.tracestore``): a killed job resumes from its finished batches,
-provided the plan, the config, the code and the model's identity (its weights:
-``peekaboo.models.identity``) are all unchanged; otherwise the partial batches
-are discarded and the log says why.
+The tokens come from a generations file (``peekaboo.generations``): the one
+the ``generate`` stage wrote for this shard, or one imported from any engine
+(a model's ``generations`` in the config). One teacher-forced forward pass per
+batch (``peekaboo.replay``) gives entropy, log-probabilities and the attention
+arrays; the dataset's adapter scores each response. Batches are written
+resumably (``peekaboo.tracestore``): a killed job resumes from its finished
+batches, provided the plan, the config, the code, the model's identity (its
+weights: ``peekaboo.models.identity``) and the generations file are all
+unchanged; otherwise the partial batches are discarded and the log says what
+differed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import capture, provenance, schema, tables, tracestore
-from .datasets import get_adapter
+from . import generations as gen_files
+from . import provenance, replay, schema, tracestore
 from .devices import claim_device
-from .generate import GenerationSettings, TraceGenerator, plan_batches, shard_requests
+from .generate import setup_shard
 from .logs import get_logger, progress
 from .models.identity import identify
-from .models.loading import load_model
 from .stage import StageCall
 
 log = get_logger("traces")
 
 
-def generate_shard(
+def file_digest(path: str | Path) -> str:
+    """sha256 (first 16 hex digits) of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def trace_shard(
     *,
     items_path: str | Path,
     masks_path: str | Path,
@@ -42,57 +54,64 @@ def generate_shard(
     traces_cfg: Mapping[str, Any] | None,
     store_path: str | Path,
     sidecar_path: str | Path,
+    generations_path: str | Path | None = None,
     config_section: Any = None,
     code_files: Sequence[str | Path] | None = None,
     device: str | None = None,
     base_dir: str | Path = ".",
 ) -> tuple[Path, Path]:
-    """Generate one (model, dataset, shard), write it resumably, assemble the store; the (store, sidecar) paths.
+    """One (model, dataset, shard) into its store and sidecar, resumably; the (store, sidecar) paths.
 
-    ``model_spec``, ``dataset_spec`` and ``traces_cfg`` are the config's model
-    and dataset entries and ``traces`` section (absent keys take the schema's
-    defaults); ``model_path`` is where the weights are (the entry's source, or
-    a trained reference model's folder).
+    With ``generations_path`` (a generations file: made by the ``generate``
+    stage or imported from any engine) the tokens are replayed as they are, in
+    the batches generating here would use, so a file of the model's own token
+    ids gives the same store; without it each batch is generated, then
+    replayed (a notebook's one call). ``model_spec``, ``dataset_spec`` and
+    ``traces_cfg`` are the config's entries and section (absent keys take the
+    schema's defaults); ``model_path`` is where the weights are.
     """
     model_spec = schema.definition("model", model_spec, where=f"models.{model_name}")
     dataset_spec = schema.definition("dataset", dataset_spec, where=f"datasets.{dataset}")
     traces_cfg = schema.section("traces", traces_cfg)
-    items = tables.read_table(items_path)
-    masks = tables.read_table(masks_path)
-    shard_size = int(dataset_spec["shard_size"])
-    requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
-    batches = plan_batches(requests, int(model_spec["batch_size"]))
-    settings = GenerationSettings.from_config(model_spec["generation"])
-    map_spec, keep_heads = traces_cfg["map_layers"], bool(traces_cfg["keep_heads"])
-    log.info("%s/%s shard %d: %d traces from %d items in %d batches", model_name, dataset, shard, len(requests),
-             len(items.iloc[shard * shard_size:(shard + 1) * shard_size]), len(batches))
-
-    # the weights actually loaded, whatever the config says: a retrained or replaced model must not
-    # resume batches of the old one
-    identity = identify(model_path, model_spec.get("revision"), where=f"models.{model_name}")
-    model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
+    # the weights actually loaded, whatever the config says: a retrained or replaced model must not resume
+    # batches of the old one
+    identity = identify(model_path, model_spec["revision"], where=f"models.{model_name}")
+    setup = setup_shard(items_path=items_path, masks_path=masks_path, results_dir=results_dir,
+                        model_name=model_name, model_spec=model_spec, model_path=model_path, dataset=dataset,
+                        dataset_spec=dataset_spec, seed=seed, shard=shard, traces_cfg=traces_cfg, device=device,
+                        base_dir=base_dir)
+    generator, info, requests, batches = setup.generator, setup.info, setup.requests, setup.batches
     prov = provenance.record(config_section, code_files, model_id=info.model_id, model_revision=identity.revision)
-    adapter = get_adapter(dataset, dataset_spec, seed=seed, base_dir=base_dir)
-    generator = TraceGenerator(
-        model, processor, family, settings,
-        thinking=bool(model_spec["thinking"]),
-        system_prompt=model_spec["system_prompt"],
-        map_layers=map_spec, keep_heads=keep_heads,
-        score=lambda request, text: adapter.score(request.item or {}, text),
-    )
+    imported = None
+    source = "generated"  # each batch generated here, then replayed
+    if generations_path is not None:
+        generations_path = Path(generations_path)
+        imported = gen_files.read_generations(generations_path, [r.generation_id for r in requests],
+                                              known=setup.known_ids)
+        gen_files.log_problems(imported)
+        source = f"from file: {generations_path.name} (sha256 {file_digest(generations_path)})"
+        log.info("%s: %d of %d traces have a generation, %d problem lines", generations_path.name,
+                 len(requests) - imported.n_failed, len(requests), len(imported.problems))
+    map_spec = traces_cfg["map_layers"]
+    example = next((generator.prompt_text(r) for r in requests), "")
     attrs = {
         "model": model_name,
         "dataset": dataset,
         "shard": int(shard),
         "model_id": info.model_id,
         "model_revision": identity.revision,
-        "family": family,
+        "family": setup.family,
         "dtype": info.dtype,
-        "attn_implementation": (f"{capture.CAPTURE_IMPL} (layer outputs by sdpa; "
+        "attn_implementation": (f"{replay.REPLAY_IMPL} (layer outputs by sdpa; "
                                 f"model configured {info.attn_implementation})"),
-        "generation": settings.as_dict(),
-        "prompt_template": getattr(processor, "chat_template", None) or "",
+        "generation": generator.settings.as_dict(),
+        "generations": source,
+        "prompt_template": getattr(setup.processor, "chat_template", None) or "",
+        # what the prompt really was: thinking asked for, whether the rendered prompt opens a thinking block
+        # (a chain that ends inside it has no answer), and the first request's prompt as the model got it
         "thinking": bool(model_spec["thinking"]),
+        "prompt_opens_thinking": bool(example) and generator.opens_thinking(example),
+        "prompt_example": example,
         "system_prompt": model_spec["system_prompt"] or "",
         "n_layers": generator.n_layers,
         "n_heads": generator.n_heads,
@@ -101,11 +120,11 @@ def generate_shard(
     writer = tracestore.ShardWriter(
         store_path, sidecar_path, [[r.trace_id for r in b] for b in batches],
         n_layers=generator.n_layers, n_heads=generator.n_heads, map_layers=generator.map_layers,
-        keep_heads=keep_heads, chunk_traces=int(traces_cfg["chunk_traces"]),
+        keep_heads=bool(traces_cfg["keep_heads"]), chunk_traces=int(traces_cfg["chunk_traces"]),
         compression_level=int(traces_cfg["compression_level"]),
-        attrs=attrs, provenance=prov,
+        attrs=attrs, provenance=prov, order=[r.trace_id for r in requests],
         fingerprint={"config_hash": prov.get("config_hash"), "code_hash": prov.get("code_hash"),
-                     "model_id": info.model_id, "model_revision": identity.revision},
+                     "model_id": info.model_id, "model_revision": identity.revision, "generations": source},
     )
     done = writer.start()
     bar = progress(total=len(requests), desc=f"{model_name}/{dataset} shard {shard}", unit="trace")
@@ -114,7 +133,10 @@ def generate_shard(
     for k, batch in enumerate(batches):
         if k in done:
             continue
-        results = generator.generate(batch)
+        if imported is None:
+            results = generator.generate(batch)
+        else:
+            results = generator.replay(batch, [imported.get(r.generation_id) for r in batch])
         writer.write_batch(k, results)
         n_tokens += sum(r.n_tokens for r in results)
         failed += sum(r.status != "ok" for r in results)
@@ -132,25 +154,26 @@ def generate_shard(
 def run_stage(call: StageCall) -> None:
     """The ``traces`` rule: one shard (wildcards ``m``, ``d``, ``i``) into ``output.store`` and ``output.sidecar``.
 
-    ``config``: ``model`` and ``dataset`` (the entries), ``traces``, ``seed``
-    and ``model_identity`` (the configured source's identity, so that replaced
-    weights re-run the job; None for a reference model, whose folder is the
-    ``model`` input). The job first claims its GPUs (resource ``gpu``) so that
-    nothing initialises CUDA before ``CUDA_VISIBLE_DEVICES`` is set.
+    Input ``generations``: the shard's generations file (its own, or the
+    model's imported file for the dataset). ``config``: ``model`` and
+    ``dataset`` (the entries), ``traces``, ``seed`` and ``model_identity``
+    (the configured source's identity, so that replaced weights re-run the
+    job; None for a reference model, whose folder is the ``model`` input). The
+    job first claims its GPUs (resource ``gpu``) so that nothing initialises
+    CUDA before ``CUDA_VISIBLE_DEVICES`` is set.
     """
     cfg = call.config
     trained = call.paths("model")
-    model_path = trained[0] if trained else cfg["model"]["source"]
     n_gpus = int(call.resources.get("gpu", 1) or 0)  # 0: take no GPU
     with claim_device(count=n_gpus) as visible:
         log.info("device: %s", f"CUDA_VISIBLE_DEVICES={visible}" if visible else "as found")
-        generate_shard(
+        trace_shard(
             items_path=call.path("items_table"),
             masks_path=call.path("masks_table"),
             results_dir=call.results_dir,
             model_name=call.wildcards["m"],
             model_spec=cfg["model"],
-            model_path=model_path,
+            model_path=trained[0] if trained else cfg["model"]["source"],
             dataset=call.wildcards["d"],
             dataset_spec=cfg["dataset"],
             seed=cfg["seed"],
@@ -158,6 +181,7 @@ def run_stage(call: StageCall) -> None:
             traces_cfg=cfg["traces"],
             store_path=call.output("store"),
             sidecar_path=call.output("sidecar"),
+            generations_path=call.path("generations"),
             config_section=dict(cfg),
             code_files=call.code,
             device=None,  # the model entry's device ("auto": the claimed GPU, else CPU)

@@ -13,7 +13,13 @@ folder is not a Snakemake output, so it survives a killed job. A re-run with
 the same plan (same trace ids, batches, config and code) skips the finished
 batches; the final store is assembled from the batch files only at the end, so
 it is the same whether or not the job was interrupted. The partial folder is
-removed once the store and the sidecar are complete.
+removed once the store and the sidecar are complete. :class:`PartialBatches`
+is that mechanism on its own; the generations file of
+:mod:`peekaboo.generations` resumes through it too.
+
+Batches need not follow the store's order (generation batches are sorted by
+prompt length): ``order`` gives the trace ids in store order, and the store and
+sidecar are assembled in that order.
 """
 
 from __future__ import annotations
@@ -70,10 +76,83 @@ _ARRAYS = {
 }
 
 
-def partial_dir(store_path: str | Path) -> Path:
-    """``shard-{i}.partial`` beside ``shard-{i}.zarr``."""
-    store_path = Path(store_path)
-    return store_path.with_name(store_path.name.removesuffix(".zarr") + ".partial")
+def partial_dir(output: str | Path) -> Path:
+    """The resume folder of an output: ``shard-{i}.partial`` beside ``shard-{i}.zarr``; ``{name}.partial`` beside
+    any other file (``shard-{i}.jsonl.partial``)."""
+    output = Path(output)
+    return output.with_name(output.name.removesuffix(".zarr") + ".partial")
+
+
+class PartialBatches:
+    """Finished batches of one output, kept in its partial folder so that a killed job resumes.
+
+    ``fingerprint`` is everything that must match for a resume to be valid (the
+    plan, config and code hashes, the model's id and identity); a folder left
+    by a different one is discarded, and the log says what differed. A batch is finished when all its ``suffixes`` files exist:
+    each is written atomically and the last one is written last.
+    """
+
+    def __init__(self, folder: str | Path, n_batches: int, fingerprint: Mapping[str, Any],
+                 suffixes: Sequence[str]):
+        self.folder = Path(folder)
+        self.n_batches = int(n_batches)
+        self.fingerprint = dict(fingerprint)
+        self.suffixes = tuple(suffixes)
+
+    def files(self, index: int) -> dict[str, Path]:
+        return {s: self.folder / f"batch-{index:05d}{s}" for s in self.suffixes}
+
+    def finished(self, index: int) -> bool:
+        return all(p.is_file() for p in self.files(index).values())
+
+    def start(self) -> set[int]:
+        """Prepare the folder; the indices of batches already finished by an earlier run."""
+        manifest = self.folder / "plan.json"
+        wanted = canonical_json(self.fingerprint)
+        if self.folder.exists():
+            why = self._stale_reason(manifest, wanted)
+            if why:
+                log.info("discarding %s: %s", self.folder, why)
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not manifest.is_file():
+            _write_atomic(manifest, wanted.encode())
+        return {k for k in range(self.n_batches) if self.finished(k)}
+
+    def _stale_reason(self, manifest: Path, wanted: str) -> str | None:
+        """Why the partial folder's batches cannot be resumed (None when they can)."""
+        if not manifest.is_file():
+            return ("it holds no plan: the run that made it stopped before writing one "
+                    "(a full disk or a kill at start-up)")
+        try:
+            found = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"its plan cannot be read ({exc})"
+        if canonical_json(found) == wanted:
+            return None
+        labels = {"plan": "plan of batches", "config_hash": "config", "code_hash": "package code",
+                  "model_id": "model source", "model_revision": "model (other weights)"}
+        changed = [labels.get(k, k) for k in sorted(set(found) | set(self.fingerprint))
+                   if found.get(k) != self.fingerprint.get(k)]
+        return f"its batches were made with a different {', '.join(changed)}"
+
+    def write(self, index: int, contents: Mapping[str, bytes | Any]) -> None:
+        """Persist one batch: ``contents[suffix]`` is bytes or a function writing to an open binary file."""
+        for suffix, path in self.files(index).items():
+            data = contents[suffix]
+            if isinstance(data, (bytes, bytearray)):
+                _write_atomic(path, bytes(data))
+            else:
+                tmp = path.with_name(path.name + ".tmp")
+                with open(tmp, "wb") as fh:
+                    data(fh)
+                tmp.replace(path)
+
+    def missing(self) -> list[int]:
+        return [k for k in range(self.n_batches) if not self.finished(k)]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _sidecar_row(result, trace_index: int) -> dict[str, Any]:
@@ -105,7 +184,8 @@ def _sidecar_row(result, trace_index: int) -> dict[str, Any]:
 class ShardWriter:
     """Writes one shard batch by batch into the partial folder, then assembles store and sidecar.
 
-    ``plan`` is the list of batches (each a list of trace ids) in shard order;
+    ``plan`` is the list of batches (each a list of trace ids) in the order they
+    run; ``order`` the trace ids in the store's order (default: the plan's);
     ``fingerprint`` anything that must match for a resume to be valid (config
     and code hashes, model id); ``attrs`` the store's attributes.
     """
@@ -125,57 +205,42 @@ class ShardWriter:
         attrs: Mapping[str, Any] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
+        order: Sequence[str] | None = None,
     ):
         self.store_path = Path(store_path)
         self.sidecar_path = Path(sidecar_path)
         self.partial = partial_dir(self.store_path)
         self.plan = [list(b) for b in plan]
+        planned = [t for b in self.plan for t in b]
+        self.order = list(order) if order is not None else planned
+        if sorted(self.order) != sorted(planned) or len(set(planned)) != len(planned):
+            raise ValueError(f"{self.store_path}: the store order and the batches must hold the same distinct "
+                             "trace ids")
+        self.index = {t: i for i, t in enumerate(self.order)}  # trace id -> position in the store
+        self.where = {t: (k, j) for k, b in enumerate(self.plan) for j, t in enumerate(b)}
         self.n_layers, self.n_heads = int(n_layers), int(n_heads)
         self.map_layers = [int(x) for x in map_layers]
         self.keep_heads = bool(keep_heads)
         self.chunk_traces = max(1, int(chunk_traces))
         self.compression_level = int(compression_level)
         self.attrs = dict(attrs or {})
-        self.fingerprint = {"plan": self.plan, **dict(fingerprint or {})}
+        # the store order joins the fingerprint only where it differs from the plan's (old partial folders stay valid)
+        extra = {"order": self.order} if self.order != planned else {}
+        self.fingerprint = {"plan": self.plan, **extra, **dict(fingerprint or {})}
         self.provenance = dict(provenance or {})
+        self.batches = PartialBatches(self.partial, len(self.plan), self.fingerprint, (".npz", ".json"))
 
     # -- resume -------------------------------------------------------------
     def _batch_files(self, index: int) -> tuple[Path, Path]:
-        return self.partial / f"batch-{index:05d}.npz", self.partial / f"batch-{index:05d}.json"
+        files = self.batches.files(index)
+        return files[".npz"], files[".json"]
 
     def start(self) -> set[int]:
         """Prepare the partial folder; the indices of batches already finished by an earlier run."""
-        manifest = self.partial / "plan.json"
-        wanted = canonical_json(self.fingerprint)
-        if self.partial.exists():
-            why = self._stale_reason(manifest, wanted)
-            if why:
-                log.info("discarding %s: %s", self.partial, why)
-                shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True, exist_ok=True)
-        if not manifest.is_file():
-            _write_atomic(manifest, wanted.encode())
-        done = {k for k in range(len(self.plan)) if all(p.is_file() for p in self._batch_files(k))}
+        done = self.batches.start()
         if done:
             log.info("resuming %s: %d of %d batches already finished", self.store_path.name, len(done), len(self.plan))
         return done
-
-    def _stale_reason(self, manifest: Path, wanted: str) -> str | None:
-        """Why the partial folder's batches cannot be resumed (None when they can)."""
-        if not manifest.is_file():
-            return ("it holds no plan: the run that made it stopped before writing one "
-                    "(a full disk or a kill at start-up)")
-        try:
-            found = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            return f"its plan cannot be read ({exc})"
-        if canonical_json(found) == wanted:
-            return None
-        labels = {"plan": "plan of batches", "config_hash": "config", "code_hash": "package code",
-                  "model_id": "model source", "model_revision": "model (other weights)"}
-        changed = [labels.get(k, k) for k in sorted(set(found) | set(self.fingerprint))
-                   if found.get(k) != self.fingerprint.get(k)]
-        return f"its batches were made with a different {', '.join(changed)}"
 
     def write_batch(self, index: int, results: Sequence[Any]) -> None:
         """Persist one finished batch (``TraceResult`` list in the batch's order)."""
@@ -188,14 +253,11 @@ class ShardWriter:
                 value = getattr(r, name)
                 if value is not None:
                     arrays[f"{j}/{name}"] = np.asarray(value).astype(dtype, copy=False)
-        offset = sum(len(b) for b in self.plan[:index])
-        rows = [_sidecar_row(r, offset + j) for j, r in enumerate(results)]
-        npz, meta = self._batch_files(index)
-        tmp = npz.with_name(npz.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        tmp.replace(npz)
-        _write_atomic(meta, json.dumps(rows, ensure_ascii=False, sort_keys=True).encode())
+        rows = [_sidecar_row(r, self.index[r.request.trace_id]) for r in results]
+        self.batches.write(index, {
+            ".npz": lambda fh: np.savez(fh, **arrays),
+            ".json": json.dumps(rows, ensure_ascii=False, sort_keys=True).encode(),
+        })
 
     # -- assembling ---------------------------------------------------------
     def _load_batch(self, index: int) -> tuple[list[dict[str, np.ndarray]], list[dict[str, Any]]]:
@@ -212,18 +274,19 @@ class ShardWriter:
         """Assemble the Zarr store and the sidecar from the batch files; remove the partial folder."""
         from zarr.codecs import ZstdCodec
 
-        missing = [k for k in range(len(self.plan)) if not all(p.is_file() for p in self._batch_files(k))]
+        missing = self.batches.missing()
         if missing:
             raise RuntimeError(f"{self.store_path}: batches {missing} are not finished")
-        rows: list[dict[str, Any]] = []
+        by_id: dict[str, dict[str, Any]] = {}
         T = P = R = 1  # padded sizes; at least 1 so every chunk shape is valid
         for k in range(len(self.plan)):
             arrays, batch_rows = self._load_batch(k)
-            rows.extend(batch_rows)
             for a, row in zip(arrays, batch_rows):
+                by_id[row["trace_id"]] = row
                 T = max(T, row["n_tokens"])
                 P = max(P, len(a.get("patch_image", ())))
                 R = max(R, row["n_regions"])
+        rows = [by_id[t] for t in self.order]
         dims = dict(T=T, P=P, R=R, L=self.n_layers, H=self.n_heads, M=len(self.map_layers))
         tmp = self.store_path.with_name(self.store_path.name + ".tmp")
         if tmp.exists():
@@ -233,16 +296,18 @@ class ShardWriter:
                  "n_traces": len(rows), "padded_sizes": {"token": T, "patch": P, "region": R}}
         attrs = {k: (v if isinstance(v, (str, int, float, bool, list)) or v is None else canonical_json(v))
                  for k, v in attrs.items()}
-        flat = [(k, j) for k in range(len(self.plan)) for j in range(len(self.plan[k]))]
-        groups = [flat[i:i + self.chunk_traces] for i in range(0, len(flat), self.chunk_traces)] or [[]]
+        groups = [self.order[i:i + self.chunk_traces] for i in range(0, len(self.order), self.chunk_traces)] or [[]]
         cache: dict[int, list[dict[str, np.ndarray]]] = {}
         for g, group in enumerate(groups):
+            needed = {self.where[t][0] for t in group}
+            for k in set(cache) - needed:  # batch files in store order are read once; others as few times as needed
+                del cache[k]
             traces = []
-            for pos, (k, j) in enumerate(group):
+            for t in group:
+                k, j = self.where[t]
                 if k not in cache:
-                    cache.clear()
                     cache[k] = self._load_batch(k)[0]
-                traces.append((cache[k][j], rows[g * self.chunk_traces + pos]))
+                traces.append((cache[k][j], by_id[t]))
             ds = self._dataset(traces, dims)
             ds.attrs = attrs  # every write: an append would otherwise replace them with none
             if g == 0:
@@ -264,7 +329,7 @@ class ShardWriter:
         tmp.replace(self.store_path)
         frame = pd.DataFrame([{c: r.get(c) for c in SIDECAR_COLUMNS} for r in rows], columns=SIDECAR_COLUMNS)
         tables.write_table(frame, self.sidecar_path, provenance=self.provenance, schema=SIDECAR_SCHEMA)
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self.batches.remove()
         n_failed = sum(r["status"] != "ok" for r in rows)
         log.info("wrote %s: %d traces (%d failed), padded to %d tokens, %d patches, %d regions",
                  self.store_path, len(rows), n_failed, T, P, R)

@@ -19,7 +19,7 @@ rule boxes:
         summary=R("boxes/{d}.summary.csv"),
     params:
         # the model's identity (its weights' hash or hub commit): replaced weights re-run the job
-        config=lambda wc: {"dataset": dataset_cfg(wc.d), "seed": config["seed"],
+        config=lambda wc: {"dataset": dataset_entry(wc.d), "seed": config["seed"],
                            "model_identity": box_model_identity(wc.d)},
         results=results_dir,
     resources:

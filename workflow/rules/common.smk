@@ -148,6 +148,27 @@ def model_inputs(m):
     return [R(f"reference/{m}")] if model_cfg(m).get("reference") else []
 
 
+# model entry keys that cannot change a stage's outputs, left out of its config so that editing them re-runs
+# nothing there: which datasets a model runs on and its cluster resources for every model stage; the
+# segmenter for the stages before steps; the replay's memory bound and the imported file (an input) for generation
+_NOT_FOR_TRACES = ("datasets", "resources", "segmenter")
+_NOT_FOR_GENERATION = _NOT_FOR_TRACES + ("replay_chunk_mb", "generations")
+
+
+def model_entry(m, leave_out):
+    return {k: v for k, v in model_cfg(m).items() if k not in leave_out}
+
+
+def dataset_entry(d):
+    """A dataset entry as the stages that read the dataset see it: which analyses it feeds is not theirs."""
+    return {k: v for k, v in dataset_cfg(d).items() if k != "analyses"}
+
+
+def generations_input(m, d, i):
+    """The shard's generations file: the model's imported one for the dataset, or the generate stage's."""
+    return pcfg.imported_generations(config, m, d) or R(f"traces/{m}/{d}/shard-{i}.generations.jsonl")
+
+
 def reference_init(m):
     """The trained model a reference model is fine-tuned from (reference.init_from), as an input."""
     init = reference_spec.init_model(config, m)
@@ -171,6 +192,29 @@ def model_identity(m):
 _MODEL_RESOURCE_NAMES = {"gpu_model": "gpu_model", "gres": "gres", "cpus": "cpus_per_task"}
 
 
+def _model_job_resources(entry_resources, every_entry, res):
+    """Resources of a job that loads a model: its entry's `resources` (``entry_resources(wildcards)``) over the
+    trace defaults; memory and runtime scaled by the attempt. gpu_model, gres and cpus only when some entry
+    (``every_entry``) sets them: an empty value would still reach sbatch's checks."""
+
+    def pick(key, default, scaled=False):
+        def value(wildcards, attempt):
+            v = entry_resources(wildcards).get(key, default)
+            return v * attempt if scaled else v
+
+        return value
+
+    out = {
+        "mem_mb": pick("mem_mb", res["trace_mem_mb"], scaled=True),
+        "runtime": pick("runtime", res["trace_runtime"], scaled=True),
+        "gpu": pick("gpu", res["trace_gpus"]),
+    }
+    for key, name in _MODEL_RESOURCE_NAMES.items():
+        if any(key in entry for entry in every_entry):
+            out[name] = pick(key, "" if key != "cpus" else 1)
+    return out
+
+
 def job_resources(stage):
     """A rule's resources from the config's `resources` section: `resources: **job_resources("trace")`.
 
@@ -183,42 +227,11 @@ def job_resources(stage):
     """
     res = config["resources"]
     if stage == "trace":
-
-        def from_model(key, default, scaled=False):
-            def value(wildcards, attempt):
-                v = model_cfg(wildcards.m)["resources"].get(key, default)
-                return v * attempt if scaled else v
-
-            return value
-
-        out = {
-            "mem_mb": from_model("mem_mb", res["trace_mem_mb"], scaled=True),
-            "runtime": from_model("runtime", res["trace_runtime"], scaled=True),
-            "gpu": from_model("gpu", res["trace_gpus"]),
-        }
-        # only when some model sets them: an empty gpu_model/gres would still reach sbatch checks
-        for key, name in _MODEL_RESOURCE_NAMES.items():
-            if any(key in model_cfg(m)["resources"] for m in MODELS):
-                out[name] = from_model(key, "" if key != "cpus" else 1)
-        return out
+        return _model_job_resources(lambda wc: model_cfg(wc.m)["resources"],
+                                    [model_cfg(m)["resources"] for m in MODELS], res)
     if stage == "boxes":
-
-        def from_box_model(key, default, scaled=False):
-            def value(wildcards, attempt):
-                v = dataset_cfg(wildcards.d)["boxes"]["model"]["resources"].get(key, default)
-                return v * attempt if scaled else v
-
-            return value
-
-        out = {
-            "mem_mb": from_box_model("mem_mb", res["trace_mem_mb"], scaled=True),
-            "runtime": from_box_model("runtime", res["trace_runtime"], scaled=True),
-            "gpu": from_box_model("gpu", res["trace_gpus"]),
-        }
-        for key, name in _MODEL_RESOURCE_NAMES.items():
-            if any(key in box_model_resources(d) for d in DATASETS):
-                out[name] = from_box_model(key, "" if key != "cpus" else 1)
-        return out
+        return _model_job_resources(lambda wc: box_model_resources(wc.d),
+                                    [box_model_resources(d) for d in DATASETS], res)
     if stage not in ("train", "default"):
         raise ValueError(f"job_resources: unknown stage {stage!r} (trace, boxes, train or default)")
     mem_mb, runtime = res[f"{stage}_mem_mb"], res[f"{stage}_runtime"]

@@ -21,7 +21,7 @@ rule items:
         rejects=R("items/{d}.rejects.parquet"),
         images=directory(R("items/{d}/images")),
     params:
-        config=lambda wc: {"dataset": dataset_cfg(wc.d), "seed": config["seed"]},
+        config=lambda wc: {"dataset": dataset_entry(wc.d), "seed": config["seed"]},
         results=results_dir,
     resources:
         **job_resources("default"),

@@ -1,25 +1,64 @@
-# Traces stage: one job per (model, dataset, shard) -> traces/{m}/{d}/shard-{i}.zarr
-# (per-token entropy, log-probability, attention on image tokens and regions) and
-# shard-{i}.parquet (text, parsed answer, status). A killed job leaves
-# traces/{m}/{d}/shard-{i}.partial/, from which a re-run resumes (docs/traces.md).
-# A configured source's identity (its weights' hash or hub commit) is part of the
-# config, so replaced weights re-run the traces; a reference model's folder is an input.
-rule traces:
-    input:
-        # the adapter scores the answers
-        code=lambda wc: code("traces", adapter_module(wc.d)),
+# Traces in two stages (docs/traces.md), one job each per (model, dataset, shard):
+#   generate: the shard's token ids and texts -> traces/{m}/{d}/shard-{i}.generations.jsonl (the import
+#             format); decode-bound, the expensive step: skipped for a model whose outputs are imported
+#             (models.<m>.generations);
+#   traces:   the generations replayed once through the model (attention, entropy, log-probabilities) and
+#             scored -> shard-{i}.zarr + shard-{i}.parquet; prefill speed, so a scorer or capture change re-runs
+#             only this.
+# A killed job leaves a .partial/ folder beside its output, from which a re-run resumes. A configured source's
+# identity (its weights' hash or hub commit) is part of the config, so replaced weights re-run both; a
+# reference model's folder is an input.
+
+
+def trace_job_inputs():
+    return dict(
         items_table=R("items/{d}.parquet"),
         item_images=R("items/{d}/images"),
         masks_table=R("masks/{d}.parquet"),
         masked_images=R("masks/{d}/images"),
         model=lambda wc: model_inputs(wc.m),
+    )
+
+
+rule generate:
+    input:
+        code=code("generate"),
+        **trace_job_inputs(),
+    output:
+        generations=R("traces/{m}/{d}/shard-{i}.generations.jsonl"),
+    params:
+        config=lambda wc: {
+            "model": model_entry(wc.m, _NOT_FOR_GENERATION),
+            "dataset": dataset_entry(wc.d),
+            "seed": config["seed"],
+            "model_identity": model_identity(wc.m),
+        },
+        results=results_dir,
+    resources:
+        **job_resources("trace"),
+    log:
+        LOG("generate/{m}/{d}/shard-{i}"),
+    benchmark:
+        BENCH("generate/{m}/{d}/shard-{i}")
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/generate.py"
+
+
+rule traces:
+    input:
+        # the adapter scores the answers
+        code=lambda wc: code("traces", adapter_module(wc.d)),
+        generations=lambda wc: generations_input(wc.m, wc.d, wc.i),
+        **trace_job_inputs(),
     output:
         store=directory(R("traces/{m}/{d}/shard-{i}.zarr")),
         sidecar=R("traces/{m}/{d}/shard-{i}.parquet"),
     params:
         config=lambda wc: {
-            "model": model_cfg(wc.m),
-            "dataset": dataset_cfg(wc.d),
+            "model": model_entry(wc.m, _NOT_FOR_TRACES),
+            "dataset": dataset_entry(wc.d),
             "traces": config["traces"],
             "seed": config["seed"],
             "model_identity": model_identity(wc.m),

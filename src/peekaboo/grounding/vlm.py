@@ -63,7 +63,7 @@ class VlmSource:
         self.batch_size = int(spec["batch_size"])
         self.generator = TraceGenerator(
             model, processor, family, GenerationSettings.from_config(spec["generation"]),
-            thinking=bool(spec["thinking"]), system_prompt=spec["system_prompt"], capture_attention=False,
+            thinking=bool(spec["thinking"]), system_prompt=spec["system_prompt"],
         )
         log.info("grounding VLM %s (family %s): answers read as %s, %s coordinates", self.model_id, family,
                  self.format, formats.SPACES[self.format])
@@ -82,20 +82,21 @@ class VlmSource:
         asked = [grounding_prompt(self.entry, r) for r in requests]
         traces = [TraceRequest(trace_id=f"{r.item_id}|{r.image_index}", question=q, images=[r.image])
                   for r, q in zip(requests, asked)]
-        results = self.generator.generate(traces)
-        return [self._outcome(r, q, res, prompting.thinking_open(self.generator.prompt_text(t)))
-                for r, q, res, t in zip(requests, asked, results, traces)]
+        # token ids only: the answer's boxes are read from the text, nothing of the attention is needed
+        generations = self.generator.generate_ids(traces)
+        return [self._outcome(r, q, g, prompting.thinking_open(self.generator.prompt_text(t)))
+                for r, q, g, t in zip(requests, asked, generations, traces)]
 
-    def _outcome(self, request: Request, asked: str, result, thinking_open: bool = False) -> Outcome:
+    def _outcome(self, request: Request, asked: str, generation, thinking_open: bool = False) -> Outcome:
         outcome = Outcome.of(request, asked=asked, coordinates=formats.SPACES[self.format])
-        if result.status != "ok":
-            return outcome.fail("failed", result.error or "generation failed")
+        if not generation.ok:
+            return outcome.fail("failed", generation.error or "generation failed")
         try:
             outcome.resized = coords.processed_size(self.processor, request.image, self.family)
         except Exception as exc:  # the processor took the image for generation, so this is not expected
             return outcome.fail("failed", f"the processor's resized size is unknown: {exc}")
-        outcome.answer = self.decode(result.token_ids)
-        if result.truncated:
+        outcome.answer = self.decode(generation.token_ids)
+        if generation.finish_reason == "length":
             outcome.rejects.append(BoxReject("cut off", f"the answer reached max_new_tokens "
                                              f"({self.generator.settings.max_new_tokens}) before it ended"))
         frame = coords.ImageFrame(outcome.width, outcome.height, *outcome.resized)
