@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
@@ -172,8 +173,40 @@ def test_editing_a_module_reruns_exactly_the_stages_using_it(run):
 
     # a package __init__ runs whenever a module under it is imported: models/ holds loading and the reference models
     with edited(src / "models" / "__init__.py"):
-        assert {"train_reference", "traces"} <= _planned_rules(_snakemake(work, "-n"))
+        assert {"train_reference", "generate", "traces"} <= _planned_rules(_snakemake(work, "-n"))
+
     assert "Nothing to be done" in _snakemake(work, "-n")
+
+
+def test_imported_generations_of_the_models_own_token_ids_give_the_same_traces(run, tmp_path):
+    """A model whose outputs come from elsewhere: its generations files (here the ones this run wrote, as an engine
+    would) stand in for the generate stage, and replaying them gives the traces generating here gave."""
+    import shutil
+
+    work, res, _ = run
+    imported = tmp_path / "engine-output"
+    imported.mkdir()
+    shards = sorted((res / "traces/tiny-qwen25/panels").glob("shard-*.generations.jsonl"))
+    # one file for the dataset, as an engine writes it: the shards' lines together
+    (imported / "panels.jsonl").write_text("".join(p.read_text() for p in shards))
+    config = yaml.safe_load((work / "config.test.yaml").read_text())
+    config["models"]["imported"] = {**config["models"]["tiny-qwen25"], "generations": str(imported / "{dataset}.jsonl")}
+    (work / "config.imported.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        out = _snakemake(work, "--configfile", "config.imported.yaml", "--", *[
+            f"results/traces/imported/panels/shard-{i}.parquet" for i in range(len(shards))])
+        assert "rule generate" not in out  # the file stands in for generation
+        for i in range(len(shards)):
+            own = xr.open_zarr(res / f"traces/tiny-qwen25/panels/shard-{i}.zarr")
+            theirs = xr.open_zarr(res / f"traces/imported/panels/shard-{i}.zarr")
+            for name in ("token_id", "entropy", "logprob", "image_attn", "image_mass", "region_mass"):
+                np.testing.assert_array_equal(own[name].values, theirs[name].values, err_msg=name)
+            a = tables.read_table(res / f"traces/tiny-qwen25/panels/shard-{i}.parquet")
+            b = tables.read_table(res / f"traces/imported/panels/shard-{i}.parquet")
+            for column in ("text", "answer_text", "correct", "status", "n_tokens"):
+                assert a[column].equals(b[column]), column
+    finally:
+        shutil.rmtree(res / "traces" / "imported", ignore_errors=True)
 
 
 def test_replaced_weights_at_a_local_path_rerun_the_traces(run):
