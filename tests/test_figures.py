@@ -7,7 +7,7 @@ import pytest
 
 from peekaboo import figures
 
-from _fixtures_collapse import write_results_tree
+from _fixtures_findings import findings_tree
 
 CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 
@@ -15,7 +15,7 @@ CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    return root, write_results_tree(root, n_items=25, bootstrap=10)
+    return root, findings_tree(root, n_items=25, bootstrap=10)[0]
 
 
 def _digest(paths):
@@ -32,9 +32,9 @@ def test_every_figure_written_and_listed_with_sources_and_captions(results):
         assert e["caption"] and e["sources"], name
         for f in e["files"]:
             assert (root / f).stat().st_size > 1000, f
-    assert entries["collapse_curve"]["sources"] == sorted(
-        ["collapse/blind-spot/panels-hard.parquet", "collapse/blind-spot/panels.parquet",
-         "collapse/grounded/panels-hard.parquet", "collapse/grounded/panels.parquet"])
+    assert entries["collapse_curve"]["sources"] == ["collapse/trajectory.csv"]
+    assert entries["vision_transfer"]["sources"] == ["regression/transfer.csv"]
+    assert entries["entropy_comparison"]["sources"] == ["selective/entropy_comparison.csv"]
     # attention figures say whether sinks were excluded, in the manifest and the caption
     assert entries["attention_strip"]["attention_sinks"] == "kept"
     assert entries["collapse_curve"]["caption"].endswith("Attention sinks kept.")
