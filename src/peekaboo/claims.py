@@ -183,7 +183,7 @@ def undecided(reason: str, **kwargs) -> dict[str, Any]:
 def evidence_collapse(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
     """The mean relative drop over the reasoning, pooled over every model and dataset (collapse/summary.csv)."""
     if summary.empty or "scope" not in summary:
-        return undecided("no collapse findings (no dataset feeds collapse)")
+        return undecided("no collapse findings (collapse/summary.csv has no rows)")
     rows = summary[(summary["scope"] == "all") & (summary["measure"] == measure)]
     if rows.empty:
         return undecided(f"no pooled {measure} row in the collapse summary: {_notes(summary) or 'no base traces'}")
