@@ -135,6 +135,21 @@ def test_transfer_with_one_dataset_or_one_class_says_so():
     assert (out[out["train_dataset"] == "b"]["status"] == "not_fitted").all()
 
 
+def test_summary_text_with_a_model_of_one_dataset_beside_one_of_two():
+    # the one-dataset row's empty cells come back as NaN from pandas' string columns, not None
+    two = simulate_features(150, 7, TRUE, datasets=("a", "b"), models=("two",))
+    one = simulate_features(150, 7, TRUE, datasets=("a",), models=("one",))
+    df = pd.concat([two, one], ignore_index=True)
+    measures = ["evidence_share"]
+    text = reg.summary_text(reg.fit_all(df, {"min_errors": 5}, measures),
+                            reg.transfer(df, {"min_errors": 5, "bootstrap": 10}, measures),
+                            reg.interaction_by_task(df, {"min_errors": 5}, measures))
+    assert "one: only one dataset for this model: nothing to transfer to" in text
+    assert "two: a -> b entropy " in text and "[nan]" not in text
+    assert "two: a -> b additive [evidence_share]" in text and "vs entropy alone" in text
+    assert "two (vision: evidence_share) visual_reference: " in text
+
+
 def test_auroc_hand_computed_with_ties():
     y = np.array([1, 0, 1, 0, 1], bool)
     s = np.array([0.9, 0.9, 0.5, 0.1, 0.1])

@@ -110,6 +110,11 @@ def test_every_stage_writes_its_documented_files(run):
     coefficients = pd.read_csv(res / "regression/coefficients.csv")
     assert len(coefficients) > 0  # fitted or a row saying why not
     assert len(pd.read_csv(res / "selective/summary.csv")) > 0
+    for name in ("summary", "trajectory", "accuracy"):
+        assert len(pd.read_csv(res / f"collapse/{name}.csv")) > 0, name
+    claims = pd.read_csv(res / "claims.csv")
+    assert set(claims["verdict"]) <= {"consistent", "inconsistent", "not estimable"}
+    assert claims["reason"].notna().all() and claims["id"].nunique() == 8
     manifest = json.loads((res / "figures/manifest.json").read_text())
     figures = manifest["figures"] if isinstance(manifest, dict) else manifest
     assert len(figures) >= 6
@@ -163,7 +168,7 @@ def test_editing_a_module_reruns_exactly_the_stages_using_it(run):
     src = work / "src" / "peekaboo"
     with edited(src / "selective.py"):
         out = _snakemake(work, "-n")
-    assert _planned_rules(out) == {"selective", "figures", "all"}, out[-3000:]
+    assert _planned_rules(out) == {"selective", "claims", "figures", "all"}, out[-3000:]
 
     with edited(src / "masks.py"):
         planned = _planned_rules(_snakemake(work, "-n"))

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from . import resampling, schema
+from .cells import is_blank, is_missing
 from .features import feeding, load_features, measure_views, vision_measures
 from .interaction import (
     ENTROPY,
@@ -298,25 +299,27 @@ def summary_text(coefficients: pd.DataFrame, transfer_table: pd.DataFrame,
     if transfer_table.empty:
         lines.append("none")
     for r in transfer_table.itertuples(index=False):
-        if r.test_dataset is None:
+        # pandas' string columns hold a missing cell as NaN, not None
+        if is_missing(r.test_dataset):
             lines.append(f"{r.model}: {r.note}")
             continue
-        auc = f"{r.auroc:.3f}" if r.auroc is not None and np.isfinite(r.auroc) else "n/a"
-        label = r.features + (f" [{r.vision_measure}]" if r.vision_measure else "")
+        auc = f"{r.auroc:.3f}" if not is_missing(r.auroc) and np.isfinite(r.auroc) else "n/a"
+        label = r.features + ("" if is_blank(r.vision_measure) else f" [{r.vision_measure}]")
         versus = ""
-        if r.vision_measure and r.difference is not None and np.isfinite(r.difference):
+        if not is_blank(r.vision_measure) and not is_missing(r.difference) and np.isfinite(r.difference):
             versus = (f" vs entropy alone {r.difference:+.3f} [{r.difference_low:+.3f}, {r.difference_high:+.3f}]"
                       f" on {r.n_paired}")
         lines.append(f"{r.model}: {r.train_dataset} -> {r.test_dataset} {label:<30} AUROC {auc}{versus} "
                      f"(train n={r.n_train}, errors={r.n_train_errors}; test n={r.n_test}, errors={r.n_test_errors})"
-                     + (f" [{r.note}]" if r.note else ""))
+                     + ("" if is_blank(r.note) else f" [{r.note}]"))
     if by_task is not None:
         lines += ["", "Entropy x vision interaction by task type (pooled fits)", ""]
         for r in by_task.itertuples(index=False):
             value = (f"{r.estimate:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p={r.p:.3g}"
                      if np.isfinite(r.estimate) else "not estimable")
-            lines.append(f"{r.model} (vision: {r.vision_measure or '-'}) {r.task_type}: {value}, n={r.n}, "
-                         f"errors={r.n_errors}" + (f" [{r.note}]" if r.note else ""))
+            measure = "-" if is_blank(r.vision_measure) else r.vision_measure
+            lines.append(f"{r.model} (vision: {measure}) {r.task_type}: {value}, n={r.n}, "
+                         f"errors={r.n_errors}" + ("" if is_blank(r.note) else f" [{r.note}]"))
     return "\n".join(lines) + "\n"
 
 
