@@ -206,6 +206,11 @@ def test_crm_patterns_by_each_models_own_mode():
     assert only_good["verdict"] == INCONSISTENT and "no model's most frequent mode is collapse" in only_good["reason"]
     assert only_good["estimate"] == 0.0
     assert claims.crm_pattern(pd.DataFrame(), "collapse", 10, 0)["reason"] == "no CRM modes (no dataset feeds crm)"
+    # a tie leaves each tied mode as the model's own
+    tie = pd.DataFrame({"model": "m", "dataset": "v", "item_id": [f"i{i}" for i in range(20)],
+                        "mode": ["hallucination", "grounded"] * 10, "match_f1": 0.9})
+    tied = claims.crm_pattern(tie, "hallucination", 200, 0)
+    assert tied["verdict"] == CONSISTENT and "m grounded/hallucination 50% of 20" in tied["reason"]
     undecided = modes.assign(mode="undecided")
     assert "all 180 CRM cases undecided" in claims.crm_pattern(undecided, "hallucination", 10, 0)["reason"]
 

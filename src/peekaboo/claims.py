@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -218,8 +218,8 @@ def entropy_transfer(comparison: pd.DataFrame) -> dict[str, Any]:
         return undecided("no transfer pairs in selective/entropy_comparison.csv (a model needs two datasets "
                          "feeding transfer)")
     cells = _finite(moved[moved["status"] == "ok"], "difference", "difference_low", "difference_high")
-    names = {"datasets": _names(cells["train_dataset"], cells["dataset"]) if len(cells) else
-             _names(moved["train_dataset"], moved["dataset"]), "models": _names((cells if len(cells) else moved)["model"])}
+    named = cells if len(cells) else moved
+    names = {"datasets": _names(named["train_dataset"], named["dataset"]), "models": _names(named["model"])}
     if cells.empty:
         return undecided(f"no transfer pair with a difference and an interval: {_notes(moved)}", **names)
     est, lo, hi = pool(cells["difference"], cells["difference_low"], cells["difference_high"])
@@ -250,7 +250,8 @@ def vision_hurts_transfer(transfer: pd.DataFrame, measure: str) -> dict[str, Any
     if cells.empty:
         return undecided(f"no additive transfer pair with a difference and an interval: "
                          f"{_notes(rows[rows['features'] == 'additive'])}", **names)
-    others = "; ".join(f"{name}: {_ci(*pooled[name][0])} over {len(pooled[name][1])}" for name in ("vision", "interaction"))
+    others = "; ".join(f"{name}: {_ci(*pooled[name][0])} over {len(pooled[name][1])}"
+                       for name in ("vision", "interaction"))
     facts = f"entropy + vision minus entropy alone, pooled over {len(cells)} pairs {_ci(est, lo, hi)} ({others})"
     verdict = by_interval(lo, hi, "negative")
     why = {CONSISTENT: "adding vision degrades transfer", INCONSISTENT: "adding vision improves transfer",
@@ -311,11 +312,10 @@ def vision_veto(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
     tail = f"{len(active)} of {len(cells)} (model, dataset) cells with the veto on; {symbolic} symbolic answers vetoed"
     if len(harm):
         worst = harm.sort_values("delta_risk_low").iloc[-1]
-        return result(100 * float(worst["delta_risk"]), 100 * float(worst["delta_risk_low"]),
-                      100 * float(worst["delta_risk_high"]), verdict=INCONSISTENT,
+        est, lo, hi = (100 * float(worst[c]) for c in ("delta_risk", "delta_risk_low", "delta_risk_high"))
+        return result(est, lo, hi, verdict=INCONSISTENT,
                       reason=f"the veto raised the risk {where} in {len(harm)} cells (largest: {worst['model']}/"
-                             f"{worst['dataset']} {_ci(100 * float(worst['delta_risk']), 100 * float(worst['delta_risk_low']), 100 * float(worst['delta_risk_high']), 2)} points); {tail}",
-                      **names)
+                             f"{worst['dataset']} {_ci(est, lo, hi, 2)} points); {tail}", **names)
     if active.empty:
         return undecided(f"the veto is off in every cell ({_notes(cells, 2)}); {tail}", **names)
     best = active.sort_values("delta_risk", kind="stable").iloc[0]
@@ -325,7 +325,8 @@ def vision_veto(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return undecided(f"no interval (selective.bootstrap = 0): {facts}", **names)
     if hi < 0:
-        return result(est, lo, hi, verdict=CONSISTENT, reason=f"the veto lowers the risk without harm: {facts}", **names)
+        return result(est, lo, hi, verdict=CONSISTENT, reason=f"the veto lowers the risk without harm: {facts}",
+                      **names)
     return result(est, lo, hi, verdict=NOT_ESTIMABLE,
                   reason=f"inconclusive: no cell's change is distinguishable from 0: {facts}", **names)
 
@@ -350,14 +351,17 @@ def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[
                                                                          seeded_rng(seed, "claims", mode, model)))
             lo, hi = resampling.interval(boot)
         counts = sub["mode"].astype(str).value_counts()
-        top = sorted(counts.index, key=lambda m: (-counts[m], m))[0]
-        per_model.append({"model": model, "share": share, "lo": lo, "hi": hi, "n": len(sub), "top": top,
-                          "top_share": counts[top] / len(sub), "sub": sub})
+        # the most frequent mode(s): a tie leaves several, each of which counts as the model's own
+        tops = sorted(m for m in counts.index if counts[m] == counts.max())
+        per_model.append({"model": model, "share": share, "lo": lo, "hi": hi, "n": len(sub), "tops": tops,
+                          "top_share": counts.max() / len(sub), "sub": sub})
     best = max(per_model, key=lambda r: r["share"])
     est, lo, hi = 100 * best["share"], 100 * best["lo"], 100 * best["hi"]
-    dominant = [r for r in per_model if r["top"] == mode]
-    listing = ", ".join(f"{r['model']} {r['top']} {100 * r['top_share']:.0f}% of {r['n']}" for r in per_model)
-    facts = f"largest share: {best['model']} {_ci(est, lo, hi, 1, signed=False)}% of {best['n']} decided cases; most frequent mode per model: {listing}"
+    dominant = [r for r in per_model if mode in r["tops"]]
+    listing = ", ".join(f"{r['model']} {'/'.join(r['tops'])} {100 * r['top_share']:.0f}% of {r['n']}"
+                        for r in per_model)
+    facts = (f"largest share: {best['model']} {_ci(est, lo, hi, 1, signed=False)}% of {best['n']} decided cases; "
+             f"most frequent mode per model: {listing}")
     if mode == "hallucination" and best["share"] > 0 and "match_f1" in best["sub"]:
         f1 = pd.to_numeric(best["sub"].loc[best["sub"]["mode"] == mode, "match_f1"], errors="coerce").mean()
         facts += f"; its hallucinating cases keep the structure (mean Match F1 {f1:.2f})"
@@ -373,7 +377,8 @@ def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[
                              f"{', '.join(r['model'] for r in dominant)} but its share's interval reaches 0: {facts}",
                       **names)
     return result(est, lo, hi, verdict=CONSISTENT,
-                  reason=f"{mode} is the most frequent mode of {', '.join(r['model'] for r in shown)}: {facts}", **names)
+                  reason=f"{mode} is the most frequent mode of {', '.join(r['model'] for r in shown)}: {facts}",
+                  **names)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -441,7 +446,9 @@ def read_modes(paths: Sequence[Path]) -> pd.DataFrame:
         df = read_table(p)
         if len(df):
             frames.append(df.assign(model=Path(p).parent.parent.name, dataset=Path(p).parent.name))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "dataset", "item_id", "mode"])
+    if not frames:
+        return pd.DataFrame(columns=["model", "dataset", "item_id", "mode"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_stage(call: StageCall) -> None:

@@ -75,7 +75,7 @@ ACCURACY_COLUMNS = [
 
 
 def classify(traces: pd.DataFrame, measure: str) -> pd.DataFrame:
-    """The base traces with ``drop`` (the measure's reasoning drop, NaN when left out) and ``left_out`` (why, or None)."""
+    """The base traces with ``drop`` (the measure's reasoning drop; NaN when left out) and ``left_out`` (why)."""
     df = traces.copy()
     drop = pd.to_numeric(df[f"{measure}_reasoning_drop"], errors="coerce").astype(float)
     ok = df["status"].fillna("ok").eq("ok")
@@ -106,7 +106,8 @@ def left_out_counts(df: pd.DataFrame) -> dict[str, int]:
 
 def left_out_note(df: pd.DataFrame) -> str:
     """How many traces were left out and why, e.g. ``3 left out: 2 fewer than two reasoning steps, 1 failed trace``."""
-    parts = [f"{int((df['left_out'] == key).sum())} {label}" for key, label in LEFT_OUT if (df["left_out"] == key).any()]
+    counts = df["left_out"].value_counts()
+    parts = [f"{int(counts[key])} {label}" for key, label in LEFT_OUT if key in counts]
     return f"{int(df['left_out'].notna().sum())} left out: {', '.join(parts)}" if parts else ""
 
 
@@ -151,7 +152,8 @@ def summarise(df: pd.DataFrame, measure: str, n_boot: int, rng: np.random.Genera
     out.update(mean_first=float(np.nanmean(first)), mean_last=float(np.nanmean(last)),
                mean_answer=float(np.nanmean(used["answer"])) if used["answer"].notna().any() else np.nan,
                mean_drop=float(drop.mean()), median_drop=float(np.median(drop)), share_over_half=float(over.mean()))
-    out["drop_of_means"] = (out["mean_first"] - out["mean_last"]) / out["mean_first"] if out["mean_first"] > 0 else np.nan
+    first_mean = out["mean_first"]
+    out["drop_of_means"] = (first_mean - out["mean_last"]) / first_mean if first_mean > 0 else np.nan
     for key in ("mean_drop", "share_over_half", "drop_of_means"):
         out[f"{key}_low"] = out[f"{key}_high"] = np.nan
     if n_boot:
@@ -183,8 +185,8 @@ def summary_table(traces: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     for measure in MEASURES:
         classified = classify(traces, measure)
         for scope, model, dataset, sub in _groups(classified, ("dataset", "model", "all")):
-            stats = summarise(sub, measure, n_boot, seeded_rng(seed, "collapse findings", "summary", scope, model, dataset,
-                                                      measure))
+            rng = seeded_rng(seed, "collapse findings", "summary", scope, model, dataset, measure)
+            stats = summarise(sub, measure, n_boot, rng)
             used = sub[sub["left_out"].isna()]
             named = used if len(used) else sub
             rows.append({"scope": scope, "model": model, "dataset": dataset, "measure": measure, **stats,
@@ -257,7 +259,7 @@ def trajectory_table(traces: pd.DataFrame, steps: pd.DataFrame, n_bins: int, n_b
                              "n_traces": int(has.sum()), "n_items": int(len(set(clusters[has]))),
                              "mean": mean[j] if has.any() else np.nan, "ci_low": low[j], "ci_high": high[j],
                              "n_left_out": len(sub) - len(keep), "status": "ok" if has.any() else "not_estimable",
-                             "note": note if has.any() else "no trace has a value here" + (f" ({note})" if note else "")})
+                             "note": note if has.any() else "; ".join(x for x in ("no value in this bin", note) if x)})
     out = pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)
     for c in ("bin", "n_traces", "n_items", "n_left_out"):
         out[c] = out[c].astype("Int64")
@@ -290,38 +292,31 @@ def accuracy_rows(df: pd.DataFrame, measure: str, n_boot: int, rng: np.random.Ge
             if n_boot else np.full((0, values.shape[1]), np.nan))
     point = _column_means(values)
 
-    def ci(column) -> tuple[float, float]:
-        return resampling.interval(column) if n_boot else (np.nan, np.nan)
+    def row(statistic: str, group: str, estimate: float, replicates: np.ndarray, sel: np.ndarray, defined: bool,
+            why_not: str, **extra) -> dict[str, Any]:
+        """One statistic's row: its estimate and interval, or why it has none."""
+        low, high = resampling.interval(replicates) if n_boot and defined else (np.nan, np.nan)
+        return {"statistic": statistic, "group": group, "n": int(sel.sum()), "n_correct": int(correct[sel].sum()),
+                "estimate": estimate if defined else np.nan, "ci_low": low, "ci_high": high,
+                "status": "ok" if defined else "not_estimable",
+                "note": note if defined else "; ".join(x for x in (why_not, note) if x), **extra}
 
+    everyone = np.ones(len(used), dtype=bool)
     rows = []
-    for t in (1, 2, 3):
+    for t, label in ((1, "smallest drop"), (2, "middle"), (3, "largest drop")):
         sel = tercile == t
-        label = {1: "smallest drop", 2: "middle", 3: "largest drop"}[t]
-        rows.append({"statistic": "accuracy", "group": f"tercile {t} ({label})", "tercile": t,
-                     "drop_low": float(drop[sel].min()) if sel.any() else np.nan,
-                     "drop_high": float(drop[sel].max()) if sel.any() else np.nan,
-                     "n": int(sel.sum()), "n_correct": int(correct[sel].sum()),
-                     "estimate": point[t - 1] if sel.any() else np.nan, "status": "ok" if sel.any() else "not_estimable",
-                     **dict(zip(("ci_low", "ci_high"), ci(boot[:, t - 1]) if sel.any() else (np.nan, np.nan))),
-                     "note": note if sel.any() else "; ".join(x for x in ("no trace in this tercile (ties)", note) if x)})
-    both_ends = (tercile == 1).any() and (tercile == 3).any()
-    rows.append({"statistic": "accuracy_difference", "group": "tercile 3 - tercile 1", "n": len(used),
-                 "n_correct": int(correct.sum()), "estimate": point[2] - point[0] if both_ends else np.nan,
-                 **dict(zip(("ci_low", "ci_high"), ci(boot[:, 2] - boot[:, 0]) if both_ends else (np.nan, np.nan))),
-                 "status": "ok" if both_ends else "not_estimable",
-                 "note": note if both_ends else "; ".join(x for x in ("tercile 1 or 3 empty (ties)", note) if x)})
+        rows.append(row("accuracy", f"tercile {t} ({label})", point[t - 1], boot[:, t - 1], sel, sel.any(),
+                        "no trace in this tercile (ties)", tercile=t,
+                        drop_low=float(drop[sel].min()) if sel.any() else np.nan,
+                        drop_high=float(drop[sel].max()) if sel.any() else np.nan))
+    both_ends = bool((tercile == 1).any() and (tercile == 3).any())
+    rows.append(row("accuracy_difference", "tercile 3 - tercile 1", point[2] - point[0], boot[:, 2] - boot[:, 0],
+                    everyone, both_ends, "tercile 1 or 3 empty (ties)"))
     for col, group, sel in ((3, "correct", correct), (4, "incorrect", ~correct)):
-        rows.append({"statistic": "mean_drop", "group": group, "n": int(sel.sum()), "n_correct": int(correct[sel].sum()),
-                     "estimate": point[col] if sel.any() else np.nan,
-                     **dict(zip(("ci_low", "ci_high"), ci(boot[:, col]) if sel.any() else (np.nan, np.nan))),
-                     "status": "ok" if sel.any() else "not_estimable",
-                     "note": note if sel.any() else "; ".join(x for x in (f"no {group} trace", note) if x)})
-    both = correct.any() and (~correct).any()
-    rows.append({"statistic": "mean_drop_difference", "group": "correct - incorrect", "n": len(used),
-                 "n_correct": int(correct.sum()), "estimate": point[3] - point[4] if both else np.nan,
-                 **dict(zip(("ci_low", "ci_high"), ci(boot[:, 3] - boot[:, 4]) if both else (np.nan, np.nan))),
-                 "status": "ok" if both else "not_estimable",
-                 "note": note if both else "; ".join(x for x in ("all traces correct or all wrong", note) if x)})
+        rows.append(row("mean_drop", group, point[col], boot[:, col], sel, sel.any(), f"no {group} trace"))
+    both = bool(correct.any() and (~correct).any())
+    rows.append(row("mean_drop_difference", "correct - incorrect", point[3] - point[4], boot[:, 3] - boot[:, 4],
+                    everyone, both, "all traces correct or all wrong"))
     return rows
 
 

@@ -187,7 +187,8 @@ def _say(ax, text: str) -> None:
 def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
     traj = t.get("collapse_trajectory")
     if "measure" not in traj or not (traj["status"] == "ok").any():
-        raise NothingToDraw("no trajectory row with a value: " + "; ".join(dict.fromkeys(traj["note"].dropna().astype(str)))[:300])
+        raise NothingToDraw("no trajectory row with a value: "
+                            + "; ".join(dict.fromkeys(traj["note"].dropna().astype(str)))[:300])
     fig, axes, measures, datasets = _grid(traj)
     models = list(dict.fromkeys(traj["model"].dropna()))
     colours = {m: f"C{k}" for k, m in enumerate(models)}
@@ -343,8 +344,8 @@ def fig_interaction_by_task(t: Tables, cfg: Mapping[str, Any]):
     measures = list(dict.fromkeys(by["vision_measure"].dropna()))
     if not measures:
         raise NothingToDraw("no task-type rows")
-    fig, axes = plt.subplots(1, len(measures), figsize=(6.0 * len(measures), 1.4 + 0.35 * max(len(by) // len(measures), 2)),
-                             squeeze=False)
+    height = 1.4 + 0.35 * max(len(by) // len(measures), 2)
+    fig, axes = plt.subplots(1, len(measures), figsize=(6.0 * len(measures), height), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         sub = by[by["vision_measure"] == measure]
         labels = [f"{r.model} | {r.task_type}" + ("" if r.status in ("ok", "unstable") else " (not estimable)")
