@@ -3,6 +3,8 @@
 import hashlib
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from peekaboo import figures
@@ -102,3 +104,25 @@ def test_collapse_truth_check_prints_the_numbers(results, capsys):
     assert "grounded        panels          evidence hidden" in out
     assert "Errors per regression fit" in out and "errors=" in out
     assert "Vision veto" in out
+
+
+def test_risk_coverage_draws_each_signal_once_with_the_primary_measure(results):
+    root, inputs = results
+    tables = figures.load_tables({k: inputs[k] for k in ("selective_curves", "selective_summary")}, root)
+    curves = tables.frames["selective_curves"]
+    # a second vision measure, written after the primary one as the selective stage does
+    other = curves[curves["vision_measure"] != ""].assign(vision_measure="image_share", risk=1.0)
+    tables.frames["selective_curves"] = pd.concat([curves, other], ignore_index=True)
+    fig, _ = figures.fig_risk_coverage(tables, {})
+    for ax in fig.axes:
+        if not ax.lines:
+            continue
+        labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+        assert len(labels) == len(set(labels))  # one curve per signal
+        for line in ax.get_lines():
+            x, y = line.get_data()
+            if line.get_label().startswith("_"):
+                continue  # the 90% marker
+            assert (np.diff(x) > 0).all() and (np.asarray(y) < 1.0).any()
+    assert "vision: evidence_share" in fig._suptitle.get_text()
+    figures._pyplot().close(fig)

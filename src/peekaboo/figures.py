@@ -599,13 +599,21 @@ def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
     return fig, status
 
 
-SIGNAL_LABELS = {"neg_entropy": "entropy", "vision": "vision", "model": "model-based", "entropy+veto": "entropy + veto"}
+SIGNAL_LABELS = {"neg_entropy": "entropy", "neg_entropy_answer": "answer-span entropy", "vision": "vision",
+                 "model": "model-based", "entropy+veto": "entropy + veto"}
 
 
 def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
     plt = _pyplot()
     curves = t.get("selective_curves")
     summary = t.frames.get("selective_summary", pd.DataFrame())
+    # the vision-based signals exist once per vision measure: draw the primary one's (selective writes it first)
+    measures = [m for m in dict.fromkeys(curves["vision_measure"].fillna("")) if m] if "vision_measure" in curves else []
+    primary = measures[0] if measures else ""
+    if "vision_measure" in curves:
+        curves = curves[curves["vision_measure"].fillna("").isin(["", primary])]
+    if primary and "vision_measure" in summary:
+        summary = summary[summary["vision_measure"].fillna("").isin(["", primary])]
     panels = list(dict.fromkeys(zip(curves["model"], curves["dataset"])))
     cols = min(3, len(panels))
     rows = int(np.ceil(len(panels) / cols))
@@ -633,7 +641,8 @@ def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
         ax.set_ylabel("selective risk")
         ax.legend(fontsize=6)
     status = sinks_status(t.frames.get("collapse_traces"))
-    fig.suptitle(f"Risk-coverage with and without the vision veto ({_sink_line(status)})", fontsize=10)
+    vision = f"vision: {primary}; " if primary else ""
+    fig.suptitle(f"Risk-coverage with and without the vision veto ({vision}{_sink_line(status)})", fontsize=10)
     fig.tight_layout()
     return fig, status
 
