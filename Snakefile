@@ -26,9 +26,11 @@ include: "workflow/rules/reference.smk"
 include: "workflow/rules/traces.smk"
 include: "workflow/rules/crm.smk"
 include: "workflow/rules/collapse.smk"
+include: "workflow/rules/collapse_findings.smk"
 include: "workflow/rules/regression.smk"
 include: "workflow/rules/selective.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/viewer.smk"
 
 

@@ -250,11 +250,12 @@ def write_results_tree(root, models=("grounded", "blind-spot"), datasets=("panel
     config = {"regression": {"variants": ["base"], "min_errors": 3}, "features": {"vision": "evidence_share"},
               "selective": {"bootstrap": bootstrap, "seed": 0, "veto_quantiles": [0.1, 0.3], "coverages": [0.8, 0.9, 0.95]}}
     reg_out = {"coefficients": root / "regression" / "coefficients.csv", "transfer": root / "regression" / "transfer.csv",
+               "interaction_by_task": root / "regression" / "interaction_by_task.csv",
                "summary": root / "regression" / "summary.txt"}
     traces = {"traces": [str(p) for p in inputs["collapse_traces"]]}
     config["analyses"] = {d: ["crm", "collapse", "regression", "transfer", "selective"] for d in datasets}
     regression.run_stage(StageCall(inputs=traces, outputs={k: str(v) for k, v in reg_out.items()},
-                                   config={k: config[k] for k in ("regression", "features", "analyses")},
+                                   config={**{k: config[k] for k in ("regression", "features", "analyses")}, "seed": 0},
                                    results_dir=root))
     sel_out = {"curves": root / "selective" / "curves.parquet", "summary": root / "selective" / "summary.csv",
                "entropy_comparison": root / "selective" / "entropy_comparison.csv"}

@@ -3,11 +3,13 @@
 import hashlib
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from peekaboo import figures
 
-from _fixtures_collapse import write_results_tree
+from _fixtures_findings import findings_tree
 
 CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 
@@ -15,7 +17,7 @@ CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    return root, write_results_tree(root, n_items=25, bootstrap=10)
+    return root, findings_tree(root, n_items=25, bootstrap=10)[0]
 
 
 def _digest(paths):
@@ -32,9 +34,9 @@ def test_every_figure_written_and_listed_with_sources_and_captions(results):
         assert e["caption"] and e["sources"], name
         for f in e["files"]:
             assert (root / f).stat().st_size > 1000, f
-    assert entries["collapse_curve"]["sources"] == sorted(
-        ["collapse/blind-spot/panels-hard.parquet", "collapse/blind-spot/panels.parquet",
-         "collapse/grounded/panels-hard.parquet", "collapse/grounded/panels.parquet"])
+    assert entries["collapse_curve"]["sources"] == ["collapse/trajectory.csv"]
+    assert entries["vision_transfer"]["sources"] == ["regression/transfer.csv"]
+    assert entries["entropy_comparison"]["sources"] == ["selective/entropy_comparison.csv"]
     # attention figures say whether sinks were excluded, in the manifest and the caption
     assert entries["attention_strip"]["attention_sinks"] == "kept"
     assert entries["collapse_curve"]["caption"].endswith("Attention sinks kept.")
@@ -102,3 +104,25 @@ def test_collapse_truth_check_prints_the_numbers(results, capsys):
     assert "grounded        panels          evidence hidden" in out
     assert "Errors per regression fit" in out and "errors=" in out
     assert "Vision veto" in out
+
+
+def test_risk_coverage_draws_each_signal_once_with_the_primary_measure(results):
+    root, inputs = results
+    tables = figures.load_tables({k: inputs[k] for k in ("selective_curves", "selective_summary")}, root)
+    curves = tables.frames["selective_curves"]
+    # a second vision measure, written after the primary one as the selective stage does
+    other = curves[curves["vision_measure"] != ""].assign(vision_measure="image_share", risk=1.0)
+    tables.frames["selective_curves"] = pd.concat([curves, other], ignore_index=True)
+    fig, _ = figures.fig_risk_coverage(tables, {})
+    for ax in fig.axes:
+        if not ax.lines:
+            continue
+        labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+        assert len(labels) == len(set(labels))  # one curve per signal
+        for line in ax.get_lines():
+            x, y = line.get_data()
+            if line.get_label().startswith("_"):
+                continue  # the 90% marker
+            assert (np.diff(x) > 0).all() and (np.asarray(y) < 1.0).any()
+    assert "vision: evidence_share" in fig._suptitle.get_text()
+    figures._pyplot().close(fig)

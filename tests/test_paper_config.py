@@ -209,7 +209,8 @@ def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_p
         assert list((results / "traces" / "tiny" / d).glob("shard-*.parquet")), d
         assert (results / "collapse" / "tiny" / f"{d}.parquet").is_file(), d
     assert (results / "crm" / "tiny" / "visargs" / "modes.parquet").is_file()
-    for out in ("regression/coefficients.csv", "selective/summary.csv", "figures/manifest.json"):
+    for out in ("regression/coefficients.csv", "regression/interaction_by_task.csv", "selective/summary.csv",
+                "collapse/summary.csv", "collapse/trajectory.csv", "collapse/accuracy.csv", "figures/manifest.json"):
         assert (results / out).is_file(), out
 
     # the boxes stage made boxes (or rejects with reasons) that the items and the later stages use
@@ -229,3 +230,18 @@ def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_p
         assert len(ok) and (ok["n_evidence_regions"] > 0).all(), d
         assert ok["evidence_area_fraction"].between(0, 1, inclusive="right").all(), d
     assert not (results / "boxes" / "visargs.jsonl").exists()  # no boxes entry: no boxes job
+
+    import json
+
+    import pandas as pd
+
+    from peekaboo.figures import FIGURES
+
+    manifest = json.loads((results / "figures" / "manifest.json").read_text())
+    assert {e["name"] for e in manifest["figures"]} == set(FIGURES)
+    assert all(e["status"] in ("ok", "empty") and (e["status"] == "ok" or e["reason"]) for e in manifest["figures"])
+    # every finding of the two papers has a row; a row without an estimate says why
+    claims = pd.read_csv(results / "claims.csv")
+    assert claims["id"].nunique() == 8 and claims["reason"].notna().all()
+    unestimated = claims[claims["verdict"] == "not estimable"]
+    assert (unestimated["reason"].str.len() > 10).all()

@@ -135,6 +135,21 @@ def test_transfer_with_one_dataset_or_one_class_says_so():
     assert (out[out["train_dataset"] == "b"]["status"] == "not_fitted").all()
 
 
+def test_summary_text_with_a_model_of_one_dataset_beside_one_of_two():
+    # the one-dataset row's empty cells come back as NaN from pandas' string columns, not None
+    two = simulate_features(150, 7, TRUE, datasets=("a", "b"), models=("two",))
+    one = simulate_features(150, 7, TRUE, datasets=("a",), models=("one",))
+    df = pd.concat([two, one], ignore_index=True)
+    measures = ["evidence_share"]
+    text = reg.summary_text(reg.fit_all(df, {"min_errors": 5}, measures),
+                            reg.transfer(df, {"min_errors": 5, "bootstrap": 10}, measures),
+                            reg.interaction_by_task(df, {"min_errors": 5}, measures))
+    assert "one: only one dataset for this model: nothing to transfer to" in text
+    assert "two: a -> b entropy " in text and "[nan]" not in text
+    assert "two: a -> b additive [evidence_share]" in text and "vs entropy alone" in text
+    assert "two (vision: evidence_share) visual_reference: " in text
+
+
 def test_auroc_hand_computed_with_ties():
     y = np.array([1, 0, 1, 0, 1], bool)
     s = np.array([0.9, 0.9, 0.5, 0.1, 0.1])
@@ -150,9 +165,11 @@ def test_run_stage_writes_csvs_and_summary(tmp_path):
     for d in ("a", "b"):
         df = simulate_features(200, 8, TRUE, datasets=(d,))
         paths.append(write_table(df, tmp_path / f"{d}.traces.parquet"))
-    outs = {k: tmp_path / f"{k}.{'txt' if k == 'summary' else 'csv'}" for k in ("coefficients", "transfer", "summary")}
+    outs = {k: tmp_path / f"{k}.{'txt' if k == 'summary' else 'csv'}"
+            for k in ("coefficients", "transfer", "interaction_by_task", "summary")}
     reg.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
-                            config={"regression": {"variants": ["base"], "min_errors": 5}, "features": {},
+                            config={"regression": {"variants": ["base"], "min_errors": 5, "bootstrap": 20},
+                                    "features": {}, "seed": 0,
                                     "analyses": {"a": ["regression", "transfer"], "b": ["regression", "transfer"]}},
                             results_dir=tmp_path, code=[reg.__file__]))
     coef = pd.read_csv(outs["coefficients"])
@@ -163,6 +180,12 @@ def test_run_stage_writes_csvs_and_summary(tmp_path):
     transfer = pd.read_csv(outs["transfer"])
     assert len(transfer) == 2 * (2 + 3 * 2)
     assert set(transfer.loc[transfer["features"] == "interaction", "vision_measure"]) == {"evidence_share", "image_share"}
+    assert list(transfer.columns) == reg.TRANSFER_COLUMNS
+    vision_sets = transfer[transfer["vision_measure"].notna()]
+    assert vision_sets["difference_low"].notna().all() and transfer.loc[transfer["vision_measure"].isna(), "difference"].isna().all()
+    by_task = pd.read_csv(outs["interaction_by_task"])
+    assert list(by_task.columns) == reg.TASK_COLUMNS and set(by_task["vision_measure"]) == {"evidence_share", "image_share"}
+    assert "Entropy x vision interaction by task type" in outs["summary"].read_text()
 
 
 def test_one_fit_never_mixes_two_vision_measures():
@@ -176,3 +199,61 @@ def test_one_fit_never_mixes_two_vision_measures():
     pooled = fits.loc[("pooled", "evidence_share")]
     assert pooled["n"] == 300 and pooled["n_dropped"] == 300 and pooled["datasets"] == "a,b"
     assert fits.loc[("pooled", "image_share"), "n"] == 600
+
+
+def test_each_task_types_interaction_with_its_clustered_interval():
+    # hazardous (negative interaction) on visual-reference items, none on symbolic ones
+    coef = {**TRUE, "entropy:vision@visual_reference": -1.2, "entropy:vision@symbolic": 0.0}
+    df = simulate_features(3000, 9, coef, datasets=("a", "b"), task_types=("symbolic", "visual_reference"))
+    by_task = reg.interaction_by_task(df, {"min_errors": 5}).set_index("task_type")
+    visual, symbolic = by_task.loc["visual_reference"], by_task.loc["symbolic"]
+    assert visual["status"] == symbolic["status"] == "ok"
+    assert visual["ci_high"] < -0.5 and symbolic["ci_low"] < 0 < symbolic["ci_high"]
+    assert visual["n"] == symbolic["n"] == 3000 and visual["datasets"] == "a,b"
+    # the reference level's is its coefficient; the other level's adds its own term (coefficients table)
+    coefs = reg.fit_all(df, {"min_errors": 5})
+    pooled = coefs[coefs["scope"] == "pooled"].set_index("term")
+    assert symbolic["estimate"] == pytest.approx(pooled.loc["entropy:vision", "estimate"])
+    assert symbolic["se"] == pytest.approx(pooled.loc["entropy:vision", "se"])
+    assert visual["estimate"] == pytest.approx(
+        pooled.loc["entropy:vision", "estimate"] + pooled.loc["entropy:vision:task[visual_reference]", "estimate"])
+    # the combination's SE from the covariance equals the SE of the same contrast made the reference level
+    renamed = df.assign(task_type=df["task_type"].replace({"symbolic": "zz_symbolic"}))
+    refit = reg.fit_all(renamed, {"min_errors": 5})
+    direct = refit[(refit["scope"] == "pooled") & (refit["term"] == "entropy:vision")].iloc[0]
+    assert visual["estimate"] == pytest.approx(direct["estimate"], rel=1e-4)
+    assert visual["se"] == pytest.approx(direct["se"], rel=1e-3)
+    assert visual["ci_low"] == pytest.approx(direct["ci_low"], rel=1e-3)
+
+
+def test_a_task_type_the_fit_cannot_speak_for_says_why():
+    coef = {**TRUE, "entropy:vision@visual_reference": -1.2}
+    df = simulate_features(600, 10, coef, datasets=("a", "b"), task_types=("symbolic", "visual_reference"))
+    df.loc[df["task_type"] == "symbolic", "vision"] = np.nan  # text-only questions: no vision engagement
+    by_task = reg.interaction_by_task(df, {"min_errors": 5}, None).set_index("task_type")
+    symbolic = by_task.loc["symbolic"]
+    assert symbolic["status"] == "not_estimable" and np.isnan(symbolic["estimate"])
+    assert "no symbolic rows in the pooled fit (600 rows left out (600 without vision engagement))" in symbolic["note"]
+    visual = by_task.loc["visual_reference"]
+    assert visual["status"] == "ok" and "one task type in the fit (visual_reference)" in visual["note"]
+    none = reg.interaction_by_task(df.assign(correct=True), {"min_errors": 5}, None)
+    assert (none["status"] == "not_estimable").all() and none["note"].str.contains("all answers correct").all()
+
+
+def test_vision_feature_sets_against_entropy_alone_in_transfer():
+    # vision carries a signal of its own, as strong as entropy's
+    df = simulate_features(800, 12, {"const": 0.5, "entropy": -1.0, "vision": 1.0}, datasets=("a", "b"))
+    out = reg.transfer(df, {"min_errors": 5, "bootstrap": 200}, seed=1)
+    add = out[(out["features"] == "additive") & (out["train_dataset"] == "a")].iloc[0]
+    entropy = out[(out["features"] == "entropy") & (out["train_dataset"] == "a")].iloc[0]
+    assert add["n_paired"] == 800 and add["entropy_auroc"] == pytest.approx(entropy["auroc"])
+    assert add["difference"] == pytest.approx(add["auroc"] - entropy["auroc"])
+    assert add["difference_low"] > 0
+    noise = simulate_features(800, 13, {**TRUE, "vision": 0.0, "entropy:vision": 0.0}, datasets=("a", "b"))
+    out = reg.transfer(noise, {"min_errors": 5, "bootstrap": 200}, seed=1)
+    add = out[(out["features"] == "additive")]
+    assert ((add["difference_low"] < 0) & (add["difference_high"] > 0)).all()
+    vision = out[out["features"] == "vision"]
+    assert (vision["difference_high"] < 0).all()  # vision alone, no signal: clearly worse than entropy
+    again = reg.transfer(noise, {"min_errors": 5, "bootstrap": 200}, seed=1)
+    pd.testing.assert_frame_equal(out, again)

@@ -103,7 +103,8 @@ def test_every_stage_writes_its_documented_files(run):
             assert ds.attrs["config_hash"] and ds.attrs["package_version"]
             steps = tables.read_table(res / f"steps/{model}/{d}.parquet")
             assert set(steps["trace_id"]) <= set(sidecar["trace_id"]) and len(steps) >= len(sidecar) // 2
-            for name in ("alignment", "attribution", "modes"):  # CRM where the dataset has masks
+            for name in ("alignment", "attribution", "modes"):
+                # CRM only where the dataset has masks (panels-b has none: it does not feed crm)
                 assert (res / f"crm/{model}/{d}/{name}.parquet").is_file() == (d == "panels")
             per_trace = tables.read_table(res / f"collapse/{model}/{d}.traces.parquet")
             assert len(per_trace) > 0
@@ -111,6 +112,11 @@ def test_every_stage_writes_its_documented_files(run):
     coefficients = pd.read_csv(res / "regression/coefficients.csv")
     assert len(coefficients) > 0  # fitted or a row saying why not
     assert len(pd.read_csv(res / "selective/summary.csv")) > 0
+    for name in ("summary", "trajectory", "accuracy"):
+        assert len(pd.read_csv(res / f"collapse/{name}.csv")) > 0, name
+    claims = pd.read_csv(res / "claims.csv")
+    assert set(claims["verdict"]) <= {"consistent", "inconsistent", "not estimable"}
+    assert claims["reason"].notna().all() and claims["id"].nunique() == 8
     manifest = json.loads((res / "figures/manifest.json").read_text())
     figures = manifest["figures"] if isinstance(manifest, dict) else manifest
     assert len(figures) >= 6
@@ -164,7 +170,7 @@ def test_editing_a_module_reruns_exactly_the_stages_using_it(run):
     src = work / "src" / "peekaboo"
     with edited(src / "selective.py"):
         out = _snakemake(work, "-n")
-    assert _planned_rules(out) == {"selective", "figures", "all"}, out[-3000:]
+    assert _planned_rules(out) == {"selective", "claims", "figures", "all"}, out[-3000:]
 
     with edited(src / "masks.py"):
         planned = _planned_rules(_snakemake(work, "-n"))

@@ -10,6 +10,7 @@ carry no timestamps, so the same tables give the same bytes.
 from __future__ import annotations
 
 import json
+import textwrap
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,17 @@ log = get_logger("figures")
 
 # name -> (input keys it reads, caption)
 FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
-    "collapse_curve": (("collapse_steps",),
-                       "Evidence collapse: share of image attention on the evidence regions against normalised "
-                       "step position (0 = first step, 1 = last), unmasked traces, mean with 95% bootstrap "
-                       "interval over traces, per model and dataset."),
+    "collapse_curve": (("collapse_trajectory",),
+                       "Evidence collapse over the reasoning: image share (attention on all image tokens) and "
+                       "evidence share (the part of it on the evidence boxes) against normalised reasoning position "
+                       "(reasoning steps only, in bins; 0 = first reasoning step, 1 = last), and at the answer step "
+                       "apart, unmasked traces with at least two reasoning steps, mean with 95% bootstrap interval "
+                       "over items, per model (colour) and dataset (column)."),
+    "collapse_accuracy": (("collapse_accuracy",),
+                          "Accuracy against evidence collapse: accuracy by tercile of the relative drop from the "
+                          "first to the last reasoning step (1 = smallest drop), with 95% bootstrap intervals, per "
+                          "model (colour), dataset (column) and vision measure (row); the legend gives the mean drop "
+                          "of correct minus incorrect traces with its interval."),
     "masking_response": (("collapse_traces",),
                          "Response to a hidden panel: vision engagement (mean evidence share over the reasoning "
                          "steps) and the share of answers that change or abstain, for the unmasked image, "
@@ -52,13 +60,28 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
     "coefficients": (("coefficients",),
                      "Interaction logit coefficients (standardised entropy and vision engagement, their product "
                      "and task-type terms) with 95% intervals clustered by item, per model and fit."),
+    "entropy_comparison": (("entropy_comparison",),
+                           "Full-response against answer-span entropy: in-domain, the difference in AURC (full minus "
+                           "answer; negative favours full-response entropy) per model and dataset; under transfer, "
+                           "the difference in AUROC of an entropy-only logit fitted on one dataset and scored on "
+                           "another (positive favours full-response entropy); paired bootstrap 95% intervals."),
+    "vision_transfer": (("transfer",),
+                        "Vision features under transfer: AUROC of each feature set with vision (vision alone, "
+                        "entropy + vision, their interaction) minus entropy alone, fitted on one dataset and scored "
+                        "on another, on the same test answers, with paired bootstrap 95% intervals, per vision "
+                        "measure (panel); negative: adding vision hurts transfer."),
+    "interaction_by_task": (("interaction_by_task",),
+                            "Entropy x vision interaction by task type from each model's pooled fit, with 95% "
+                            "intervals from the item-clustered covariance, per vision measure (panel); the papers "
+                            "expect it negative on visual-reference tasks and near zero or positive on symbolic ones. "
+                            "A task type the fit cannot speak for is listed as not estimable."),
     "risk_coverage": (("selective_curves", "selective_summary"),
                       "Risk-coverage curves per confidence signal (negative entropy, vision engagement, the "
                       "model-based score) and entropy with the vision veto; the title gives the veto's change in "
                       "risk at 90% coverage with its bootstrap interval (threshold fitted on the other datasets)."),
 }
-ATTENTION_FIGURES = {"collapse_curve", "masking_response", "attention_strip", "interaction", "coefficients",
-                     "risk_coverage"}
+ATTENTION_FIGURES = {"collapse_curve", "collapse_accuracy", "masking_response", "attention_strip", "interaction",
+                     "coefficients", "risk_coverage", "vision_transfer", "interaction_by_task"}
 
 
 def _pyplot():
@@ -136,27 +159,207 @@ def _sink_line(status: str) -> str:
 # ----------------------------------------------------------------------------- the figures
 
 
-def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
-    plt = _pyplot()
-    steps = t.get("collapse_steps")
-    df = steps[(steps["variant"] == "base") & np.isfinite(steps["evidence_share"].astype(float))].copy()
-    if df.empty:
-        raise NothingToDraw("no unmasked step with an evidence share (items without evidence regions?)")
-    import seaborn as sns
+MEASURE_LABELS = {"image_share": "image share of attention", "evidence_share": "evidence share of image attention"}
 
-    n_bins = int(cfg["position_bins"])
-    df["position"] = np.round(df["position"].astype(float) * (n_bins - 1)) / (n_bins - 1)
-    datasets = list(dict.fromkeys(df["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False, sharey=True)
-    for ax, d in zip(axes[0], datasets):
-        sns.lineplot(data=df[df["dataset"] == d], x="position", y="evidence_share", hue="model", marker="o",
-                     errorbar=("ci", 95), n_boot=200, seed=0, ax=ax)
-        ax.set_title(d)
-        ax.set_xlabel("normalised step position")
-        ax.set_ylabel("evidence share of image attention")
-        ax.set_xlim(-0.02, 1.02)
-    status = sinks_status(df)
-    fig.suptitle(f"Evidence share over the reasoning ({_sink_line(status)})", fontsize=10)
+
+def _grid(table: pd.DataFrame, width: float = 4.2, height: float = 3.2):
+    """A figure with a row per vision measure and a column per dataset of ``table``, and both lists."""
+    plt = _pyplot()
+    measures = [m for m in MEASURE_LABELS if m in set(table["measure"])]
+    datasets = list(dict.fromkeys(table["dataset"].dropna()))
+    fig, axes = plt.subplots(len(measures), len(datasets), figsize=(width * len(datasets), height * len(measures)),
+                             squeeze=False)
+    return fig, axes, measures, datasets
+
+
+def _errors(mean: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Error-bar lengths below and above (0 where the interval is missing)."""
+    mean, low, high = (np.asarray(x, dtype=float) for x in (mean, low, high))
+    return np.nan_to_num(np.vstack([np.clip(mean - low, 0, None), np.clip(high - mean, 0, None)]))
+
+
+def _say(ax, text: str) -> None:
+    ax.text(0.5, 0.5, textwrap.fill(text, 40), ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
+    traj = t.get("collapse_trajectory")
+    if "measure" not in traj or not (traj["status"] == "ok").any():
+        raise NothingToDraw("no trajectory row with a value: "
+                            + "; ".join(dict.fromkeys(traj["note"].dropna().astype(str)))[:300])
+    fig, axes, measures, datasets = _grid(traj)
+    models = list(dict.fromkeys(traj["model"].dropna()))
+    colours = {m: f"C{k}" for k, m in enumerate(models)}
+    for i, measure in enumerate(measures):
+        for j, d in enumerate(datasets):
+            ax = axes[i, j]
+            sub = traj[(traj["measure"] == measure) & (traj["dataset"] == d)]
+            ok = sub[sub["status"] == "ok"]
+            ax.set_title(f"{d}", fontsize=9)
+            if ok.empty:
+                _say(ax, f"{MEASURE_LABELS[measure]}: " + "; ".join(dict.fromkeys(sub["note"].dropna().astype(str))))
+                continue
+            offsets = np.linspace(-0.02, 0.02, len(models)) if len(models) > 1 else [0.0]
+            for off, m in zip(offsets, models):
+                r = ok[(ok["model"] == m) & (ok["segment"] == "reasoning")].sort_values("bin")
+                a = ok[(ok["model"] == m) & (ok["segment"] == "answer")]
+                if len(r):
+                    ax.errorbar(r["position"].astype(float) + off, r["mean"], yerr=_errors(r["mean"], r["ci_low"],
+                                r["ci_high"]), marker="o", markersize=3, capsize=2, color=colours[m], label=m)
+                if len(a):
+                    ax.errorbar([1.25 + off], a["mean"], yerr=_errors(a["mean"], a["ci_low"], a["ci_high"]), marker="s",
+                                markersize=4, capsize=2, color=colours[m], linestyle="none",
+                                label=None if len(r) else m)
+            ax.axvline(1.125, color="grey", linewidth=0.6, linestyle=":")
+            ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0, 1.25], ["0", ".25", ".5", ".75", "1", "answer"], fontsize=7)
+            ax.set_xlim(-0.06, 1.33)
+            ax.set_xlabel("normalised reasoning position", fontsize=8)
+            ax.set_ylabel(MEASURE_LABELS[measure], fontsize=8)
+            ax.legend(fontsize=6)
+    status = sinks_status(traj)
+    fig.suptitle(f"Evidence over the reasoning, the answer step apart ({_sink_line(status)})", fontsize=10)
+    fig.tight_layout()
+    return fig, status
+
+
+def fig_collapse_accuracy(t: Tables, cfg: Mapping[str, Any]):
+    acc = t.get("collapse_accuracy")
+    acc = acc[acc["scope"] == "dataset"] if "scope" in acc else acc.iloc[0:0]
+    terciles = acc[(acc["statistic"] == "accuracy") & (acc["status"] == "ok")]
+    if terciles.empty:
+        raise NothingToDraw("no tercile accuracy: " + "; ".join(dict.fromkeys(acc.get("note", pd.Series(dtype=str))
+                                                                             .dropna().astype(str)))[:300])
+    fig, axes, measures, datasets = _grid(acc)
+    models = list(dict.fromkeys(acc["model"].dropna()))
+    for i, measure in enumerate(measures):
+        for j, d in enumerate(datasets):
+            ax = axes[i, j]
+            ax.set_title(d, fontsize=9)
+            sub = acc[(acc["measure"] == measure) & (acc["dataset"] == d)]
+            tsub = sub[(sub["statistic"] == "accuracy") & (sub["status"] == "ok")]
+            if tsub.empty:
+                _say(ax, f"{MEASURE_LABELS[measure]}: " + "; ".join(dict.fromkeys(sub["note"].dropna().astype(str))))
+                continue
+            offsets = np.linspace(-0.15, 0.15, len(models)) if len(models) > 1 else [0.0]
+            for k, (off, m) in enumerate(zip(offsets, models)):
+                r = tsub[tsub["model"] == m].sort_values("tercile")
+                if r.empty:
+                    continue
+                gap = sub[(sub["model"] == m) & (sub["statistic"] == "mean_drop_difference")]
+                label = m
+                if len(gap) and np.isfinite(float(gap["estimate"].iloc[0])):
+                    g = gap.iloc[0]
+                    label += (f" (drop, correct - incorrect: {float(g['estimate']):+.2f} "
+                              f"[{float(g['ci_low']):+.2f}, {float(g['ci_high']):+.2f}])")
+                ax.errorbar(r["tercile"].astype(float) + off, r["estimate"], yerr=_errors(r["estimate"], r["ci_low"],
+                            r["ci_high"]), marker="o", markersize=3, capsize=2, color=f"C{k}", label=label)
+            ax.set_xticks([1, 2, 3], ["1 (smallest\ndrop)", "2", "3 (largest\ndrop)"], fontsize=7)
+            ax.set_xlim(0.6, 3.4)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylabel(f"accuracy ({measure.replace('_', ' ')} drop)", fontsize=8)
+            ax.legend(fontsize=5)
+    status = sinks_status(acc)
+    fig.suptitle(f"Accuracy by tercile of the drop over the reasoning ({_sink_line(status)})", fontsize=10)
+    fig.tight_layout()
+    return fig, status
+
+
+def _forest(ax, labels: Sequence[str], est, low, high, colour: str = "C0", offset: float = 0.0, label=None) -> None:
+    y = np.arange(len(labels)) + offset
+    ax.errorbar(est, y, xerr=_errors(est, low, high), fmt="o", markersize=3, capsize=2, color=colour, label=label)
+
+
+def _finish_forest(ax, labels: Sequence[str], xlabel: str) -> None:
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel(xlabel, fontsize=8)
+
+
+def fig_entropy_comparison(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    comp = t.get("entropy_comparison")
+    panels = (("in_domain", "aurc", "AURC, full minus answer-span (< 0: full better)"),
+              ("transfer", "auroc", "transfer AUROC, full minus answer-span (> 0: full better)"))
+    usable = comp[np.isfinite(pd.to_numeric(comp["difference"], errors="coerce"))]
+    if usable.empty:
+        raise NothingToDraw("no difference between the entropies: " + "; ".join(dict.fromkeys(comp["note"].dropna()
+                                                                                              .astype(str)))[:300])
+    n = max(len(usable[usable["scope"] == s]) for s, _, _ in panels)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.3 * max(n, 2)))
+    for ax, (scope, metric, xlabel) in zip(axes, panels):
+        sub = usable[(usable["scope"] == scope) & (usable["metric"] == metric)]
+        if sub.empty:
+            _say(ax, f"no {scope.replace('_', '-')} comparison")
+            continue
+        if scope == "transfer":
+            labels = [f"{r.model} | {r.train_dataset} -> {r.dataset}" for r in sub.itertuples()]
+        else:
+            labels = [f"{r.model} | {r.dataset}" for r in sub.itertuples()]
+        _forest(ax, labels, sub["difference"], sub["difference_low"], sub["difference_high"])
+        _finish_forest(ax, labels, xlabel)
+        ax.set_title(scope.replace("_", "-"), fontsize=9)
+    fig.suptitle("Full-response against answer-span entropy (paired bootstrap 95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+VISION_SETS = ("vision", "additive", "interaction")
+
+
+def fig_vision_transfer(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    tr = t.get("transfer")
+    if "difference" not in tr:
+        raise NothingToDraw("the transfer table has no comparison with entropy alone")
+    usable = tr[tr["features"].isin(VISION_SETS) & np.isfinite(pd.to_numeric(tr["difference"], errors="coerce"))]
+    if usable.empty:
+        raise NothingToDraw("no vision feature set scored under transfer: "
+                            + "; ".join(dict.fromkeys(tr["note"].dropna().astype(str)))[:300])
+    measures = list(dict.fromkeys(usable["vision_measure"].dropna()))
+    pairs = list(dict.fromkeys(zip(usable["model"], usable["train_dataset"], usable["test_dataset"])))
+    labels = [f"{m} | {a} -> {b}" for m, a, b in pairs]
+    fig, axes = plt.subplots(1, len(measures), figsize=(6.0 * len(measures), 1.2 + 0.35 * max(len(pairs), 2)),
+                             squeeze=False, sharey=True)
+    for ax, measure in zip(axes[0], measures):
+        for k, (name, off) in enumerate(zip(VISION_SETS, (-0.2, 0.0, 0.2))):
+            sub = usable[(usable["vision_measure"] == measure) & (usable["features"] == name)]
+            sub = sub.set_index(["model", "train_dataset", "test_dataset"]).reindex(pairs)
+            _forest(ax, labels, sub["difference"], sub["difference_low"], sub["difference_high"], colour=f"C{k}",
+                    offset=off, label=name)
+        _finish_forest(ax, labels, "AUROC minus entropy alone's")
+        ax.set_title(f"vision: {measure}", fontsize=9)
+        ax.legend(fontsize=6)
+    status = sinks_status(t.frames.get("collapse_traces"))
+    fig.suptitle(f"Vision features under transfer ({_sink_line(status)})", fontsize=10)
+    fig.tight_layout()
+    return fig, status
+
+
+def fig_interaction_by_task(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    by = t.get("interaction_by_task")
+    measures = list(dict.fromkeys(by["vision_measure"].dropna()))
+    if not measures:
+        raise NothingToDraw("no task-type rows")
+    height = 1.4 + 0.35 * max(len(by) // len(measures), 2)
+    fig, axes = plt.subplots(1, len(measures), figsize=(6.0 * len(measures), height), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        sub = by[by["vision_measure"] == measure]
+        labels = [f"{r.model} | {r.task_type}" + ("" if r.status in ("ok", "unstable") else " (not estimable)")
+                  for r in sub.itertuples()]
+        colours = ["#e76f51" if tt == "visual_reference" else "#2a9d8f" for tt in sub["task_type"]]
+        for k, r in enumerate(sub.itertuples()):
+            if np.isfinite(float(r.estimate)):
+                ax.errorbar([r.estimate], [k], xerr=_errors([r.estimate], [r.ci_low], [r.ci_high]), fmt="o",
+                            markersize=3, capsize=2, color=colours[k], mfc="white" if r.status == "unstable" else None)
+        _finish_forest(ax, labels, "entropy x vision (logit, 95% CI)")
+        ax.set_title(f"vision: {measure}", fontsize=9)
+    status = sinks_status(t.frames.get("collapse_traces"))
+    fig.suptitle(f"Entropy x vision interaction by task type ({_sink_line(status)})", fontsize=10)
+    fig.tight_layout()
     return fig, status
 
 
@@ -396,13 +599,21 @@ def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
     return fig, status
 
 
-SIGNAL_LABELS = {"neg_entropy": "entropy", "vision": "vision", "model": "model-based", "entropy+veto": "entropy + veto"}
+SIGNAL_LABELS = {"neg_entropy": "entropy", "neg_entropy_answer": "answer-span entropy", "vision": "vision",
+                 "model": "model-based", "entropy+veto": "entropy + veto"}
 
 
 def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
     plt = _pyplot()
     curves = t.get("selective_curves")
     summary = t.frames.get("selective_summary", pd.DataFrame())
+    # the vision-based signals exist once per vision measure: draw the primary one's (selective writes it first)
+    measures = [m for m in dict.fromkeys(curves["vision_measure"].fillna("")) if m] if "vision_measure" in curves else []
+    primary = measures[0] if measures else ""
+    if "vision_measure" in curves:
+        curves = curves[curves["vision_measure"].fillna("").isin(["", primary])]
+    if primary and "vision_measure" in summary:
+        summary = summary[summary["vision_measure"].fillna("").isin(["", primary])]
     panels = list(dict.fromkeys(zip(curves["model"], curves["dataset"])))
     cols = min(3, len(panels))
     rows = int(np.ceil(len(panels) / cols))
@@ -430,13 +641,18 @@ def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
         ax.set_ylabel("selective risk")
         ax.legend(fontsize=6)
     status = sinks_status(t.frames.get("collapse_traces"))
-    fig.suptitle(f"Risk-coverage with and without the vision veto ({_sink_line(status)})", fontsize=10)
+    vision = f"vision: {primary}; " if primary else ""
+    fig.suptitle(f"Risk-coverage with and without the vision veto ({vision}{_sink_line(status)})", fontsize=10)
     fig.tight_layout()
     return fig, status
 
 
 DRAW: dict[str, Callable[[Tables, Mapping[str, Any]], tuple[Any, str]]] = {
     "collapse_curve": fig_collapse_curve,
+    "collapse_accuracy": fig_collapse_accuracy,
+    "entropy_comparison": fig_entropy_comparison,
+    "vision_transfer": fig_vision_transfer,
+    "interaction_by_task": fig_interaction_by_task,
     "masking_response": fig_masking_response,
     "crm_dependence": fig_crm_dependence,
     "crm_modes": fig_crm_modes,
@@ -530,8 +746,9 @@ def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], resu
 
 
 # the table inputs of the ``figures`` rule: lists of files, then single files
-LIST_INPUTS = ("collapse_steps", "collapse_traces", "collapse_maps", "attribution", "modes")
-FILE_INPUTS = ("coefficients", "selective_curves", "selective_summary")
+LIST_INPUTS = ("collapse_traces", "collapse_maps", "attribution", "modes")
+FILE_INPUTS = ("collapse_trajectory", "collapse_accuracy", "coefficients", "transfer", "interaction_by_task",
+               "selective_curves", "selective_summary", "entropy_comparison")
 
 
 def run_stage(call: StageCall) -> None:

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from . import interaction, schema
+from . import interaction, resampling, schema
 from .features import feeding, load_features, measure_views, vision_measures
 from .logs import get_logger
+from .resampling import interval
 from .seeding import rng as seeded_rng
 from .stage import StageCall
 from .tables import write_table
@@ -139,26 +140,15 @@ def bootstrap(
     a resample keeps that order, so ties stay broken the same way.
     """
     err = 1.0 - np.asarray(correct, dtype=float)
-    codes, uniques = pd.factorize(pd.Series(clusters).astype(str), sort=True)
-    members = [np.flatnonzero(codes == k) for k in range(len(uniques))]
+    members = resampling.cluster_members(clusters)
     out: dict[str, dict[str, list]] = {s: {} for s in ranks}
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[k] for k in pick]) if len(pick) else np.array([], int)
+    for pick in resampling.draws(len(members), n_boot, rng):
+        idx = resampling.resampled_rows(members, pick)
         for s, r in ranks.items():
             e = err[idx[np.argsort(r[idx], kind="stable")]]
             for key, value in metrics_from_errors(e, coverages).items():
                 out[s].setdefault(key, []).append(value)
     return {s: {k: np.asarray(v) for k, v in m.items()} for s, m in out.items()}
-
-
-def interval(values: np.ndarray) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def positions(order: np.ndarray) -> np.ndarray:
@@ -507,9 +497,9 @@ def transfer_comparison(features: pd.DataFrame, n_boot: int, seed: int, min_erro
                 scores = {col: interaction.predict_proba(f, sdf, entropy_col=col, moderator=None)
                           for col, f in fits.items()}
                 full, answer = (interaction.auroc(y, scores[c]) for c in (interaction.ENTROPY, interaction.ENTROPY_ANSWER))
-                diffs = _paired_auroc_differences(y, scores[interaction.ENTROPY], scores[interaction.ENTROPY_ANSWER],
-                                                  sdf["item_id"].to_numpy(), n_boot,
-                                                  seeded_rng(seed, "entropy transfer", model, train, test))
+                diffs = resampling.paired_auroc_differences(
+                    y, scores[interaction.ENTROPY], scores[interaction.ENTROPY_ANSWER], sdf["item_id"].to_numpy(),
+                    n_boot, seeded_rng(seed, "entropy transfer", model, train, test))
                 lo, hi = interval(diffs) if n_boot else (np.nan, np.nan)
                 rows.append({**base, "full": full, "answer": answer, "difference": full - answer,
                              "difference_low": lo, "difference_high": hi, "n": len(y), "n_errors": int((~y).sum()),
@@ -518,17 +508,6 @@ def transfer_comparison(features: pd.DataFrame, n_boot: int, seed: int, min_erro
                              "note": "higher is better" if np.isfinite(full - answer)
                              else "test answers of one class only: AUROC undefined"})
     return rows
-
-
-def _paired_auroc_differences(y, score_a, score_b, clusters, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates (over clusters) of AUROC(a) - AUROC(b) on the same resamples."""
-    codes, uniques = pd.factorize(pd.Series(clusters).astype(str), sort=True)
-    members = [np.flatnonzero(codes == k) for k in range(len(uniques))]
-    out = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
-        out.append(interaction.auroc(y[idx], score_a[idx]) - interaction.auroc(y[idx], score_b[idx]))
-    return np.asarray(out, dtype=float)
 
 
 def run_stage(call: StageCall) -> None:

@@ -22,9 +22,11 @@ STAGE_MODULES: dict[str, str] = {
     "steps": "peekaboo.steps",
     "crm": "peekaboo.crm",
     "collapse": "peekaboo.collapse",
+    "collapse_findings": "peekaboo.collapse_findings",
     "regression": "peekaboo.regression",
     "selective": "peekaboo.selective",
     "figures": "peekaboo.figures",
+    "claims": "peekaboo.claims",
     "viewer": "peekaboo.viewer",
 }
 

@@ -17,14 +17,18 @@ for _name in FIGURES:
 
 rule figures:
     input:
-        collapse_steps=collapse_outputs(),
         collapse_traces=collapse_outputs("traces"),
         collapse_maps=collapse_outputs("maps"),
         attribution=[R(f"crm/{m}/{d}/attribution.parquet") for m, d in pairs_for("crm")],
         modes=[R(f"crm/{m}/{d}/modes.parquet") for m, d in pairs_for("crm")],
+        collapse_trajectory=R("collapse/trajectory.csv"),
+        collapse_accuracy=R("collapse/accuracy.csv"),
         coefficients=R("regression/coefficients.csv"),
+        transfer=R("regression/transfer.csv"),
+        interaction_by_task=R("regression/interaction_by_task.csv"),
         selective_curves=R("selective/curves.parquet"),
         selective_summary=R("selective/summary.csv"),
+        entropy_comparison=R("selective/entropy_comparison.csv"),
         # the attention strips draw the items' images
         items_tables=expand(R("items/{d}.parquet"), d=DATASETS),
         code=code("figures"),

@@ -15,13 +15,18 @@ rule regression:
             caption="../report/transfer_table.rst",
             category="Tables",
         ),
+        interaction_by_task=report(
+            R("regression/interaction_by_task.csv"),
+            caption="../report/interaction_by_task_table.rst",
+            category="Tables",
+        ),
         summary=report(
             R("regression/summary.txt"),
             caption="../report/regression_summary.rst",
             category="Tables",
         ),
     params:
-        config={**sections("regression", "features"), "analyses": analyses_config()},
+        config={**sections("regression", "features"), "seed": config["seed"], "analyses": analyses_config()},
         results=results_dir,
     resources:
         **job_resources("default"),
@@ -34,5 +39,5 @@ rule regression:
 
 
 FINAL_OUTPUTS.append(
-    lambda: [R(f"regression/{f}") for f in ("coefficients.csv", "transfer.csv", "summary.txt")]
+    lambda: [R(f"regression/{f}") for f in ("coefficients.csv", "transfer.csv", "interaction_by_task.csv", "summary.txt")]
 )

@@ -1,0 +1,474 @@
+"""The ``claims`` stage: the two papers' headline findings, each against this run's estimate, with a verdict.
+
+One row per finding as the abstracts state it ("Don't Blink", arXiv
+2604.04207; "Peek-a-Boo Reasoning", arXiv 2512.08976); a finding built on a
+vision measure gets one row per configured measure (``features.vision``, the
+primary one first, ``primary`` true). Each row: the finding, the paper's
+figure where one is given, the estimate with its 95% interval on the data the
+config ran, its unit, the datasets and models behind it, the tables it was
+read from, and a verdict: ``consistent``, ``inconsistent`` or ``not
+estimable``, with ``reason`` always saying what decided it (or why there is
+no estimate, including an interval too wide to decide either way).
+
+The stage reads tables only: ``collapse/summary.csv``,
+``regression/transfer.csv``, ``regression/interaction_by_task.csv``,
+``selective/summary.csv``, ``selective/entropy_comparison.csv`` and
+``crm/{m}/{d}/modes.parquet``. Where several cells (model, dataset, train and
+test pair) each give an estimate with a bootstrap interval, they are pooled by
+inverse variance, each cell's SE read off its interval. Every estimate and
+verdict rule is written out in docs/analysis.md ("The claims table").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from . import resampling, schema
+from .features import vision_measures
+from .logs import get_logger
+from .seeding import rng as seeded_rng
+from .stage import StageCall
+from .tables import read_table
+
+log = get_logger("claims")
+
+COLUMNS = [
+    "id", "paper", "finding", "paper_figure", "estimate", "ci_low", "ci_high", "unit", "vision_measure", "primary",
+    "datasets", "models", "verdict", "reason", "source",
+]
+CONSISTENT, INCONSISTENT, NOT_ESTIMABLE = "consistent", "inconsistent", "not estimable"
+DONT_BLINK = "Don't Blink (arXiv 2604.04207)"
+PEEK_A_BOO = "Peek-a-Boo Reasoning (arXiv 2512.08976)"
+Z = float(norm.ppf(0.975))
+# "often losing over half of evidence mass": the collapse verdict's threshold, in percent of the first step's value
+HALF = 50.0
+# the paper's figures the reasons compare the estimates with
+PAPER_DROP = (57.0, 91.0)
+PAPER_VETO = -1.9
+# the relative drop of the lift equals the evidence share's (the evidence's area is fixed within a trace)
+COLLAPSE_MEASURE = {"evidence_share": "evidence_share", "evidence_lift": "evidence_share", "image_share": "image_share"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    paper: str
+    finding: str
+    paper_figure: str
+    unit: str
+    source: tuple[str, ...]
+    vision: bool
+
+
+FINDINGS = (
+    Finding("evidence_collapse", DONT_BLINK,
+            "attention to annotated evidence regions drops substantially, often losing over half of evidence mass, "
+            "as reasoning unfolds", "57-91%", "% of the first reasoning step's value (mean relative drop)",
+            ("collapse/summary.csv",), True),
+    Finding("entropy_transfer", DONT_BLINK,
+            "full-response entropy is the most reliable text-only uncertainty signal under cross-dataset transfer",
+            "", "AUROC, full-response minus answer-span entropy", ("selective/entropy_comparison.csv",), False),
+    Finding("vision_hurts_transfer", DONT_BLINK,
+            "adding vision features with a single global linear rule is brittle and often degrades transfer",
+            "", "AUROC, entropy + vision minus entropy alone", ("regression/transfer.csv",), True),
+    Finding("interaction_visual_reference", DONT_BLINK,
+            "low-entropy, visually disengaged predictions are hazardous on sustained visual-reference tasks "
+            "(entropy x vision interaction negative)", "",
+            "logit coefficient of z(entropy) x z(vision)", ("regression/interaction_by_task.csv",), True),
+    Finding("interaction_symbolic", DONT_BLINK,
+            "... but benign on symbolic tasks (entropy x vision interaction near zero or positive)", "",
+            "logit coefficient of z(entropy) x z(vision)", ("regression/interaction_by_task.csv",), True),
+    Finding("vision_veto", DONT_BLINK,
+            "a targeted vision veto reduces selective risk by up to 1.9 percentage points at 90% coverage, while "
+            "avoiding degradations where disengagement is expected", "up to -1.9 points",
+            "percentage points of selective risk at the veto's coverage (veto minus entropy alone)",
+            ("selective/summary.csv",), True),
+    Finding("crm_hallucination", PEEK_A_BOO,
+            "some models preserve reasoning structure, but hallucinate when evidence is missing", "",
+            "% of a model's decided CRM cases in mode hallucination", ("crm/{m}/{d}/modes.parquet",), False),
+    Finding("crm_collapse", PEEK_A_BOO,
+            "others ground tightly to visual cues yet collapse under perturbations", "",
+            "% of a model's decided CRM cases in mode collapse", ("crm/{m}/{d}/modes.parquet",), False),
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pool(estimates: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float, float]:
+    """Inverse-variance pooling of cells, each SE read off its 95% interval as ``(high - low) / (2 x 1.96)``.
+
+    A cell whose interval has no width counts with the smallest positive SE
+    among the cells (it would otherwise take all the weight); when no cell has
+    one, the estimate is the plain mean and the interval spans the cells'.
+    """
+    est, lo, hi = (np.asarray(x, dtype=float) for x in (estimates, lows, highs))
+    ok = np.isfinite(est) & np.isfinite(lo) & np.isfinite(hi)
+    est, lo, hi = est[ok], lo[ok], hi[ok]
+    if not len(est):
+        return np.nan, np.nan, np.nan
+    se = (hi - lo) / (2 * Z)
+    if not (se > 0).any():
+        return float(est.mean()), float(lo.min()), float(hi.max())
+    se = np.where(se > 0, se, se[se > 0].min())
+    w = 1.0 / se**2
+    mean = float((w * est).sum() / w.sum())
+    half = Z / float(np.sqrt(w.sum()))
+    return mean, mean - half, mean + half
+
+
+def by_interval(low: float, high: float, expected: str, threshold: float = 0.0) -> str | None:
+    """The verdict an interval gives for an expected sign: ``negative``, ``positive`` or ``not_negative``.
+
+    ``negative``: consistent when the interval lies below ``threshold``,
+    inconsistent when above; ``positive`` the mirror; ``not_negative``:
+    inconsistent only when the interval lies below ``threshold``. None: the
+    interval cannot decide (it holds the threshold).
+    """
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    if expected == "negative":
+        return CONSISTENT if high < threshold else INCONSISTENT if low > threshold else None
+    if expected == "positive":
+        return CONSISTENT if low > threshold else INCONSISTENT if high < threshold else None
+    if expected == "not_negative":
+        return INCONSISTENT if high < threshold else CONSISTENT
+    raise ValueError(f"unknown expectation {expected!r}")
+
+
+def _names(*columns: pd.Series) -> str:
+    values = [v for c in columns for v in c.dropna().astype(str) for v in v.split(",") if v]
+    return ",".join(dict.fromkeys(values))
+
+
+def _finite(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    ok = np.ones(len(df), dtype=bool)
+    for c in columns:
+        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float))
+    return df[ok]
+
+
+def _f(x: float, digits: int = 3, signed: bool = True) -> str:
+    return "nan" if not np.isfinite(x) else f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _ci(est: float, lo: float, hi: float, digits: int = 3, signed: bool = True) -> str:
+    return f"{_f(est, digits, signed)} [{_f(lo, digits, signed)}, {_f(hi, digits, signed)}]"
+
+
+def _notes(df: pd.DataFrame, limit: int = 3) -> str:
+    notes = list(dict.fromkeys(str(n) for n in df.get("note", pd.Series(dtype=object)).dropna() if str(n)))
+    return "; ".join(notes[:limit]) + (f"; and {len(notes) - limit} more" if len(notes) > limit else "")
+
+
+def result(estimate: float = np.nan, low: float = np.nan, high: float = np.nan, *, verdict: str, reason: str,
+           datasets: str = "", models: str = "") -> dict[str, Any]:
+    return {"estimate": estimate, "ci_low": low, "ci_high": high, "verdict": verdict, "reason": reason,
+            "datasets": datasets, "models": models}
+
+
+def undecided(reason: str, **kwargs) -> dict[str, Any]:
+    return result(verdict=NOT_ESTIMABLE, reason=reason, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the findings
+
+
+def evidence_collapse(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
+    """The mean relative drop over the reasoning, pooled over every model and dataset (collapse/summary.csv)."""
+    if summary.empty or "scope" not in summary:
+        return undecided("no collapse findings (collapse/summary.csv has no rows)")
+    rows = summary[(summary["scope"] == "all") & (summary["measure"] == measure)]
+    if rows.empty:
+        return undecided(f"no pooled {measure} row in the collapse summary: {_notes(summary) or 'no base traces'}")
+    r = rows.iloc[0]
+    names = {"datasets": str(r["datasets"]), "models": str(r["models"])}
+    if r["status"] != "ok":
+        return undecided(f"{measure}: {r['note']}", **names)
+    est, lo, hi = (100 * float(r[c]) for c in ("mean_drop", "mean_drop_low", "mean_drop_high"))
+    cells = _finite(summary[(summary["scope"] == "dataset") & (summary["measure"] == measure)
+                            & (summary["status"] == "ok")], "mean_drop")
+    span = 100 * cells["mean_drop"].astype(float)
+    where = ("inside" if PAPER_DROP[0] <= est <= PAPER_DROP[1] else "below" if est < PAPER_DROP[0] else "above")
+    facts = (f"mean relative drop {_ci(est, lo, hi, 1)}% over {int(r['n_used'])} traces ({int(r['n_left_out'])} "
+             f"left out); per (model, dataset) {span.min():.1f} to {span.max():.1f}% over {len(cells)} cells, the "
+             f"pooled estimate {where} the paper's 57-91%; {100 * float(r['share_over_half']):.0f}% of traces lose "
+             f"more than half")
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return undecided(f"no interval (collapse.bootstrap = 0): {facts}", **names)
+    if hi < HALF:
+        verdict, why = INCONSISTENT, "the interval lies below half of the first step's value"
+    elif lo > 0:
+        verdict, why = CONSISTENT, "the drop is positive and its interval reaches half or more"
+    else:
+        verdict, why = NOT_ESTIMABLE, "inconclusive: the interval holds both no drop and half"
+    return result(est, lo, hi, verdict=verdict, reason=f"{why}: {facts}", **names)
+
+
+def entropy_transfer(comparison: pd.DataFrame) -> dict[str, Any]:
+    """Full-response minus answer-span entropy's transfer AUROC, pooled over (model, train, test) pairs."""
+    moved = comparison[comparison["scope"] == "transfer"] if "scope" in comparison else comparison.iloc[0:0]
+    if moved.empty:
+        return undecided("no transfer pairs in selective/entropy_comparison.csv (a model needs two datasets "
+                         "feeding transfer)")
+    cells = _finite(moved[moved["status"] == "ok"], "difference", "difference_low", "difference_high")
+    named = cells if len(cells) else moved
+    names = {"datasets": _names(named["train_dataset"], named["dataset"]), "models": _names(named["model"])}
+    if cells.empty:
+        return undecided(f"no transfer pair with a difference and an interval: {_notes(moved)}", **names)
+    est, lo, hi = pool(cells["difference"], cells["difference_low"], cells["difference_high"])
+    tally = cells["better"].value_counts()
+    facts = (f"pooled over {len(cells)} (model, train, test) pairs {_ci(est, lo, hi)}; pairs favouring full-response "
+             f"{int(tally.get('full', 0))}, answer-span {int(tally.get('answer', 0))}, neither "
+             f"{int(tally.get('neither', 0))}")
+    verdict = by_interval(lo, hi, "positive")
+    why = {CONSISTENT: "full-response entropy transfers better", INCONSISTENT: "answer-span entropy transfers better",
+           None: "inconclusive: the interval holds 0"}[verdict]
+    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names)
+
+
+def vision_hurts_transfer(transfer: pd.DataFrame, measure: str) -> dict[str, Any]:
+    """Entropy + vision (additive: one global linear rule) minus entropy alone under transfer, pooled over pairs."""
+    rows = transfer[(transfer["vision_measure"] == measure)] if "vision_measure" in transfer else transfer.iloc[0:0]
+    if rows.empty:
+        return undecided(f"no transfer rows with vision measure {measure} (a model needs two datasets feeding "
+                         "transfer)" + (f": {_notes(transfer)}" if len(transfer) else ""))
+    pooled = {}
+    for name in ("additive", "vision", "interaction"):
+        cells = _finite(rows[(rows["features"] == name) & (rows["status"] == "ok")], "difference", "difference_low",
+                        "difference_high")
+        pooled[name] = (pool(cells["difference"], cells["difference_low"], cells["difference_high"]), cells)
+    (est, lo, hi), cells = pooled["additive"]
+    mine = cells if len(cells) else rows[rows["features"] == "additive"]
+    names = {"datasets": _names(mine["train_dataset"], mine["test_dataset"]), "models": _names(mine["model"])}
+    if cells.empty:
+        return undecided(f"no additive transfer pair with a difference and an interval: "
+                         f"{_notes(rows[rows['features'] == 'additive'])}", **names)
+    others = "; ".join(f"{name}: {_ci(*pooled[name][0])} over {len(pooled[name][1])}"
+                       for name in ("vision", "interaction"))
+    facts = f"entropy + vision minus entropy alone, pooled over {len(cells)} pairs {_ci(est, lo, hi)} ({others})"
+    verdict = by_interval(lo, hi, "negative")
+    why = {CONSISTENT: "adding vision degrades transfer", INCONSISTENT: "adding vision improves transfer",
+           None: "inconclusive: the interval holds 0"}[verdict]
+    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names)
+
+
+def task_interaction(by_task: pd.DataFrame, measure: str, task: str) -> dict[str, Any]:
+    """A task type's entropy x vision interaction, pooled over models (regression/interaction_by_task.csv)."""
+    mine = by_task[by_task["vision_measure"] == measure] if len(by_task) else by_task
+    if mine.empty:
+        return undecided(f"no task rows for vision measure {measure} in regression/interaction_by_task.csv "
+                         "(no dataset feeds regression, or no model has rows)")
+    rows = mine[mine["task_type"] == task]
+    if rows.empty:
+        return undecided(f"no {task} items among the datasets feeding regression")
+    names = {"datasets": _names(rows["datasets"]), "models": _names(rows["model"])}
+    cells = _finite(rows[rows["status"] == "ok"], "estimate", "ci_low", "ci_high")
+    unstable = rows[rows["status"] == "unstable"]
+    if cells.empty:
+        extra = f" ({len(unstable)} unstable fits left out)" if len(unstable) else ""
+        return undecided(f"no stable {task} interaction{extra}: {_notes(rows)}", **names)
+    names = {"datasets": _names(cells["datasets"]), "models": _names(cells["model"])}
+    est, lo, hi = pool(cells["estimate"], cells["ci_low"], cells["ci_high"])
+    per_model = ", ".join(f"{r.model} {_ci(r.estimate, r.ci_low, r.ci_high, 2)}" for r in cells.itertuples())
+    facts = f"pooled over {len(cells)} models {_ci(est, lo, hi)} ({per_model})"
+    if len(unstable):
+        facts += f"; {len(unstable)} unstable fits left out"
+    if task == "visual_reference":
+        verdict = by_interval(lo, hi, "negative")
+        why = {CONSISTENT: "negative: confident, disengaged answers are less often correct",
+               INCONSISTENT: "positive, against the paper's sign", None: "inconclusive: the interval holds 0"}[verdict]
+    else:
+        verdict = by_interval(lo, hi, "not_negative")
+        why = {CONSISTENT: "not negative: near zero or positive, as the paper says",
+               INCONSISTENT: "negative, as the paper says only of visual-reference tasks"}[verdict]
+    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names)
+
+
+def vision_veto(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
+    """The largest reduction of selective risk by the veto among (model, dataset) cells, and any significant harm."""
+    if summary.empty or "signal" not in summary:
+        return undecided("no selective-risk summary rows")
+    rows = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == measure)]
+    if rows.empty:
+        return undecided(f"no veto rows for vision measure {measure}: {_notes(summary)}")
+    cells = _finite(rows[rows["status"] == "ok"], "delta_risk")
+    names = {"datasets": _names((cells if len(cells) else rows)["dataset"]),
+             "models": _names((cells if len(cells) else rows)["model"])}
+    if cells.empty:
+        return undecided(f"no (model, dataset) with a change in risk: {_notes(rows)}", **names)
+    coverage = float(cells["veto_coverage"].iloc[0])
+    active = cells[cells["veto_active"].astype(str).str.lower() == "true"]
+    symbolic = int(pd.to_numeric(cells["n_vetoed_symbolic"], errors="coerce").fillna(0).sum())
+    harm = _finite(cells, "delta_risk_low")
+    harm = harm[harm["delta_risk_low"].astype(float) > 0]
+    where = f"at {coverage:.0%} coverage" + ("" if abs(coverage - 0.9) < 1e-9 else " (the paper: 90%)")
+    tail = f"{len(active)} of {len(cells)} (model, dataset) cells with the veto on; {symbolic} symbolic answers vetoed"
+    if len(harm):
+        worst = harm.sort_values("delta_risk_low").iloc[-1]
+        est, lo, hi = (100 * float(worst[c]) for c in ("delta_risk", "delta_risk_low", "delta_risk_high"))
+        return result(est, lo, hi, verdict=INCONSISTENT,
+                      reason=f"the veto raised the risk {where} in {len(harm)} cells (largest: {worst['model']}/"
+                             f"{worst['dataset']} {_ci(est, lo, hi, 2)} points); {tail}", **names)
+    if active.empty:
+        return undecided(f"the veto is off in every cell ({_notes(cells, 2)}); {tail}", **names)
+    best = active.sort_values("delta_risk", kind="stable").iloc[0]
+    est, lo, hi = (100 * float(best[c]) for c in ("delta_risk", "delta_risk_low", "delta_risk_high"))
+    facts = (f"largest reduction {where}: {best['model']}/{best['dataset']} {_ci(est, lo, hi, 2)} points (the paper: "
+             f"up to {PAPER_VETO} points); no cell with a significant increase; {tail}")
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return undecided(f"no interval (selective.bootstrap = 0): {facts}", **names)
+    if hi < 0:
+        return result(est, lo, hi, verdict=CONSISTENT, reason=f"the veto lowers the risk without harm: {facts}",
+                      **names)
+    return result(est, lo, hi, verdict=NOT_ESTIMABLE,
+                  reason=f"inconclusive: no cell's change is distinguishable from 0: {facts}", **names)
+
+
+def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[str, Any]:
+    """The largest share of ``mode`` among a model's decided CRM cases, and whether it is that model's own mode."""
+    if modes.empty:
+        return undecided("no CRM modes (no dataset feeds crm)")
+    decided = modes[modes["mode"].astype(str) != "undecided"]
+    names = {"datasets": _names(modes["dataset"]), "models": _names(modes["model"])}
+    if decided.empty:
+        return undecided(f"all {len(modes)} CRM cases undecided (the masks changed nothing the gold solution reads)",
+                         **names)
+    per_model = []
+    for model, sub in decided.groupby("model", sort=False):
+        hit = (sub["mode"].astype(str) == mode).to_numpy(dtype=float)
+        share = float(hit.mean())
+        lo = hi = np.nan
+        if n_boot:
+            clusters = (sub["dataset"].astype(str) + "|" + sub["item_id"].astype(str)).to_numpy()
+            boot = resampling.weighted_means(hit, resampling.row_counts(clusters, n_boot,
+                                                                         seeded_rng(seed, "claims", mode, model)))
+            lo, hi = resampling.interval(boot)
+        counts = sub["mode"].astype(str).value_counts()
+        # the most frequent mode(s): a tie leaves several, each of which counts as the model's own
+        tops = sorted(m for m in counts.index if counts[m] == counts.max())
+        per_model.append({"model": model, "share": share, "lo": lo, "hi": hi, "n": len(sub), "tops": tops,
+                          "top_share": counts.max() / len(sub), "sub": sub})
+    best = max(per_model, key=lambda r: r["share"])
+    est, lo, hi = 100 * best["share"], 100 * best["lo"], 100 * best["hi"]
+    dominant = [r for r in per_model if mode in r["tops"]]
+    listing = ", ".join(f"{r['model']} {'/'.join(r['tops'])} {100 * r['top_share']:.0f}% of {r['n']}"
+                        for r in per_model)
+    facts = (f"largest share: {best['model']} {_ci(est, lo, hi, 1, signed=False)}% of {best['n']} decided cases; "
+             f"most frequent mode per model: {listing}")
+    if mode == "hallucination" and best["share"] > 0 and "match_f1" in best["sub"]:
+        f1 = pd.to_numeric(best["sub"].loc[best["sub"]["mode"] == mode, "match_f1"], errors="coerce").mean()
+        facts += f"; its hallucinating cases keep the structure (mean Match F1 {f1:.2f})"
+    if not dominant:
+        return result(est, lo, hi, verdict=INCONSISTENT, reason=f"no model's most frequent mode is {mode}: {facts}",
+                      **names)
+    if not all(np.isfinite([lo, hi])):
+        return undecided(f"no interval (claims.bootstrap = 0): {facts}", **names)
+    shown = [r for r in dominant if np.isfinite(r["lo"]) and r["lo"] > 0]
+    if not shown:
+        return result(est, lo, hi, verdict=NOT_ESTIMABLE,
+                      reason=f"inconclusive: {mode} is the most frequent mode of "
+                             f"{', '.join(r['model'] for r in dominant)} but its share's interval reaches 0: {facts}",
+                      **names)
+    return result(est, lo, hi, verdict=CONSISTENT,
+                  reason=f"{mode} is the most frequent mode of {', '.join(r['model'] for r in shown)}: {facts}",
+                  **names)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Tables:
+    """The stage's input tables (empty frames where a table has no rows)."""
+
+    collapse_summary: pd.DataFrame
+    transfer: pd.DataFrame
+    interaction_by_task: pd.DataFrame
+    selective_summary: pd.DataFrame
+    entropy_comparison: pd.DataFrame
+    modes: pd.DataFrame
+
+
+def claims_table(tables: Tables, measures: Sequence[str], n_boot: int, seed: int) -> pd.DataFrame:
+    """Every finding's row (per vision measure where it uses one), in the order of ``FINDINGS``."""
+    estimators: dict[str, Callable[[str], dict[str, Any]]] = {
+        "evidence_collapse": lambda m: evidence_collapse(tables.collapse_summary, m),
+        "entropy_transfer": lambda m: entropy_transfer(tables.entropy_comparison),
+        "vision_hurts_transfer": lambda m: vision_hurts_transfer(tables.transfer, m),
+        "interaction_visual_reference": lambda m: task_interaction(tables.interaction_by_task, m, "visual_reference"),
+        "interaction_symbolic": lambda m: task_interaction(tables.interaction_by_task, m, "symbolic"),
+        "vision_veto": lambda m: vision_veto(tables.selective_summary, m),
+        "crm_hallucination": lambda m: crm_pattern(tables.modes, "hallucination", n_boot, seed),
+        "crm_collapse": lambda m: crm_pattern(tables.modes, "collapse", n_boot, seed),
+    }
+    rows = []
+    for f in FINDINGS:
+        if not f.vision:
+            per_measure = [("", True)]
+        elif f.id == "evidence_collapse":
+            mapped = list(dict.fromkeys(COLLAPSE_MEASURE[m] for m in measures))
+            per_measure = [(m, m == COLLAPSE_MEASURE[measures[0]]) for m in mapped]
+        else:
+            per_measure = [(m, i == 0) for i, m in enumerate(measures)]
+        for measure, primary in per_measure:
+            try:
+                out = estimators[f.id](measure)
+            except Exception as exc:  # one finding's bad table must not cost the others; the row says what failed
+                log.exception("claim %s (%s) failed", f.id, measure)
+                out = undecided(f"failed: {type(exc).__name__}: {exc}")
+            rows.append({"id": f.id, "paper": f.paper, "finding": f.finding, "paper_figure": f.paper_figure,
+                         "unit": f.unit, "vision_measure": measure, "primary": primary, "source": ",".join(f.source),
+                         **out})
+            log.info("claim %s%s: %s (%s)", f.id, f" [{measure}]" if measure else "", rows[-1]["verdict"],
+                     rows[-1]["reason"])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        log.warning("%s is empty", path)
+        return pd.DataFrame()
+
+
+def read_modes(paths: Sequence[Path]) -> pd.DataFrame:
+    """Every ``crm/{m}/{d}/modes.parquet``, with the model and dataset its path names."""
+    frames = []
+    for p in paths:
+        df = read_table(p)
+        if len(df):
+            frames.append(df.assign(model=Path(p).parent.parent.name, dataset=Path(p).parent.name))
+    if not frames:
+        return pd.DataFrame(columns=["model", "dataset", "item_id", "mode"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_stage(call: StageCall) -> None:
+    """The ``claims`` rule: ``claims.csv`` from the findings tables.
+
+    ``config``: ``features`` (the vision measures, primary first), ``claims``
+    (its ``bootstrap``) and ``seed``. Inputs: ``collapse_summary``,
+    ``transfer``, ``interaction_by_task``, ``selective_summary``,
+    ``entropy_comparison`` (files) and ``modes`` (a list, possibly empty).
+    """
+    tables = Tables(
+        collapse_summary=_read_csv(call.path("collapse_summary")),
+        transfer=_read_csv(call.path("transfer")),
+        interaction_by_task=_read_csv(call.path("interaction_by_task")),
+        selective_summary=_read_csv(call.path("selective_summary")),
+        entropy_comparison=_read_csv(call.path("entropy_comparison")),
+        modes=read_modes(call.paths("modes")),
+    )
+    cfg = schema.section("claims", call.config["claims"])
+    table = claims_table(tables, vision_measures(call.config["features"]), int(cfg["bootstrap"]),
+                         int(call.config["seed"]))
+    call.output("claims").parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(call.output("claims"), index=False, float_format="%.6g")

@@ -1,0 +1,301 @@
+"""The claims table: verdict rules on both sides of each threshold, pooling, and a planted world end to end."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from peekaboo import claims
+from peekaboo.claims import CONSISTENT, INCONSISTENT, NOT_ESTIMABLE
+from peekaboo.stage import StageCall
+
+from _fixtures_collapse import simulate_features
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_inverse_variance_pooling_hand_computed():
+    z = claims.Z
+    # SEs 0.1 and 0.2 read off the intervals: weights 100 and 25
+    est, lo, hi = claims.pool([1.0, 2.0], [1 - 0.1 * z, 2 - 0.2 * z], [1 + 0.1 * z, 2 + 0.2 * z])
+    assert est == pytest.approx((100 * 1 + 25 * 2) / 125)
+    assert hi - est == pytest.approx(z / np.sqrt(125))
+    assert lo == pytest.approx(2 * est - hi)
+    # a zero-width interval counts with the smallest positive SE; with none at all: plain mean, the cells' span
+    assert claims.pool([0.0, 1.0], [0.0, 1 - 0.1 * z], [0.0, 1 + 0.1 * z])[0] == pytest.approx(0.5)
+    assert claims.pool([0.0, 0.2], [0.0, 0.2], [0.0, 0.2]) == (pytest.approx(0.1), 0.0, 0.2)
+    assert all(np.isnan(claims.pool([np.nan], [0.0], [1.0])))
+
+
+@pytest.mark.parametrize("low, high, expected, verdict", [
+    (-0.3, -0.01, "negative", CONSISTENT), (0.01, 0.3, "negative", INCONSISTENT), (-0.1, 0.1, "negative", None),
+    (0.01, 0.3, "positive", CONSISTENT), (-0.3, -0.01, "positive", INCONSISTENT), (-0.1, 0.1, "positive", None),
+    (-0.1, 0.1, "not_negative", CONSISTENT), (0.1, 0.3, "not_negative", CONSISTENT),
+    (-0.3, -0.01, "not_negative", INCONSISTENT), (np.nan, 0.1, "negative", None),
+])
+def test_interval_verdicts(low, high, expected, verdict):
+    assert claims.by_interval(low, high, expected) == verdict
+
+
+# ----------------------------------------------------------------------------- each finding's rule
+
+
+def _collapse_summary(est, lo, hi, status="ok", note=""):
+    row = {"scope": "all", "model": "pooled", "dataset": "pooled", "measure": "evidence_share", "n_used": 90,
+           "n_left_out": 10, "mean_drop": est, "mean_drop_low": lo, "mean_drop_high": hi, "share_over_half": 0.6,
+           "datasets": "a,b", "models": "m", "status": status, "note": note}
+    cell = {**row, "scope": "dataset", "model": "m", "dataset": "a"}
+    return pd.DataFrame([row, cell])
+
+
+@pytest.mark.parametrize("est, lo, hi, verdict, why", [
+    (0.60, 0.55, 0.65, CONSISTENT, "the drop is positive and its interval reaches half"),
+    (0.45, 0.40, 0.501, CONSISTENT, "the drop is positive and its interval reaches half"),
+    (0.45, 0.40, 0.499, INCONSISTENT, "the interval lies below half"),
+    (-0.10, -0.20, -0.05, INCONSISTENT, "the interval lies below half"),
+    (0.30, -0.01, 0.60, NOT_ESTIMABLE, "inconclusive"),
+])
+def test_evidence_collapse_verdicts_around_zero_and_half(est, lo, hi, verdict, why):
+    out = claims.evidence_collapse(_collapse_summary(est, lo, hi), "evidence_share")
+    assert out["verdict"] == verdict and out["reason"].startswith(why)
+    assert out["estimate"] == pytest.approx(100 * est) and out["datasets"] == "a,b"
+    assert "the paper's 57-91%" in out["reason"] and "10 left out" in out["reason"]
+
+
+def test_evidence_collapse_without_an_estimate_says_why():
+    out = claims.evidence_collapse(_collapse_summary(np.nan, np.nan, np.nan, "not_estimable",
+                                                     "evidence_share undefined: no item of these 12 traces has "
+                                                     "evidence regions"), "evidence_share")
+    assert out["verdict"] == NOT_ESTIMABLE and "no item of these 12 traces has evidence regions" in out["reason"]
+    out = claims.evidence_collapse(_collapse_summary(0.6, np.nan, np.nan), "evidence_share")
+    assert out["verdict"] == NOT_ESTIMABLE and "no interval (collapse.bootstrap = 0)" in out["reason"]
+    assert "no collapse findings" in claims.evidence_collapse(pd.DataFrame(), "evidence_share")["reason"]
+
+
+def _pairs(values, scope="transfer"):
+    return pd.DataFrame([{"model": "m", "scope": scope, "dataset": f"t{i}", "train_dataset": f"s{i}", "metric": "auroc",
+                          "difference": d, "difference_low": lo, "difference_high": hi, "status": "ok",
+                          "better": "full" if lo > 0 else "answer" if hi < 0 else "neither", "note": ""}
+                         for i, (d, lo, hi) in enumerate(values)])
+
+
+@pytest.mark.parametrize("values, verdict", [
+    ([(0.05, 0.01, 0.09), (0.03, -0.01, 0.07)], CONSISTENT),
+    ([(-0.05, -0.09, -0.01), (-0.03, -0.07, 0.01)], INCONSISTENT),
+    ([(0.05, -0.02, 0.12), (-0.05, -0.12, 0.02)], NOT_ESTIMABLE),
+])
+def test_entropy_transfer_pools_the_pairs(values, verdict):
+    out = claims.entropy_transfer(_pairs(values))
+    assert out["verdict"] == verdict and "pooled over 2 (model, train, test) pairs" in out["reason"]
+    assert out["datasets"] == "s0,s1,t0,t1" and out["models"] == "m"
+
+
+def test_entropy_transfer_without_pairs_says_why():
+    out = claims.entropy_transfer(_pairs([(0.1, 0.0, 0.2)], scope="in_domain"))
+    assert out["verdict"] == NOT_ESTIMABLE and "a model needs two datasets feeding transfer" in out["reason"]
+    failed = _pairs([(np.nan, np.nan, np.nan)]).assign(status="not_fitted", note="entropy_full: too few errors")
+    out = claims.entropy_transfer(failed)
+    assert out["verdict"] == NOT_ESTIMABLE and "entropy_full: too few errors" in out["reason"]
+
+
+def _transfer(additive, measure="evidence_share"):
+    rows = []
+    for name, (d, lo, hi) in (("additive", additive), ("vision", (-0.2, -0.3, -0.1)), ("interaction", (0.0, -0.1, 0.1))):
+        rows.append({"model": "m", "train_dataset": "a", "test_dataset": "b", "features": name,
+                     "vision_measure": measure, "difference": d, "difference_low": lo, "difference_high": hi,
+                     "status": "ok", "note": ""})
+    rows.append({"model": "m", "train_dataset": "a", "test_dataset": "b", "features": "entropy", "vision_measure": None,
+                 "difference": np.nan, "difference_low": np.nan, "difference_high": np.nan, "status": "ok", "note": ""})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("additive, verdict", [
+    ((-0.04, -0.07, -0.01), CONSISTENT), ((0.04, 0.01, 0.07), INCONSISTENT), ((0.0, -0.03, 0.03), NOT_ESTIMABLE)])
+def test_vision_hurts_transfer_reads_the_additive_rule(additive, verdict):
+    out = claims.vision_hurts_transfer(_transfer(additive), "evidence_share")
+    assert out["verdict"] == verdict and out["estimate"] == pytest.approx(additive[0])
+    assert "vision: -0.200 [-0.300, -0.100] over 1" in out["reason"]
+    out = claims.vision_hurts_transfer(_transfer(additive), "image_share")
+    assert out["verdict"] == NOT_ESTIMABLE and "no transfer rows with vision measure image_share" in out["reason"]
+
+
+def _by_task(rows):
+    return pd.DataFrame([{"model": m, "vision_measure": "evidence_share", "datasets": "a,b", "task_type": t,
+                          "estimate": e, "ci_low": lo, "ci_high": hi, "status": s, "note": n}
+                         for m, t, e, lo, hi, s, n in rows])
+
+
+@pytest.mark.parametrize("task, ci, verdict", [
+    ("visual_reference", (-0.8, -0.1), CONSISTENT), ("visual_reference", (0.1, 0.8), INCONSISTENT),
+    ("visual_reference", (-0.5, 0.2), NOT_ESTIMABLE),
+    ("symbolic", (-0.2, 0.3), CONSISTENT), ("symbolic", (0.1, 0.4), CONSISTENT),
+    ("symbolic", (-0.6, -0.05), INCONSISTENT),
+])
+def test_interaction_by_task_signs(task, ci, verdict):
+    mid = sum(ci) / 2
+    table = _by_task([("m1", task, mid, *ci, "ok", ""), ("m2", task, mid, *ci, "ok", "")])
+    out = claims.task_interaction(table, "evidence_share", task)
+    assert out["verdict"] == verdict and out["estimate"] == pytest.approx(mid)
+    # two models with the same interval: the pooled interval is narrower by sqrt(2)
+    assert out["ci_high"] - out["ci_low"] == pytest.approx((ci[1] - ci[0]) / np.sqrt(2))
+    assert out["models"] == "m1,m2"
+
+
+def test_interaction_not_estimable_says_why():
+    table = _by_task([("m", "symbolic", np.nan, np.nan, np.nan, "not_estimable",
+                       "no symbolic rows in the pooled fit (40 rows left out (40 without vision engagement))"),
+                      ("m", "visual_reference", 0.3, 0.1, 0.5, "unstable", "optimiser did not converge")])
+    sym = claims.task_interaction(table, "evidence_share", "symbolic")
+    assert sym["verdict"] == NOT_ESTIMABLE and "40 without vision engagement" in sym["reason"]
+    vis = claims.task_interaction(table, "evidence_share", "visual_reference")
+    assert vis["verdict"] == NOT_ESTIMABLE and "1 unstable fits left out" in vis["reason"]
+    none = claims.task_interaction(table[table["task_type"] == "symbolic"], "evidence_share", "visual_reference")
+    assert "no visual_reference items among the datasets feeding regression" in none["reason"]
+
+
+def _veto(cells):
+    return pd.DataFrame([{"model": "m", "dataset": d, "signal": "entropy+veto", "vision_measure": "evidence_share",
+                          "delta_risk": e, "delta_risk_low": lo, "delta_risk_high": hi, "veto_active": on,
+                          "veto_coverage": 0.9, "n_vetoed_symbolic": 0, "status": "ok",
+                          "note": "" if on else "no threshold lowered the training risk: veto off"}
+                         for d, e, lo, hi, on in cells])
+
+
+@pytest.mark.parametrize("cells, verdict, estimate", [
+    ([("a", -0.019, -0.03, -0.005, True), ("b", 0.0, 0.0, 0.0, False)], CONSISTENT, -1.9),
+    ([("a", -0.019, -0.03, 0.004, True), ("b", -0.01, -0.02, 0.001, True)], NOT_ESTIMABLE, -1.9),
+    ([("a", -0.019, -0.03, -0.005, True), ("b", 0.02, 0.004, 0.03, True)], INCONSISTENT, 2.0),
+    ([("a", 0.0, 0.0, 0.0, False), ("b", 0.0, 0.0, 0.0, False)], NOT_ESTIMABLE, np.nan),
+])
+def test_veto_verdicts(cells, verdict, estimate):
+    out = claims.vision_veto(_veto(cells), "evidence_share")
+    assert out["verdict"] == verdict
+    assert out["estimate"] == pytest.approx(estimate, nan_ok=True)
+    if verdict == INCONSISTENT:
+        assert out["reason"].startswith("the veto raised the risk at 90% coverage in 1 cells")
+    if np.isnan(estimate):
+        assert out["reason"].startswith("the veto is off in every cell (no threshold lowered the training risk")
+    assert "symbolic answers vetoed" in out["reason"]
+
+
+def _modes(shares, n_items=30, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, probs in shares.items():
+        modes = list(probs)
+        for i in range(n_items):
+            for region in range(2):
+                rows.append({"model": model, "dataset": "v", "item_id": f"i{i}", "region": region, "fill": "gray",
+                             "mode": rng.choice(modes, p=list(probs.values())), "match_f1": 0.8})
+    return pd.DataFrame(rows)
+
+
+def test_crm_patterns_by_each_models_own_mode():
+    modes = _modes({"blind": {"hallucination": 0.8, "grounded": 0.2},
+                    "jumpy": {"collapse": 0.7, "grounded": 0.2, "undecided": 0.1},
+                    "good": {"grounded": 0.9, "insensitive": 0.1}})
+    hal = claims.crm_pattern(modes, "hallucination", 200, 0)
+    assert hal["verdict"] == CONSISTENT and hal["reason"].startswith("hallucination is the most frequent mode of blind")
+    assert 70 < hal["estimate"] < 90 and hal["ci_low"] > 50 and "mean Match F1 0.80" in hal["reason"]
+    col = claims.crm_pattern(modes, "collapse", 200, 0)
+    assert col["verdict"] == CONSISTENT and "collapse is the most frequent mode of jumpy" in col["reason"]
+    # undecided cases are not a mode of the model: left out of the shares
+    jumpy = modes[(modes["model"] == "jumpy") & (modes["mode"] != "undecided")]
+    assert col["estimate"] == pytest.approx(100 * (jumpy["mode"] == "collapse").mean())
+    only_good = claims.crm_pattern(modes[modes["model"] == "good"], "collapse", 200, 0)
+    assert only_good["verdict"] == INCONSISTENT and "no model's most frequent mode is collapse" in only_good["reason"]
+    assert only_good["estimate"] == 0.0
+    assert claims.crm_pattern(pd.DataFrame(), "collapse", 10, 0)["reason"] == "no CRM modes (no dataset feeds crm)"
+    # a tie leaves each tied mode as the model's own
+    tie = pd.DataFrame({"model": "m", "dataset": "v", "item_id": [f"i{i}" for i in range(20)],
+                        "mode": ["hallucination", "grounded"] * 10, "match_f1": 0.9})
+    tied = claims.crm_pattern(tie, "hallucination", 200, 0)
+    assert tied["verdict"] == CONSISTENT and "m grounded/hallucination 50% of 20" in tied["reason"]
+    undecided = modes.assign(mode="undecided")
+    assert "all 180 CRM cases undecided" in claims.crm_pattern(undecided, "hallucination", 10, 0)["reason"]
+
+
+# ----------------------------------------------------------------------------- a planted world, end to end
+
+
+def _planted_world():
+    """Two models, three datasets; on visual-reference items confident but disengaged answers are wrong, on
+    symbolic items vision does nothing; the answer-span entropy is the noisier signal; the evidence drops by 70%."""
+    coef = {"const": 1.5, "entropy": -1.0, "vision": 0.0, "entropy:vision": 0.0,
+            "vision@visual_reference": 2.0, "entropy:vision@visual_reference": -1.0}
+    df = simulate_features(500, 5, coef, datasets=("a", "b", "c"), models=("m1", "m2"),
+                           task_types=("symbolic", "visual_reference"), answer_noise=2.0)
+    rng = np.random.default_rng(6)
+    drop = rng.uniform(0.55, 0.85, len(df))
+    first = rng.uniform(0.3, 0.6, len(df))
+    df = df.assign(n_think_steps=3, n_evidence_regions=1, sinks_excluded=False, evidence_share_reasoning_first=first,
+                   evidence_share_reasoning_last=first * (1 - drop), evidence_share_reasoning_drop=drop,
+                   evidence_share_answer=first * (1 - drop), image_share_reasoning_first=0.5,
+                   image_share_reasoning_last=0.45, image_share_reasoning_drop=0.1, image_share_answer=0.4)
+    return df
+
+
+def test_a_planted_world_gives_the_planted_verdicts(tmp_path):
+    from peekaboo import collapse_findings, regression, selective
+
+    df = _planted_world()
+    measures = ["evidence_share"]
+    reg_cfg = {"min_errors": 5, "bootstrap": 200}
+    sel_cfg = {"bootstrap": 200, "seed": 0, "veto_quantiles": [0.1, 0.2, 0.3], "veto_alpha": 0.1}
+    _, summary, comparison = selective.evaluate_all(df, sel_cfg, reg_cfg, measures)
+    modes = _modes({"m1": {"hallucination": 0.75, "grounded": 0.25}, "m2": {"grounded": 0.8, "collapse": 0.2}})
+    tables = claims.Tables(collapse_summary=collapse_findings.summary_table(df, 200, 0),
+                           transfer=regression.transfer(df, reg_cfg, measures, seed=0),
+                           interaction_by_task=regression.interaction_by_task(df, reg_cfg, measures),
+                           selective_summary=summary, entropy_comparison=comparison, modes=modes)
+    table = claims.claims_table(tables, measures, 200, 0)
+    assert list(table.columns) == claims.COLUMNS
+    assert table["id"].tolist() == [f.id for f in claims.FINDINGS]
+    verdicts = dict(zip(table["id"], table["verdict"]))
+    assert verdicts == {
+        "evidence_collapse": CONSISTENT,  # 70% planted
+        "entropy_transfer": CONSISTENT,  # the answer-span entropy is the noisier signal
+        "vision_hurts_transfer": INCONSISTENT,  # here vision carries signal of its own: it helps
+        "interaction_visual_reference": CONSISTENT,
+        "interaction_symbolic": CONSISTENT,
+        "vision_veto": CONSISTENT,
+        "crm_hallucination": CONSISTENT,
+        "crm_collapse": INCONSISTENT,  # m2's own mode is grounded
+    }, table[["id", "verdict", "reason"]].to_string()
+    assert table["reason"].str.len().gt(20).all()
+    collapse = table.set_index("id").loc["evidence_collapse"]
+    assert collapse["ci_low"] < 70 < collapse["ci_high"] and collapse["unit"].startswith("%")
+    veto = table.set_index("id").loc["vision_veto"]
+    assert veto["estimate"] < 0 and "0 symbolic answers vetoed" in veto["reason"]
+    assert table.set_index("id").loc["interaction_visual_reference", "models"] == "m1,m2"
+
+
+def test_run_stage_writes_every_row_with_a_reason(tmp_path):
+    """No dataset feeds anything but the (empty) tables exist: every row is there, not estimable, saying why."""
+    inputs = {}
+    from peekaboo.collapse_findings import SUMMARY_COLUMNS
+
+    nothing = pd.DataFrame([{"status": "not_estimable", "note": "no unmasked traces in the collapse tables"}],
+                           columns=SUMMARY_COLUMNS)
+    for name, frame in (("collapse_summary", nothing),
+                        ("transfer", pd.DataFrame(columns=["model", "features", "vision_measure"])),
+                        ("interaction_by_task", pd.DataFrame(columns=["model", "vision_measure", "task_type"])),
+                        ("selective_summary", pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])),
+                        ("entropy_comparison", pd.DataFrame(columns=["scope", "status"]))):
+        inputs[name] = str(tmp_path / f"{name}.csv")
+        frame.to_csv(inputs[name], index=False)
+    inputs["modes"] = []
+    out = tmp_path / "claims.csv"
+    claims.run_stage(StageCall(inputs=inputs, outputs={"claims": str(out)},
+                               config={"features": {"vision": ["evidence_share", "image_share"]},
+                                       "claims": {"bootstrap": 10}, "seed": 0}, results_dir=tmp_path))
+    table = pd.read_csv(out)
+    assert (table["verdict"] == NOT_ESTIMABLE).all() and table["reason"].notna().all()
+    # the findings built on a vision measure once per measure, the primary one first
+    assert table["id"].value_counts()["vision_veto"] == 2 and table["id"].value_counts()["entropy_transfer"] == 1
+    veto = table[table["id"] == "vision_veto"]
+    assert veto["vision_measure"].tolist() == ["evidence_share", "image_share"] and veto["primary"].tolist() == [True, False]
+    reasons = dict(zip(table.loc[table["primary"], "id"], table.loc[table["primary"], "reason"]))
+    assert reasons["crm_collapse"] == "no CRM modes (no dataset feeds crm)"
+    assert reasons["evidence_collapse"] == ("no pooled evidence_share row in the collapse summary: no unmasked traces "
+                                            "in the collapse tables")
