@@ -250,10 +250,16 @@ class StepRaw:
 
 def step_reductions(data: TraceData, spans: Sequence[tuple[int, str, int, int]], layers: np.ndarray,
                     evidence_regions: int) -> list[StepRaw]:
-    """Average the per-token arrays over each step's tokens (spans are half-open token ranges)."""
+    """Average the per-token arrays over each step's tokens (spans are half-open token ranges).
+
+    A trace without image tokens (a text-only question) has no attention on
+    an image to measure: its image share is undefined (NaN), not zero, so that
+    it never reads as a visually disengaged answer.
+    """
     img = data.image_mass.astype(np.float64)
     n_layers = img.shape[1]
-    img_tok = img[:, layers, :].mean(axis=(1, 2)) if n_layers else np.full(len(img), np.nan)
+    has_image = len(data.patch_box) > 0
+    img_tok = img[:, layers, :].mean(axis=(1, 2)) if n_layers and has_image else np.full(len(img), np.nan)
     if evidence_regions > 0:
         reg = data.region_mass[:, layers, :evidence_regions].astype(np.float64)
         ev_tok = reg.mean(axis=1).sum(axis=1)
@@ -658,7 +664,10 @@ def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping]
                          f"using the first {min(n_item_regions, n_store_regions)}")
         evidence.boxes = evidence.boxes[:n_store_regions]
         evidence.images = evidence.images[:n_store_regions]
-    if evidence.empty and item is not None:
+    if not len(data.patch_box):
+        counts["no_image"] = counts.get("no_image", 0) + 1
+        rec.notes.append("no image tokens (a question without an image): vision measures undefined")
+    elif evidence.empty and item is not None:
         counts["no_evidence"] += 1
         rec.notes.append("item has no evidence regions: evidence measures undefined")
     attach_patch_weights(evidence, data.patch_box, data.patch_image,
