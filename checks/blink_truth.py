@@ -81,8 +81,9 @@ def blink_flags(results: Path, dataset: str) -> dict[str, bool]:
     path = results / "items" / f"{dataset}.parquet"
     if not path.exists():
         return {}
+    items = read_table(path)
     out = {}
-    for item_id, meta in zip(read_table(path)["item_id"], read_table(path)["meta"]):
+    for item_id, meta in zip(items["item_id"], items["meta"]):
         value = parse_meta(meta).get("blink")
         if value is not None:
             out[str(item_id)] = bool(value)
@@ -107,13 +108,11 @@ def separation(df: pd.DataFrame) -> pd.DataFrame:
     visual = visual[np.isfinite(visual["vision"].astype(float))]
     for name, sub in [*visual.groupby("dataset", sort=False), ("pooled", visual)]:
         look = ~sub["blink"].astype(bool)
-        attr = sub[sub["vision_steps"].notna()]
         rows.append({
             "dataset": name, "n_blink": int((~look).sum()), "n_look": int(look.sum()),
             "vision_blink": float(sub.loc[~look, "vision"].mean()), "vision_look": float(sub.loc[look, "vision"].mean()),
             "max_blink": float(sub.loc[~look, "vision"].max()), "min_look": float(sub.loc[look, "vision"].min()),
             "auroc": interaction.auroc(look.to_numpy(), sub["vision"].to_numpy(dtype=float)),
-            "n_attr": len(attr),
         })
     return pd.DataFrame(rows)
 
@@ -185,6 +184,20 @@ def veto_recheck(df: pd.DataFrame, selective_cfg, min_errors: int) -> pd.DataFra
             "note": rule.note,
         })
     return pd.DataFrame(rows)
+
+
+def stage_agreement(results: Path, model: str, fit: interaction.Fit) -> str:
+    """Whether the refit here has the regression stage's pooled coefficients (regression/coefficients.csv)."""
+    path = results / "regression" / "coefficients.csv"
+    if not path.exists():
+        return f"(no {path} to compare with)"
+    table = pd.read_csv(path)
+    stage = table[(table["model"] == model) & (table["scope"] == "pooled") & table["term"].notna()]
+    stage = dict(zip(stage["term"], stage["estimate"]))
+    mine = dict(zip(fit.terms, fit.params))
+    same = set(stage) == set(mine) and all(math.isclose(stage[t], mine[t], rel_tol=1e-4, abs_tol=1e-6) for t in mine)
+    return "(the regression stage's pooled fit: the same coefficients)" if same else \
+        f"(differs from the regression stage's pooled fit: {stage})"
 
 
 def describing_steps(meta) -> dict[int, int]:
@@ -304,6 +317,7 @@ def main(argv=None) -> int:
                 if term in fit.terms:
                     i = fit.terms.index(term)
                     print(f"   {term:<16}{fit.params[i]:+.3f} [{fit.ci[i, 0]:+.3f}, {fit.ci[i, 1]:+.3f}], p={fit.pvalues[i]:.3g}")
+            print(f"   {stage_agreement(results, model, fit)}")
         visual = slopes.get("visual_reference")
         if visual is None:
             print("   no vision slope for visual_reference items")
@@ -328,25 +342,28 @@ def main(argv=None) -> int:
             summary = pd.read_csv(summary_path)
             veto = summary[(summary["model"] == model) & (summary["signal"] == "entropy+veto")]
             print(f"   {'dataset':<14}{'n':>5}{'errors':>7}{'veto':>5}{'vetoed':>7}{'blink':>6}{'symbolic':>9}"
-                  f"{'delta risk':>11}  95% interval")
+                  f"{'delta risk':>11}  95% interval   (vetoed: answers entropy accepted; blink, symbolic: vetoed of all)")
             for r in veto.itertuples(index=False):
-                re_ = recheck.loc[r.dataset] if r.dataset in recheck.index else None
+                if r.dataset not in recheck.index:
+                    judge(False, f"{model}/{r.dataset}: no usable answers to refit the veto on")
+                    continue
+                re_ = recheck.loc[r.dataset]
                 ok = bool(r.veto_active) and r.delta_risk <= -MIN_VETO_DROP and r.delta_risk_high < 0
-                symbolic_ok = re_ is not None and int(re_["vetoed_symbolic"]) == 0
                 verdict = judge(ok, f"{model}/{r.dataset}: veto change in risk {r.delta_risk:+.4f} "
                                 f"[{r.delta_risk_low:+.4f}, {r.delta_risk_high:+.4f}]")
-                judge(symbolic_ok, f"{model}/{r.dataset}: veto vetoes symbolic items")
+                symbolic = judge(int(re_["vetoed_symbolic"]) == 0, f"{model}/{r.dataset}: the veto demotes symbolic items")
                 # summary.csv keeps 6 significant digits
-                same = re_ is not None and math.isclose(float(re_["delta"]), float(r.delta_risk), rel_tol=1e-5, abs_tol=1e-7)
+                same = math.isclose(float(re_["delta"]), float(r.delta_risk), rel_tol=1e-5, abs_tol=1e-7)
                 print(f"   {r.dataset:<14}{int(r.n):>5}{int(r.n_errors):>7}{'on' if r.veto_active else 'off':>5}"
-                      f"{int(r.n_vetoed):>7}{(str(int(re_['vetoed_blink'])) + '/' + str(int(re_['n_blink']))) if re_ is not None else '-':>6}"
-                      f"{(str(int(re_['vetoed_symbolic'])) + '/' + str(int(re_['n_symbolic']))) if re_ is not None else '-':>9}"
-                      f"{r.delta_risk:>+11.4f}  [{r.delta_risk_low:+.4f}, {r.delta_risk_high:+.4f}]  {verdict}"
-                      f"{'' if same else '  (refit here differs from the stage: ' + fmt(float(re_['delta']) if re_ is not None else float('nan'), '+.4f') + ')'}")
+                      f"{int(r.n_vetoed):>7}{int(re_['vetoed_blink']):>3}/{int(re_['n_blink']):<2}"
+                      f"{int(re_['vetoed_symbolic']):>6}/{int(re_['n_symbolic']):<2}"
+                      f"{r.delta_risk:>+11.4f}  [{r.delta_risk_low:+.4f}, {r.delta_risk_high:+.4f}]  {verdict}; "
+                      f"symbolic {symbolic}"
+                      + ("" if same else f"  (the refit here gives {float(re_['delta']):+.4f})"))
                 slopes_cell = r.veto_slopes if isinstance(r.veto_slopes, str) else "{}"
                 print(f"   {'':<14}threshold {fmt(float(r.veto_threshold))} (quantile {fmt(float(r.veto_quantile), 'g')}), "
                       f"slopes {json.loads(slopes_cell)}, trained on {r.veto_train_datasets}; a veto of exactly "
-                      f"the blink items would change the risk by {fmt(float(re_['oracle']) if re_ is not None else float('nan'), '+.4f')}")
+                      f"the blink items would change the risk by {float(re_['oracle']):+.4f}")
 
         crm = crm_response(results, model)
         print(f"\n5. CRM with the evidence hidden (drop:k): the look items' describing step changes, the blink "
