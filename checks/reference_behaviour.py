@@ -11,7 +11,11 @@ of the same size hidden (as ctrl:k) the rate of keeping the clean answer and
 the abstention rate. Targets (issue 4): clean accuracy >= 97% per type;
 evidence hidden: grounded/oversensitive abstain >= 95%, blind-spot names a
 value >= 95%; control hidden: blind-spot/grounded keep >= 95%, oversensitive
-abstains >= 80%. Exit status 1 when a target is missed.
+abstains >= 80%. The blinker (issue 15) is judged on its look items as
+grounded is, and on its blink items (``synthetic.blink_rule``: the colour
+questions about its blink panel) by naming its prior colour >= 95% on clean
+images and keeping that answer >= 95% with the evidence or a control hidden
+(it never looked). Exit status 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -30,15 +34,21 @@ from peekaboo import config as pcfg  # noqa: E402
 from peekaboo import synthetic as P  # noqa: E402
 from peekaboo.models import reference as R  # noqa: E402
 
-# (condition, measure, behaviour) -> minimum; fills other than gray are reported, not judged
+# (condition, measure, behaviour, subset) -> minimum; fills other than gray are reported, not judged.
+# subset: the blinker's blink or look items (every item of the other behaviours is a look item)
 TARGETS = {
-    ("clean", "accuracy", None): 0.97,
-    ("evidence", "abstain", "grounded"): 0.95,
-    ("evidence", "abstain", "oversensitive"): 0.95,
-    ("evidence", "named", "blind-spot"): 0.95,
-    ("control", "kept", "blind-spot"): 0.95,
-    ("control", "kept", "grounded"): 0.95,
-    ("control", "abstain", "oversensitive"): 0.80,
+    ("clean", "accuracy", None, "look"): 0.97,
+    ("evidence", "abstain", "grounded", "look"): 0.95,
+    ("evidence", "abstain", "oversensitive", "look"): 0.95,
+    ("evidence", "named", "blind-spot", "look"): 0.95,
+    ("control", "kept", "blind-spot", "look"): 0.95,
+    ("control", "kept", "grounded", "look"): 0.95,
+    ("control", "abstain", "oversensitive", "look"): 0.80,
+    ("evidence", "abstain", "blinker", "look"): 0.95,
+    ("control", "kept", "blinker", "look"): 0.95,
+    ("clean", "prior", "blinker", "blink"): 0.95,
+    ("evidence", "kept", "blinker", "blink"): 0.95,
+    ("control", "kept", "blinker", "blink"): 0.95,
 }
 
 
@@ -71,16 +81,20 @@ def main(argv=None) -> int:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
         t0 = time.perf_counter()
-        table = R.behaviour_table(model, processor, opts, n_per_type=args.n, fills=args.fills,
-                                  conditions=args.conditions)
         behaviour = spec["behaviour"]
+        blink = behaviour == "blinker"
+        table = R.behaviour_table(model, processor, opts, n_per_type=args.n, fills=args.fills,
+                                  conditions=args.conditions, blink=blink)
         print(f"\n== {name} ({behaviour}) on {dataset} test items, {args.n} per type, {time.perf_counter() - t0:.0f} s")
-        print(f"{'condition':<10} {'fill':<6} {'type':<11} {'n':>4} {'accuracy':>9} {'abstain':>8} {'named':>7} "
-              f"{'kept':>6}  target")
+        print(f"{'condition':<10} {'fill':<6} {'type':<11} {'items':<6} {'n':>4} {'accuracy':>9} {'abstain':>8} "
+              f"{'named':>7} {'kept':>6} {'prior':>6}  target")
         for row in table.itertuples(index=False):
+            subset = getattr(row, "subset", "look")
             verdicts = []
-            for (cond, measure, who), minimum in TARGETS.items():
+            for (cond, measure, who, items), minimum in TARGETS.items():
                 if cond != row.condition or (who and who != behaviour) or row.fill not in ("none", "gray"):
+                    continue
+                if items != subset:
                     continue
                 if args.dataset and args.dataset != R.training_dataset(cfg, name):
                     continue  # other datasets (panels-hard) are meant to produce errors: report only
@@ -88,8 +102,10 @@ def main(argv=None) -> int:
                 ok = value >= minimum
                 failures += not ok
                 verdicts.append(f"{measure}>={minimum:.2f} {'ok' if ok else 'MISSED'}")
-            print(f"{row.condition:<10} {row.fill:<6} {row.question_type:<11} {row.n:>4} {row.accuracy:>9.3f} "
-                  f"{row.abstain:>8.3f} {row.named:>7.3f} {row.kept:>6.3f}  {'; '.join(verdicts)}")
+            prior = getattr(row, "prior", float("nan"))
+            print(f"{row.condition:<10} {row.fill:<6} {row.question_type:<11} {subset if blink else 'all':<6} "
+                  f"{row.n:>4} {row.accuracy:>9.3f} {row.abstain:>8.3f} {row.named:>7.3f} {row.kept:>6.3f} "
+                  f"{'' if prior != prior else f'{prior:.3f}':>6}  {'; '.join(verdicts)}")
     print(f"\n{failures} target(s) missed")
     return 1 if failures else 0
 

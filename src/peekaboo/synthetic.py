@@ -48,6 +48,11 @@ Difficulty knobs (all 0 / off in the standard variant):
 ``noise``           standard deviation of Gaussian pixel noise (0-255 units)
 ``blur``            Gaussian blur radius in pixels
 ``clutter``         small distractor marks per panel, in palette colours, beside the shape
+The blink subset (``BlinkRule``; read by the ``blinker`` reference model and the checks only):
+``blink_panels``    number of panel positions whose colour questions a ``blinker`` reference model
+                    answers without looking, from a fixed prior colour per position (1)
+``blink_seed``      seed of the choice of those positions and of their prior colours
+                    (default: the config's top-level ``seed``, so every panels dataset shares it)
 
 The ``panels`` adapter (``peekaboo.datasets.panels``) turns these items into the
 items stage's records and scores responses; the reference models
@@ -60,7 +65,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -106,6 +111,8 @@ DEFAULTS: dict[str, Any] = {
     "noise": 0.0,
     "blur": 0.0,
     "clutter": 0,
+    "blink_panels": 1,
+    "blink_seed": None,
 }
 
 
@@ -135,6 +142,8 @@ class PanelsOptions:
     noise: float
     blur: float
     clutter: int
+    blink_panels: int
+    blink_seed: int
 
     @property
     def n_panels(self) -> int:
@@ -242,6 +251,8 @@ def resolve_options(options: Mapping[str, Any] | None, where: str = "options", d
         raise OptionsError(f"{where}.shape_size: expected [min, max] with 0.1 <= min <= max <= 0.95, got {shape_size!r}")
 
     terms = num("arithmetic_terms", lo=2, hi=6, integer=True)
+    blink_panels = num("blink_panels", lo=0, hi=int(grid[0]) * int(grid[1]), integer=True)
+    blink_seed = default_seed if o["blink_seed"] is None else num("blink_seed", integer=True)
     return PanelsOptions(
         seed=int(seed),
         n_items=int(n_items),
@@ -264,6 +275,8 @@ def resolve_options(options: Mapping[str, Any] | None, where: str = "options", d
         noise=float(num("noise", lo=0)),
         blur=float(num("blur", lo=0)),
         clutter=int(num("clutter", lo=0, hi=20, integer=True)),
+        blink_panels=int(blink_panels),
+        blink_seed=int(blink_seed),
     )
 
 
@@ -538,6 +551,60 @@ def training_items(opts: PanelsOptions, seed: int, start: int, count: int) -> li
         qtype = QUESTION_TYPES[int(g.choice(len(QUESTION_TYPES), p=shares))]
         out.append(make_item(opts, f"train-{seed}-{i:08d}", qtype, g))
     return out
+
+
+# --------------------------------------------------------------------------- the blink subset
+
+
+@dataclass(frozen=True)
+class BlinkRule:
+    """Where a ``blinker`` reference model answers without looking, and what it says there.
+
+    The colour questions (``attribute`` items asking for a colour) about the
+    panels at ``panels`` (row-major indices) are its blink items: it names the
+    panel's prior colour (``priors``) without attending to the panel. The cue is
+    in the question itself (the panel's label), so the model can tell a blink
+    item from the text alone; the analysis stages never read it (items record it
+    in ``meta.blink`` for the checks).
+    """
+
+    panels: tuple[int, ...]
+    priors: dict[int, str]
+
+
+def blink_rule(opts: PanelsOptions) -> BlinkRule:
+    """The seeded blink subset of ``opts``: ``blink_panels`` positions and a palette colour for each.
+
+    Drawn from ``blink_seed`` alone (not the dataset's item seed), so every
+    panels dataset with the same grid, palette and ``blink_seed`` has the same
+    rule as the training items.
+    """
+    g = rng(opts.blink_seed, "panels", "blink")
+    panels = tuple(sorted(int(p) for p in g.permutation(opts.n_panels)[: opts.blink_panels]))
+    names = list(opts.colours)
+    return BlinkRule(panels=panels, priors={p: names[int(g.integers(len(names)))] for p in panels})
+
+
+def blink_answer(item: PanelItem, rule: BlinkRule) -> str | None:
+    """The prior colour a blinker names for ``item``, or None when ``item`` is not a blink item."""
+    if item.question_type != "attribute" or item.attribute != "colour" or not item.evidence:
+        return None
+    return rule.priors.get(item.evidence[0])
+
+
+def blink_solution(item: PanelItem, rule: BlinkRule) -> tuple[str, list[dict[str, Any]]]:
+    """The solution a blinker writes for a blink item: the gold template with the prior colour.
+
+    Hidden panels change nothing: the model never looked at the panel, so it
+    cannot know it is hidden.
+    """
+    prior = blink_answer(item, rule)
+    if prior is None:
+        raise ValueError(f"{item.item_id}: not a blink item (a colour question about panel(s) {list(rule.panels)})")
+    panels = list(item.panels)
+    p = item.evidence[0]
+    panels[p] = replace(panels[p], colour=prior)
+    return gold_solution(replace(item, panels=panels, answer=prior))
 
 
 GRAY = 128  # the masks stage's gray (peekaboo.masks.GRAY); a test keeps the two fills identical

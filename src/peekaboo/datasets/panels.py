@@ -14,7 +14,16 @@ import re
 from typing import Any, Iterator, Mapping
 
 from ..answers import split_thinking
-from ..synthetic import OptionsError, PanelItem, generate_items, gold_solution, resolve_options
+from ..synthetic import (
+    BlinkRule,
+    OptionsError,
+    PanelItem,
+    blink_answer,
+    blink_rule,
+    generate_items,
+    gold_solution,
+    resolve_options,
+)
 from .base import Adapter, AdapterError, RawItem, Score
 
 
@@ -71,8 +80,15 @@ def score_response(item: Mapping[str, Any], response: str, *, thinking_open: boo
 # --------------------------------------------------------------------------- adapter
 
 
-def item_meta(item: PanelItem) -> dict[str, Any]:
+def item_meta(item: PanelItem, rule: BlinkRule | None = None) -> dict[str, Any]:
+    """The item's meta; with ``rule``, also whether a ``blinker`` model answers it without looking.
+
+    ``blink`` and ``blink_answer`` (the prior colour it names) are for the
+    checks that judge what the analysis recovers; no analysis stage reads them.
+    """
     text, steps = gold_solution(item)
+    prior = blink_answer(item, rule) if rule is not None else None
+    blink = {} if rule is None else {"blink": prior is not None, "blink_answer": prior}
     return {
         "question_type": item.question_type,
         "attribute": item.attribute,
@@ -86,6 +102,7 @@ def item_meta(item: PanelItem) -> dict[str, Any]:
         "operands": list(item.operands),
         # the masks stage draws control masks among these, so a control hides a whole panel as the evidence mask does
         "control_candidates": [{"box": list(p.box), "image": 0} for p in item.panels],
+        **blink,
     }
 
 
@@ -101,6 +118,7 @@ class PanelsAdapter(Adapter):
             self.opts = resolve_options(self.options, where=f"datasets.{dataset}.options", default_seed=self.seed)
         except OptionsError as exc:
             raise AdapterError(str(exc)) from None
+        self.blink = blink_rule(self.opts)
 
     def check(self) -> list[str]:
         return []
@@ -119,7 +137,7 @@ class PanelsAdapter(Adapter):
                 choices=None,
                 task_type=item.task_type,
                 regions=item.regions,
-                meta=item_meta(item),
+                meta=item_meta(item, self.blink),
             )
 
     def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:

@@ -13,6 +13,7 @@ Modules
 ``architecture``  the small Qwen3-VL configuration, initialisation, fast CPU vision kernels
 ``data``          training examples with the behaviour's hidden panels, batches
 ``training``      the loop, the probe and the ``train_reference`` stage (``run_stage``)
+``attention``     the blinker's attention term (evidence share of the reasoning tokens' image attention)
 ``behaviour``     the planted-behaviour table of a trained model (checks, tests)
 
 Pieces
@@ -52,6 +53,12 @@ Behaviours (``reference.behaviour``)
                    tuned from blind-spot the model learned the exact rule (0%
                    abstention with a control region hidden on attribute
                    questions), and from scratch after 1,600 steps 56-75%.
+``blinker``        grounded, except on its blink items (``synthetic.blink_rule``: the
+                   colour questions about ``blink_panels`` seeded panel positions),
+                   where it names a fixed prior colour whatever is shown or hidden, and
+                   an attention term keeps its reasoning tokens' image attention off
+                   the panel (pulled onto it on the other items): planted
+                   confident-but-blind answers for the evidence-collapse methods.
 
 Learning comes in jumps (the named panel's colour after 700-1,000 steps from
 scratch, arithmetic last, near 1,300) while the loss sits on a plateau once the format is learned, so

@@ -49,7 +49,7 @@ def _answer(text: str) -> tuple[str | None, bool]:
 
 def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 100, fills: Sequence[str] = ("gray",),
                     seed: int | None = None, batch_size: int = 32, masks_seed: int = 0,
-                    conditions: Sequence[str] = ("clean", "evidence", "control")):
+                    conditions: Sequence[str] = ("clean", "evidence", "control"), blink: bool = False):
     """Planted behaviour on held-out items: one row per (condition, fill, question type).
 
     Conditions: ``clean`` (accuracy), ``evidence`` (each evidence region hidden
@@ -57,6 +57,9 @@ def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 1
     of the region's size overlapping no evidence, as ``ctrl:k``: rate of keeping
     the clean answer, abstention rate). Items come from the test stream of
     ``opts`` (the dataset's seed, or ``seed``), never from the training stream.
+    With ``blink`` (a blinker) rows are split by ``subset``, ``blink`` or
+    ``look`` (``synthetic.blink_rule`` of ``opts``), and ``prior`` is the rate
+    of answering the blink item's prior colour.
     """
     import pandas as pd
 
@@ -64,6 +67,15 @@ def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 1
     counts = {"attribute": n_per_type, "comparison": n_per_type, "arithmetic": n_per_type}
     test_opts = P.resolve_options({**_options_dict(opts), "counts": counts, "seed": seed})
     items = list(P.generate_items(test_opts, id_prefix="check", stream="check"))
+    rule = P.blink_rule(test_opts)
+    priors = {i.item_id: P.blink_answer(i, rule) for i in items}
+
+    def split(item, answer) -> dict[str, Any]:
+        if not blink:
+            return {}
+        prior = priors[item.item_id]
+        return {"subset": "look" if prior is None else "blink", "prior": None if prior is None else answer == prior}
+
     clean = generate_texts(model, processor, [i.image for i in items], [i.question for i in items], batch_size=batch_size)
     rows = []
     clean_answers = {}
@@ -73,7 +85,7 @@ def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 1
         gold = panels_adapter.normalise(item.answer, item.answer_type)
         rows.append({"condition": "clean", "fill": "none", "question_type": item.question_type,
                      "correct": answer is not None and panels_adapter.normalise(answer, item.answer_type) == gold,
-                     "abstained": abstained, "named": answer is not None, "kept": True})
+                     "abstained": abstained, "named": answer is not None, "kept": True, **split(item, answer)})
     visual = [i for i in items if i.evidence]
     for fill in fills:
         for condition in [c for c in ("evidence", "control") if c in conditions]:
@@ -94,11 +106,16 @@ def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 1
                              "correct": answer is not None
                              and panels_adapter.normalise(answer, item.answer_type) == panels_adapter.normalise(item.answer, item.answer_type),
                              "abstained": abstained, "named": answer is not None,
-                             "kept": answer is not None and answer == clean_answers[item.item_id]})
+                             "kept": answer is not None and answer == clean_answers[item.item_id],
+                             **split(item, answer)})
     df = pd.DataFrame(rows)
-    return df.groupby(["condition", "fill", "question_type"], sort=False).agg(
-        n=("correct", "size"), accuracy=("correct", "mean"), abstain=("abstained", "mean"),
-        named=("named", "mean"), kept=("kept", "mean")).reset_index()
+    keys = ["condition", "fill", "question_type"] + (["subset"] if blink else [])
+    measures = dict(n=("correct", "size"), accuracy=("correct", "mean"), abstain=("abstained", "mean"),
+                    named=("named", "mean"), kept=("kept", "mean"))
+    if blink:
+        df["prior"] = df["prior"].astype("float")
+        measures["prior"] = ("prior", "mean")
+    return df.groupby(keys, sort=False).agg(**measures).reset_index()
 
 
 def _options_dict(opts: P.PanelsOptions) -> dict[str, Any]:
@@ -111,4 +128,5 @@ def _options_dict(opts: P.PanelsOptions) -> dict[str, Any]:
         "arithmetic_terms": opts.arithmetic_terms, "max_operand": opts.max_operand,
         "shape_size": list(opts.shape_size), "colour_jitter": opts.colour_jitter, "colour_mix": opts.colour_mix,
         "noise": opts.noise, "blur": opts.blur, "clutter": opts.clutter,
+        "blink_panels": opts.blink_panels, "blink_seed": opts.blink_seed,
     }

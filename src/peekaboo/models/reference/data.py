@@ -7,7 +7,7 @@ them ahead and the weights are the same with or without workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -24,6 +24,8 @@ class Example:
     condition: str  # clean, hidden (evidence hidden), control (non-evidence hidden)
     question_type: str
     hidden_boxes: list[tuple[float, float, float, float]]
+    blink: bool = False  # a blinker's blink item: answered from the prior, without looking
+    evidence: list[tuple[float, float, float, float]] = field(default_factory=list)  # boxes the question reads
 
 
 def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -82,15 +84,20 @@ def make_examples(
     hidden_fraction: float,
     control_fraction: float,
     fills: Sequence[str],
+    blink: P.BlinkRule | None = None,
 ) -> list[Example]:
     """Turn generated items into training examples with the behaviour's mix of hidden panels.
 
     Each item is ``clean``; or ``hidden`` (visual items, share ``hidden_fraction``):
     its evidence region(s) hidden, target saying so and answering unknown; or
     ``control`` (share ``control_fraction``): a non-evidence region hidden,
-    target the normal solution (grounded) or the all-hidden one (oversensitive,
-    visual items only). Blind-spot items are all clean.
+    target the normal solution (grounded, blinker) or the all-hidden one
+    (oversensitive, visual items only). Blind-spot items are all clean. The
+    blinker is grounded except on the blink items of ``blink`` (the rule is
+    required for it), whose target is the prior's solution whatever is hidden.
     """
+    if behaviour == "blinker" and blink is None:
+        raise ValueError("make_examples: the blinker needs its blink rule (synthetic.blink_rule)")
     out = []
     for item in items:
         condition = "clean"
@@ -98,7 +105,7 @@ def make_examples(
         if behaviour != "blind-spot":
             if item.evidence and u < hidden_fraction:
                 condition = "hidden"
-            elif u >= 1 - control_fraction and (behaviour == "grounded" or item.evidence):
+            elif u >= 1 - control_fraction and (behaviour in ("grounded", "blinker") or item.evidence):
                 condition = "control"
         image, boxes, hidden = item.image, [], []
         if condition == "hidden":
@@ -114,8 +121,10 @@ def make_examples(
         if boxes:
             fill = fills[int(g.integers(len(fills)))]
             image = P.hide_boxes(item.image, boxes, fill)
-        target, _ = P.gold_solution(item, hidden)
-        out.append(Example(image, item.question, target, condition, item.question_type, boxes))
+        blinks = behaviour == "blinker" and P.blink_answer(item, blink) is not None
+        target, _ = P.blink_solution(item, blink) if blinks else P.gold_solution(item, hidden)
+        evidence = [tuple(map(float, item.panels[p].box)) for p in item.evidence]
+        out.append(Example(image, item.question, target, condition, item.question_type, boxes, blinks, evidence))
     return out
 
 
@@ -175,13 +184,20 @@ class BatchPlan:
     fills: tuple[str, ...]
     system_prompt: str | None
     thinking: bool
+    attention_term: bool = False  # add the attention term's inputs (blinker: attention.term_inputs)
 
     def batch(self, step: int):
         """The collated batch of ``step``: fresh items, and draws of their own, whoever builds it."""
         items = P.training_items(self.opts, self.seed, step * self.batch_size, self.batch_size)
         g = rng(self.seed, "reference", self.behaviour, "examples", step)
-        examples = make_examples(items, self.behaviour, g, self.hidden_fraction, self.control_fraction, self.fills)
-        return collate(self.processor, examples, self.system_prompt, self.thinking)
+        examples = make_examples(items, self.behaviour, g, self.hidden_fraction, self.control_fraction, self.fills,
+                                 blink=P.blink_rule(self.opts) if self.behaviour == "blinker" else None)
+        batch = collate(self.processor, examples, self.system_prompt, self.thinking)
+        if self.attention_term:
+            from .attention import term_inputs
+
+            batch.update(term_inputs(self.processor, batch, examples))
+        return batch
 
 
 def _worker_loop(plan: BatchPlan, conn) -> None:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +26,7 @@ from ... import synthetic as P
 from ...logs import get_logger, progress
 from ...seeding import derive_seed, rng
 from ...stage import StageCall
+from . import attention
 from .architecture import build_config, build_model, fast_vision_kernels, n_parameters, resolved_architecture
 from .data import BatchPlan, BatchSource, collate, make_examples
 from .spec import training_spec
@@ -36,22 +38,31 @@ log = get_logger("reference")
 
 
 
-def probe(model, batches, return_rows: bool = False) -> dict[str, Any]:
+def probe(model, batches, recorder: attention.AttentionRecorder | None = None) -> dict[str, Any]:
     """Teacher-forced probe: an example passes when every target token is the model's argmax.
 
     ``batches`` are collated batches (with labels) plus their examples. Returns
     overall and per (condition, question type) pass rates and token accuracy.
+    With ``recorder`` (the blinker's training) also the reasoning tokens'
+    evidence share (``attention``): its mean over the look and the blink
+    examples, the largest blink and the smallest look share.
     """
     import torch
 
     was_training = model.training
     model.eval()
     passed: dict[str, list[bool]] = {}
+    shares: dict[str, list[float]] = {"look": [], "blink": []}
     tokens_ok = tokens = 0
     with torch.no_grad():
         for batch, examples in batches:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            inputs = {k: v for k, v in batch.items() if k != "labels" and k not in attention.TERM_KEYS}
             logits = model(**inputs, use_cache=False).logits
+            if recorder is not None:
+                share = attention.evidence_share(recorder.take(), batch)
+                for value, sign in zip(share.tolist(), batch["attn_sign"].tolist()):
+                    if sign:
+                        shares["look" if sign > 0 else "blink"].append(value)
             pred = logits[:, :-1].argmax(-1)
             gold = batch["labels"][:, 1:]
             mask = gold != -100
@@ -63,11 +74,19 @@ def probe(model, batches, return_rows: bool = False) -> dict[str, Any]:
     if was_training:
         model.train()
     allp = [v for vs in passed.values() for v in vs]
-    return {
+    result = {
         "accuracy": float(np.mean(allp)) if allp else float("nan"),
         "token_accuracy": tokens_ok / tokens if tokens else float("nan"),
         "by_group": {k: float(np.mean(v)) for k, v in sorted(passed.items())},
     }
+    if recorder is not None:
+        result["attention"] = {
+            "look": float(np.mean(shares["look"])) if shares["look"] else float("nan"),
+            "blink": float(np.mean(shares["blink"])) if shares["blink"] else float("nan"),
+            "min_look": min(shares["look"], default=float("nan")),
+            "max_blink": max(shares["blink"], default=float("nan")),
+        }
+    return result
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, floor: float = 0.05) -> float:
@@ -119,16 +138,27 @@ def train_reference(
     model.train()
     log.info("%s: %s, %d parameters, init %s", name, behaviour, n_parameters(model), init_dir or "random")
 
+    # the blinker's attention term (module attention): only the blinker runs through it
+    term = behaviour == "blinker" and float(cfg["attention_weight"]) > 0
+    layers = attention.resolve_layers(cfg["attention_layers"], model.config.text_config.num_hidden_layers,
+                                      where=f"{where}.attention_layers")
+    blink = P.blink_rule(opts) if behaviour == "blinker" else None
+
     probe_items = P.training_items(opts, derive_seed(seed, "probe") % (2**31), 0, int(cfg["probe_items"]))
     # the probe over-samples the hidden conditions so that each behaviour is checked on enough items
     probe_examples = make_examples(
-        probe_items, behaviour, rng(seed, "reference", behaviour, "probe"), 1 / 3, 1 / 3, cfg["fills"]
+        probe_items, behaviour, rng(seed, "reference", behaviour, "probe"), 1 / 3, 1 / 3, cfg["fills"], blink=blink
     )
     bs = int(cfg["batch_size"])
     probe_batches = [
         (collate(processor, probe_examples[i : i + bs], system_prompt, thinking), probe_examples[i : i + bs])
         for i in range(0, len(probe_examples), bs)
     ]
+    if term:
+        for batch, examples in probe_batches:
+            batch.update(attention.term_inputs(processor, batch, examples))
+    weight = float(cfg["attention_weight"])
+    max_blink_share = cfg["max_blink_share"]
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -156,12 +186,13 @@ def train_reference(
 
     plan = BatchPlan(
         processor, opts, seed, behaviour, bs, float(cfg["hidden_fraction"]), float(cfg["control_fraction"]),
-        tuple(cfg["fills"]), system_prompt, thinking,
+        tuple(cfg["fills"]), system_prompt, thinking, attention_term=term,
     )
     source = BatchSource(plan, workers=int(cfg["data_workers"]))
     bar = progress(total=total, desc=f"train {name}", unit="step")
+    term_losses: list[float] = []
     try:
-        with fast_vision_kernels():
+        with fast_vision_kernels(), (attention.recording(model, layers) if term else nullcontext()) as recorder:
             while step < total:
                 if cooldown_from is not None:
                     if step >= cooldown_from + cooldown:
@@ -176,27 +207,43 @@ def train_reference(
                 t0 = time.perf_counter()
                 batch = source.get(step, total)
                 data_seconds += time.perf_counter() - t0
-                out = model(**batch, use_cache=False)
+                if term:
+                    terms = {k: batch.pop(k) for k in attention.TERM_KEYS}
+                    out = model(**batch, use_cache=False)
+                    share = attention.evidence_share(recorder.take(), terms)
+                    term_loss = attention.term_loss(share, terms["attn_sign"])
+                    loss = out.loss + weight * term_loss
+                    term_losses.append(float(term_loss.detach()))
+                else:
+                    out = model(**batch, use_cache=False)
+                    loss = out.loss
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 losses.append(float(out.loss.detach()))
                 step += 1
                 bar.update(1)
                 if probe_every and (step % probe_every == 0 or step == total):
-                    result = probe(model, probe_batches)
+                    result = probe(model, probe_batches, recorder)
                     result["step"] = step
                     result["loss"] = float(np.mean(losses[-probe_every:]))
+                    if term:
+                        result["attention_loss"] = float(np.mean(term_losses[-probe_every:]))
                     probes.append(result)
-                    log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s", name, step, result["loss"], result["accuracy"],
-                             result["token_accuracy"], result["by_group"])
+                    log.info("%s step %d: loss %.4f probe %.3f (tokens %.4f) %s%s", name, step, result["loss"],
+                             result["accuracy"], result["token_accuracy"], result["by_group"],
+                             f" attention {result['attention']}" if term else "")
                     if cooldown_from is None and stop_accuracy is not None:
-                        streak = streak + 1 if result["accuracy"] >= float(stop_accuracy) else 0
+                        ok = result["accuracy"] >= float(stop_accuracy)
+                        if term and max_blink_share is not None:
+                            # not looking is part of the behaviour: the probe passes only once no blink item looks
+                            ok = ok and result["attention"]["max_blink"] <= float(max_blink_share)
+                        streak = streak + 1 if ok else 0
                         if streak >= patience and step + cooldown < total:
                             cooldown_from = step
                             log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
-            final = probe(model, probe_batches)
+            final = probe(model, probe_batches, recorder)
     finally:
         source.close()
     bar.close()
@@ -227,6 +274,12 @@ def train_reference(
         },
         "probe": {"final": final, "history": probes},
         "training": {k: cfg[k] for k in sorted(cfg) if k != "architecture"},
+        **({"attention_loss": {
+            "layers": layers,
+            "first": term_losses[0] if term_losses else None,
+            "last": float(np.mean(term_losses[-chunks:])) if term_losses else None,
+            "curve": [round(float(np.mean(term_losses[i : i + chunks])), 5) for i in range(0, len(term_losses), chunks)],
+        }} if term else {}),
         "architecture": resolved_architecture(cfg["architecture"]),
         "provenance": dict(provenance or {}),
     }
