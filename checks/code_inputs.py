@@ -7,9 +7,10 @@ to do). For every module under ``src/peekaboo/`` (or the ones named) it
 appends a comment, asks ``snakemake -n`` which rules would run because one of
 their own inputs changed ("updated input files"), puts the file back exactly
 as it was (content and modification time), and compares that set with the
-rules whose ``input.code`` holds the file (``peekaboo.stages``, with each
-rule's adapters for the config's datasets). Rules that would re-run only
-because an upstream output changes are downstream effects, not the edit's.
+rules whose ``input.code`` holds the file (``peekaboo.stages``, with the
+config's datasets' readers for items and their scorers for traces). Rules
+that would re-run only because an upstream output changes are downstream
+effects, not the edit's.
 Prints one line per module and exits 1 when any differs.
 """
 
@@ -31,12 +32,14 @@ from peekaboo import stages  # noqa: E402
 
 def expected_rules(cfg: dict, path: Path) -> set[str]:
     """The rules whose code input, for this config's datasets, holds ``path``."""
-    adapters = sorted({f"peekaboo.datasets.{spec['adapter']}" for spec in cfg["datasets"].values()})
+    names = sorted({spec["adapter"] for spec in cfg["datasets"].values()})
+    # the modules the rules name by the datasets' adapter names: the readers for items, the scorers for traces
+    named = {"items": [f"peekaboo.datasets.{a}" for a in names], "traces": [f"peekaboo.scoring.{a}" for a in names]}
     out = set()
     for rule in stages.STAGE_MODULES:
         if rule == "train_reference" and not any(m.get("reference") for m in cfg["models"].values()):
             continue
-        extra = adapters if rule in ("items", "traces") else []
+        extra = named.get(rule, [])
         if str(path.resolve()) in {str(Path(f).resolve()) for f in stages.code_files(rule, *extra)}:
             out.add(rule)
     return out

@@ -5,11 +5,12 @@
 For each benchmark (MathVista, MMMU-Pro, HallusionBench) the response corpus
 (``tests/data/scorer_corpus/{benchmark}.jsonl``) is scored twice:
 
-- by the project's adapter (``Adapter.score``, with the response's
-  ``thinking_open``), on the item as the adapter reads it from its published
-  format (the corpus item is written to a ``testmini.json``, an MMMU-Pro
-  parquet or a ``HallusionBench.json`` and read back by the adapter);
-- by the ported official rule (``peekaboo.datasets.official``) on the
+- by the project's scorer (``peekaboo.scoring.get_scorer(benchmark).score``,
+  with the response's ``thinking_open``), on the item as the adapter reads it
+  from its published format (the corpus item is written to a
+  ``testmini.json``, an MMMU-Pro parquet or a ``HallusionBench.json`` and read
+  back by the adapter);
+- by the ported official rule (``peekaboo.scoring.official``) on the
   response's answer part: the text after its thinking block, which is what
   VLMEvalKit's ``split_thinking`` hands the official scorers for a thinking
   model, and nothing for a chain that ended inside its thinking (``split_
@@ -48,9 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peekaboo.answers import final_answer, split_thinking
 from peekaboo.datasets import RawItem, get_adapter
-from peekaboo.datasets import official as O
+from peekaboo.scoring import Scorer, get_scorer
+from peekaboo.scoring import official as O
+from peekaboo.scoring.extraction import final_answer
+from peekaboo.thinking import split_thinking
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "scorer_corpus"
@@ -83,8 +86,9 @@ def _key(benchmark: str, item: dict[str, Any]) -> str:
     return "_".join(str(item[k]) for k in ("category", "subcategory", "set_id", "figure_id", "question_id"))
 
 
-def item_rows(benchmark: str, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """item id -> the items-table row the adapter makes of the corpus item (what ``score`` receives)."""
+def item_rows(benchmark: str, records: list[dict[str, Any]]) -> tuple[Scorer, dict[str, dict[str, Any]]]:
+    """(the benchmark's scorer, item id -> the items-table row the adapter makes of the corpus item: what the
+    scorer's ``score`` receives)."""
     items: dict[str, dict[str, Any]] = {}
     for rec in records:
         items.setdefault(_key(benchmark, rec["item"]), rec["item"])
@@ -110,7 +114,7 @@ def item_rows(benchmark: str, records: list[dict[str, Any]]) -> dict[str, dict[s
                 raise ValueError(f"{benchmark}: the adapter rejects corpus item {r.item_id}: {r.reason}")
             out[r.item_id] = {"item_id": r.item_id, "answer": r.answer, "answer_type": r.answer_type,
                               "choices": r.choices, "meta": json.dumps(r.meta)}
-    return adapter, out
+    return get_scorer(benchmark), out
 
 
 # ----------------------------------------------------------------------------
@@ -183,11 +187,11 @@ class Report:
 
 
 def compare(benchmark: str, records: list[dict[str, Any]]) -> Report:
-    adapter, rows = item_rows(benchmark, records)
+    scorer, rows = item_rows(benchmark, records)
     report = Report(benchmark)
     for rec in records:
         row = rows[_key(benchmark, rec["item"])]
-        score = adapter.score(row, rec["response"], thinking_open=bool(rec.get("thinking_open")))
+        score = scorer.score(row, rec["response"], thinking_open=bool(rec.get("thinking_open")))
         project = (score.answer_text, bool(score.correct))
         thinking_open = bool(rec.get("thinking_open"))
         answer_part, truncated = split_thinking(rec["response"], thinking_open)
@@ -239,9 +243,9 @@ def recorded_checks(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
     lucky = sum(bool(O.mathvista_decide("", r["item"])[2]) for r in empty)
     lines.append(f"  empty answers to multiple-choice problems: {len(empty)} (unparsed; the scripts without "
                  f"--ignore_empty_extractions would take the shortest choice, right in {lucky})")
-    adapter, rows = item_rows(benchmark, records)
+    scorer, rows = item_rows(benchmark, records)
     for r in real:
-        score = adapter.score(rows[_key(benchmark, r["item"])], r["response"])
+        score = scorer.score(rows[_key(benchmark, r["item"])], r["response"])
         exact += str(score.answer_text) == str(r["recorded"]["prediction"]) and score.answer_text is not None
     lines.append(f"  project vs the recorded GPT-4 extraction on the real responses: {exact}/{len(real)} give the same "
                  "prediction (information: the rule stands in for GPT, it is not the official rule)")

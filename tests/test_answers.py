@@ -1,6 +1,11 @@
+"""Reading answers: gold answers' normal forms and numbers (``peekaboo.answers``, shared by readers and
+scorers), the thinking split (``peekaboo.thinking``) and the scorers' extraction (``peekaboo.scoring.extraction``)."""
+
 import pytest
 
 from peekaboo import answers
+from peekaboo.scoring import extraction
+from peekaboo.thinking import split_thinking
 
 
 @pytest.mark.parametrize(
@@ -18,24 +23,24 @@ from peekaboo import answers
     ],
 )
 def test_abstentions_are_detected(text):
-    assert answers.is_abstention(text)
+    assert extraction.is_abstention(text)
 
 
 @pytest.mark.parametrize("text", ["red", "B", "42", "yes", "the circle is larger", "The known value is 3", ""])
 def test_answers_are_not_abstentions(text):
-    assert not answers.is_abstention(text)
+    assert not extraction.is_abstention(text)
 
 
 def test_final_answer_text_takes_the_last_marker_line():
     response = "Step 1: Panel A is red. Answer: draft\nStep 2: so it is red.\nAnswer: red\nThanks"
-    assert answers.final_answer_text(response) == "red"
-    assert answers.final_answer_text("Final answer: (B)") == "(B)"
+    assert extraction.final_answer_text(response) == "red"
+    assert extraction.final_answer_text("Final answer: (B)") == "(B)"
 
 
 def test_final_answer_text_falls_back_to_last_line_outside_think():
-    assert answers.final_answer_text("<think>Answer: no</think>\nThe shapes match.\nYes.\n\n") == "Yes."
-    assert answers.final_answer_text("reasoning here</think>\nblue") == "blue"
-    assert answers.final_answer_text("") == ""
+    assert extraction.final_answer_text("<think>Answer: no</think>\nThe shapes match.\nYes.\n\n") == "Yes."
+    assert extraction.final_answer_text("reasoning here</think>\nblue") == "blue"
+    assert extraction.final_answer_text("") == ""
 
 
 @pytest.mark.parametrize(
@@ -54,7 +59,7 @@ def test_final_answer_text_falls_back_to_last_line_outside_think():
     ],
 )
 def test_extract_letter(text, expected):
-    assert answers.extract_letter(text, choices=["red", "blue", "dark red", "green"]) == expected
+    assert extraction.extract_letter(text, choices=["red", "blue", "dark red", "green"]) == expected
 
 
 @pytest.mark.parametrize(
@@ -62,7 +67,7 @@ def test_extract_letter(text, expected):
     [("Yes, it is.", "yes"), ("no", "no"), ("True", "yes"), ("I think the answer is no", "no"), ("maybe", None)],
 )
 def test_extract_yes_no(text, expected):
-    assert answers.extract_yes_no(text) == expected
+    assert extraction.extract_yes_no(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -126,30 +131,30 @@ def test_infer_answer_type():
 
 
 def test_score_response_by_type():
-    s = answers.score_response("Step 1: it is blue.\nAnswer: (B)", "B", "multi_choice", ["red", "blue"])
+    s = extraction.score_response("Step 1: it is blue.\nAnswer: (B)", "B", "multi_choice", ["red", "blue"])
     assert (s.answer_text, s.correct, s.abstained) == ("B", True, False)
-    assert answers.score_response("Answer: red", "B", "multi_choice", ["red", "blue"]).correct is False
-    assert answers.score_response("so 3 + 4 = 7", "7", "integer").correct is True
-    assert answers.score_response("Answer: 7.5", "7", "integer").correct is False  # never rounded to 8 or 7
-    assert answers.score_response("Answer: 3.14159", "3.14", "float").correct is True
-    assert answers.score_response("Answer: 3.16", "3.14", "float").correct is False
-    assert answers.score_response("Answer: Yes, they match", "yes", "yes_no").correct is True
-    assert answers.score_response("Answer: The Red Circle.", "red circle", "text").correct is True
-    assert answers.score_response("Answer: b and a", "a, b", "list").correct is True
+    assert extraction.score_response("Answer: red", "B", "multi_choice", ["red", "blue"]).correct is False
+    assert extraction.score_response("so 3 + 4 = 7", "7", "integer").correct is True
+    assert extraction.score_response("Answer: 7.5", "7", "integer").correct is False  # never rounded to 8 or 7
+    assert extraction.score_response("Answer: 3.14159", "3.14", "float").correct is True
+    assert extraction.score_response("Answer: 3.16", "3.14", "float").correct is False
+    assert extraction.score_response("Answer: Yes, they match", "yes", "yes_no").correct is True
+    assert extraction.score_response("Answer: The Red Circle.", "red circle", "text").correct is True
+    assert extraction.score_response("Answer: b and a", "a, b", "list").correct is True
 
 
 def test_abstention_scores_wrong_and_flagged():
-    s = answers.score_response("Step 1: the panel is hidden.\nAnswer: unknown", "B", "multi_choice", ["red", "blue"])
+    s = extraction.score_response("Step 1: the panel is hidden.\nAnswer: unknown", "B", "multi_choice", ["red", "blue"])
     assert s.abstained is True and s.correct is False
     # a chain that mentions the hidden panel but still answers is no abstention (it is what CRM looks for)
-    s = answers.score_response("Step 1: the panel is hidden.\nAnswer: B", "B", "multi_choice", ["red", "blue"])
+    s = extraction.score_response("Step 1: the panel is hidden.\nAnswer: B", "B", "multi_choice", ["red", "blue"])
     assert s.abstained is False and s.correct is True
     # a gold answer that is itself 'unknown' is matched by an abstention
-    assert answers.score_response("Answer: cannot tell", "unknown", "text").correct is True
+    assert extraction.score_response("Answer: cannot tell", "unknown", "text").correct is True
 
 
 def test_unparsable_response_is_wrong_not_none():
-    s = answers.score_response("Answer: purple", "B", "multi_choice", ["red", "blue"])
+    s = extraction.score_response("Answer: purple", "B", "multi_choice", ["red", "blue"])
     assert s.answer_text is None and s.correct is False
 
 
@@ -178,7 +183,7 @@ def test_question_with_choices_lists_letters():
     ],
 )
 def test_split_thinking(response, thinking_open, part, truncated):
-    assert answers.split_thinking(response, thinking_open) == (part, truncated)
+    assert split_thinking(response, thinking_open) == (part, truncated)
 
 
 @pytest.mark.parametrize(
@@ -204,12 +209,12 @@ def test_split_thinking(response, thinking_open, part, truncated):
     ],
 )
 def test_final_answer(text, final, stated):
-    assert answers.final_answer(text) == (final, stated)
+    assert extraction.final_answer(text) == (final, stated)
 
 
 def test_final_answer_text_skips_the_thinking():
-    assert answers.final_answer_text("Maybe Answer: A\n</think>\n\nAnswer: C", thinking_open=True) == "C"
-    assert answers.final_answer_text("Maybe Answer: A", thinking_open=True) == ""
+    assert extraction.final_answer_text("Maybe Answer: A\n</think>\n\nAnswer: C", thinking_open=True) == "C"
+    assert extraction.final_answer_text("Maybe Answer: A", thinking_open=True) == ""
 
 
 @pytest.mark.parametrize(
@@ -231,7 +236,7 @@ def test_final_answer_text_skips_the_thinking():
     ],
 )
 def test_read_yes_no(text, expected):
-    assert answers.read_yes_no(text) == expected
+    assert extraction.read_yes_no(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -244,7 +249,7 @@ def test_read_yes_no(text, expected):
     ],
 )
 def test_extract_letter_reads_a_stated_letter_before_its_reason(text, expected):
-    assert answers.extract_letter(text, choices=["red", "blue", "green", "B major"]) == expected
+    assert extraction.extract_letter(text, choices=["red", "blue", "green", "B major"]) == expected
 
 
 def test_latex_fractions_are_numbers():
@@ -253,7 +258,7 @@ def test_latex_fractions_are_numbers():
 
 
 def test_score_response_marks_a_cut_off_chain_truncated():
-    s = answers.score_response("The panel is red, so Answer: red", "red", "text", thinking_open=True)
+    s = extraction.score_response("The panel is red, so Answer: red", "red", "text", thinking_open=True)
     assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
-    s = answers.score_response("The panel is red.</think>Answer: red", "red", "text", thinking_open=True)
+    s = extraction.score_response("The panel is red.</think>Answer: red", "red", "text", thinking_open=True)
     assert (s.answer_text, s.correct, s.truncated) == ("red", True, False)

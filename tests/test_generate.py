@@ -165,15 +165,15 @@ def test_a_chain_inside_the_thinking_block_the_prompt_opened_is_unparsed_and_tru
                                                                                        family):  # noqa: F811
     """Thinking on: a template that opens the block in the prompt leaves the model's whole chain inside it until
     it writes the closing tag. The random tiny models never do, so nothing may be read as their answer."""
-    from peekaboo.datasets import get_adapter
+    from peekaboo.scoring import get_scorer
 
     model, processor = load(tiny_models[family])
     full_length(model, processor)
-    adapter = get_adapter("d", {"adapter": "mathvista", "options": {"path": "unused"}})
+    scorer = get_scorer("mathvista")
     item = {"item_id": "q", "answer": "B", "answer_type": "multi_choice", "choices": ["1", "2", "3"],
             "meta": json.dumps({"question_type": "multi_choice", "answer_type": "text", "precision": None})}
     gen = TraceGenerator(model, processor, family, GenerationSettings.from_config({"max_new_tokens": 8}),
-                         thinking=True, score=lambda request, text, thinking_open=False: adapter.score(
+                         thinking=True, score=lambda request, text, thinking_open=False: scorer.score(
                              item, text, thinking_open=thinking_open))
     request = requests(sample_images, False)[0]
     opened = TraceGenerator.opens_thinking(gen.prompt_text(request))

@@ -1,4 +1,4 @@
-"""HallusionBench adapter: JSON + folder and parquet, yes/no scoring, the official accuracies."""
+"""HallusionBench: the adapter (JSON + folder and parquet), its scorer (yes/no) and the official accuracies."""
 
 import io
 import json
@@ -12,6 +12,11 @@ from PIL import Image
 
 import fixtures as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
+from peekaboo.scoring import get_scorer
+from peekaboo.scoring import official
+from peekaboo.scoring.hallusionbench import official_metrics
+
+SCORER = get_scorer("hallusionbench")
 
 
 def adapter(options):
@@ -163,21 +168,21 @@ def test_integer_fields_stored_as_numbers_keep_the_official_key(tmp_path):
     ],
 )
 def test_score_worked_examples(json_items, item_id, response, parsed, correct, abstained):
-    a, items, _ = json_items
-    s = a.score(row(items[item_id]), response)
+    _, items, _ = json_items
+    s = SCORER.score(row(items[item_id]), response)
     assert (s.answer_text, s.correct, s.abstained, s.truncated) == (parsed, correct, abstained, False)
 
 
 def test_abstention_counts_as_unclear_not_as_its_yes_no_words(json_items):
-    a, items, _ = json_items
-    s = a.score(row(items["VD_illusion_0_1_1"]), "Answer: Yes, but no, I cannot tell.")
+    _, items, _ = json_items
+    s = SCORER.score(row(items["VD_illusion_0_1_1"]), "Answer: Yes, but no, I cannot tell.")
     assert s.abstained is True and s.correct is False and s.answer_text is None
 
 
 @pytest.mark.parametrize("response", ["The circles look the same, so yes", "<think>The circles look the same. Answer: yes"])
 def test_chain_cut_off_in_its_thinking_is_never_scored(json_items, response):
-    a, items, _ = json_items
-    s = a.score(row(items["VD_illusion_0_0_0"]), response, thinking_open=True)
+    _, items, _ = json_items
+    s = SCORER.score(row(items["VD_illusion_0_0_0"]), response, thinking_open=True)
     assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
 
 
@@ -212,8 +217,6 @@ def _hand_tables(rows=HAND):
 
 
 def test_official_metrics_hand_computed_example():
-    from peekaboo.datasets.hallusionbench import official_metrics
-
     m = official_metrics(*_hand_tables())
     # right: VD 0/0/0, 0/0/1, 0/1/1; VS 3/0/0 (unclear without figure), 3/2/0 -> 5 of 8
     assert m["question_accuracy"] == pytest.approx(5 / 8) and m["n_questions"] == 8
@@ -229,8 +232,6 @@ def test_official_metrics_hand_computed_example():
 
 
 def test_ported_official_leaderboard_on_the_hand_example():
-    from peekaboo.datasets import official
-
     codes = {"correct": "1", "wrong": "0", "abstained": "2", "truncated": "0"}
     data = [dict(zip(("category", "subcategory", "set_id", "figure_id", "question_id", "visual_input"), r[:6]),
                  code=codes[r[6]]) for r in HAND]
@@ -245,15 +246,12 @@ def test_summary_metrics_failed_trace_counts_wrong_and_masked_variants_are_ignor
     traces["correct"] = traces["correct"].astype(object)
     traces.loc[0, "correct"] = None  # a failed trace's sidecar row has correct = null
     masked = pd.DataFrame([{"item_id": traces["item_id"][2], "variant": "drop:0", "correct": True}])
-    a = adapter({"path": "unused.json"})
-    m = a.summary_metrics(items, pd.concat([traces, masked], ignore_index=True))
+    m = SCORER.summary_metrics(items, pd.concat([traces, masked], ignore_index=True))
     assert m["question_accuracy"] == pytest.approx(4 / 8)
     assert m["figure_accuracy"] == pytest.approx(1 / 4)
 
 
 def test_summary_metrics_empty_hard_group_is_nan():
-    from peekaboo.datasets.hallusionbench import official_metrics
-
     m = official_metrics(*_hand_tables([r for r in HAND if r[5] != "2"]))
     assert math.isnan(m["hard_pair_accuracy"]) and m["easy_pair_accuracy"] == pytest.approx(2 / 4)
 
@@ -281,8 +279,6 @@ def _independent_counts(data):
 
 def test_summary_metrics_agree_with_an_independent_count_on_random_data():
     import numpy as np
-
-    from peekaboo.datasets.hallusionbench import official_metrics
 
     rng = np.random.default_rng(3)
     data = []

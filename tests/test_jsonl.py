@@ -4,6 +4,7 @@ import pytest
 
 from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.datasets.jsonl import JsonlAdapter
+from peekaboo.scoring import get_scorer
 
 from _fixtures_items import good_record, jsonl_spec, write_jsonl
 
@@ -116,15 +117,15 @@ def test_check_names_the_path_key(tmp_path):
     assert len(problems) == 1 and problems[0].startswith("datasets.mine.options.path: no such file")
 
 
-def test_score_uses_item_answer_type(tmp_path):
-    adapter = get_adapter("d", jsonl_spec(write_jsonl(tmp_path / "d.jsonl", [good_record("a")])))
+def test_score_uses_item_answer_type():
+    scorer = get_scorer("jsonl")
     mc = {"answer": "B", "answer_type": "multi_choice", "choices": ["red", "blue"]}
-    assert adapter.score(mc, "Step 1: look.\nAnswer: blue").correct is True
-    assert adapter.score(mc, "Answer: (A)").correct is False
-    s = adapter.score(mc, "Answer: I cannot see it")
+    assert scorer.score(mc, "Step 1: look.\nAnswer: blue").correct is True
+    assert scorer.score(mc, "Answer: (A)").correct is False
+    s = scorer.score(mc, "Answer: I cannot see it")
     assert s.abstained and s.correct is False
-    assert adapter.score({"answer": "12", "answer_type": "integer", "choices": None}, "Answer: 12 cups").correct
-    assert adapter.score({"answer": "no", "answer_type": "yes_no", "choices": None}, "Answer: No.").correct
+    assert scorer.score({"answer": "12", "answer_type": "integer", "choices": None}, "Answer: 12 cups").correct
+    assert scorer.score({"answer": "no", "answer_type": "yes_no", "choices": None}, "Answer: No.").correct
 
 
 def test_lines_round_trip_unicode(tmp_path):
@@ -179,10 +180,10 @@ def test_byte_order_mark_is_read_as_such_and_the_first_record_kept(tmp_path):
     assert get_adapter("d", jsonl_spec(path), base_dir=tmp_path).count() == 2
 
 
-def test_score_reads_only_what_the_model_finally_says(tmp_path):
-    adapter = get_adapter("d", jsonl_spec(write_jsonl(tmp_path / "d.jsonl", [good_record("a")])))
+def test_score_reads_only_what_the_model_finally_says():
+    scorer = get_scorer("jsonl")
     mc = {"answer": "B", "answer_type": "multi_choice", "choices": ["red", "blue"]}
-    assert adapter.score(mc, "<think>Answer: A? red?</think>\n\\boxed{B}").answer_text == "B"
-    cut = adapter.score(mc, "It looks blue, so Answer: B", thinking_open=True)
+    assert scorer.score(mc, "<think>Answer: A? red?</think>\n\\boxed{B}").answer_text == "B"
+    cut = scorer.score(mc, "It looks blue, so Answer: B", thinking_open=True)
     assert (cut.answer_text, cut.correct, cut.truncated) == (None, False, True)
-    assert adapter.score(mc, "It looks blue, so Answer: B").correct is True  # a model that does not think
+    assert scorer.score(mc, "It looks blue, so Answer: B").correct is True  # a model that does not think

@@ -1,4 +1,4 @@
-"""MathVista adapter: both published formats, the official normalisation, rule-based extraction."""
+"""MathVista: the adapter (both published formats) and its scorer (the official normalisation, rule-based extraction)."""
 
 import io
 import json
@@ -9,7 +9,10 @@ from PIL import Image
 
 import fixtures as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
-from peekaboo.datasets.mathvista import nearest_choice, normalize_extraction
+from peekaboo.scoring import get_scorer
+from peekaboo.scoring.mathvista import nearest_choice, normalize_extraction
+
+SCORER = get_scorer("mathvista")
 
 
 def adapter(options, seed=0):
@@ -160,19 +163,19 @@ def test_official_normalisation_examples():
     ],
 )
 def test_score_worked_examples(parquet_items, pid, response, parsed, correct):
-    a, items = parquet_items
-    s = a.score(row(items[pid]), response)
+    _, items = parquet_items
+    s = SCORER.score(row(items[pid]), response)
     assert (s.answer_text, s.correct) == (parsed, correct)
 
 
 def test_chain_cut_off_inside_thinking_is_unparsed_and_wrong(parquet_items):
-    a, items = parquet_items
-    s = a.score(row(items["5"]), "<think>Angle H looks like 97 degrees, Answer: (A) would")
+    _, items = parquet_items
+    s = SCORER.score(row(items["5"]), "<think>Angle H looks like 97 degrees, Answer: (A) would")
     assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
     # the template opened the block: no tag at all, and a stated answer inside the thinking is not an answer
-    s = a.score(row(items["2"]), "The cup is marked 1000 g.\nAnswer: 1000", thinking_open=True)
+    s = SCORER.score(row(items["2"]), "The cup is marked 1000 g.\nAnswer: 1000", thinking_open=True)
     assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
-    s = a.score(row(items["2"]), "The cup is marked 1000 g.\n</think>\n\nAnswer: 1000", thinking_open=True)
+    s = SCORER.score(row(items["2"]), "The cup is marked 1000 g.\n</think>\n\nAnswer: 1000", thinking_open=True)
     assert (s.answer_text, s.correct, s.truncated) == ("1000", True, False)
 
 
@@ -193,8 +196,8 @@ def test_chain_cut_off_inside_thinking_is_unparsed_and_wrong(parquet_items):
     ],
 )
 def test_score_thinking_latex_boxes_and_departures(parquet_items, pid, response, parsed, correct):
-    a, items = parquet_items
-    s = a.score(row(items[pid]), response)
+    _, items = parquet_items
+    s = SCORER.score(row(items[pid]), response)
     assert (s.answer_text, s.correct) == (parsed, correct)
 
 
@@ -242,7 +245,7 @@ def test_integer_answer_written_as_a_number_is_read(tmp_path):
 
 
 def test_abstention_is_flagged_and_wrong(parquet_items):
-    a, items = parquet_items
-    s = a.score(row(items["2"]), "The markings are hidden.\nAnswer: I cannot see the scale, so I cannot tell.")
+    _, items = parquet_items
+    s = SCORER.score(row(items["2"]), "The markings are hidden.\nAnswer: I cannot see the scale, so I cannot tell.")
     assert s.abstained is True
     assert s.correct is False

@@ -1,4 +1,5 @@
-"""MMMU-Pro adapter: standard and vision parquet configs, image order, the official parser without its coin."""
+"""MMMU-Pro: the adapter (standard and vision parquet configs, image order) and its scorer (the official parser
+without its coin)."""
 
 import io
 
@@ -8,7 +9,11 @@ from PIL import Image
 
 import fixtures as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
-from peekaboo.datasets.mmmu_pro import PROMPTS, image_order, parse_multi_choice_response, parse_options
+from peekaboo.datasets.mmmu_pro import PROMPTS, image_order, parse_options
+from peekaboo.scoring import get_scorer, official
+from peekaboo.scoring.mmmu_pro import parse_multi_choice_response
+
+SCORER = get_scorer("mmmu_pro")
 
 
 def adapter(options):
@@ -126,13 +131,13 @@ def item_row(item):
 
 
 def test_unparsed_response_is_wrong_and_counted(standard):
-    a, items, _ = standard
+    _, items, _ = standard
     item = items["test_Accounting_1"]
-    unparsed = a.score(item_row(item), "I do not know")
+    unparsed = SCORER.score(item_row(item), "I do not know")
     assert unparsed.answer_text is None and unparsed.correct is False and unparsed.abstained is True
-    cut = a.score(item_row(item), "<think>The ledger shows ... so the answer is C")
+    cut = SCORER.score(item_row(item), "<think>The ledger shows ... so the answer is C")
     assert cut.answer_text is None and cut.correct is False and cut.truncated is True
-    right = a.score(item_row(item), "<think>Answer: A?</think>\nThe entry records credit sales.\nAnswer: C")
+    right = SCORER.score(item_row(item), "<think>Answer: A?</think>\nThe entry records credit sales.\nAnswer: C")
     assert right.answer_text == "C" and right.correct is True
     traces = pd.DataFrame(
         [
@@ -141,13 +146,13 @@ def test_unparsed_response_is_wrong_and_counted(standard):
             {"item_id": item.item_id, "variant": "drop:0", "answer_text": None, "correct": False},
         ]
     )
-    m = a.summary_metrics(None, traces)
+    m = SCORER.summary_metrics(None, traces)
     assert m == {"accuracy": 0.5, "n": 2.0, "unparsed": 1.0}
 
 
 def test_twelve_option_answer_letter_l(standard):
-    a, items, _ = standard
-    s = a.score(item_row(items["test_Physics_2"]), "The beam balances at 120 kg.\nAnswer: L")
+    _, items, _ = standard
+    s = SCORER.score(item_row(items["test_Physics_2"]), "The beam balances at 120 kg.\nAnswer: L")
     assert s.answer_text == "L" and s.correct is True
 
 
@@ -167,22 +172,20 @@ def test_twelve_option_answer_letter_l(standard):
     ],
 )
 def test_score_reads_the_last_stated_answer_after_the_thinking(standard, response, thinking_open, parsed, correct):
-    a, items, _ = standard
-    s = a.score(item_row(items["test_Accounting_1"]), response, thinking_open=thinking_open)
+    _, items, _ = standard
+    s = SCORER.score(item_row(items["test_Accounting_1"]), response, thinking_open=thinking_open)
     assert (s.answer_text, s.correct) == (parsed, correct)
 
 
 def test_unparsed_where_the_official_parser_would_draw_a_random_letter(standard):
-    from peekaboo.datasets import official
-
-    a, items, _ = standard
+    _, items, _ = standard
     options = items["test_Accounting_1"].choices
     index2ans, letters = official.mmmu_get_multi_choice_info(options)
     drawn = []
     assert official.mmmu_parse_multi_choice_response("no idea", letters, index2ans,
                                                      fallback=lambda c: drawn.append(c) or "B") == "B"
     assert drawn == [["A", "B", "C", "D"]]  # the official code reaches random.choice(all_choices)
-    s = a.score(item_row(items["test_Accounting_1"]), "no idea")
+    s = SCORER.score(item_row(items["test_Accounting_1"]), "no idea")
     assert s.answer_text is None and s.correct is False and not s.abstained
 
 

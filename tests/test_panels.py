@@ -10,6 +10,7 @@ from peekaboo.datasets import get_adapter
 from peekaboo.datasets.base import AdapterError
 from peekaboo import synthetic as S
 from peekaboo.datasets import panels as P
+from peekaboo.scoring import get_scorer
 
 
 def _records(options, dataset="panels", seed=0):
@@ -172,29 +173,28 @@ def test_hide_boxes_fill_matches_the_masks_stage():
     ],
 )
 def test_score_colour(response, correct, abstained, parsed):
-    adapter = get_adapter("p", {"adapter": "panels", "options": {}})
-    score = adapter.score({"answer": "red", "answer_type": "text"}, response)
+    score = get_scorer("panels").score({"answer": "red", "answer_type": "text"}, response)
     assert score.correct is correct and score.abstained is abstained
     if parsed is not None:
         assert score.answer_text == parsed
 
 
 def test_score_numbers_and_yes_no():
-    adapter = get_adapter("p", {"adapter": "panels", "options": {}})
-    assert adapter.score({"answer": "12", "answer_type": "integer"}, "Step 1: 5 + 7 = 12.\nAnswer: 12").correct
-    assert not adapter.score({"answer": "12", "answer_type": "integer"}, "Answer: 13").correct
-    assert adapter.score({"answer": "no", "answer_type": "yes_no"}, "Answer: No").correct
-    assert not adapter.score({"answer": "no", "answer_type": "yes_no"}, "Answer: yes").correct
+    scorer = get_scorer("panels")
+    assert scorer.score({"answer": "12", "answer_type": "integer"}, "Step 1: 5 + 7 = 12.\nAnswer: 12").correct
+    assert not scorer.score({"answer": "12", "answer_type": "integer"}, "Answer: 13").correct
+    assert scorer.score({"answer": "no", "answer_type": "yes_no"}, "Answer: No").correct
+    assert not scorer.score({"answer": "no", "answer_type": "yes_no"}, "Answer: yes").correct
 
 
 def test_score_takes_thinking_open_and_never_scores_a_cut_off_chain():
-    adapter = get_adapter("p", {"adapter": "panels", "options": {}})
+    scorer = get_scorer("panels")
     item = {"answer": "red", "answer_type": "text"}
     # panels' reference models do not think: without the flag a response is all answer, as before
-    assert adapter.score(item, "Step 1: The top-left shape is red.\nAnswer: red", thinking_open=False).correct
-    cut = adapter.score(item, "Step 1: The top-left shape is red.\nAnswer: red", thinking_open=True)
+    assert scorer.score(item, "Step 1: The top-left shape is red.\nAnswer: red", thinking_open=False).correct
+    cut = scorer.score(item, "Step 1: The top-left shape is red.\nAnswer: red", thinking_open=True)
     assert (cut.answer_text, cut.correct, cut.truncated) == (None, False, True)
-    done = adapter.score(item, "The top-left shape is red.</think>\nAnswer: red", thinking_open=True)
+    done = scorer.score(item, "The top-left shape is red.</think>\nAnswer: red", thinking_open=True)
     assert (done.answer_text, done.correct, done.truncated) == ("red", True, False)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peekaboo.datasets import official as O
+from peekaboo.scoring import official as O
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "scorer_corpus"
@@ -102,9 +102,9 @@ def test_cut_off_chains_are_never_scored(reports, benchmark):
 def test_hand_cases_score_as_written(check, benchmark):
     records = [r for r in check.load_corpus(benchmark) if "expect" in r]
     assert len(records) >= 10
-    adapter, rows = check.item_rows(benchmark, records)
+    scorer, rows = check.item_rows(benchmark, records)
     for r in records:
-        s = adapter.score(rows[check._key(benchmark, r["item"])], r["response"], thinking_open=r["thinking_open"])
+        s = scorer.score(rows[check._key(benchmark, r["item"])], r["response"], thinking_open=r["thinking_open"])
         got = {"answer_text": s.answer_text, "correct": s.correct}
         got.update({k: True for k in ("truncated", "abstained") if getattr(s, k)})
         assert got == r["expect"], (r["id"], r.get("note"))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from peekaboo import closure, stage, stages
+from peekaboo import closure, scoring, stage, stages
+from peekaboo.datasets.base import adapter_names
 from peekaboo.stage import StageCall
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,18 +75,55 @@ def test_the_ground_floor_stands_on_nothing_above_it():
         assert not above, f"{module} imports {sorted(above)} from above the ground floor"
 
 
+def _relative(files) -> set[str]:
+    return {Path(f).relative_to(closure.PACKAGE_DIR).as_posix() for f in files}
+
+
 def test_closure_follows_relative_function_level_and_package_imports():
-    files = {Path(f).relative_to(closure.PACKAGE_DIR).as_posix() for f in stages.code_files("traces")}
+    files = _relative(stages.code_files("traces"))
     # module level (generate), function level (loading's devices), a package's __init__ and the runner
     assert {"traces.py", "generate.py", "devices.py", "models/__init__.py", "models/loading.py", "stage.py",
-            "__init__.py", "datasets/__init__.py"} <= files
-    # the dataset's adapter is imported by name at run time: only the rule that names it has it
-    assert "datasets/mathvista.py" not in files
-    assert "datasets/mathvista.py" in {Path(f).name and Path(f).relative_to(closure.PACKAGE_DIR).as_posix()
-                                       for f in stages.code_files("traces", "peekaboo.datasets.mathvista")}
+            "__init__.py"} <= files
+    # the dataset's scorer is imported by name at run time: only the rule that names it has it (and the registry)
+    assert not {f for f in files if f.startswith("scoring/")}
+    named = _relative(stages.code_files("traces", "peekaboo.scoring.mathvista"))
+    assert {"scoring/__init__.py", "scoring/mathvista.py"} <= named
     # training does not reach the scorers or the adapters: editing them does not re-train the models
-    training = {Path(f).relative_to(closure.PACKAGE_DIR).as_posix() for f in stages.code_files("train_reference")}
-    assert not {"answers.py", "datasets/base.py", "datasets/panels.py", "config.py"} & training
+    training = _relative(stages.code_files("train_reference"))
+    assert not {"answers.py", "thinking.py", "datasets/base.py", "datasets/panels.py", "config.py"} & training
+    assert not {f for f in training if f.startswith("scoring/")}
+
+
+@pytest.mark.parametrize("adapter", adapter_names())
+def test_no_scoring_code_is_upstream_of_the_generation(adapter):
+    """A scorer edit must never re-run the items (and through them the masks and the decode-bound generation):
+    the closures of the rules before the traces hold no scoring module, whichever adapter they read with."""
+    reader = f"peekaboo.datasets.{adapter}"
+    rules = (("boxes", (reader,)), ("items", (reader,)), ("masks", ()), ("train_reference", ()), ("generate", ()))
+    for rule, extra in rules:
+        files = _relative(stages.code_files(rule, *extra))
+        assert not {f for f in files if f.startswith("scoring/")}, (rule, adapter)
+        # the thinking split is read by the grounding VLMs (boxes), not by a reader
+        assert "thinking.py" not in files or rule == "boxes", (rule, adapter)
+    # and no reader imports a scorer, whatever stage names it
+    assert not {m for m in closure.module_closure(reader) if m.startswith("peekaboo.scoring")}
+
+
+@pytest.mark.parametrize("adapter", adapter_names())
+def test_the_traces_rule_holds_its_datasets_scorer_and_no_other(adapter):
+    files = _relative(stages.code_files("traces", scoring.scorer_module(adapter)))
+    scorers = {f for f in files if f.startswith("scoring/") and f[len("scoring/"):-3] in scoring.scorer_names()}
+    assert scorers == {f"scoring/{adapter}.py"}
+    assert {"thinking.py", "scoring/extraction.py"} <= files
+
+
+def test_scorers_have_the_adapters_names():
+    assert scoring.scorer_names() == adapter_names()
+    for name in adapter_names():
+        scorer = scoring.get_scorer(name)
+        assert scorer.name == name and callable(scorer.score) and callable(scorer.summary_metrics)
+    with pytest.raises(scoring.ScorerError, match="unknown scorer 'nope' .*known: hallusionbench, jsonl"):
+        scoring.get_scorer("nope")
 
 
 @pytest.mark.parametrize("rule", sorted(stages.STAGE_MODULES))
@@ -106,10 +144,9 @@ def test_python_imports_nothing_outside_a_rules_code_input(rule):
 
 
 def test_every_package_module_is_reachable_or_deliberately_outside_the_stages():
-    from peekaboo.datasets.base import adapter_names
-
-    # the stages, and the adapters the items and traces rules name by the dataset's config
-    roots = list(stages.STAGE_MODULES.values()) + [f"peekaboo.datasets.{a}" for a in adapter_names()]
+    # the stages, the adapters the items rule names and the scorers the traces rule names by the dataset's config
+    roots = list(stages.STAGE_MODULES.values()) + [f"peekaboo.datasets.{a}" for a in adapter_names()] + \
+        [scoring.scorer_module(a) for a in scoring.scorer_names()]
     reached = set().union(*(closure.module_closure(m) for m in roots))
     outside = set(package_modules()) - reached
     # what no stage runs: the workflow's own helpers, reference-model checks, tiny test models, notebook entry

@@ -7,6 +7,7 @@ import pytest
 import fixtures as fx
 from peekaboo import prompting
 from peekaboo.datasets import RawItem, get_adapter
+from peekaboo.scoring import get_scorer
 from peekaboo.models.tiny import FAMILIES, build_processor
 
 # what each tiny family's real chat template does with thinking on (peekaboo.models.tiny's module doc)
@@ -43,13 +44,13 @@ def test_thinking_open_reads_the_end_of_the_prompt():
 
 
 def _real_items(tmp_path):
-    """One item row per real-benchmark adapter, read from the fixture copies (what ``score`` receives)."""
+    """One (scorer, item row) per real benchmark, the row read from the fixture copies (what ``score`` receives)."""
     options = fx.write_all(tmp_path)
     rows = {}
     for name in ("mathvista", "hallusionbench", "mmmu_pro", "visargs"):
         adapter = get_adapter(name, {"adapter": name, "options": options[name]})
         item = next(r for r in adapter.records() if isinstance(r, RawItem))
-        rows[name] = (adapter, {"item_id": item.item_id, "answer": item.answer, "answer_type": item.answer_type,
+        rows[name] = (get_scorer(name), {"item_id": item.item_id, "answer": item.answer, "answer_type": item.answer_type,
                                 "choices": item.choices, "meta": json.dumps(item.meta)})
     return rows
 
@@ -63,7 +64,7 @@ def _answers(row) -> str:
 def test_cut_off_chains_stay_unparsed_on_every_familys_template(prompts, tmp_path, family):
     prompt = prompts[family][True]
     thinking_open = prompting.thinking_open(prompt)
-    for name, (adapter, row) in _real_items(tmp_path).items():
+    for name, (scorer, row) in _real_items(tmp_path).items():
         gold = _answers(row)
         thoughts = [
             "Let me look at the figure carefully. The left part shows",  # mid-sentence, no answer yet
@@ -73,11 +74,11 @@ def test_cut_off_chains_stay_unparsed_on_every_familys_template(prompts, tmp_pat
         for thought in thoughts:
             # the model writes <think> itself unless the template already did
             response = thought if thinking_open else f"<think>{thought}"
-            s = adapter.score(row, response, thinking_open=thinking_open)
+            s = scorer.score(row, response, thinking_open=thinking_open)
             assert s.answer_text is None and s.truncated is True and s.correct in (False, None), (name, response)
             assert s.correct is not True
         # the same chain, closed and answered, is read (the cut-off case is not unreadable for another reason)
         closed = f"{thoughts[1]}</think>\n\nAnswer: {gold}" if thinking_open else \
             f"<think>{thoughts[1]}</think>\n\nAnswer: {gold}"
-        s = adapter.score(row, closed, thinking_open=thinking_open)
+        s = scorer.score(row, closed, thinking_open=thinking_open)
         assert s.truncated is False and s.correct is True, (name, closed, s)

@@ -1,4 +1,5 @@
-"""VisArgs adapter: boxes from XYWH, premises as labelled regions, expected dependencies, choices, scoring."""
+"""VisArgs: the adapter (boxes from XYWH, premises as labelled regions, expected dependencies, choices) and its
+scorer."""
 
 import json
 import logging
@@ -8,8 +9,10 @@ import pytest
 import fixtures as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.datasets.visargs import expected_dependencies, parse_reasoning_step, xywh_to_xyxy
+from peekaboo.scoring import get_scorer
 
 README_ID = "5e7f108728fb848eb8e3cccfdd62ef8f"
+SCORER = get_scorer("visargs")
 
 
 def adapter(options, seed=0):
@@ -156,32 +159,32 @@ def test_free_form_conclusion_has_no_rule_based_correctness(tmp_path):
     a = adapter({"path": str(path), "choices": 0})
     item = items_of(a)[README_ID]
     assert item.choices is None and item.answer_type == "text" and item.answer == item.meta["conclusion"]
-    s = a.score({"answer": item.answer, "choices": None}, "Step 1: ...\nAnswer: Nature is trapped by people.")
+    s = SCORER.score({"answer": item.answer, "choices": None}, "Step 1: ...\nAnswer: Nature is trapped by people.")
     assert s.correct is None and s.answer_text == "Nature is trapped by people."
 
 
 def test_score_reads_the_letter_after_reasoning(written):
-    a, items, _ = written
+    _, items, _ = written
     item = items[README_ID]
     row = {"answer": item.answer, "choices": item.choices}
     wrong = "A" if item.answer != "A" else "B"
-    assert a.score(row, f"<think>VP1: a plant in a bag.</think>\nAnswer: {item.answer}").correct is True
-    assert a.score(row, f"Answer: {wrong}").correct is False
-    cut = a.score(row, "<think>The plant is in a bag, so")
+    assert SCORER.score(row, f"<think>VP1: a plant in a bag.</think>\nAnswer: {item.answer}").correct is True
+    assert SCORER.score(row, f"Answer: {wrong}").correct is False
+    cut = SCORER.score(row, "<think>The plant is in a bag, so")
     assert cut.answer_text is None and cut.correct is False
 
 
 def test_chain_cut_off_in_its_thinking_is_truncated_even_with_a_letter_inside(written):
-    a, items, _ = written
+    _, items, _ = written
     item = items[README_ID]
     row = {"answer": item.answer, "choices": item.choices}
     for response, thinking_open in ((f"The plant is trapped. Answer: {item.answer}", True),
                                     (f"<think>The plant is trapped. Answer: {item.answer}", False)):
-        s = a.score(row, response, thinking_open=thinking_open)
+        s = SCORER.score(row, response, thinking_open=thinking_open)
         assert (s.answer_text, s.correct, s.truncated) == (None, False, True)
-    s = a.score(row, f"The plant is trapped.\n</think>\n\n\\boxed{{{item.answer}}}", thinking_open=True)
+    s = SCORER.score(row, f"The plant is trapped.\n</think>\n\n\\boxed{{{item.answer}}}", thinking_open=True)
     assert (s.answer_text, s.correct, s.truncated) == (item.answer, True, False)
-    free = a.score({"answer": "x", "choices": None}, "Nature is trapped", thinking_open=True)
+    free = SCORER.score({"answer": "x", "choices": None}, "Nature is trapped", thinking_open=True)
     assert free.truncated and free.answer_text is None and free.correct is None
 
 

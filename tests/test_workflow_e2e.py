@@ -181,6 +181,14 @@ def test_editing_a_module_reruns_exactly_the_stages_using_it(run):
     with edited(src / "models" / "__init__.py"):
         assert {"train_reference", "generate", "traces"} <= _planned_rules(_snakemake(work, "-n"))
 
+    # a scorer fix re-scores the traces, never re-generating them: neither the items (the reader's stage) nor the
+    # masks nor the decode-bound generation run again, nor the training (issue 17)
+    for scorer in ("panels.py", "__init__.py", "extraction.py"):
+        with edited(src / "scoring" / scorer):
+            planned = _planned_rules(_snakemake(work, "-n"))
+        assert {"traces", "steps", "crm", "collapse", "selective", "figures"} <= planned, (scorer, planned)
+        assert not planned & {"items", "masks", "generate", "train_reference"}, (scorer, planned)
+
     assert "Nothing to be done" in _snakemake(work, "-n")
 
 

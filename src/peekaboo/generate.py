@@ -41,6 +41,7 @@ writes.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -698,14 +699,14 @@ def setup_shard(
     ``model_spec`` and ``dataset_spec`` are config entries, ``traces_cfg`` the
     ``traces`` section (what is captured; absent keys and None take the
     schema's defaults: generating alone does not read it). ``scoring``: give
-    the generator the dataset's adapter to score responses (replaying does;
-    generating does not, so it never imports a scorer).
+    the generator the dataset's scorer (``peekaboo.scoring``, by the entry's
+    ``adapter`` name) to score responses (replaying does; generating does
+    not, so it never imports a scorer).
     """
     model_spec = schema.definition("model", model_spec, where=f"models.{model_name}")
     dataset_spec = schema.definition("dataset", dataset_spec, where=f"datasets.{dataset}")
     traces_cfg = schema.section("traces", traces_cfg)
     from . import tables
-    from .datasets import get_adapter
     from .models.loading import load_model
 
     items = tables.read_table(items_path)
@@ -713,13 +714,18 @@ def setup_shard(
     shard_size = int(dataset_spec["shard_size"])
     requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
     model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
-    adapter = get_adapter(dataset, dataset_spec, seed=seed, base_dir=base_dir) if scoring else None
+    scorer = None
+    if scoring:
+        # by name at run time, as the adapters are: the traces rule names the dataset's scorer module (the
+        # registry with it) in its code input, and the generate and boxes stages, which run this module too,
+        # hold no scoring code, so that a scorer edit re-runs neither them nor the items before them
+        scorer = importlib.import_module("peekaboo.scoring").get_scorer(dataset_spec["adapter"])
     generator = TraceGenerator(
         model, processor, family, GenerationSettings.from_config(model_spec["generation"]),
         thinking=bool(model_spec["thinking"]),
         system_prompt=model_spec["system_prompt"],
         map_layers=traces_cfg["map_layers"], keep_heads=bool(traces_cfg["keep_heads"]),
-        score=None if adapter is None else lambda request, text, thinking_open=False: adapter.score(
+        score=None if scorer is None else lambda request, text, thinking_open=False: scorer.score(
             request.item or {}, text, thinking_open=thinking_open),
         replay_chunk_mb=float(model_spec["replay_chunk_mb"]),
     )

@@ -70,6 +70,11 @@ def adapter_module(d):
     return f"peekaboo.datasets.{dataset_cfg(d)['adapter']}"
 
 
+def scorer_module(d):
+    """The scorer of dataset d (peekaboo.scoring): imported by name at run time, so the rule that scores names it."""
+    return f"peekaboo.scoring.{dataset_cfg(d)['adapter']}"
+
+
 def dataset_cfg(d):
     return config["datasets"][d]
 

@@ -48,8 +48,8 @@ rule generate:
 
 rule traces:
     input:
-        # the adapter scores the answers
-        code=lambda wc: code("traces", adapter_module(wc.d)),
+        # the dataset's scorer scores the answers (its reader is the items rule's: a scorer edit re-runs only this)
+        code=lambda wc: code("traces", scorer_module(wc.d)),
         generations=lambda wc: generations_input(wc.m, wc.d, wc.i),
         **trace_job_inputs(),
     output:

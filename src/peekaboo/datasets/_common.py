@@ -1,10 +1,10 @@
 """Helpers shared by the real-benchmark adapters (MathVista, HallusionBench, MMMU-Pro, VisArgs).
 
 Reading the published files (JSON, parquet shards with ``{bytes, path}`` image
-structs), checking list and integer fields, and reading the chosen option out of
-a response's answer part, so that each adapter's module holds only its
-dataset's own format and scoring rules. Splitting off the thinking and finding
-the final stated answer are in ``peekaboo.answers``.
+structs), checking list and integer fields, and option letters, so that each
+adapter's module holds only its dataset's own format. The scorers
+(``peekaboo.scoring``) read an item's choices with ``text_list`` too; nothing
+here scores.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..answers import extract_letter, final_answer, is_abstention
 from ..cells import is_blank
-from .official import mmmu_get_multi_choice_info, mmmu_parse_multi_choice_response
 
 # ----------------------------------------------------------------------------
 # files
@@ -132,37 +130,6 @@ def integer(value: Any, field: str) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
         return int(value)
     raise ValueError(f"{field} {_shown(value)} is not an integer")
-
-
-# ----------------------------------------------------------------------------
-# responses
-
-
-def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | None, bool]:
-    """(the chosen option's letter or None, whether the model abstained) from a response's answer part.
-
-    The last stated answer (``peekaboo.answers.final_answer``) when it names
-    an option (its letter or its text); else an abstention when the final
-    answer is one and names no option; else MMMU's official
-    ``parse_multi_choice_response`` over the whole answer part, without its
-    random fallback (None: unparsed).
-    """
-    final, stated = final_answer(answer_part)
-    if stated:
-        letter = extract_letter(final, choices=options)
-        if letter is not None:
-            return letter, False
-    if is_abstention(final) and extract_letter(final, choices=options) is None:
-        return None, True
-    if not answer_part.strip():
-        return None, False
-    index2ans, all_choices = mmmu_get_multi_choice_info(options)
-    return mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback), False
-
-
-def unparsed_fallback(all_choices: Sequence[str]) -> None:
-    """Where MMMU's parser draws a random letter, the project leaves the response unparsed."""
-    return None
 
 
 def letters(n: int) -> list[str]:

@@ -1,9 +1,11 @@
 """The dataset adapter interface: what every dataset reader gives the items stage.
 
 An adapter turns one configured dataset into ``RawItem`` records (or
-``Reject`` records for what it could not read), says cheaply how many records
-there are at most (so the workflow can plan trace shards before running), and
-scores a model's response the way the dataset's official evaluator does.
+``Reject`` records for what it could not read) and says cheaply how many
+records there are at most (so the workflow can plan trace shards before
+running). It reads; it does not score: a model's response to the dataset's
+items is scored by ``peekaboo.scoring.<adapter name>``, which the traces stage
+imports and the items stage does not, so a scoring fix never re-runs the items.
 """
 
 from __future__ import annotations
@@ -69,21 +71,9 @@ class Adapter(ABC):
     def records(self) -> Iterator[RawItem | Reject]:
         """Every record of the dataset in a stable order."""
 
-    @abstractmethod
-    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-        """Score a model's full response against an item (a row of the items table).
 
-        ``thinking_open``: the rendered prompt ended inside an open thinking
-        block (``peekaboo.prompting.thinking_open``), so a response without a
-        closing tag never left its thinking: unparsed, wrong and ``truncated``.
-        """
-
-    def summary_metrics(self, items, traces) -> dict[str, float]:
-        """Dataset-specific aggregate metrics (e.g. HallusionBench's figure accuracy); optional."""
-        return {}
-
-
-# name -> "module:Class", imported on first use so that each adapter lives in its own module
+# name -> "module:Class", imported on first use so that each adapter lives in its own module (the scorers,
+# peekaboo.scoring, have the same names)
 _ADAPTERS: dict[str, str] = {
     "panels": "peekaboo.datasets.panels:PanelsAdapter",
     "jsonl": "peekaboo.datasets.jsonl:JsonlAdapter",

@@ -1,4 +1,4 @@
-"""HallusionBench in its published formats, with the official evaluator's accuracies.
+"""HallusionBench read from its published formats.
 
 Formats (option ``path``):
 
@@ -21,28 +21,7 @@ that the answer can be read by rule; set it to ``""`` for the bare question).
 Item ids: ``{category}_{subcategory}_{set_id}_{figure_id}_{question_id}``, the
 key the official ``get_eval_all`` asserts unique.
 
-Scoring: the official evaluator asks GPT-4 whether the response agrees with
-the reference ("1" correct, "0" incorrect, "2" unclear). Here, on what the
-model finally says (``peekaboo.answers.split_thinking``: a chain that ended
-inside its thinking is unparsed, wrong and ``truncated``), the yes/no is read
-by rule (``peekaboo.answers.read_yes_no``: the first word of the final answer,
-else an abstention, else the only one of "yes" and "no" named, as VLMEvalKit's
-``YOrN_Extraction`` reads it) and compared with ``gt_answer`` ("1" yes, "0"
-no). An abstention, or no yes/no, is unparsed and wrong: ``correct`` never
-counts an abstention.
-
-``summary_metrics`` gives the official leaderboard numbers from the base
-traces, computed by the ported official functions (``official.py``): each
-trace gets the official correctness code ("1" correct; "2" unclear: an
-abstention or no yes/no; "0" wrong, cut off or failed), then the official
-``assign_correctness`` (unclear counts right on a VS question asked without
-its figure), question accuracy (aAcc), figure accuracy (fAcc: figures keyed by
-(category, subcategory, set_id, figure_id), VS questions without a figure left
-out, a figure counts when all its questions are right), question-pair
-accuracy (qAcc: (category, subcategory, set_id, question_id) groups all
-right), and the easy and hard pair accuracies, which split the questions by
-``visual_input`` as ``get_eval_pair_easy`` / ``_hard`` do: easy = no figure
-or the original figure ("0", "1"), hard = an edited figure ("2").
+Scoring and the official leaderboard accuracies: ``peekaboo.scoring.hallusionbench``.
 
 Malformed records are rejected with the reason: ``set_id``, ``figure_id`` or
 ``question_id`` that is not an integer, a ``visual_input`` other than 0, 1 or
@@ -58,51 +37,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..answers import read_yes_no, split_thinking
-from ..cells import is_blank, parse_meta
+from ..cells import is_blank
 from ._common import image_source, integer, iter_parquet, parquet_count, read_json
-from .base import Adapter, AdapterError, RawItem, Reject, Score
-from .official import (
-    hallusionbench_assign_correctness,
-    hallusionbench_get_eval_all,
-    hallusionbench_get_eval_fig,
-    hallusionbench_get_eval_pair_all,
-    hallusionbench_get_eval_pair_easy,
-    hallusionbench_get_eval_pair_hard,
-)
+from .base import Adapter, AdapterError, RawItem, Reject
 
 DEFAULT_INSTRUCTION = (
     "Answer the question with yes or no. The last line of your response should be of the following "
     "format: 'Answer: yes' or 'Answer: no'."
 )
-_KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
+# the official per-question key (the scorer's leaderboard groups questions by these too)
+KEY_FIELDS = ("category", "subcategory", "set_id", "figure_id", "question_id")
 _INTEGER_KEYS = ("set_id", "figure_id", "question_id", "visual_input")
 
 
 def item_key(record: Mapping[str, Any]) -> str:
     """The official per-question key, used as the item id."""
-    return "_".join(str(record[k]) for k in _KEYS)
-
-
-def correctness_code(trace: Mapping[str, Any]) -> str:
-    """The official correctness code of a scored trace: "1" correct, "2" unclear, "0" incorrect.
-
-    Unclear: an abstention, or an answer without yes or no (where the judge
-    says "unclear"). A chain cut off in its thinking, or a failed trace
-    (``correct`` null), is "0": it never counts right.
-    """
-    correct = trace.get("correct")
-    if is_blank(correct) or _flag(trace.get("truncated")):
-        return "0"
-    if bool(correct):
-        return "1"
-    if _flag(trace.get("abstained")) or ("answer_text" in trace and is_blank(trace.get("answer_text"))):
-        return "2"
-    return "0"
-
-
-def _flag(value: Any) -> bool:
-    return not is_blank(value) and bool(value)
+    return "_".join(str(record[k]) for k in KEY_FIELDS)
 
 
 def _official_id(value: Any, field: str) -> str:
@@ -148,9 +98,9 @@ class HallusionBenchAdapter(Adapter):
             if "_bad" in rec:
                 yield Reject(reason="record is not a JSON object", source_line=line)
                 continue
-            missing = [k for k in (*_KEYS, "visual_input", "question", "gt_answer") if is_blank(rec.get(k))]
+            missing = [k for k in (*KEY_FIELDS, "visual_input", "question", "gt_answer") if is_blank(rec.get(k))]
             if missing:
-                item_id = None if any(k in missing for k in _KEYS) else item_key(rec)
+                item_id = None if any(k in missing for k in KEY_FIELDS) else item_key(rec)
                 yield Reject(reason=f"missing {', '.join(missing)}", item_id=item_id, source_line=line)
                 continue
             try:
@@ -178,7 +128,7 @@ class HallusionBenchAdapter(Adapter):
             question = str(rec["question"]).strip()
             if instruction:
                 question = f"{question}\n{instruction}"
-            meta = {k: str(rec[k]) for k in _KEYS}
+            meta = {k: str(rec[k]) for k in KEY_FIELDS}
             meta.update(
                 visual_input=visual,
                 sample_note=None if is_blank(rec.get("sample_note")) else str(rec["sample_note"]),
@@ -212,16 +162,6 @@ class HallusionBenchAdapter(Adapter):
             return image_source(filename, dirs)  # missing: the items stage rejects it by name
         return None
 
-    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-        answer_part, truncated = split_thinking(response, thinking_open)
-        if truncated:
-            return Score(answer_text=None, correct=False, truncated=True)
-        said, abstained = read_yes_no(answer_part)
-        return Score(answer_text=said, correct=said is not None and said == str(item["answer"]), abstained=abstained)
-
-    def summary_metrics(self, items, traces) -> dict[str, float]:
-        return official_metrics(items, traces)
-
 
 def _record_problem(rec: Mapping[str, Any]) -> str | None:
     """Why a record (integer fields already read) cannot be scored as the official code scores it; None if fine."""
@@ -233,51 +173,3 @@ def _record_problem(rec: Mapping[str, Any]) -> str | None:
     if gold not in ("0", "1"):
         return f"gt_answer {gold!r} is neither '1' (yes) nor '0' (no)"
     return None
-
-
-def official_metrics(items, traces) -> dict[str, float]:
-    """The official leaderboard accuracies (per question, figure, question pair; easy and hard pairs).
-
-    ``items``: the items table (``item_id``, ``meta`` with the five keys and
-    ``visual_input``). ``traces``: one row per item with ``item_id`` and
-    ``correct``, and where present ``abstained``, ``truncated`` and
-    ``answer_text`` (a trace table is filtered to the unmasked ``base``
-    variant when it has a ``variant`` column). Each trace gets its official
-    correctness code (``correctness_code``); the official
-    ``assign_correctness`` and counting functions (``official.py``) do the
-    rest. Accuracies are fractions in [0, 1]; NaN when a group is empty.
-    """
-    import pandas as pd
-
-    t = pd.DataFrame(traces)
-    if "variant" in t.columns:
-        t = t[t["variant"] == "base"]
-    if t["item_id"].duplicated().any():
-        dup = t.loc[t["item_id"].duplicated(), "item_id"].iloc[0]
-        raise ValueError(f"more than one base trace for item {dup!r}: pass one model's traces at a time")
-    codes = {row["item_id"]: correctness_code(row) for row in t.to_dict("records")}
-
-    data = []
-    for row in pd.DataFrame(items)[["item_id", "meta"]].itertuples(index=False):
-        if row.item_id not in codes:
-            continue
-        meta = parse_meta(row.meta)
-        data.append({**{k: str(meta[k]) for k in (*_KEYS, "visual_input")}, "code": codes[row.item_id]})
-    data = hallusionbench_assign_correctness(data, "code")
-
-    def share(stat) -> float:
-        return stat["correct"] / stat["total"] if stat["total"] else float("nan")
-
-    has_figures = any(not (r["category"] == "VS" and r["figure_id"] == "0") for r in data)
-    figures = hallusionbench_get_eval_fig(data) if has_figures else {"correct": 0, "total": 0}
-    pairs = hallusionbench_get_eval_pair_all(data)
-    return {
-        "question_accuracy": share(hallusionbench_get_eval_all(data)),
-        "figure_accuracy": share(figures),
-        "pair_accuracy": share(pairs),
-        "easy_pair_accuracy": share(hallusionbench_get_eval_pair_easy(data)),
-        "hard_pair_accuracy": share(hallusionbench_get_eval_pair_hard(data)),
-        "n_questions": float(len(data)),
-        "n_figures": float(figures["total"]),
-        "n_pairs": float(pairs["total"]),
-    }

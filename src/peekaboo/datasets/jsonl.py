@@ -19,13 +19,11 @@ integer, a list answer that is not a JSON array) becomes a Reject with its
 line number and the reason; a UTF-8 byte-order mark at the start is read as
 such. The items stage checks the images and boxes.
 
-Scoring: ``peekaboo.answers.score_response`` on what the model finally says
-(a thinking block is skipped; a chain that ended inside it is unparsed, wrong
-and ``truncated``).
+Scoring: ``peekaboo.scoring.jsonl`` (by the item's answer type).
 
 Options: ``path`` (required), ``image_root`` (default: the file's directory),
 ``add_choices`` (default true: list the choices under the question as
-``(A) ...`` lines, the form ``answers.extract_letter`` reads back).
+``(A) ...`` lines, the form the scorer's ``extraction.extract_letter`` reads back).
 """
 
 from __future__ import annotations
@@ -35,9 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .. import answers
-from ..cells import as_list
 from ..jsonlines import count_lines, read_lines
-from .base import ANSWER_TYPES, TASK_TYPES, Adapter, RawItem, Region, Reject, Score
+from .base import ANSWER_TYPES, TASK_TYPES, Adapter, RawItem, Region, Reject
 
 _KNOWN_KEYS = {"id", "image", "images", "question", "answer", "choices", "answer_type", "task_type", "regions", "meta"}
 
@@ -184,11 +181,6 @@ class JsonlAdapter(Adapter):
             label = r.get("label")
             regions.append(Region(label=str(label) if label is not None else f"region {k}", box=tuple(float(x) for x in box), image=image))
         return regions
-
-    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-        choices = as_list(item.get("choices")) or None
-        return answers.score_response(response, str(item["answer"]), str(item["answer_type"]), choices,
-                                      thinking_open=thinking_open)
 
 
 class _BadRecord(ValueError):

@@ -1,4 +1,4 @@
-"""MMMU-Pro in its published parquet formats, scored like its official ``evaluate.py``.
+"""MMMU-Pro read from its published parquet formats.
 
 Configs (option ``config``; ``auto`` tells them apart by their columns):
 
@@ -23,18 +23,8 @@ the image's position in that list (the images precede the text in the chat).
 A question without any token gets all its non-empty image columns in order.
 A token naming an empty image column rejects the record.
 
-Scoring (``_common.read_option_letter``) on what the model finally says
-(``peekaboo.answers.split_thinking``: a chain that ended inside its thinking
-is unparsed, wrong and ``truncated``): the last stated answer ("Answer: C",
-``\\boxed{C}``, GLM's answer box, "the answer is (C)") when it names an
-option by letter or text; else an abstention when the final answer is one;
-else the official ``parse_multi_choice_response`` (``official.py``) over the
-answer part: a single option letter after the last ``Answer:``, then ``(A)``,
-``A `` and ``A.`` patterns, then (for more than five words) the option text,
-the last-mentioned candidate winning. Where the official parser falls back to
-a random letter, the response is unparsed here: ``answer_text`` None, counted
-wrong (and counted: the number of unparsed responses is in
-``summary_metrics``).
+Scoring: ``peekaboo.scoring.mmmu_pro`` (the official ``parse_multi_choice_response``, without its
+random fallback).
 
 Malformed records are rejected with the reason: ``options`` that is not a list
 (a string that is no list literal, a dict), an option that is not text, an
@@ -48,22 +38,11 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator
 
-from ..answers import split_thinking
 from ..cells import is_blank
-from ._common import (
-    unparsed_fallback,
-    image_source,
-    iter_parquet,
-    letters,
-    parquet_columns,
-    parquet_count,
-    read_option_letter,
-    text_list,
-)
-from .base import Adapter, AdapterError, RawItem, Reject, Score
-from .official import mmmu_parse_multi_choice_response
+from ._common import image_source, iter_parquet, letters, parquet_columns, parquet_count, text_list
+from .base import Adapter, AdapterError, RawItem, Reject
 
 PROMPTS = {
     "cot": {
@@ -114,11 +93,6 @@ def image_order(text: str) -> list[int]:
         if k not in seen:
             seen.append(k)
     return seen
-
-
-def parse_multi_choice_response(response: str, all_choices: Sequence[str], index2ans: Mapping[str, str]) -> str | None:
-    """The official MMMU(-Pro) parser (``official.mmmu_parse_multi_choice_response``), None instead of a random letter."""
-    return mmmu_parse_multi_choice_response(response, all_choices, index2ans, fallback=unparsed_fallback)
 
 
 class MMMUProAdapter(Adapter):
@@ -220,29 +194,6 @@ class MMMUProAdapter(Adapter):
             source_line=line,
         )
 
-    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-        options = text_list(item.get("choices"), "choices") or []
-        answer_part, truncated = split_thinking(response, thinking_open)
-        if truncated:
-            return Score(answer_text=None, correct=False, truncated=True)
-        letter, abstained = read_option_letter(answer_part, options)
-        return Score(answer_text=letter, correct=letter is not None and letter == str(item["answer"]),
-                     abstained=abstained)
-
-    def summary_metrics(self, items, traces) -> dict[str, float]:
-        """Accuracy over base traces, and how many responses the parser could not read (counted wrong)."""
-        import pandas as pd
-
-        t = pd.DataFrame(traces)
-        if "variant" in t.columns:
-            t = t[t["variant"] == "base"]
-        if len(t) == 0:
-            return {"accuracy": float("nan"), "n": 0.0, "unparsed": 0.0}
-        correct = t["correct"].map(lambda v: False if pd.isna(v) else bool(v))
-        unparsed = t["answer_text"].isna() if "answer_text" in t.columns else pd.Series(False, index=t.index)
-        return {"accuracy": float(correct.mean()), "n": float(len(t)), "unparsed": float(unparsed.sum())}
-
-
 def _text(value: Any) -> str | None:
     return None if is_blank(value) else str(value)
 
@@ -256,4 +207,4 @@ def _literal_or_text(value: Any) -> Any:
         return str(value)
 
 
-__all__ = ["MMMUProAdapter", "PROMPTS", "image_order", "parse_multi_choice_response", "parse_options"]
+__all__ = ["MAX_OPTIONS", "MMMUProAdapter", "PROMPTS", "image_order", "parse_options"]

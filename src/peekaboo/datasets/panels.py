@@ -1,19 +1,13 @@
-"""The ``panels`` adapter: the synthetic benchmark (``peekaboo.synthetic``) as items, and its scoring.
+"""The ``panels`` adapter: the synthetic benchmark (``peekaboo.synthetic``) as items.
 
 Items, options and gold solutions are described in ``peekaboo.synthetic``;
-docs/datasets.md has the options table.
-
-Scoring: the text after the last ``Answer:`` is compared with the gold answer
-(case and surrounding punctuation ignored; numbers compared as integers);
-"unknown" and other abstention phrases count as abstentions, never as correct.
+docs/datasets.md has the options table. Scoring: ``peekaboo.scoring.panels``.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
-from ..answers import split_thinking
 from ..synthetic import (
     BlinkRule,
     OptionsError,
@@ -24,57 +18,7 @@ from ..synthetic import (
     gold_solution,
     resolve_options,
 )
-from .base import Adapter, AdapterError, RawItem, Score
-
-
-# --------------------------------------------------------------------------- scoring
-
-_ANSWER_RE = re.compile(r"answer\s*:", re.IGNORECASE)
-
-
-def final_answer(response: str) -> str | None:
-    """The text after the last ``Answer:`` (its first line, stripped); None when there is no ``Answer:``.
-
-    The gold template always ends with ``Answer:``, so a response without it
-    (a chain cut off or gone astray) is unparsed rather than read from its last line.
-    """
-    matches = list(_ANSWER_RE.finditer(response or ""))
-    if not matches:
-        return None
-    tail = response[matches[-1].end() :].strip()
-    return tail.splitlines()[0].strip() if tail else ""
-
-
-def is_abstention(text: str | None) -> bool:
-    """The shared abstention phrases ("unknown", "cannot see", ...) of ``peekaboo.answers``."""
-    from ..answers import is_abstention as shared
-
-    return bool(shared(text))
-
-
-def normalise(text: str, answer_type: str) -> str | None:
-    t = text.strip().lower().strip(" .,!;:\"'`*")
-    if answer_type == "integer":
-        m = re.fullmatch(r"[-+]?\d+", t.replace(",", ""))
-        return str(int(m.group())) if m else None
-    if answer_type == "yes_no":
-        return t if t in ("yes", "no") else None
-    return t or None
-
-
-def score_response(item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-    """Score a response to a panels item (module doc); a thinking block is skipped, as for the real benchmarks."""
-    answer_part, truncated = split_thinking(response, thinking_open)
-    if truncated:
-        return Score(answer_text=None, correct=False, truncated=True)
-    answer = final_answer(answer_part)
-    if answer is None:
-        return Score(answer_text=None, correct=False, abstained=False)
-    if is_abstention(answer):
-        return Score(answer_text=answer.strip().lower().strip(" .") or None, correct=False, abstained=True)
-    parsed = normalise(answer, item["answer_type"])
-    gold = normalise(str(item["answer"]), item["answer_type"])
-    return Score(answer_text=parsed, correct=parsed is not None and parsed == gold, abstained=False)
+from .base import Adapter, AdapterError, RawItem
 
 
 # --------------------------------------------------------------------------- adapter
@@ -139,6 +83,3 @@ class PanelsAdapter(Adapter):
                 regions=item.regions,
                 meta=item_meta(item, self.blink),
             )
-
-    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-        return score_response(item, response, thinking_open=thinking_open)

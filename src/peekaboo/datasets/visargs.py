@@ -38,20 +38,17 @@ intermediate conclusions and ``regions`` their indices in the item's regions.
 A step that does not parse is kept with ``uses: []`` and listed in
 ``meta.unparsed_steps``.
 
-Question and scoring: VisArgs' own conclusion task is generative and scored
-with BLEU/CIDEr/BERTScore against the reference (no exact-match rule exists).
+Question: VisArgs' own conclusion task is generative and scored with
+BLEU/CIDEr/BERTScore against the reference (no exact-match rule exists).
 Here, so that correctness is decided by rule: with ``choices: k`` (default 4)
 the model picks the image's conclusion among k candidates, the gold one and
 k-1 conclusions of other images drawn with the config seed (a construct of
 this tool in the spirit of VisArgs' "identification of premises" task, not
 an official task). The prompt asks for step-by-step reasoning through the
-premises (see ``QUESTION_TEMPLATE``) and a final ``Answer: $LETTER`` line,
-read like MMMU-Pro's (``_common.read_option_letter``: the stated answer, else
-MMMU's official parser without its random fallback) from what the model
-finally says (a chain cut off in its thinking is unparsed and ``truncated``);
-unparsed counts wrong. With ``choices: 0`` the model states the conclusion in
-its own words; the item's ``answer`` is the reference conclusion and
-``correct`` is null (no rule can judge a paraphrase).
+premises (see ``QUESTION_TEMPLATE``) and a final ``Answer: $LETTER`` line.
+With ``choices: 0`` the model states the conclusion in its own words; the
+item's ``answer`` is the reference conclusion. Scoring:
+``peekaboo.scoring.visargs``.
 
 Malformed records are rejected with the reason: ``visual_premises``,
 ``commonsense_premises`` or ``reasoning_steps`` that is not a list (a string
@@ -70,12 +67,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from ..answers import final_answer, is_abstention, split_thinking
 from ..cells import is_blank
 from ..logs import get_logger
 from ..seeding import rng
-from ._common import letters, read_json, read_option_letter, text_list
-from .base import Adapter, AdapterError, RawItem, Region, Reject, Score
+from ._common import letters, read_json, text_list
+from .base import Adapter, AdapterError, RawItem, Region, Reject
 
 log = get_logger("datasets.visargs")
 
@@ -302,19 +298,6 @@ class VisArgsAdapter(Adapter):
             meta=meta,
             source_line=line,
         )
-
-    def score(self, item: Mapping[str, Any], response: str, *, thinking_open: bool = False) -> Score:
-        answer_part, truncated = split_thinking(response, thinking_open)
-        options = text_list(item.get("choices"), "choices")
-        if truncated:
-            return Score(answer_text=None, correct=False if options else None, truncated=True)
-        if not options:
-            # free-form conclusion: no rule judges a paraphrase
-            final, _ = final_answer(answer_part)
-            return Score(answer_text=final or None, correct=None, abstained=is_abstention(final))
-        letter, abstained = read_option_letter(answer_part, options)
-        return Score(answer_text=letter, correct=letter is not None and letter == str(item["answer"]),
-                     abstained=abstained)
 
 
 def _box_ok(box: Any) -> bool:

@@ -28,7 +28,7 @@ image's pixels by :mod:`peekaboo.grounding.coords`):
     is read too.
 
 Only the answer is read: the text after a thinking block (``</think>``), as
-for scoring (:func:`peekaboo.answers.split_thinking`; ``thinking_open`` when
+for scoring (:func:`peekaboo.thinking.split_thinking`; ``thinking_open`` when
 the chat template opened the block in the prompt). Each box comes
 with the fragment it was read from; a fragment that looks like a box but
 cannot be read (bad JSON, not four numbers, cut off at the end of the
@@ -43,7 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..answers import split_thinking
+from ..thinking import split_thinking
 from .coords import NORM_1000, RESIZED_PIXELS, BoxReject
 
 FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ... import synthetic as P
-from ...datasets import panels as panels_adapter
+from ...scoring import panels as panels_scorer
 from ...seeding import rng
 from .data import control_box, render_prompt
 
@@ -39,10 +39,10 @@ def generate_texts(model, processor, images, questions, *, batch_size: int = 32,
 
 def _answer(text: str) -> tuple[str | None, bool]:
     """(parsed final answer, abstained) of a response."""
-    answer = panels_adapter.final_answer(text)
+    answer = panels_scorer.final_answer(text)
     if answer is None:
         return None, False
-    if panels_adapter.is_abstention(answer):
+    if panels_scorer.is_abstention(answer):
         return None, True
     return answer.strip().lower().strip(" ."), False
 
@@ -82,9 +82,9 @@ def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 1
     for item, text in zip(items, clean):
         answer, abstained = _answer(text)
         clean_answers[item.item_id] = answer
-        gold = panels_adapter.normalise(item.answer, item.answer_type)
+        gold = panels_scorer.normalise(item.answer, item.answer_type)
         rows.append({"condition": "clean", "fill": "none", "question_type": item.question_type,
-                     "correct": answer is not None and panels_adapter.normalise(answer, item.answer_type) == gold,
+                     "correct": answer is not None and panels_scorer.normalise(answer, item.answer_type) == gold,
                      "abstained": abstained, "named": answer is not None, "kept": True, **split(item, answer)})
     visual = [i for i in items if i.evidence]
     for fill in fills:
@@ -104,7 +104,7 @@ def behaviour_table(model, processor, opts: P.PanelsOptions, n_per_type: int = 1
                 answer, abstained = _answer(text)
                 rows.append({"condition": condition, "fill": fill, "question_type": item.question_type,
                              "correct": answer is not None
-                             and panels_adapter.normalise(answer, item.answer_type) == panels_adapter.normalise(item.answer, item.answer_type),
+                             and panels_scorer.normalise(answer, item.answer_type) == panels_scorer.normalise(item.answer, item.answer_type),
                              "abstained": abstained, "named": answer is not None,
                              "kept": answer is not None and answer == clean_answers[item.item_id],
                              **split(item, answer)})

@@ -1,0 +1,398 @@
+"""Reading a model's answer out of its response: what only the scorers need.
+
+A model's response is free text: a thinking model's reasoning block, then
+what it finally says, usually ending with a stated answer (``Answer: ...``,
+``\\boxed{...}``, GLM's answer box). These helpers find the final stated
+answer in what the model finally says (``peekaboo.thinking.split_thinking``
+splits off the thinking; the last stated answer wins), tell an abstention
+("unknown", "I cannot see the panel") from an answer, and read letters,
+yes/no and numbers out of it, normalised the same way as the gold answers
+(``peekaboo.answers.normalize_answer``) so that a plain string comparison
+decides correctness. ``score_response`` scores by answer type (the ``jsonl``
+scorer); ``read_option_letter`` reads a chosen option as MMMU-Pro and VisArgs
+are scored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any, Sequence
+
+from ..answers import LETTERS, NUMBER_RE, format_number, normalize_text, parse_number
+from ..scores import Score
+from ..thinking import split_thinking
+from .official import mmmu_get_multi_choice_info, mmmu_parse_multi_choice_response
+
+# Phrases that mean "I cannot answer this from what I see". Checked on the
+# final answer only: a chain of thought may mention a hidden panel and still
+# go on to answer (that is the hallucination CRM looks for).
+_ABSTENTION_PATTERNS = [
+    r"\bunknown\b",
+    r"\bunanswerable\b",
+    r"\bnot answerable\b",
+    r"\b(?:cannot|can ?not|can't|cant|unable to|could not|couldn't|impossible to|not possible to)\s+"
+    r"(?:be\s+)?(?:see|seen|tell|told|determine|determined|know|known|say|read|identify|identified|answer|answered"
+    r"|infer|inferred|make out|judge|decide|verify)\b",
+    r"\b(?:is|are|was|were|been|being)\s+(?:not\s+)?(?:hidden|masked|covered|obscured|occluded|blocked|blacked out"
+    r"|greyed out|grayed out|blurred|not visible|invisible|not shown|illegible|unreadable)\b",
+    r"\bnot (?:visible|shown|legible|readable|discernible)\b",
+    r"\b(?:no|not enough|insufficient|missing) (?:visual )?(?:information|evidence|data|context)\b",
+    r"\b(?:i )?(?:do not|don't|dont) know\b",
+    r"\bno way to (?:tell|know|determine|say)\b",
+    r"\bcan't be determined\b",
+    r"\bindeterminate\b",
+    r"\bundeterminable\b",
+]
+_ABSTENTION_RE = re.compile("|".join(f"(?:{p})" for p in _ABSTENTION_PATTERNS), re.IGNORECASE)
+
+# Where a stated answer starts. The last one in the answer part wins, as the
+# official parsers take the last "Answer:" or the last-mentioned option.
+_GLM_BOX_RE = re.compile(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", re.DOTALL)
+_MARKER_RE = re.compile(
+    r"(?:\b(?:(?:final|correct|right|best)\s+)?answer|\b(?:final|correct|right|best)\s+(?:option|choice))"
+    r"\s*(?:\*\*|__)?\s*"
+    r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*(?:\*\*|__)?\s*[:：]?|[:：])",
+    re.IGNORECASE,
+)
+_BOXED_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# tags and special tokens that wrap an answer without being part of it (GLM: <answer>, an unclosed box)
+_WRAPPER_RE = re.compile(r"</?answer>|<\|(?:begin|end)_of_box\|>", re.IGNORECASE)
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_DECORATION = " \t\r\n*_`"
+
+# a response's yes or no (its first word); "y"/"n" alone are too easily something else ("N/A")
+_YES_WORDS = {"yes", "true"}
+_NO_WORDS = {"no", "false"}
+
+
+# ----------------------------------------------------------------------------
+# the final answer
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    r"""(start, end, content) of every ``\boxed{...}`` whose braces close (they may nest)."""
+    spans = []
+    for m in _BOXED_OPEN_RE.finditer(text):
+        depth = 1
+        for j in range(m.end(), len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    spans.append((m.start(), j + 1, text[m.end() : j]))
+                    break
+    return spans
+
+
+def _line_after(text: str, pos: int) -> str:
+    """The rest of the line from ``pos``; the next non-empty line when that is empty ("Answer:\\n\\nC")."""
+    rest = text[pos:]
+    lines = rest.split("\n")
+    for line in lines:
+        if line.strip(_DECORATION):
+            return line
+    return ""
+
+
+def clean_statement(text: str) -> str:
+    r"""A stated answer without markdown, math delimiters or ``\text{}`` wrappers: ``**$\text{C}$**`` -> ``C``."""
+    s = _WRAPPER_RE.sub(" ", text)
+    prev = None
+    while prev != s:
+        prev = s
+        s = _LATEX_TEXT_RE.sub(r"\1", s)
+    s = s.strip(_DECORATION)
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
+            s = s[len(left) : len(s) - len(right)].strip(_DECORATION)
+    return s.strip()
+
+
+def final_answer(answer_part: Any) -> tuple[str, bool]:
+    r"""(the final answer, whether it was stated as one) in the answer part of a response.
+
+    Stated answers are GLM's ``<|begin_of_box|>...<|end_of_box|>``,
+    ``\boxed{...}`` (nested braces; ``\text{}`` inside unwrapped) and the
+    text after a marker ("Answer:", "Final answer:", "the answer is", "the
+    correct option is", ...; to the end of its line). The last one stated
+    wins. Without any, the last non-empty line (not stated). Empty string
+    for an empty answer part. Call it on ``split_thinking``'s answer part.
+    """
+    if answer_part is None:
+        return "", False
+    text = str(answer_part)
+    boxes = [(m.start(), m.end(), m.group(1)) for m in _GLM_BOX_RE.finditer(text)] + _boxed_spans(text)
+    statements = [(start, content) for start, _, content in boxes]
+    # a marker inside a box ("\boxed{\text{Answer: C}}") is part of that box's answer
+    statements += [
+        (m.start(), _line_after(text, m.end()))
+        for m in _MARKER_RE.finditer(text)
+        if not any(start <= m.start() < end for start, end, _ in boxes)
+    ]
+    if statements:
+        _, stated = max(statements, key=lambda s: s[0])
+        return clean_statement(stated), True
+    lines = [clean_statement(line) for line in _WRAPPER_RE.sub(" ", text).splitlines()]
+    lines = [line for line in lines if line]
+    return (lines[-1] if lines else ""), False
+
+
+def final_answer_text(text: Any, thinking_open: bool = False) -> str:
+    """The final answer of a whole response (see ``split_thinking`` and ``final_answer``); "" when it has none."""
+    return final_answer(split_thinking(text, thinking_open)[0])[0]
+
+
+def is_abstention(text: Any) -> bool:
+    """True when the text declines to answer ("unknown", "cannot see", "is hidden", ...)."""
+    if text is None:
+        return False
+    return bool(_ABSTENTION_RE.search(str(text)))
+
+
+# ----------------------------------------------------------------------------
+# letters (multiple choice)
+
+
+def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: int | None = None) -> str | None:
+    """The chosen option's letter, upper case, or None.
+
+    Reads ``B``, ``(B)``, ``B.``, ``B) 42``, ``C because ...``, ``option B``,
+    ``answer is B``; with ``choices`` also the option's own text (``"blue"``
+    -> ``B`` when that is choice B). Letters beyond the number of choices are
+    ignored. Meant for a final answer, not a whole chain of reasoning.
+    """
+    if text is None:
+        return None
+    s = str(text).strip()
+    n = len(choices) if choices else n_choices
+    allowed = LETTERS[: n] if n else LETTERS
+    if not s:
+        return None
+    # the whole answer is one letter, possibly decorated: "B", "(b)", "B.", "**B**"
+    bare = s.strip(" \t*_`'\"")
+    m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", bare)
+    if m and m.group(1).upper() in allowed:
+        return m.group(1).upper()
+    normalized = [normalize_text(c) for c in choices] if choices else []
+    if choices:
+        exact = [i for i, c in enumerate(normalized) if c and c == normalize_text(s)]
+        if len(exact) == 1:
+            return LETTERS[exact[0]]
+    # a leading "(B) ...", "B. ...", "B) ...", "B: ..."
+    m = re.match(r"[\(\[]?([A-Z])(?:[\)\]][.:,;]?|[.:,;])(?=\s|$)", bare)
+    if m and m.group(1) in allowed:
+        return m.group(1)
+    # a letter in brackets, or after "option"/"choice"/"answer is"
+    patterns = [
+        r"[\(\[]([A-Z])[\)\]]",
+        r"(?i:\b(?:option|choice))\s*[\(\[]?([A-Za-z])\b",
+        r"(?i:\banswer is)\s*[\(\[]?([A-Z])\b",  # capital only: "answer is a red circle" names no letter
+    ]
+    for pattern in patterns:
+        for m in re.finditer(pattern, s):
+            if m.group(1).upper() in allowed:
+                return m.group(1).upper()
+    # a leading capital letter and a word ("C because ..."); not A or I, which are words themselves,
+    # and not when an option's text starts with that word ("D major")
+    m = re.match(r"([B-HJ-Z])\s+\S", bare)
+    if m and m.group(1) in allowed and not any(c.split(" ")[0] == m.group(1).lower() for c in normalized if c):
+        return m.group(1)
+    if choices:
+        norm = normalize_text(s)
+        # the response names exactly one option's text ("the answer is blue")
+        contained = [
+            i for i, c in enumerate(normalized) if c and re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm)
+        ]
+        # drop options contained in a longer named option ("red" inside "dark red")
+        contained = [
+            i for i in contained if not any(j != i and normalized[i] in normalized[j] for j in contained)
+        ]
+        if len(contained) == 1:
+            return LETTERS[contained[0]]
+    # last resort: one capital letter that ends a clause ("I pick C."); "A red circle" is no letter
+    trailing = {m.group(1) for m in re.finditer(r"(?<![\w'])([A-Z])(?=\s*(?:$|[.,;!?)]))", s)}
+    trailing &= set(allowed)
+    if len(trailing) == 1:
+        return trailing.pop()
+    return None
+
+
+# ----------------------------------------------------------------------------
+# yes / no
+
+
+def extract_yes_no(text: Any) -> str | None:
+    """``"yes"``, ``"no"`` or None: the first word when it is one (or true/false), else the only one of the two named."""
+    if text is None:
+        return None
+    words = re.findall(r"[a-z]+", str(text).lower())
+    if not words:
+        return None
+    if words[0] in _YES_WORDS:
+        return "yes"
+    if words[0] in _NO_WORDS:
+        return "no"
+    has_yes = "yes" in words
+    has_no = "no" in words
+    if has_yes != has_no:
+        return "yes" if has_yes else "no"
+    return None
+
+
+def read_yes_no(answer_part: Any) -> tuple[str | None, bool]:
+    """(``"yes"``, ``"no"`` or None, whether the model abstained) from a response's answer part.
+
+    The final answer's first word when it is yes or no (true or false) and
+    the model commits to it ("No, I cannot tell" says no; "No way to tell"
+    abstains) and does not name the other ("Yes and no": none); else an abstention when the final answer is one; else the only
+    one of "yes" and "no" named in the stated answer, or, with no stated
+    answer, in the whole answer part (as VLMEvalKit's ``YOrN_Extraction``
+    reads a whole response).
+    """
+    final, stated = final_answer(answer_part)
+    words = re.findall(r"[a-z]+", final.lower())
+    abstained = is_abstention(final)
+    if words and words[0] in _YES_WORDS | _NO_WORDS:
+        said = "yes" if words[0] in _YES_WORDS else "no"
+        if ("no" if said == "yes" else "yes") in words:  # "Yes and no", "Yes, but no, I cannot tell"
+            return None, abstained
+        # "No, I cannot tell" commits to no; "No way to tell" abstains
+        committed = re.match(r"\W*[a-z]+\s*(?:[,.;:!?)\u2014\u2013-]|$)", final.lower())
+        if committed or not abstained:
+            return said, False
+    if abstained:
+        return None, True
+    named = set(re.findall(r"[a-z]+", (final if stated else str(answer_part or "")).lower())) & {"yes", "no"}
+    return (named.pop() if len(named) == 1 else None), False
+
+
+# ----------------------------------------------------------------------------
+# numbers
+
+
+def decimals_of(text: Any) -> int | None:
+    """How many decimals a number is written with (``"3.14"`` -> 2); None when it is not a plain number."""
+    m = NUMBER_RE.search(str(text))
+    if not m or m.group("den") or m.group("pct"):
+        return None
+    num = m.group("num").replace(",", "")
+    try:
+        exponent = Decimal(num).as_tuple().exponent
+    except InvalidOperation:
+        return None
+    return max(0, -int(exponent)) if isinstance(exponent, int) else None
+
+
+def numbers_match(predicted: float, gold: float, answer_type: str = "float", gold_text: str | None = None) -> bool:
+    """Integers must be equal; floats must agree to the precision the gold answer is written with."""
+    if answer_type == "integer":
+        return float(predicted).is_integer() and int(predicted) == int(round(gold))
+    places = decimals_of(gold_text) if gold_text is not None else None
+    if places is not None:
+        return abs(predicted - gold) <= 0.5 * 10.0 ** (-places) + 1e-12 * max(1.0, abs(gold))
+    return math.isclose(predicted, gold, rel_tol=1e-6, abs_tol=1e-9)
+
+
+# ----------------------------------------------------------------------------
+# by answer type
+
+
+def _extract(final: str, stated: bool, answer_type: str, choices: Sequence[str] | None) -> str | None:
+    """The answer in a final answer (``final_answer``'s text), normalised like ``answers.normalize_answer``."""
+    if answer_type == "multi_choice":
+        return extract_letter(final, choices=choices)
+    if answer_type in ("integer", "float"):
+        # "Answer: 12 apples" starts with the number; a last line of working ends with it
+        value = parse_number(final, which="first" if stated else "last")
+        if value is None:
+            return None
+        # an integer question answered with 3.5 stays 3.5 (and is wrong), never rounded to 4
+        return format_number(value, "integer" if answer_type == "integer" and value.is_integer() else "float")
+    if answer_type == "yes_no":
+        return extract_yes_no(final)
+    if answer_type == "list":
+        items = [normalize_text(x) for x in re.split(r"\s*[,;]\s*|\s+and\s+", final)]
+        items = [x for x in items if x]
+        return ", ".join(items) if items else None
+    norm = normalize_text(final)
+    return norm or None
+
+
+def extract_answer(
+    text: Any, answer_type: str, choices: Sequence[str] | None = None, *, thinking_open: bool = False
+) -> str | None:
+    """The answer a response gives, normalised like ``answers.normalize_answer``; None when none can be read.
+
+    Only what the model finally says counts (``split_thinking``): a response
+    that ended inside its thinking block gives None.
+    """
+    body, truncated = split_thinking(text, thinking_open)
+    if truncated:
+        return None
+    return _extract(*final_answer(body), answer_type, choices)
+
+
+def score_response(
+    response: Any, gold: str, answer_type: str, choices: Sequence[str] | None = None, *, thinking_open: bool = False
+) -> Score:
+    """Score a response against a gold answer already normalised by ``answers.normalize_answer``.
+
+    A response that ended inside its thinking block is unparsed, wrong and
+    ``truncated``. An abstention counts as wrong, unless the gold answer is
+    itself one ("unknown"). Lists compare as sets of normalised items.
+    """
+    body, truncated = split_thinking(response, thinking_open)
+    if truncated:
+        return Score(answer_text=None, correct=False, truncated=True)
+    final, stated = final_answer(body)
+    abstained = is_abstention(final)
+    if abstained and is_abstention(gold):
+        return Score(answer_text=normalize_text(final), correct=True, abstained=True)
+    parsed = _extract(final, stated, answer_type, choices)
+    if parsed is None:
+        return Score(answer_text=None, correct=False, abstained=abstained)
+    if abstained:
+        return Score(answer_text=parsed, correct=False, abstained=True)
+    if answer_type in ("integer", "float"):
+        gold_value = parse_number(gold)
+        correct = gold_value is not None and numbers_match(float(parsed), gold_value, answer_type, gold_text=gold)
+    elif answer_type == "list":
+        correct = set(parsed.split(", ")) == set(str(gold).split(", "))
+    else:
+        correct = parsed == gold
+    return Score(answer_text=parsed, correct=bool(correct), abstained=False)
+
+
+# ----------------------------------------------------------------------------
+# option letters (MMMU-Pro, VisArgs)
+
+
+def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | None, bool]:
+    """(the chosen option's letter or None, whether the model abstained) from a response's answer part.
+
+    The last stated answer (``final_answer``) when it names
+    an option (its letter or its text); else an abstention when the final
+    answer is one and names no option; else MMMU's official
+    ``parse_multi_choice_response`` over the whole answer part, without its
+    random fallback (None: unparsed).
+    """
+    final, stated = final_answer(answer_part)
+    if stated:
+        letter = extract_letter(final, choices=options)
+        if letter is not None:
+            return letter, False
+    if is_abstention(final) and extract_letter(final, choices=options) is None:
+        return None, True
+    if not answer_part.strip():
+        return None, False
+    index2ans, all_choices = mmmu_get_multi_choice_info(options)
+    return mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback), False
+
+
+def unparsed_fallback(all_choices: Sequence[str]) -> None:
+    """Where MMMU's parser draws a random letter, the project leaves the response unparsed."""
+    return None
+
