@@ -1,6 +1,6 @@
 """What the findings stages cost at the study's scale: collapse findings, the transfer bootstrap, the claims.
 
-Builds planted per-trace and per-step tables (``tests/_fixtures_findings.py``,
+Builds planted per-trace and per-step tables (``tests/fixtures/findings.py``,
 the same generator the tests use) for ``--models`` x ``--datasets`` x
 ``--items`` base traces with 2 to 5 reasoning steps each (``--steps``
 multiplies the steps to mimic long chains), adds entropies and vision values
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    from _fixtures_findings import planted_collapse
+    from fixtures.findings import planted_collapse
 
     from peekaboo import claims, collapse_findings, regression
 

@@ -15,6 +15,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One fixture convention: the fixture modules of tests/fixtures/ are registered here, once for the whole
+# suite, so that a session fixture (the tiny models, the tiny end-to-end run) is built once per session
+# and tests name fixtures as arguments without importing them. The same package's plain helpers (file
+# writers, planted tables) are imported where used: ``from fixtures.items import write_jsonl``.
+pytest_plugins = ["fixtures.models", "fixtures.items", "fixtures.crm", "fixtures.workflow"]
+
 
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:

@@ -88,11 +88,20 @@ def test_veto_recheck_and_oracle_never_touch_symbolic_items(check, tmp_path):
     df = check.base_rows(tmp_path, "blinker", ["base"])
     from peekaboo import schema
 
-    recheck = check.veto_recheck(df, schema.section("selective", {}), 2).set_index("dataset")
+    recheck, replicates = check.veto_recheck(df, schema.section("selective", {"bootstrap": 200}), 2, "blinker")
+    recheck = recheck.set_index("dataset")
     assert (recheck["vetoed_symbolic"] == 0).all() and (recheck["n_symbolic"] == 6).all()
     # the oracle demotes exactly the 4 blink answers: 40 answers, 36 accepted, so all 4 leave
     # and the 4 least confident look answers (2 of them wrong) come in: 4 - 2 = 2 fewer errors
     assert recheck.loc["a", "oracle"] == pytest.approx(-2 / 36)
+    assert set(replicates) == {"a", "b", "c"} and all(len(v) == 200 for v in replicates.values())
+
+    # pooled: each dataset weighted by its answers; the interval from the datasets' replicates together
+    estimate, low, high = check.pooled_change(recheck.reset_index(), replicates)
+    assert estimate == pytest.approx(float(np.average(recheck["delta"], weights=recheck["n"])))
+    pooled = sum(recheck.loc[d, "n"] * replicates[d] for d in replicates) / recheck["n"].sum()
+    assert (low, high) == pytest.approx(tuple(np.percentile(pooled, [2.5, 97.5])))
+    assert low <= estimate <= high
 
 
 def test_describing_steps_and_crm_response(check, tmp_path):

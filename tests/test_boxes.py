@@ -2,7 +2,7 @@
 
 import json
 
-import fixtures as fx
+from fixtures import benchmarks as fx
 from peekaboo.datasets import RawItem, Region, Reject, get_adapter
 from peekaboo.datasets.boxes import BoxReport, attach_boxes, read_boxes
 

@@ -8,7 +8,7 @@ from peekaboo import claims
 from peekaboo.claims import CONSISTENT, INCONSISTENT, NOT_ESTIMABLE
 from peekaboo.stage import StageCall
 
-from _fixtures_collapse import simulate_features
+from fixtures.collapse import simulate_features
 
 
 # ----------------------------------------------------------------------------- helpers

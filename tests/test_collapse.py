@@ -7,7 +7,7 @@ import pytest
 from peekaboo import collapse
 from peekaboo.tables import read_provenance, read_table
 
-from _fixtures_collapse import QUAD_BOXES, items_rows, make_traces, sidecar_rows, steps_rows
+from fixtures.collapse import QUAD_BOXES, items_rows, make_traces, sidecar_rows, steps_rows
 
 CFG = {"layers": "all", "top_k": 2, "sinks": {"detect": True, "exclude": False, "ratio": 5.0, "min_fraction": 0.5},
        "map_items": 1}

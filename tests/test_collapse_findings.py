@@ -7,7 +7,7 @@ import pytest
 from peekaboo import collapse_findings as cf
 from peekaboo.stage import StageCall
 
-from _fixtures_findings import planted_collapse
+from fixtures.findings import planted_collapse
 
 CFG = {"position_bins": 4, "bootstrap": 200}
 

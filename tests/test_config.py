@@ -6,7 +6,7 @@ import yaml
 from peekaboo import config as pcfg
 from peekaboo import schema
 
-from _fixtures_items import good_record, write_jsonl
+from fixtures.items import good_record, write_jsonl
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
 """CRM: attribution with control contrast, each mode rule, gold dependencies, bad traces, the stage's files."""
 
 import json
-import logging
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from _fixtures_crm import peekaboo_log, item_row, masks_for, sidecar, sidecar_row
+from fixtures.crm import item_row, masks_for, sidecar, sidecar_row
 from peekaboo.alignment import StepEncoder
 from peekaboo.crm import (
     MODE_RULES,

@@ -9,7 +9,7 @@ import pytest
 
 from peekaboo import figures
 
-from _fixtures_findings import findings_tree
+from fixtures.findings import findings_tree
 
 CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_models import full_length, load, tiny_models  # noqa: F401
-from _fixtures_models import sample_images  # noqa: F401
-from _fixtures_models import sample_requests as requests
+from fixtures.models import full_length, load
+from fixtures.models import sample_requests as requests
 from peekaboo.datasets.base import Score
 from peekaboo.generate import GenerationSettings, TraceGenerator, TraceRequest, decode_with_offsets, plan_batches
 from peekaboo.generations import Generation
@@ -22,7 +21,7 @@ from peekaboo.models.tiny import FAMILIES
 
 @pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_entropy_and_logprob_equal_those_of_output_logits(family, batched, tiny_models, sample_images):  # noqa: F811
+def test_entropy_and_logprob_equal_those_of_output_logits(family, batched, tiny_models, sample_images):
     torch.set_num_threads(1)
     model, processor = load(tiny_models[family])
     full_length(model, processor)
@@ -45,7 +44,7 @@ def test_entropy_and_logprob_equal_those_of_output_logits(family, batched, tiny_
         assert r.truncated  # stopped by max_new_tokens, not by a stop token
 
 
-def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeypatch):  # noqa: F811
+def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeypatch):
     """A real out-of-memory error cannot be produced on CPU: the decoder's forward (which generation and
     replay both run) is wrapped to raise torch.OutOfMemoryError for batches of more than one row, as CUDA
     would."""
@@ -87,7 +86,7 @@ def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeyp
     assert not ids.ok and "out of memory on a batch of one" in ids.error and ids.retries == 1
 
 
-def test_failed_image_and_too_long_prompt_fail_alone(tiny_models, sample_images, tmp_path):  # noqa: F811
+def test_failed_image_and_too_long_prompt_fail_alone(tiny_models, sample_images, tmp_path):
     model, processor = load(tiny_models["glm4v"])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
@@ -114,7 +113,7 @@ def test_failed_image_and_too_long_prompt_fail_alone(tiny_models, sample_images,
     assert cut.n_tokens == 2 and cut.truncated
 
 
-def test_stop_token_ends_the_trace_untruncated(tiny_models, sample_images):  # noqa: F811
+def test_stop_token_ends_the_trace_untruncated(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen3_vl"])
     full_length(model, processor)
     settings = GenerationSettings(max_new_tokens=6)
@@ -128,7 +127,7 @@ def test_stop_token_ends_the_trace_untruncated(tiny_models, sample_images):  # n
     assert stopped.image_attn.shape[0] == k + 1 and stopped.entropy.shape == (k + 1,)
 
 
-def test_sampling_is_seeded(tiny_models, sample_images):  # noqa: F811
+def test_sampling_is_seeded(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen2_5_vl"])
     full_length(model, processor)
     reqs = requests(sample_images, batched=True)
@@ -143,7 +142,7 @@ def test_sampling_is_seeded(tiny_models, sample_images):  # noqa: F811
     assert any(not np.array_equal(x, z) for x, z in zip(a, c))
 
 
-def test_scoring_and_text_offsets(tiny_models, sample_images):  # noqa: F811
+def test_scoring_and_text_offsets(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen3_vl"])
     full_length(model, processor)
     seen = []
@@ -162,7 +161,7 @@ def test_scoring_and_text_offsets(tiny_models, sample_images):  # noqa: F811
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "glm46v"])
 def test_a_chain_inside_the_thinking_block_the_prompt_opened_is_unparsed_and_truncated(tiny_models, sample_images,
-                                                                                       family):  # noqa: F811
+                                                                                       family):
     """Thinking on: a template that opens the block in the prompt leaves the model's whole chain inside it until
     it writes the closing tag. The random tiny models never do, so nothing may be read as their answer."""
     from peekaboo.scoring import get_scorer
@@ -183,7 +182,7 @@ def test_a_chain_inside_the_thinking_block_the_prompt_opened_is_unparsed_and_tru
         assert result.truncated and result.answer_text is None and result.correct is not True
 
 
-def test_decode_offsets_with_split_characters(tiny_models):  # noqa: F811
+def test_decode_offsets_with_split_characters(tiny_models):
     _, processor = load(tiny_models["qwen2_vl"])
     tok = processor.tokenizer
     ids = tok.encode("héllo wörld", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -194,7 +193,7 @@ def test_decode_offsets_with_split_characters(tiny_models):  # noqa: F811
     assert all(a <= b for a, b in zip(ends, ends[1:]))
 
 
-def test_static_cache_generates_the_same_tokens(tiny_models, sample_images):  # noqa: F811
+def test_static_cache_generates_the_same_tokens(tiny_models, sample_images):
     """The static cache (what generation.compile uses on CUDA; uncompiled on CPU) against the dynamic one,
     greedy, batched with left padding."""
     for family in ("qwen3_vl", "glm4v"):
@@ -210,7 +209,7 @@ def test_static_cache_generates_the_same_tokens(tiny_models, sample_images):  # 
     assert on_cpu.static_cache is False
 
 
-def test_generated_ids_replayed_give_the_same_traces(tiny_models, sample_images):  # noqa: F811
+def test_generated_ids_replayed_give_the_same_traces(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen3_vl"])
     reqs = requests(sample_images, batched=True)
     full_length(model, processor)
@@ -232,7 +231,7 @@ def test_generated_ids_replayed_give_the_same_traces(tiny_models, sample_images)
     assert not together[0].truncated
 
 
-def test_replay_refuses_tokens_the_model_cannot_take(tiny_models, sample_images):  # noqa: F811
+def test_replay_refuses_tokens_the_model_cannot_take(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen2_5_vl"])
     req = requests(sample_images, batched=False)[0]
     gen = TraceGenerator(model, processor, "qwen2_5_vl", GenerationSettings(max_new_tokens=4), context_length=400)
@@ -269,7 +268,7 @@ def test_batches_sorted_by_prompt_length_keep_equal_lengths_in_order():
         plan_batches(reqs, 3, lengths[:3])
 
 
-def test_decode_offsets_are_those_of_growing_prefixes_in_linear_time(tiny_models):  # noqa: F811
+def test_decode_offsets_are_those_of_growing_prefixes_in_linear_time(tiny_models):
     """Random byte-level tokens split characters everywhere: the run-by-run offsets equal those of decoding
     every growing prefix of the whole chain (the quadratic method they replace)."""
     from peekaboo.generate import prefix_offsets
@@ -290,7 +289,7 @@ def test_decode_offsets_are_those_of_growing_prefixes_in_linear_time(tiny_models
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl", "glm4v", "glm46v"])
 def test_text_only_questions_trace_alone_and_beside_image_questions(tiny_models, sample_images, tmp_path,
-                                                                     family):  # noqa: F811
+                                                                     family):
     """HallusionBench has questions without an image: a batch of them alone, or mixed with image questions, traces
     normally (no image tokens: empty attention on images) and its store is written like any other."""
     from peekaboo.generate import TraceRequest
@@ -314,7 +313,7 @@ def test_text_only_questions_trace_alone_and_beside_image_questions(tiny_models,
     assert (read_sidecars(sidecar)["status"] == "ok").all() and int(open_traces(store)["n_patches"].max()) == 0
 
 
-def test_an_error_in_one_trace_fails_that_trace_only(tiny_models, sample_images, monkeypatch):  # noqa: F811
+def test_an_error_in_one_trace_fails_that_trace_only(tiny_models, sample_images, monkeypatch):
     model, processor = load(tiny_models["qwen3_vl"])
     full_length(model, processor)
     gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=4))

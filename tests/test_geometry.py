@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _fixtures_models import load, tiny_models  # noqa: F401
+from fixtures.models import load
 from peekaboo import geometry
 from peekaboo.models.tiny import FAMILIES, build_processor
 
@@ -82,7 +82,7 @@ def test_batch_rows_shift_with_left_padding_and_split_images():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_one_marked_patch_changes_exactly_the_token_whose_box_holds_it(family, tiny_models):  # noqa: F811
+def test_one_marked_patch_changes_exactly_the_token_whose_box_holds_it(family, tiny_models):
     """Blank image vs the same with one small square: the patch embeddings that change (grouped into
     merged tokens, as the vision merger folds them) belong to the token whose box holds the square."""
     model, proc = load(tiny_models[family])
@@ -125,7 +125,7 @@ def test_region_weights_are_covered_fractions():
     np.testing.assert_allclose(w[:, 0], [0.0, 1.0, 0.0])
 
 
-def test_family_of_every_tiny_config(tiny_models):  # noqa: F811
+def test_family_of_every_tiny_config(tiny_models):
     from transformers import AutoConfig
 
     for family, path in tiny_models.items():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fixtures_grounding import official_resize
+from fixtures.grounding import official_resize
 from peekaboo import geometry
 from peekaboo.grounding import coords
 from peekaboo.grounding.coords import NORM_1000, PIXELS, RESIZED_PIXELS, BoxReject, ImageFrame

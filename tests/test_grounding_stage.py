@@ -4,7 +4,7 @@ The tiny models are random: their answers and detections are noise. The tests
 check that everything unparseable is rejected with its reason, that the boxes
 that can be read land in the right pixels of the original image (by the
 processors' own resize and post-processing), and that the items stage reads
-the result. The taught VLMs (``_fixtures_grounding.teach_answer``) answer one
+the result. The taught VLMs (``fixtures.grounding.teach_answer``) answer one
 known text, through the real generation path.
 """
 
@@ -16,9 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-import fixtures as fx
-from _fixtures_grounding import (build_tiny_grounding_dino, build_tiny_owlv2, official_resize, run_boxes_stage,
-                                 stage_prompts, teach_answer)
+from fixtures import benchmarks as fx
+from fixtures.grounding import (
+    build_tiny_grounding_dino,
+    build_tiny_owlv2,
+    official_resize,
+    run_boxes_stage,
+    stage_prompts,
+    teach_answer,
+)
 import peekaboo.config as pcfg
 from peekaboo import tables
 from peekaboo.datasets import RawItem, get_adapter
@@ -37,12 +43,12 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, tiny_models):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("grounding-models")
     return {
-        "qwen2_5_vl": build_tiny("qwen2_5_vl", root / "qwen2_5_vl"),
-        "qwen3_vl": build_tiny("qwen3_vl", root / "qwen3_vl"),
+        "qwen2_5_vl": tiny_models["qwen2_5_vl"],  # the session's tiny VLMs (read only here)
+        "qwen3_vl": tiny_models["qwen3_vl"],
         "owlv2": build_tiny_owlv2(root / "owlv2"),
         "grounding_dino": build_tiny_grounding_dino(root / "grounding_dino"),
     }

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import fixtures as fx
+from fixtures import benchmarks as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.scoring import get_scorer
 from peekaboo.scoring import official

@@ -10,8 +10,8 @@ import peekaboo.config as pcfg
 from peekaboo.models import identity
 from peekaboo.models.identity import ModelSourceError, identify
 
-from _fixtures_items import good_record, write_jsonl
-from _fixtures_workflow import hub_cache
+from fixtures.items import good_record, write_jsonl
+from fixtures.workflow import hub_cache
 
 
 @pytest.fixture(autouse=True)

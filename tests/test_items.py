@@ -10,16 +10,7 @@ from peekaboo import items, logs, provenance, stages, tables
 from peekaboo.stage import StageCall
 from peekaboo.datasets import Region
 
-from _fixtures_items import (  # noqa: F401 (list_adapter is a fixture)
-    good_record,
-    jsonl_spec,
-    list_adapter,
-    list_spec,
-    raw,
-    textured_png,
-    tree_hashes,
-    write_jsonl,
-)
+from fixtures.items import good_record, jsonl_spec, list_spec, raw, textured_png, tree_hashes, write_jsonl
 
 
 @pytest.fixture

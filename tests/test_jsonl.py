@@ -6,7 +6,7 @@ from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.datasets.jsonl import JsonlAdapter
 from peekaboo.scoring import get_scorer
 
-from _fixtures_items import good_record, jsonl_spec, write_jsonl
+from fixtures.items import good_record, jsonl_spec, write_jsonl
 
 
 def records_of(tmp_path, lines, **options):

@@ -8,11 +8,10 @@ import shutil
 import pytest
 import torch
 
-from _fixtures_models import tiny_models  # noqa: F401
 from peekaboo.models.loading import ModelLoadError, load_model
 
 
-def test_local_tiny_model_with_settings(tiny_models):  # noqa: F811
+def test_local_tiny_model_with_settings(tiny_models):
     model, processor, family, info = load_model(
         {"dtype": "bfloat16", "attn_implementation": "eager", "device": "cpu"}, tiny_models["glm46v"], name="g")
     assert family == "glm46v" and type(model).__name__ == "Glm46VForConditionalGeneration"
@@ -23,7 +22,7 @@ def test_local_tiny_model_with_settings(tiny_models):  # noqa: F811
     assert info.context_length == 4096 and info.dtype == "bfloat16" and info.device == "cpu"
 
 
-def test_device_map_honours_the_memory_budget(tiny_models, tmp_path):  # noqa: F811
+def test_device_map_honours_the_memory_budget(tiny_models, tmp_path):
     spec = {"device_map": "auto", "max_memory": {"cpu": "300KB", "disk": "1GiB"},
             "offload_folder": str(tmp_path / "offload")}
     model, _, _, info = load_model(spec, tiny_models["qwen2_vl"])
@@ -32,7 +31,7 @@ def test_device_map_honours_the_memory_budget(tiny_models, tmp_path):  # noqa: F
     assert model.hf_device_map == info.device_map
 
 
-def test_remote_code_runs_only_when_the_config_allows_it(tiny_models, tmp_path):  # noqa: F811
+def test_remote_code_runs_only_when_the_config_allows_it(tiny_models, tmp_path):
     """A model folder whose config points at custom code: without trust_remote_code that code never runs."""
     path = tmp_path / "custom"
     shutil.copytree(tiny_models["qwen3_vl"], path)
@@ -60,7 +59,7 @@ def test_offline_hub_id_fails_fast_with_the_model_name(monkeypatch):
         load_model({"source": "Qwen/Qwen3-VL-8B-Instruct-not-cached", "revision": "main"}, name="big")
 
 
-def test_errors_name_the_key(tiny_models, tmp_path):  # noqa: F811
+def test_errors_name_the_key(tiny_models, tmp_path):
     with pytest.raises(ModelLoadError, match="models.m: neither a path nor 'source'"):
         load_model({}, name="m")
     with pytest.raises(ModelLoadError, match="models.m.family"):

@@ -8,7 +8,7 @@ from peekaboo import items, masks, provenance, seeding, stages, tables
 from peekaboo.stage import StageCall
 from peekaboo.datasets import Region
 
-from _fixtures_items import list_adapter, list_spec, raw, tree_hashes  # noqa: F401 (list_adapter is a fixture)
+from fixtures.items import list_spec, raw, tree_hashes
 
 ALL_VARIANTS = ["drop", "drop_all", "keep_evidence", "control"]
 

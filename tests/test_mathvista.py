@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import fixtures as fx
+from fixtures import benchmarks as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.scoring import get_scorer
 from peekaboo.scoring.mathvista import nearest_choice, normalize_extraction

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import fixtures as fx
+from fixtures import benchmarks as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.datasets.mmmu_pro import PROMPTS, image_order, parse_options
 from peekaboo.scoring import get_scorer, official

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import fixtures as fx
-from _fixtures_workflow import hub_cache
+from fixtures import benchmarks as fx
+from fixtures.workflow import hub_cache, hub_models
 import peekaboo.config as pcfg
 from peekaboo.datasets import RawItem, get_adapter
 
@@ -21,14 +21,6 @@ PAPER = REPO / "configs" / "paper.yaml"
 
 def paper_raw() -> dict:
     return yaml.safe_load(PAPER.read_text(encoding="utf-8"))
-
-
-def hub_models(raw: dict) -> list[str]:
-    """Every hub id a config names: its models' sources and its boxes models'."""
-    sources = [m["source"] for m in raw["models"].values() if "source" in m]
-    sources += [d["boxes"]["model"]["source"] for d in raw["datasets"].values() if isinstance(d.get("boxes"), dict)
-                and "model" in d["boxes"]]
-    return sorted(set(sources))
 
 
 def pointed_at(options_by_dataset: dict) -> dict:
@@ -152,7 +144,7 @@ def test_snakemake_dry_run_with_the_paper_config_on_fixture_copies(fixture_optio
 def tiny_box_sources(raw, model_dir, root):
     """The paper's boxes entries with tiny models: mathvista a tiny Qwen2.5-VL taught one answer (parseable boxes),
     hallusionbench the tiny random Qwen3-VL (noise: rejects with reasons), mmmu_pro a tiny random OWLv2."""
-    from _fixtures_grounding import build_tiny_owlv2, stage_prompts, teach_answer
+    from fixtures.grounding import build_tiny_owlv2, stage_prompts, teach_answer
     from peekaboo.images import load_image
     from peekaboo.models.tiny import build_tiny
 

@@ -8,7 +8,7 @@ from peekaboo import interaction
 from peekaboo import regression as reg
 from peekaboo.stage import StageCall
 
-from _fixtures_collapse import simulate_features
+from fixtures.collapse import simulate_features
 
 TRUE = {"const": 0.5, "entropy": -1.0, "vision": 0.6, "entropy:vision": 0.8}
 

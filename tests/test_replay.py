@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from _fixtures_models import full_length, load, tiny_models  # noqa: F401
-from _fixtures_models import sample_images  # noqa: F401
-from _fixtures_models import sample_requests as requests
+from fixtures.models import full_length, load
+from fixtures.models import sample_requests as requests
 from peekaboo import capture, replay
 from peekaboo.generate import GenerationSettings, TraceGenerator
 from peekaboo.models.tiny import FAMILIES
@@ -45,7 +44,7 @@ def eager_generation(eager, gen: TraceGenerator, reqs):
 
 @pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_replay_equals_eager_attention_and_generation_scores(family, batched, tiny_models, sample_images):  # noqa: F811
+def test_replay_equals_eager_attention_and_generation_scores(family, batched, tiny_models, sample_images):
     """Every layer's recorded rows against eager ``output_attentions=True`` during generation, and entropy and
     log-probability against the generation's raw logits, in float32 to 1e-4. Batched: the prompts are
     left-padded, and the second row's chain is replayed two tokens shorter, so its rows are padded on the
@@ -85,7 +84,7 @@ def test_replay_equals_eager_attention_and_generation_scores(family, batched, ti
                                            (probs.mean(0) @ weights).numpy(), atol=1e-4)
 
 
-def test_chunk_size_does_not_change_the_result(tiny_models, sample_images):  # noqa: F811
+def test_chunk_size_does_not_change_the_result(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen2_5_vl"])
     full_length(model, processor)
     reqs = requests(sample_images, batched=True)
@@ -99,7 +98,7 @@ def test_chunk_size_does_not_change_the_result(tiny_models, sample_images):  # n
         np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-def test_mean_map_is_the_layer_mean_and_subsets_pick_layers(tiny_models, sample_images):  # noqa: F811
+def test_mean_map_is_the_layer_mean_and_subsets_pick_layers(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen3_vl"])
     full_length(model, processor)
     reqs = requests(sample_images, batched=True)
@@ -119,7 +118,7 @@ def test_mean_map_is_the_layer_mean_and_subsets_pick_layers(tiny_models, sample_
         capture.resolve_map_layers([7], 3)
 
 
-def test_replay_across_a_device_map_with_offloaded_layers(tiny_models, sample_images, tmp_path):  # noqa: F811
+def test_replay_across_a_device_map_with_offloaded_layers(tiny_models, sample_images, tmp_path):
     """Layers split over devices by accelerate's device map. A CPU-only machine has one torch device,
     so layers 1-2 are offloaded to disk: accelerate's hooks then move weights and inputs per layer,
     the same machinery that moves them between GPUs, and the replay must see the same numbers."""

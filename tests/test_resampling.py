@@ -50,6 +50,27 @@ def test_draws_are_seeded_and_the_interval_is_the_percentile_one():
     assert list(resampling.draws(0, 3, rng(0))) and all(len(p) == 0 for p in resampling.draws(0, 3, rng(0)))
 
 
+def test_weighted_aurocs_equal_auroc_on_the_resampled_rows():
+    from peekaboo.interaction import auroc
+
+    g = np.random.default_rng(1)
+    n = 60
+    y = g.random(n) < 0.5
+    score = np.round(g.normal(0, 1, n), 1)  # many ties
+    score[[3, 17, 40]] = np.nan  # left out, as auroc leaves them out
+    items = np.arange(n) // 3
+    counts = resampling.row_counts(items, 50, rng(0, "w"))
+    fast = resampling.weighted_aurocs(y, score, counts)
+    members = resampling.cluster_members(items)
+    slow = [auroc(y[idx], score[idx]) for idx in
+            (resampling.resampled_rows(members, pick) for pick in resampling.draws(len(members), 50, rng(0, "w")))]
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+    # one class in a resample: NaN, as auroc gives
+    only_positive = resampling.weighted_aurocs(np.ones(4, bool), np.arange(4.0), np.ones((2, 4)))
+    assert np.isnan(only_positive).all()
+    assert resampling.weighted_aurocs(y, np.full(n, np.nan), counts).shape == (50,)
+
+
 def test_paired_auroc_differences_vanish_for_one_score_and_favour_the_better_one():
     g = np.random.default_rng(0)
     y = g.random(300) < 0.6

@@ -8,7 +8,7 @@ import pytest
 from peekaboo import selective as sel
 from peekaboo.stage import StageCall
 
-from _fixtures_collapse import simulate_features
+from fixtures.collapse import simulate_features
 
 CORRECT = [True, False, True, True, False]
 CONF = [0.9, 0.8, 0.7, 0.6, 0.5]

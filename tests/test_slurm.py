@@ -163,7 +163,7 @@ def result_files(results: Path) -> dict[str, Path]:
 
 
 _VOLATILE_TEXT = re.compile(r"^(Date|Time):.*$", re.MULTILINE)  # statsmodels summaries carry the clock
-_VOLATILE_KEYS = {"seconds"}  # wall-clock durations (reference/<m>/training.json)
+_VOLATILE_KEYS = {"seconds", "data_seconds"}  # wall-clock durations (reference/<m>/training.json)
 
 
 def _without_volatile(value):
@@ -291,7 +291,7 @@ def asks_for_gpu(resources: dict[str, str]) -> bool:
 
 
 def test_paper_config_dry_run_asks_for_gpus_in_trace_jobs_only(tmp_path):
-    import fixtures as fx
+    from fixtures import benchmarks as fx
 
     paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     config = copy.deepcopy(paper)
@@ -299,9 +299,9 @@ def test_paper_config_dry_run_asks_for_gpus_in_trace_jobs_only(tmp_path):
         config["datasets"][name]["options"].update(options)
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    from _fixtures_workflow import hub_cache
+    from fixtures.workflow import hub_cache, hub_models
 
-    cache = hub_cache(tmp_path / "hub", *(m["source"] for m in paper["models"].values()))
+    cache = hub_cache(tmp_path / "hub", *hub_models(paper))
     code, out = run_snakemake(["-n", "--profile", str(SLURM_PROFILE), "--configfile", str(tmp_path / "paper.yaml")],
                               tmp_path, base_env(HF_HUB_CACHE=str(cache)), timeout=300)
     assert code == 0, out[-6000:]

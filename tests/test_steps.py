@@ -1,13 +1,12 @@
 """Step segmentation on real-looking outputs, token spans from per-token offsets, the steps stage."""
 
-import logging
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from _fixtures_crm import peekaboo_log, sidecar, sidecar_row, tokenize
+from fixtures.crm import sidecar, sidecar_row, tokenize
 from peekaboo.segmentation import SegmentationError, resolve_segmenter, segment, token_spans
 from peekaboo.stage import StageCall
 from peekaboo.steps import STEPS_COLUMNS, run_stage, segment_traces

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import fixtures as fx
+from fixtures import benchmarks as fx
 from peekaboo import prompting
 from peekaboo.datasets import RawItem, get_adapter
 from peekaboo.scoring import get_scorer

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from _fixtures_models import tiny_models, tiny_shard  # noqa: F401
 from peekaboo import config as configuration
 from peekaboo import generate, traces, tracestore
 
@@ -28,17 +27,35 @@ TRACES_CFG = {"map_layers": [0, -1], "keep_heads": False, "chunk_traces": 2, "co
 
 
 def run(tiny_models, shard_info, out: Path, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None,
-        **extra):  # noqa: F811
+        **extra):
     return traces.trace_shard(**shard_args(tiny_models, shard_info, traces_cfg, shard, model_path),
                               store_path=out / f"shard-{shard}.zarr", sidecar_path=out / f"shard-{shard}.parquet",
                               config_section={"traces": traces_cfg, "model": MODEL_SPEC}, code_files=None, **extra)
 
 
-def shard_args(tiny_models, shard_info, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None) -> dict:  # noqa: F811
+def shard_args(tiny_models, shard_info, traces_cfg=TRACES_CFG, shard: int = 0, model_path=None) -> dict:
     return dict(items_path=shard_info["items"], masks_path=shard_info["masks"], results_dir=shard_info["results"],
                 model_name="tiny", model_spec={**MODEL_SPEC, "source": str(model_path or tiny_models["qwen3_vl"])},
                 model_path=model_path or tiny_models["qwen3_vl"], dataset="toy",
-                dataset_spec=shard_info["spec"], seed=0, shard=shard, traces_cfg=traces_cfg, device="cpu")
+                dataset_spec=shard_info["spec"], shard=shard, traces_cfg=traces_cfg, device="cpu")
+
+
+def kill_on_second_batch(monkeypatch, method: str) -> dict:
+    """The job is killed (KeyboardInterrupt) when ``TraceGenerator.<method>`` is called for the second batch.
+
+    Returns the call counter (``n``; set it past 2 to let a re-run go on) and the ``real`` method.
+    """
+    real = getattr(generate.TraceGenerator, method)
+    calls = {"n": 0, "real": real}
+
+    def dies_on_second_batch(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("job killed")  # what a SIGINT/kill does to the running batch
+        return real(self, requests)
+
+    monkeypatch.setattr(generate.TraceGenerator, method, dies_on_second_batch)
+    return calls
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -46,7 +63,7 @@ def tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_store_layout_and_sidecar(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_store_layout_and_sidecar(tiny_models, tiny_shard, tmp_path):
     store, sidecar = run(tiny_models, tiny_shard, tmp_path / "out")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plain open_zarr finds consolidated metadata, no fallback
@@ -82,7 +99,7 @@ def test_store_layout_and_sidecar(tiny_models, tiny_shard, tmp_path):  # noqa: F
     assert not (store.parent / "shard-0.partial").exists()
 
 
-def test_failed_image_is_recorded_and_shard_goes_on(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_failed_image_is_recorded_and_shard_goes_on(tiny_models, tiny_shard, tmp_path):
     masks = tracestore.tables.read_table(tiny_shard["masks"])
     broken = masks.loc[masks["mask_id"] == "q0|drop:1|gray", "image"].iloc[0]
     (tiny_shard["results"] / broken).write_bytes(b"not a png")
@@ -94,19 +111,10 @@ def test_failed_image_is_recorded_and_shard_goes_on(tiny_models, tiny_shard, tmp
     assert (side.drop(index="q0|drop:1|gray")["status"] == "ok").all()
 
 
-def test_resume_after_kill_gives_identical_store(tiny_models, tiny_shard, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_after_kill_gives_identical_store(tiny_models, tiny_shard, tmp_path, monkeypatch):
     clean_store, clean_side = run(tiny_models, tiny_shard, tmp_path / "clean")
 
-    real = generate.TraceGenerator.generate
-    calls = {"n": 0}
-
-    def dies_on_second_batch(self, requests):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("job killed")  # what a SIGINT/kill does to the running batch
-        return real(self, requests)
-
-    monkeypatch.setattr(generate.TraceGenerator, "generate", dies_on_second_batch)
+    calls = kill_on_second_batch(monkeypatch, "generate")
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_models, tiny_shard, out)
@@ -125,7 +133,7 @@ def test_resume_after_kill_gives_identical_store(tiny_models, tiny_shard, tmp_pa
 
 
 def test_resume_with_other_weights_discards_the_stale_batches(tiny_models, tiny_shard, tmp_path, monkeypatch,
-                                                              caplog):  # noqa: F811
+                                                              caplog):
     """Retrained (or replaced) weights at the same path: the batches of the old model must not be resumed."""
     import shutil
 
@@ -134,16 +142,7 @@ def test_resume_with_other_weights_discards_the_stale_batches(tiny_models, tiny_
     monkeypatch.setenv("PEEKABOO_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "model"
     shutil.copytree(tiny_models["qwen3_vl"], model)
-    real = generate.TraceGenerator.generate
-    calls = {"n": 0}
-
-    def dies_on_second_batch(self, requests):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("job killed")
-        return real(self, requests)
-
-    monkeypatch.setattr(generate.TraceGenerator, "generate", dies_on_second_batch)
+    calls = kill_on_second_batch(monkeypatch, "generate")
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run(tiny_models, tiny_shard, out, model_path=model)
@@ -155,7 +154,7 @@ def test_resume_with_other_weights_discards_the_stale_batches(tiny_models, tiny_
         store, side = run(tiny_models, tiny_shard, out, model_path=model)
     assert calls["n"] == 13  # every batch generated again with the new weights, none resumed
     assert "different model (other weights)" in caplog.text
-    monkeypatch.setattr(generate.TraceGenerator, "generate", real)
+    monkeypatch.setattr(generate.TraceGenerator, "generate", calls["real"])
     clean_store, clean_side = run(tiny_models, tiny_shard, tmp_path / "clean", model_path=model)
     assert tree(store) == tree(clean_store)
     assert xr.open_zarr(store).attrs["model_revision"] == xr.open_zarr(clean_store).attrs["model_revision"]
@@ -175,7 +174,7 @@ def test_a_partial_folder_without_a_plan_says_so(tmp_path, caplog):
     assert (partial / "plan.json").is_file()
 
 
-def test_stale_partial_from_other_config_is_discarded(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_stale_partial_from_other_config_is_discarded(tiny_models, tiny_shard, tmp_path):
     out = tmp_path / "out"
     partial = out / "shard-0.partial"
     partial.mkdir(parents=True)
@@ -186,7 +185,7 @@ def test_stale_partial_from_other_config_is_discarded(tiny_models, tiny_shard, t
     assert len(tracestore.read_sidecars(side)) == 6
 
 
-def test_open_traces_pads_and_concatenates_shards(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_open_traces_pads_and_concatenates_shards(tiny_models, tiny_shard, tmp_path):
     out = tmp_path / "out"
     s0, c0 = run(tiny_models, tiny_shard, out, shard=0)
     s1, c1 = run(tiny_models, tiny_shard, out, shard=1)  # item q2 only
@@ -201,14 +200,14 @@ def test_open_traces_pads_and_concatenates_shards(tiny_models, tiny_shard, tmp_p
     assert ds["token_id"].dtype == np.int32
 
 
-def test_empty_shard_writes_an_empty_store(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_empty_shard_writes_an_empty_store(tiny_models, tiny_shard, tmp_path):
     store, side = run(tiny_models, tiny_shard, tmp_path / "out", shard=5)
     ds = xr.open_zarr(store)
     assert ds.sizes["trace"] == 0
     assert len(tracestore.read_sidecars(side)) == 0
 
 
-def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp_path):
     """The project's own generation path writes a generations file (the import format); replaying that file
     gives the store that generating and replaying in one run gives: the same arrays and sidecar, byte for
     byte, a trace whose image cannot be read included. Only the store's attribute naming where the tokens
@@ -238,7 +237,7 @@ def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp
     xr.testing.assert_identical(x.load(), y.load())
 
 
-def test_text_import_and_bad_lines(tiny_models, tiny_shard, tmp_path):  # noqa: F811
+def test_text_import_and_bad_lines(tiny_models, tiny_shard, tmp_path):
     """Generations from other engines' formats: a text is replayed in the model tokenizer's tokens; bad
     lines fail their trace with the reason or are reported, and the rest of the shard goes on."""
     from peekaboo.models.loading import load_model
@@ -279,19 +278,10 @@ def test_text_import_and_bad_lines(tiny_models, tiny_shard, tmp_path):  # noqa: 
                                     for m in side.index[side["status"] == "failed"]]] == 0).all()
 
 
-def test_generations_file_resumes_after_kill(tiny_models, tiny_shard, tmp_path, monkeypatch):  # noqa: F811
+def test_generations_file_resumes_after_kill(tiny_models, tiny_shard, tmp_path, monkeypatch):
     setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
     clean = generate.generate_shard(setup, tmp_path / "clean" / "shard-0.jsonl").read_bytes()
-    real = generate.TraceGenerator.generate_ids
-    calls = {"n": 0}
-
-    def dies_on_second_batch(self, requests):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("job killed")
-        return real(self, requests)
-
-    monkeypatch.setattr(generate.TraceGenerator, "generate_ids", dies_on_second_batch)
+    calls = kill_on_second_batch(monkeypatch, "generate_ids")
     path = tmp_path / "resumed" / "shard-0.jsonl"
     with pytest.raises(KeyboardInterrupt):
         generate.generate_shard(setup, path)

@@ -2,7 +2,7 @@
 
 The results folder holds every table and store the viewer reads, in their
 documented formats: a trace store built like the real one
-(``_fixtures_collapse.make_traces``), sidecars with real token offsets, a
+(``fixtures.collapse.make_traces``), sidecars with real token offsets, a
 steps table, CRM tables and the collapse tables computed by the real
 ``collapse.compute`` from that store. The browser test on a real tiny run is
 tests/test_viewer_browser.py.
@@ -25,7 +25,7 @@ from peekaboo.viewer import data as vdata
 from peekaboo.viewer import maps as vmaps
 from peekaboo.viewer import site as vsite
 
-from _fixtures_collapse import QUAD_BOXES, items_rows, make_traces
+from fixtures.collapse import QUAD_BOXES, items_rows, make_traces
 
 VIEWER_CFG = {"variants": ["drop", "drop_all", "keep_evidence", "control"], "items_per_page": 50, "max_items": None,
               "image_max_side": 768, "map_scale": "step", "confident_z": -1.0}
@@ -370,10 +370,16 @@ def test_heat_map_sprites_hold_one_tile_per_step(results, tmp_path):
 def test_index_rows_filters_and_presets(results, tmp_path):
     root, _ = results
     traces = read_table(root / "collapse/m/toy.traces.parquet")
-    # a planted subset column and a second vision measure, as later collapse tables may add
-    traces["blink"] = pd.array([t.startswith("m|toy-0|base") for t in traces["trace_id"]], dtype="boolean")
+    # a boolean column and a second vision measure, as later collapse tables may add
+    traces["planted"] = pd.array([t.startswith("m|toy-2|base") for t in traces["trace_id"]], dtype="boolean")
     traces["vision_image"] = 0.5
     write_table(traces, root / "collapse/m/toy.traces.parquet")
+    # the blinker's planted subset, where the items stage puts it: the items' meta (toy-1's meta is not JSON)
+    items = read_table(root / "items/toy.parquet")
+    metas = {"toy-0": {"blink": True, "blink_answer": "green"}, "toy-2": {"blink": False, "blink_answer": None}}
+    items["meta"] = [json.dumps({**json.loads(m), **metas[i]}) if i in metas else m
+                     for i, m in zip(items["item_id"], items["meta"])]
+    write_table(items, root / "items/toy.parquet")
     site = tmp_path / "site"
     build(root, site)
     script = (site / "m/toy/index-data.js").read_text()
@@ -383,10 +389,13 @@ def test_index_rows_filters_and_presets(results, tmp_path):
     assert rows["toy-0"]["page"] == "items/toy-0.html" and rows["toy-0"]["modes"] == "grounded"
     assert rows["toy-0"]["evidence_flip"] is True and rows["toy-0"]["control_flip"] is False
     assert rows["toy-1"]["status"] == "failed"
-    assert payload["meta"]["flags"] == ["blink"] and "vision_image" in payload["meta"]["numbers"]
-    assert rows["toy-0"]["blink"] is True and rows["toy-0"]["flags"]["flag:blink"] is True
+    assert payload["meta"]["flags"] == ["planted", "meta.blink"] and "vision_image" in payload["meta"]["numbers"]
+    assert rows["toy-0"]["meta.blink"] is True and rows["toy-0"]["flags"]["flag:meta.blink"] is True
+    assert rows["toy-2"]["meta.blink"] is False and rows["toy-1"]["meta.blink"] is None
+    assert rows["toy-2"]["planted"] is True and rows["toy-0"]["planted"] is False
     keys = {p["key"]: p["count"] for p in payload["presets"]}
-    assert keys["mode:grounded"] == 1 and keys["flag:blink"] == 1 and "confident_wrong" in keys
+    assert keys["mode:grounded"] == 1 and keys["flag:meta.blink"] == 1 and keys["flag:planted"] == 1
+    assert "confident_wrong" in keys
 
 
 def test_confident_and_wrong_uses_z_of_entropy_among_base_traces():

@@ -1,10 +1,9 @@
 """The viewer on a real tiny run, read by the tables and looked at in headless Chromium.
 
-The run is the one tests/test_workflow_e2e.py makes (its ``run`` fixture: the
-real Snakefile on a tiny config, a reference model trained for a few steps and
-a tiny random Qwen2.5-VL). Pytest runs a fixture imported into a module once
-for that module, so this module gets its own run when the whole suite runs;
-sharing one needs the fixture in conftest.py.
+The run is the one tests/test_workflow_e2e.py checks (the session fixture
+``e2e_run`` of tests/fixtures/workflow.py: the real Snakefile on a tiny
+config, a reference model trained for a few steps and a tiny random
+Qwen2.5-VL), made once for both.
 
 Then ``snakemake viewer`` builds the site, and:
 
@@ -41,7 +40,7 @@ from peekaboo.cells import is_missing
 from peekaboo.tracestore import open_traces, read_sidecars
 from peekaboo.viewer import data as vdata
 
-from test_workflow_e2e import _snakemake, run  # noqa: F401 (run: the e2e module's tiny run, a fixture)
+from fixtures.workflow import run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +53,9 @@ SCREENSHOT = REPO / "docs" / "viewer-item.png"
 
 
 @pytest.fixture(scope="module")
-def site(run):  # noqa: F811 (the imported fixture)
-    work, res, _ = run
-    out = _snakemake(work, "--", "viewer")  # "--": --configfile takes every word up to the next option
+def site(e2e_run):
+    work, res, _ = e2e_run
+    out = run_snakemake(work, "--", "viewer")  # "--": --configfile takes every word up to the next option
     assert (res / "viewer/index.html").is_file(), out[-3000:]
     return work, res, res / "viewer"
 
@@ -75,9 +74,9 @@ def _items(site_dir: Path, model: str, dataset: str) -> dict[str, dict]:
 
 def test_viewer_is_a_target_of_its_own(site):
     work, res, site_dir = site
-    assert "Nothing to be done" in _snakemake(work, "-n", "--", "viewer")
+    assert "Nothing to be done" in run_snakemake(work, "-n", "--", "viewer")
     # on demand: the default target neither needs nor rebuilds it
-    assert "Nothing to be done" in _snakemake(work, "-n")
+    assert "Nothing to be done" in run_snakemake(work, "-n")
     prov = json.loads((site_dir / "provenance.json").read_text())
     assert prov["config_hash"] and prov["code_hash"] and prov["package_version"]
     assert set(prov["pairs"]) == {f"{m}/{d}" for m, d in _pairs(res)}
@@ -158,9 +157,9 @@ def test_maps_are_the_collapse_stage_maps(site):
 
 def test_report_zip_takes_the_viewer_and_the_html_report_still_builds(site):
     work, _, _ = site
-    _snakemake(work, "--report", "report.html")
+    run_snakemake(work, "--report", "report.html")
     assert "viewer/index.html" in (work / "report.html").read_text()
-    _snakemake(work, "--report", "report.zip", "--", "all", "viewer")
+    run_snakemake(work, "--report", "report.zip", "--", "all", "viewer")
     with zipfile.ZipFile(work / "report.zip") as z:
         names = set(z.namelist())
     vendored = [n for n in names if n.endswith("static/vendor/tabulator/tabulator.min.js")]

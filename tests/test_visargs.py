@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-import fixtures as fx
+from fixtures import benchmarks as fx
 from peekaboo.datasets import RawItem, Reject, get_adapter
 from peekaboo.datasets.visargs import expected_dependencies, parse_reasoning_step, xywh_to_xyxy
 from peekaboo.scoring import get_scorer

@@ -1,13 +1,9 @@
 """The whole DAG through the real Snakefile on a tiny config, in a copy of the repository.
 
-One run covers every stage: a panels dataset in two shards and a second one,
-a reference model trained for a few steps and a tiny random Qwen2.5-VL loaded
-from a local path like a hub model. Then: every stage's files exist in their
-documented formats with provenance, a second run does nothing, and editing one
-package module re-runs exactly the stages that import it.
-
-The repository is copied (Snakefile, workflow/, src/, envs/, config.yaml) so
-that touching a module's modification time cannot disturb other tests.
+One run (``e2e_run``, tests/fixtures/workflow.py) covers every stage. Here:
+every stage's files exist in their documented formats with provenance, a
+second run does nothing, and editing one package module, a config section or
+a model's weights re-runs exactly the stages that read it.
 """
 
 import contextlib
@@ -26,63 +22,14 @@ import yaml
 from peekaboo import tables
 from peekaboo.models.tiny import build_tiny
 
-from _fixtures_workflow import copy_workflow
+from fixtures.workflow import TINY_MODEL, planned_rules, run_snakemake
 
 
 pytestmark = pytest.mark.slow
 
 
-def _config(tiny_model: Path) -> dict:
-    short = {"max_new_tokens": 20}
-    return {
-        "results": "results",
-        "seed": 3,
-        "datasets": {
-            "panels": {"adapter": "panels", "options": {"seed": 7, "n_items": 5}, "shard_size": 3},
-            "panels-b": {"adapter": "panels", "options": {"seed": 8, "n_items": 4}, "masks": False},
-        },
-        "models": {
-            "ref": {
-                "reference": {"behaviour": "grounded", "steps": 4, "batch_size": 4, "warmup_steps": 1,
-                              "probe_every": 0, "probe_items": 4},
-                "generation": short,
-            },
-            "tiny-qwen25": {"source": str(tiny_model), "generation": short, "batch_size": 4,
-                            "datasets": ["panels"]},
-        },
-        "resources": {"trace_gpus": 0},
-        "selective": {"bootstrap": 20},
-    }
-
-
-def _snakemake(workdir: Path, *args: str, timeout: int = 900) -> str:
-    # every job checks that it ran no package code its rule's input.code leaves out (peekaboo.stage)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PEEKABOO_CHECK_CODE_INPUTS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config.test.yaml", *args],
-        cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return out
-
-
-def _planned_rules(text: str) -> set[str]:
-    return {line.split()[1].rstrip(":") for line in text.splitlines() if line.startswith(("rule ", "localrule "))}
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    copy_workflow(work)
-    tiny = build_tiny("qwen2_5_vl", work / "models" / "tiny-qwen25", seed=0)
-    (work / "config.test.yaml").write_text(yaml.safe_dump(_config(Path(tiny)), sort_keys=False))
-    log = _snakemake(work)
-    return work, work / "results", log
-
-
-def test_every_stage_writes_its_documented_files(run):
-    _, res, _ = run
+def test_every_stage_writes_its_documented_files(e2e_run):
+    _, res, _ = e2e_run
     items = tables.read_table(res / "items/panels.parquet")
     assert len(items) == 5 and items["item_id"].is_unique
     assert {"item_id", "image", "regions", "task_type", "answer", "meta"} <= set(items.columns)
@@ -98,6 +45,9 @@ def test_every_stage_writes_its_documented_files(run):
             assert len(shards) == (2 if d == "panels" else 1)
             sidecar = pd.concat([tables.read_table(p) for p in shards])
             assert len(sidecar) == n_masks and (sidecar["status"] == "ok").all()
+            # generations files from generate jobs: tiny-qwen25's; ref generates inside its traces jobs
+            generations = sorted((res / f"traces/{model}/{d}").glob("shard-*.generations.jsonl"))
+            assert len(generations) == (len(shards) if model == "tiny-qwen25" else 0), generations
             ds = xr.open_zarr(shards[0].with_suffix(".zarr"))
             assert {"entropy", "image_mass", "region_mass", "image_attn", "patch_box"} <= set(ds.data_vars)
             assert ds.attrs["config_hash"] and ds.attrs["package_version"]
@@ -124,8 +74,8 @@ def test_every_stage_writes_its_documented_files(run):
         assert path.stat().st_size > 1000
 
 
-def test_tables_record_provenance(run):
-    _, res, _ = run
+def test_tables_record_provenance(e2e_run):
+    _, res, _ = e2e_run
     for path in ("items/panels.parquet", "masks/panels.parquet", "steps/ref/panels.parquet",
                  "crm/ref/panels/modes.parquet", "collapse/ref/panels.parquet"):
         prov = tables.read_provenance(res / path)
@@ -134,14 +84,14 @@ def test_tables_record_provenance(run):
     assert trained["steps"] == 4 or trained.get("steps_run") == 4 or "loss" in json.dumps(trained)
 
 
-def test_second_run_does_nothing(run):
-    work, _, _ = run
-    out = _snakemake(work, "-n")
+def test_second_run_does_nothing(e2e_run):
+    work, _, _ = e2e_run
+    out = run_snakemake(work, "-n")
     assert "Nothing to be done" in out, out[-3000:]
 
 
-def test_changing_a_config_section_reruns_only_what_reads_it(run):
-    work, _, _ = run
+def test_changing_a_config_section_reruns_only_what_reads_it(e2e_run):
+    work, _, _ = e2e_run
     config = yaml.safe_load((work / "config.test.yaml").read_text())
     config["figures"] = {"dpi": 72}
     (work / "config.changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -149,7 +99,7 @@ def test_changing_a_config_section_reruns_only_what_reads_it(run):
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config.changed.yaml"],
         cwd=work, capture_output=True, text=True, timeout=300,
     )
-    planned = _planned_rules(proc.stdout + proc.stderr)
+    planned = planned_rules(proc.stdout + proc.stderr)
     assert "figures" in planned and not planned & {"items", "masks", "traces", "train_reference", "crm"}
 
 
@@ -165,39 +115,39 @@ def edited(path: Path):
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_editing_a_module_reruns_exactly_the_stages_using_it(run):
-    work, _, _ = run
+def test_editing_a_module_reruns_exactly_the_stages_using_it(e2e_run):
+    work, _, _ = e2e_run
     src = work / "src" / "peekaboo"
     with edited(src / "selective.py"):
-        out = _snakemake(work, "-n")
-    assert _planned_rules(out) == {"selective", "claims", "figures", "all"}, out[-3000:]
+        out = run_snakemake(work, "-n")
+    assert planned_rules(out) == {"selective", "claims", "figures", "all"}, out[-3000:]
 
     with edited(src / "masks.py"):
-        planned = _planned_rules(_snakemake(work, "-n"))
+        planned = planned_rules(run_snakemake(work, "-n"))
     assert {"masks", "traces", "steps", "crm", "collapse", "regression", "selective", "figures"} <= planned
     assert "items" not in planned and "train_reference" not in planned
 
     # a package __init__ runs whenever a module under it is imported: models/ holds loading and the reference models
     with edited(src / "models" / "__init__.py"):
-        assert {"train_reference", "generate", "traces"} <= _planned_rules(_snakemake(work, "-n"))
+        assert {"train_reference", "generate", "traces"} <= planned_rules(run_snakemake(work, "-n"))
 
     # a scorer fix re-scores the traces, never re-generating them: neither the items (the reader's stage) nor the
     # masks nor the decode-bound generation run again, nor the training (issue 17)
     for scorer in ("panels.py", "__init__.py", "extraction.py"):
         with edited(src / "scoring" / scorer):
-            planned = _planned_rules(_snakemake(work, "-n"))
+            planned = planned_rules(run_snakemake(work, "-n"))
         assert {"traces", "steps", "crm", "collapse", "selective", "figures"} <= planned, (scorer, planned)
         assert not planned & {"items", "masks", "generate", "train_reference"}, (scorer, planned)
 
-    assert "Nothing to be done" in _snakemake(work, "-n")
+    assert "Nothing to be done" in run_snakemake(work, "-n")
 
 
-def test_imported_generations_of_the_models_own_token_ids_give_the_same_traces(run, tmp_path):
+def test_imported_generations_of_the_models_own_token_ids_give_the_same_traces(e2e_run, tmp_path):
     """A model whose outputs come from elsewhere: its generations files (here the ones this run wrote, as an engine
     would) stand in for the generate stage, and replaying them gives the traces generating here gave."""
     import shutil
 
-    work, res, _ = run
+    work, res, _ = e2e_run
     imported = tmp_path / "engine-output"
     imported.mkdir()
     shards = sorted((res / "traces/tiny-qwen25/panels").glob("shard-*.generations.jsonl"))
@@ -207,7 +157,7 @@ def test_imported_generations_of_the_models_own_token_ids_give_the_same_traces(r
     config["models"]["imported"] = {**config["models"]["tiny-qwen25"], "generations": str(imported / "{dataset}.jsonl")}
     (work / "config.imported.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     try:
-        out = _snakemake(work, "--configfile", "config.imported.yaml", "--", *[
+        out = run_snakemake(work, "--configfile", "config.imported.yaml", "--", *[
             f"results/traces/imported/panels/shard-{i}.parquet" for i in range(len(shards))])
         assert "rule generate" not in out  # the file stands in for generation
         for i in range(len(shards)):
@@ -223,12 +173,16 @@ def test_imported_generations_of_the_models_own_token_ids_give_the_same_traces(r
         shutil.rmtree(res / "traces" / "imported", ignore_errors=True)
 
 
-def test_replaced_weights_at_a_local_path_rerun_the_traces(run):
-    # last: it changes the model on disk (the config does not change at all)
-    work, _, _ = run
-    build_tiny("qwen2_5_vl", work / "models" / "tiny-qwen25", seed=1)
-    out = _snakemake(work, "-n")
-    planned = _planned_rules(out)
+def test_replaced_weights_at_a_local_path_rerun_the_traces(e2e_run):
+    # the model on disk changes, the config not at all; the same weights put back re-run nothing again
+    work, _, _ = e2e_run
+    try:
+        build_tiny("qwen2_5_vl", work / TINY_MODEL, seed=1)
+        out = run_snakemake(work, "-n")
+    finally:
+        build_tiny("qwen2_5_vl", work / TINY_MODEL, seed=0)
+    planned = planned_rules(out)
     assert {"traces", "steps", "crm", "collapse"} <= planned and "train_reference" not in planned, out[-3000:]
     jobs = [line for line in out.splitlines() if line.strip().startswith("wildcards:") and "m=" in line]
     assert jobs and all("m=tiny-qwen25" in line for line in jobs if "i=" in line), jobs
+    assert "Nothing to be done" in run_snakemake(work, "-n")

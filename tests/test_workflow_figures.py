@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from _fixtures_workflow import copy_workflow
+from fixtures.workflow import copy_workflow
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 

@@ -16,7 +16,7 @@ import yaml
 
 from peekaboo import tables
 
-from _fixtures_items import good_record, textured_png, tree_hashes, write_jsonl
+from fixtures.items import good_record, textured_png, tree_hashes, write_jsonl
 
 pytestmark = pytest.mark.slow
 
