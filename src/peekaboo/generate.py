@@ -41,7 +41,6 @@ writes.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -687,21 +686,20 @@ def setup_shard(
     model_path: str | Path,
     dataset: str,
     dataset_spec: Mapping[str, Any],
-    seed: int,
     shard: int,
     traces_cfg: Mapping[str, Any] | None,
     device: str | None = None,
-    base_dir: str | Path = ".",
-    scoring: bool = True,
+    scorer: Any = None,
 ) -> ShardSetup:
     """Load the model and plan the shard's batches, as both generating and replaying a shard need it.
 
     ``model_spec`` and ``dataset_spec`` are config entries, ``traces_cfg`` the
     ``traces`` section (what is captured; absent keys and None take the
-    schema's defaults: generating alone does not read it). ``scoring``: give
-    the generator the dataset's scorer (``peekaboo.scoring``, by the entry's
-    ``adapter`` name) to score responses (replaying does; generating does
-    not, so it never imports a scorer).
+    schema's defaults: generating alone does not read it). ``scorer``: the
+    dataset's scorer (``peekaboo.scoring.get_scorer``) when responses are to be
+    scored: the replay passes it, generating does not, and this module never
+    imports one, so that a scorer edit re-runs neither the generate stage nor
+    the boxes stage (which uses the generator too).
     """
     model_spec = schema.definition("model", model_spec, where=f"models.{model_name}")
     dataset_spec = schema.definition("dataset", dataset_spec, where=f"datasets.{dataset}")
@@ -714,12 +712,6 @@ def setup_shard(
     shard_size = int(dataset_spec["shard_size"])
     requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
     model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
-    scorer = None
-    if scoring:
-        # by name at run time, as the adapters are: the traces rule names the dataset's scorer module (the
-        # registry with it) in its code input, and the generate and boxes stages, which run this module too,
-        # hold no scoring code, so that a scorer edit re-runs neither them nor the items before them
-        scorer = importlib.import_module("peekaboo.scoring").get_scorer(dataset_spec["adapter"])
     generator = TraceGenerator(
         model, processor, family, GenerationSettings.from_config(model_spec["generation"]),
         thinking=bool(model_spec["thinking"]),

@@ -11,7 +11,6 @@ config, code and the model's identity are unchanged.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from .devices import claim_device
 from .generate import generate_shard, setup_shard
@@ -25,7 +24,7 @@ log = get_logger("generating")
 def run_stage(call: StageCall) -> None:
     """The ``generate`` rule: one shard (wildcards ``m``, ``d``, ``i``) into ``output.generations``.
 
-    ``config``: ``model`` and ``dataset`` (the entries), ``seed`` and
+    ``config``: ``model`` and ``dataset`` (the entries) and
     ``model_identity``; what the traces stage alone reads (the ``traces``
     section, the replay's memory bound) is not here, so editing it does not
     re-generate.
@@ -41,8 +40,7 @@ def run_stage(call: StageCall) -> None:
         setup = setup_shard(items_path=call.path("items_table"), masks_path=call.path("masks_table"),
                             results_dir=call.results_dir, model_name=name, model_spec=cfg["model"],
                             model_path=model_path, dataset=call.wildcards["d"], dataset_spec=cfg["dataset"],
-                            seed=cfg["seed"], shard=int(call.wildcards["i"]), traces_cfg=None,
-                            device=None, base_dir=Path.cwd(), scoring=False)
+                            shard=int(call.wildcards["i"]), traces_cfg=None, device=None)
         prov = call.provenance(model_id=setup.info.model_id, model_revision=identity.revision)
         generate_shard(setup, call.output("generations"),
                        fingerprint={"config_hash": prov["config_hash"], "code_hash": prov["code_hash"],

@@ -4,7 +4,7 @@ The tokens come from a generations file (``peekaboo.generations``): the one
 the ``generate`` stage wrote for this shard, or one imported from any engine
 (a model's ``generations`` in the config). One teacher-forced forward pass per
 batch (``peekaboo.replay``) gives entropy, log-probabilities and the attention
-arrays; the dataset's adapter scores each response. Batches are written
+arrays; the dataset's scorer (``peekaboo.scoring``) scores each response. Batches are written
 resumably (``peekaboo.tracestore``): a killed job resumes from its finished
 batches, provided the plan, the config, the code, the model's identity (its
 weights: ``peekaboo.models.identity``) and the generations file are all
@@ -25,6 +25,7 @@ from .devices import claim_device
 from .generate import setup_shard
 from .logs import get_logger, progress
 from .models.identity import identify
+from .scoring import get_scorer
 from .stage import StageCall
 
 log = get_logger("traces")
@@ -49,7 +50,6 @@ def trace_shard(
     model_path: str | Path,
     dataset: str,
     dataset_spec: Mapping[str, Any],
-    seed: int,
     shard: int,
     traces_cfg: Mapping[str, Any] | None,
     store_path: str | Path,
@@ -58,7 +58,6 @@ def trace_shard(
     config_section: Any = None,
     code_files: Sequence[str | Path] | None = None,
     device: str | None = None,
-    base_dir: str | Path = ".",
 ) -> tuple[Path, Path]:
     """One (model, dataset, shard) into its store and sidecar, resumably; the (store, sidecar) paths.
 
@@ -78,8 +77,8 @@ def trace_shard(
     identity = identify(model_path, model_spec["revision"], where=f"models.{model_name}")
     setup = setup_shard(items_path=items_path, masks_path=masks_path, results_dir=results_dir,
                         model_name=model_name, model_spec=model_spec, model_path=model_path, dataset=dataset,
-                        dataset_spec=dataset_spec, seed=seed, shard=shard, traces_cfg=traces_cfg, device=device,
-                        base_dir=base_dir)
+                        dataset_spec=dataset_spec, shard=shard, traces_cfg=traces_cfg, device=device,
+                        scorer=get_scorer(dataset_spec["adapter"]))
     generator, info, requests, batches = setup.generator, setup.info, setup.requests, setup.batches
     prov = provenance.record(config_section, code_files, model_id=info.model_id, model_revision=identity.revision)
     imported = None
@@ -155,8 +154,9 @@ def run_stage(call: StageCall) -> None:
     """The ``traces`` rule: one shard (wildcards ``m``, ``d``, ``i``) into ``output.store`` and ``output.sidecar``.
 
     Input ``generations``: the shard's generations file (its own, or the
-    model's imported file for the dataset). ``config``: ``model`` and
-    ``dataset`` (the entries), ``traces``, ``seed`` and ``model_identity``
+    model's imported file for the dataset); empty for a model that does not
+    generate separately, whose batches are generated here, then replayed. ``config``: ``model`` and
+    ``dataset`` (the entries), ``traces`` and ``model_identity``
     (the configured source's identity, so that replaced weights re-run the
     job; None for a reference model, whose folder is the ``model`` input). The
     job first claims its GPUs (resource ``gpu``) so that nothing initialises
@@ -176,14 +176,13 @@ def run_stage(call: StageCall) -> None:
             model_path=trained[0] if trained else cfg["model"]["source"],
             dataset=call.wildcards["d"],
             dataset_spec=cfg["dataset"],
-            seed=cfg["seed"],
             shard=int(call.wildcards["i"]),
             traces_cfg=cfg["traces"],
             store_path=call.output("store"),
             sidecar_path=call.output("sidecar"),
-            generations_path=call.path("generations"),
+            # none when the model's traces job generates too (models.<m>.generate_separately: false)
+            generations_path=call.path("generations") if call.paths("generations") else None,
             config_section=dict(cfg),
             code_files=call.code,
             device=None,  # the model entry's device ("auto": the claimed GPU, else CPU)
-            base_dir=Path.cwd(),
         )
