@@ -48,25 +48,16 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import schema
+from . import attention_impl, schema
 from .capture import BatchImages, attention_modules, language_model, resolve_map_layers
 
 REPLAY_IMPL = "peekaboo_replay"
 
-_registered = False
 
 
 def register() -> str:
     """Register the replay attention (and SDPA's mask builder) under ``REPLAY_IMPL``; idempotent."""
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(REPLAY_IMPL, replay_attention_forward)
-        AttentionMaskInterface.register(REPLAY_IMPL, sdpa_mask)
-        _registered = True
-    return REPLAY_IMPL
+    return attention_impl.register(REPLAY_IMPL, replay_attention_forward)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ... import geometry
+from ... import attention_impl, geometry
 
 ATTENTION_IMPL = "peekaboo_reference_attention"
 # keys a blinker batch carries besides the model's inputs (popped before the forward pass)
@@ -42,7 +42,6 @@ TERM_KEYS = ("attn_rows", "attn_image", "attn_evidence", "attn_sign")
 LOOK, BLINK = 1.0, -1.0
 _EPS = 1e-6
 
-_registered = False
 _ACTIVE: "AttentionRecorder | None" = None
 
 
@@ -151,15 +150,7 @@ class AttentionRecorder:
 
 def register() -> str:
     """Register the recording attention (and SDPA's mask builder) under ``ATTENTION_IMPL``; idempotent."""
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(ATTENTION_IMPL, _attention_forward)
-        AttentionMaskInterface.register(ATTENTION_IMPL, sdpa_mask)
-        _registered = True
-    return ATTENTION_IMPL
+    return attention_impl.register(ATTENTION_IMPL, _attention_forward)
 
 
 def _probs(query, key, attention_mask, scaling):
