@@ -540,11 +540,20 @@ def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
     if pooled.empty:
         raise NothingToDraw("no pooled interaction fit (see regression/summary.txt for why)")
     models = list(dict.fromkeys(pooled["model"]))
+    # one pooled fit per (model, vision measure): a row of panels per measure, the primary first
+    if "vision_measure" not in pooled.columns:
+        pooled = pooled.assign(vision_measure="")
+    measures = list(dict.fromkeys(pooled["vision_measure"].fillna("")))
     z = np.linspace(-2.5, 2.5, 101)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.0 * len(models), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(measures), len(models), figsize=(4.0 * len(models), 3.4 * len(measures)),
+                             squeeze=False, sharey=True)
     styles = ["-", "--", ":", "-."]
-    for ax, m in zip(axes[0], models):
-        fit = pooled[pooled["model"] == m]
+    for ax, (measure, m) in zip(axes.flat, [(v, m) for v in measures for m in models]):
+        fit = pooled[(pooled["model"] == m) & (pooled["vision_measure"].fillna("") == measure)]
+        if fit.empty:
+            ax.axis("off")
+            ax.set_title(f"{m}: no pooled fit with vision {measure}", fontsize=8)
+            continue
         params = dict(zip(fit["term"], fit["estimate"].astype(float)))
         ref = fit["reference_level"].iloc[0]
         types = [x for x in str(fit["task_types"].iloc[0] or "").split(",") if x] if "task_types" in fit else []
@@ -555,8 +564,8 @@ def fig_interaction(t: Tables, cfg: Mapping[str, Any]):
                 eta = linear_predictor(params, z, zv, level if moderated else None)
                 ax.plot(z, 1 / (1 + np.exp(-eta)), styles[k % len(styles)], color=colour,
                         label=f"{level}, vision {'low' if zv < 0 else 'high'}")
-        ax.set_title(f"{m} ({fit['status'].iloc[0]}, n={int(fit['n'].iloc[0])}, errors={int(fit['n_errors'].iloc[0])})",
-                     fontsize=8)
+        ax.set_title(f"{m}{f' (vision: {measure})' if measure else ''}: {fit['status'].iloc[0]}, "
+                     f"n={int(fit['n'].iloc[0])}, errors={int(fit['n_errors'].iloc[0])}", fontsize=8)
         ax.set_xlabel("z(full-response entropy)")
         ax.set_ylabel("P(correct)")
         ax.set_ylim(0, 1)
@@ -574,10 +583,19 @@ def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
     if coef.empty:
         raise NothingToDraw("no fitted interaction model (see regression/summary.txt for why)")
     models = list(dict.fromkeys(coef["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 1.4 + 0.5 * coef["term"].nunique()),
+    # one fit per vision measure (features.vision): a row of panels each, the primary measure first
+    if "vision_measure" not in coef.columns:
+        coef = coef.assign(vision_measure="")
+    measures = list(dict.fromkeys(coef["vision_measure"].fillna("")))
+    fig, axes = plt.subplots(len(measures), len(models),
+                             figsize=(4.2 * len(models), len(measures) * (1.4 + 0.5 * coef["term"].nunique())),
                              squeeze=False, sharey=False)
-    for ax, m in zip(axes[0], models):
-        sub = coef[coef["model"] == m]
+    for ax, (measure, m) in zip(axes.flat, [(v, m) for v in measures for m in models]):
+        sub = coef[(coef["model"] == m) & (coef["vision_measure"].fillna("") == measure)]
+        if sub.empty:
+            ax.axis("off")
+            ax.set_title(f"{m}: no fit with vision {measure}", fontsize=8)
+            continue
         terms = list(dict.fromkeys(sub["term"]))
         fits = list(dict.fromkeys(sub["dataset"]))
         offsets = np.linspace(-0.25, 0.25, len(fits)) if len(fits) > 1 else [0.0]
@@ -591,7 +609,7 @@ def fig_coefficients(t: Tables, cfg: Mapping[str, Any]):
         ax.set_yticks(range(len(terms)), terms, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("estimate (logit, 95% CI)")
-        ax.set_title(m, fontsize=9)
+        ax.set_title(f"{m}" + (f" (vision: {measure})" if measure else ""), fontsize=9)
         ax.legend(fontsize=6)
     status = sinks_status(t.frames.get("collapse_traces"))
     fig.suptitle(f"Interaction logit coefficients ({_sink_line(status)})", fontsize=10)
