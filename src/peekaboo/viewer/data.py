@@ -853,16 +853,48 @@ def index_columns(collapse_traces: pd.DataFrame) -> tuple[list[str], list[str]]:
     return numbers, flags
 
 
+def meta_flags(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Boolean keys of the items' meta (a planted subset such as the blinker's ``blink``), as ``meta.<key>``.
+
+    A key counts when at least one item holds a boolean under it and no item
+    holds anything else there but nothing; meta that is not JSON is skipped
+    (the item's page says so).
+    """
+    seen: dict[str, bool] = {}
+    for it in items:
+        try:
+            meta = parse_meta(it.get("meta"))
+        except (ValueError, TypeError):
+            continue
+        for key, value in meta.items():
+            if isinstance(value, bool):
+                seen.setdefault(key, True)
+            elif value is not None:
+                seen[key] = False
+    return [f"meta.{k}" for k, ok in sorted(seen.items()) if ok]
+
+
+def _meta_value(item: Mapping[str, Any], key: str) -> bool | None:
+    try:
+        value = parse_meta(item.get("meta")).get(key)
+    except (ValueError, TypeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
 def index_rows(ctx: PairContext, items: Sequence[Mapping[str, Any]], pages: Mapping[str, str],
                confident_z: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One index row per item (its base trace) and what the filters need.
 
     ``pages`` maps item id -> its page (relative to the index). ``confident``
     is ``z(entropy_full) <= confident_z`` among this pair's base traces.
-    Returns (rows, meta) where meta lists the numeric and flag columns and the
-    CRM modes present.
+    Returns (rows, meta) where meta lists the numeric and flag columns (flags
+    of the collapse traces table, then the items' boolean meta as
+    ``meta.<key>``) and the CRM modes present.
     """
-    numbers, flags = index_columns(ctx.tables.collapse_traces)
+    numbers, trace_flags = index_columns(ctx.tables.collapse_traces)
+    item_flags = meta_flags(items)
+    flags = trace_flags + item_flags
     base_ids = {str(it["item_id"]): base_trace_id(ctx, str(it["item_id"])) for it in items}
     ent = np.array([_nan_if_none(_num(ctx.trace_features.get(t or "", {}).get("entropy_full")))
                     for t in base_ids.values()], dtype=float)
@@ -901,8 +933,10 @@ def index_rows(ctx: PairContext, items: Sequence[Mapping[str, Any]], pages: Mapp
         }
         for c in numbers:
             row[c] = _num(feats.get(c))
-        for c in flags:
+        for c in trace_flags:
             row[c] = optional_bool(feats.get(c))
+        for c in item_flags:
+            row[c] = _meta_value(it, c[len("meta."):])
         wrong = correct is False and abstained is not True
         row["flags"] = {
             "wrong": wrong,

@@ -353,7 +353,9 @@ def _presets(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list
             f"wrong with z(entropy_full) ≤ {meta['confident_z']:g} among this model's base traces here"),
            ("abstained", "abstained", "the base trace abstained")]
     out += [(f"mode:{m}", m, f"CRM mode {m} for at least one region") for m in meta["modes"]]
-    out += [(f"flag:{c}", c, f"{c} is true (collapse traces table)") for c in meta["flags"]]
+    for c in meta["flags"]:
+        where = "the item's meta" if c.startswith("meta.") else "collapse traces table"
+        out.append((f"flag:{c}", c, f"{c} is true ({where})"))
     return [{"key": k, "label": label, "title": title, "count": sum(bool(r["flags"].get(k)) for r in rows)}
             for k, label, title in out]
 
