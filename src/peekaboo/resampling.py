@@ -12,7 +12,8 @@ the same intervals everywhere.
   indices (for statistics that need the rows in order, such as a ranking);
 - :func:`row_counts` and :func:`weighted_means`: a resample as how often each
   row was drawn (for means and shares, vectorised over the resamples);
-- :func:`paired_auroc_differences`: AUROC(a) - AUROC(b) on the same resamples;
+- :func:`weighted_aurocs` and :func:`paired_auroc_differences`: AUROC on every
+  resample at once, and AUROC(a) - AUROC(b) on the same resamples;
 - :func:`interval`: the percentile interval of the replicates.
 """
 
@@ -23,7 +24,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .interaction import auroc
 
 LEVEL = 0.95
 
@@ -78,16 +78,38 @@ def weighted_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return means[:, 0] if flat else means
 
 
+def weighted_aurocs(y: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUROC (Mann-Whitney, ties count half) of each resample given as row counts ``[n_boot, n_rows]``.
+
+    The same numbers as :func:`peekaboo.interaction.auroc` on the resampled
+    rows (a row drawn k times counts k times; rows without a finite score are
+    left out; NaN with one class), computed for all resamples at once from one
+    sort: per group of tied scores, the positives' weight times the weight of
+    the negatives below plus half of those tied with them.
+    """
+    y = np.asarray(y, dtype=bool)
+    s = np.asarray(score, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    ok = np.isfinite(s)
+    y, s, counts = y[ok], s[ok], counts[:, ok]
+    if not len(s):
+        return np.full(len(counts), np.nan)
+    order = np.argsort(s, kind="stable")
+    s, y, counts = s[order], y[order], counts[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first row of each group of tied scores
+    pos = np.add.reduceat(counts * y, starts, axis=1)
+    neg = np.add.reduceat(counts * ~y, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negatives with a strictly lower score
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / np.where(pairs > 0, pairs, 1.0), np.nan)
+
+
 def paired_auroc_differences(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, clusters: Sequence,
                              n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates (over clusters) of AUROC(a) - AUROC(b), both on the same resamples."""
-    y, score_a, score_b = np.asarray(y, dtype=bool), np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
-    members = cluster_members(clusters)
-    out = []
-    for pick in draws(len(members), n_boot, rng):
-        idx = resampled_rows(members, pick)
-        out.append(auroc(y[idx], score_a[idx]) - auroc(y[idx], score_b[idx]))
-    return np.asarray(out, dtype=float)
+    """Bootstrap replicates (over clusters) of AUROC(a) - AUROC(b), both on the same resamples (:func:`draws`)."""
+    counts = row_counts(clusters, n_boot, rng)
+    return weighted_aurocs(y, score_a, counts) - weighted_aurocs(y, score_b, counts)
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -32,9 +32,18 @@ def _schema_text() -> str:
     return resources.files("peekaboo").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
 
 
-def load_schema() -> dict:
-    """The config schema shipped with the package: every key, its type, its default (the one source of defaults)."""
+@lru_cache(maxsize=1)
+def _parsed() -> dict:
+    # parsed once per process: filling a section or definition is called per fit in some stages
     return yaml.safe_load(_schema_text())
+
+
+def load_schema() -> dict:
+    """The config schema shipped with the package: every key, its type, its default (the one source of defaults).
+
+    A copy of its own for each caller, who may change it.
+    """
+    return copy.deepcopy(_parsed())
 
 
 def _local_ref(root: dict, sub: dict) -> dict:
@@ -117,7 +126,7 @@ def _validator(root: dict, sub: dict):
 def _fill(sub: dict, values: Mapping[str, Any] | None, where: str) -> dict:
     """A deep copy of ``values`` checked against ``sub``, its absent keys filled with their defaults."""
     out = copy.deepcopy(dict(values or {}))
-    errors = sorted(_validator(load_schema(), sub).iter_errors(out), key=lambda e: list(map(str, e.absolute_path)))
+    errors = sorted(_validator(_parsed(), sub).iter_errors(out), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(describe_error(e, where) for e in errors))
     return out
@@ -125,12 +134,12 @@ def _fill(sub: dict, values: Mapping[str, Any] | None, where: str) -> dict:
 
 def whole(config: Mapping[str, Any]) -> dict:
     """A whole config checked against the schema, every absent key filled with its default."""
-    return _fill(load_schema(), config, "")
+    return _fill(_parsed(), config, "")
 
 
 def section(name: str, values: Mapping[str, Any] | None = None) -> dict:
     """Top-level config section ``name`` (``collapse``, ``selective``, ...) with its defaults filled and checked."""
-    schema = load_schema()
+    schema = _parsed()
     try:
         sub = schema["properties"][name]
     except KeyError:
@@ -143,7 +152,7 @@ def definition(name: str, values: Mapping[str, Any] | None = None, where: str | 
 
     ``where`` names the value in error messages (e.g. ``models.grounded.reference``).
     """
-    schema = load_schema()
+    schema = _parsed()
     try:
         sub = schema["definitions"][name]
     except KeyError:
@@ -154,6 +163,6 @@ def definition(name: str, values: Mapping[str, Any] | None = None, where: str | 
 def default(definition_name: str, key: str) -> Any:
     """The schema's default of one key of a definition (``default("model", "batch_size")``)."""
     try:
-        return copy.deepcopy(load_schema()["definitions"][definition_name]["properties"][key]["default"])
+        return copy.deepcopy(_parsed()["definitions"][definition_name]["properties"][key]["default"])
     except KeyError:
         raise ConfigError(f"the schema has no default for {definition_name}.{key}") from None

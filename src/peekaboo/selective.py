@@ -141,14 +141,31 @@ def bootstrap(
     """
     err = 1.0 - np.asarray(correct, dtype=float)
     members = resampling.cluster_members(clusters)
-    out: dict[str, dict[str, list]] = {s: {} for s in ranks}
-    for pick in resampling.draws(len(members), n_boot, rng):
+    names = list(ranks)
+    keys = ["aurc", "eaurc"] + [risk_key(c) for c in coverages]
+    out = {s: {k: np.full(n_boot, np.nan) for k in keys} for s in names}
+    if not names:
+        return out
+    positions_by_signal = np.stack([np.asarray(ranks[s]) for s in names])
+    for b, pick in enumerate(resampling.draws(len(members), n_boot, rng)):
         idx = resampling.resampled_rows(members, pick)
-        for s, r in ranks.items():
-            e = err[idx[np.argsort(r[idx], kind="stable")]]
-            for key, value in metrics_from_errors(e, coverages).items():
-                out[s].setdefault(key, []).append(value)
-    return {s: {k: np.asarray(v) for k, v in m.items()} for s, m in out.items()}
+        m = len(idx)
+        if m == 0:
+            continue
+        # every signal at once: each row of ``errors`` is the resample's errors in one signal's order
+        errors = err[idx[np.argsort(positions_by_signal[:, idx], axis=1, kind="stable")]]
+        aurcs = (np.cumsum(errors, axis=1) / np.arange(1, m + 1)).mean(axis=1)
+        best = optimal_aurc(m, int(errors[0].sum()))
+        risks = {}
+        for c in coverages:
+            k = max(1, min(m, math.ceil(c * m - 1e-9)))
+            risks[risk_key(c)] = errors[:, :k].sum(axis=1) / k
+        for i, s in enumerate(names):
+            out[s]["aurc"][b] = aurcs[i]
+            out[s]["eaurc"][b] = aurcs[i] - best
+            for key, values in risks.items():
+                out[s][key][b] = values[i]
+    return out
 
 
 def positions(order: np.ndarray) -> np.ndarray:
