@@ -156,7 +156,8 @@ def model_inputs(m):
 # model entry keys that cannot change a stage's outputs, left out of its config so that editing them re-runs
 # nothing there: which datasets a model runs on and its cluster resources for every model stage; the
 # segmenter for the stages before steps; the replay's memory bound and the imported file (an input) for generation
-_NOT_FOR_TRACES = ("datasets", "resources", "segmenter")
+# generate_separately decides which job generates, not what comes out (the traces are the same either way)
+_NOT_FOR_TRACES = ("datasets", "resources", "segmenter", "generate_separately")
 _NOT_FOR_GENERATION = _NOT_FOR_TRACES + ("replay_chunk_mb", "generations")
 
 
@@ -170,8 +171,16 @@ def dataset_entry(d):
 
 
 def generations_input(m, d, i):
-    """The shard's generations file: the model's imported one for the dataset, or the generate stage's."""
-    return pcfg.imported_generations(config, m, d) or R(f"traces/{m}/{d}/shard-{i}.generations.jsonl")
+    """The shard's generations file: the model's imported one for the dataset, the generate stage's, or none.
+
+    None (an empty list) for a model that does not generate separately: its traces job generates and replays.
+    """
+    imported = pcfg.imported_generations(config, m, d)
+    if imported:
+        return imported
+    if not model_cfg(m)["generate_separately"]:
+        return []
+    return R(f"traces/{m}/{d}/shard-{i}.generations.jsonl")
 
 
 def reference_init(m):

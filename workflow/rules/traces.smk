@@ -5,6 +5,8 @@
 #   traces:   the generations replayed once through the model (attention, entropy, log-probabilities) and
 #             scored -> shard-{i}.zarr + shard-{i}.parquet; prefill speed, so a scorer or capture change re-runs
 #             only this.
+# A model with generate_separately: false (the embedded default's reference models: on CPU a job's start costs
+# more than their generation) has no generate job: its traces job generates each batch, then replays it.
 # A killed job leaves a .partial/ folder beside its output, from which a re-run resumes. A configured source's
 # identity (its weights' hash or hub commit) is part of the config, so replaced weights re-run both; a
 # reference model's folder is an input.
@@ -30,7 +32,6 @@ rule generate:
         config=lambda wc: {
             "model": model_entry(wc.m, _NOT_FOR_GENERATION),
             "dataset": dataset_entry(wc.d),
-            "seed": config["seed"],
             "model_identity": model_identity(wc.m),
         },
         results=results_dir,
@@ -60,7 +61,6 @@ rule traces:
             "model": model_entry(wc.m, _NOT_FOR_TRACES),
             "dataset": dataset_entry(wc.d),
             "traces": config["traces"],
-            "seed": config["seed"],
             "model_identity": model_identity(wc.m),
         },
         results=results_dir,
