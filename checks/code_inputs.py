@@ -30,15 +30,26 @@ from peekaboo import config as pcfg  # noqa: E402
 from peekaboo import stages  # noqa: E402
 
 
+def rules_run(cfg: dict) -> set[str]:
+    """The stage rules the config's default target runs (viewer is on demand; boxes only for model-made boxes)."""
+    rules = set(stages.STAGE_MODULES) - {"viewer"}
+    if not any(m.get("reference") for m in cfg["models"].values()):
+        rules.discard("train_reference")
+    if not any(isinstance(d.get("boxes"), dict) and d["boxes"].get("kind") in ("vlm", "detector")
+               for d in cfg["datasets"].values()):
+        rules.discard("boxes")
+    return rules
+
+
 def expected_rules(cfg: dict, path: Path) -> set[str]:
     """The rules whose code input, for this config's datasets, holds ``path``."""
     names = sorted({spec["adapter"] for spec in cfg["datasets"].values()})
-    # the modules the rules name by the datasets' adapter names: the readers for items, the scorers for traces
-    named = {"items": [f"peekaboo.datasets.{a}" for a in names], "traces": [f"peekaboo.scoring.{a}" for a in names]}
+    readers = [f"peekaboo.datasets.{a}" for a in names]
+    # the modules the rules name by the datasets' adapter names: the readers for items and boxes, the scorers for
+    # traces
+    named = {"items": readers, "boxes": readers, "traces": [f"peekaboo.scoring.{a}" for a in names]}
     out = set()
-    for rule in stages.STAGE_MODULES:
-        if rule == "train_reference" and not any(m.get("reference") for m in cfg["models"].values()):
-            continue
+    for rule in sorted(rules_run(cfg)):
         extra = named.get(rule, [])
         if str(path.resolve()) in {str(Path(f).resolve()) for f in stages.code_files(rule, *extra)}:
             out.add(rule)
