@@ -199,7 +199,10 @@ def test_tiny_end_to_end_run_on_all_four_fixture_datasets(fixture_options, tmp_p
         assert (results / "items" / f"{d}.parquet").is_file(), d
         assert (results / "masks" / f"{d}.parquet").is_file(), d
         assert list((results / "traces" / "tiny" / d).glob("shard-*.parquet")), d
+    for d in ("mathvista", "hallusionbench", "mmmu_pro"):
         assert (results / "collapse" / "tiny" / f"{d}.parquet").is_file(), d
+    # the paper config's VisArgs feeds CRM only (datasets.visargs.analyses): no collapse job for it
+    assert not (results / "collapse" / "tiny" / "visargs.parquet").exists()
     assert (results / "crm" / "tiny" / "visargs" / "modes.parquet").is_file()
     for out in ("regression/coefficients.csv", "regression/interaction_by_task.csv", "selective/summary.csv",
                 "collapse/summary.csv", "collapse/trajectory.csv", "collapse/accuracy.csv", "figures/manifest.json"):
