@@ -22,6 +22,9 @@ rule train_reference:
         results=results_dir,
     # torch threads plus the batch-building worker processes, each on a core of its own
     threads: lambda wc: reference_spec.job_threads(config, wc.m)
+    # before any traces job that is ready too: the fine-tunes, not the traces of the models already
+    # trained, are what the rest of the run waits for
+    priority: 10
     resources:
         **job_resources("train"),
     log:
