@@ -147,8 +147,9 @@ def main(argv=None) -> int:
         if len(veto):
             print()
             print("Vision veto: change in risk at the veto coverage (threshold fitted on the other datasets)")
-            for r in veto.itertuples(index=False):
-                print(f"  {r.model:<16}{r.dataset:<16}veto {'on ' if r.veto_active else 'off'} "
+            measure = veto["vision_measure"] if "vision_measure" in veto else pd.Series("", index=veto.index)
+            for r, m in zip(veto.itertuples(index=False), measure.fillna("")):
+                print(f"  {r.model:<16}{r.dataset:<16}{m:<16}veto {'on ' if r.veto_active else 'off'} "
                       f"n={int(r.n):<5} errors={int(r.n_errors):<4} delta={r.delta_risk:+.4f} "
                       f"[{r.delta_risk_low:+.4f}, {r.delta_risk_high:+.4f}]")
     return status
