@@ -178,6 +178,11 @@ def _errors(mean: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.vstack([np.clip(mean - low, 0, None), np.clip(high - mean, 0, None)]))
 
 
+def _notes(table: pd.DataFrame) -> str:
+    """The table's distinct notes in order, joined by "; ": why a figure or a panel has nothing to draw."""
+    return "; ".join(dict.fromkeys(table.get("note", pd.Series(dtype=str)).dropna().astype(str)))
+
+
 def _say(ax, text: str) -> None:
     ax.text(0.5, 0.5, textwrap.fill(text, 40), ha="center", va="center", fontsize=7, transform=ax.transAxes)
     ax.set_xticks([])
@@ -188,7 +193,7 @@ def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
     traj = t.get("collapse_trajectory")
     if "measure" not in traj or not (traj["status"] == "ok").any():
         raise NothingToDraw("no trajectory row with a value: "
-                            + "; ".join(dict.fromkeys(traj["note"].dropna().astype(str)))[:300])
+                            + _notes(traj)[:300])
     fig, axes, measures, datasets = _grid(traj)
     models = list(dict.fromkeys(traj["model"].dropna()))
     colours = {m: f"C{k}" for k, m in enumerate(models)}
@@ -199,7 +204,7 @@ def fig_collapse_curve(t: Tables, cfg: Mapping[str, Any]):
             ok = sub[sub["status"] == "ok"]
             ax.set_title(f"{d}", fontsize=9)
             if ok.empty:
-                _say(ax, f"{MEASURE_LABELS[measure]}: " + "; ".join(dict.fromkeys(sub["note"].dropna().astype(str))))
+                _say(ax, f"{MEASURE_LABELS[measure]}: " + _notes(sub))
                 continue
             offsets = np.linspace(-0.02, 0.02, len(models)) if len(models) > 1 else [0.0]
             for off, m in zip(offsets, models):
@@ -229,8 +234,7 @@ def fig_collapse_accuracy(t: Tables, cfg: Mapping[str, Any]):
     acc = acc[acc["scope"] == "dataset"] if "scope" in acc else acc.iloc[0:0]
     terciles = acc[(acc["statistic"] == "accuracy") & (acc["status"] == "ok")]
     if terciles.empty:
-        raise NothingToDraw("no tercile accuracy: " + "; ".join(dict.fromkeys(acc.get("note", pd.Series(dtype=str))
-                                                                             .dropna().astype(str)))[:300])
+        raise NothingToDraw("no tercile accuracy: " + _notes(acc)[:300])
     fig, axes, measures, datasets = _grid(acc)
     models = list(dict.fromkeys(acc["model"].dropna()))
     for i, measure in enumerate(measures):
@@ -240,7 +244,7 @@ def fig_collapse_accuracy(t: Tables, cfg: Mapping[str, Any]):
             sub = acc[(acc["measure"] == measure) & (acc["dataset"] == d)]
             tsub = sub[(sub["statistic"] == "accuracy") & (sub["status"] == "ok")]
             if tsub.empty:
-                _say(ax, f"{MEASURE_LABELS[measure]}: " + "; ".join(dict.fromkeys(sub["note"].dropna().astype(str))))
+                _say(ax, f"{MEASURE_LABELS[measure]}: " + _notes(sub))
                 continue
             offsets = np.linspace(-0.15, 0.15, len(models)) if len(models) > 1 else [0.0]
             for k, (off, m) in enumerate(zip(offsets, models)):
@@ -285,8 +289,7 @@ def fig_entropy_comparison(t: Tables, cfg: Mapping[str, Any]):
               ("transfer", "auroc", "transfer AUROC, full minus answer-span (> 0: full better)"))
     usable = comp[np.isfinite(pd.to_numeric(comp["difference"], errors="coerce"))]
     if usable.empty:
-        raise NothingToDraw("no difference between the entropies: " + "; ".join(dict.fromkeys(comp["note"].dropna()
-                                                                                              .astype(str)))[:300])
+        raise NothingToDraw("no difference between the entropies: " + _notes(comp)[:300])
     n = max(len(usable[usable["scope"] == s]) for s, _, _ in panels)
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.3 * max(n, 2)))
     for ax, (scope, metric, xlabel) in zip(axes, panels):
@@ -317,7 +320,7 @@ def fig_vision_transfer(t: Tables, cfg: Mapping[str, Any]):
     usable = tr[tr["features"].isin(VISION_SETS) & np.isfinite(pd.to_numeric(tr["difference"], errors="coerce"))]
     if usable.empty:
         raise NothingToDraw("no vision feature set scored under transfer: "
-                            + "; ".join(dict.fromkeys(tr["note"].dropna().astype(str)))[:300])
+                            + _notes(tr)[:300])
     measures = list(dict.fromkeys(usable["vision_measure"].dropna()))
     pairs = list(dict.fromkeys(zip(usable["model"], usable["train_dataset"], usable["test_dataset"])))
     labels = [f"{m} | {a} -> {b}" for m, a, b in pairs]

@@ -335,13 +335,10 @@ class GenerationsWriter:
             raise ValueError(f"{self.path}: the line order and the batches must hold the same distinct ids")
         self.batches = PartialBatches(partial_dir(self.path), len(self.plan),
                                       {"plan": self.plan, "order": self.order, **dict(fingerprint or {})},
-                                      (".jsonl",))
+                                      (".jsonl",), self.path.name)
 
     def start(self) -> set[int]:
-        done = self.batches.start()
-        if done:
-            log.info("resuming %s: %d of %d batches already finished", self.path.name, len(done), len(self.plan))
-        return done
+        return self.batches.start()
 
     def write_batch(self, index: int, generations: Sequence[Generation]) -> None:
         ids = [g.id for g in generations]

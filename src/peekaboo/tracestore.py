@@ -93,8 +93,9 @@ class PartialBatches:
     """
 
     def __init__(self, folder: str | Path, n_batches: int, fingerprint: Mapping[str, Any],
-                 suffixes: Sequence[str]):
+                 suffixes: Sequence[str], name: str):
         self.folder = Path(folder)
+        self.name = name  # the output the batches make, for the log
         self.n_batches = int(n_batches)
         self.fingerprint = dict(fingerprint)
         self.suffixes = tuple(suffixes)
@@ -117,7 +118,10 @@ class PartialBatches:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
             _write_atomic(manifest, wanted.encode())
-        return {k for k in range(self.n_batches) if self.finished(k)}
+        done = {k for k in range(self.n_batches) if self.finished(k)}
+        if done:
+            log.info("resuming %s: %d of %d batches already finished", self.name, len(done), self.n_batches)
+        return done
 
     def _stale_reason(self, manifest: Path, wanted: str) -> str | None:
         """Why the partial folder's batches cannot be resumed (None when they can)."""
@@ -228,7 +232,8 @@ class ShardWriter:
         extra = {"order": self.order} if self.order != planned else {}
         self.fingerprint = {"plan": self.plan, **extra, **dict(fingerprint or {})}
         self.provenance = dict(provenance or {})
-        self.batches = PartialBatches(self.partial, len(self.plan), self.fingerprint, (".npz", ".json"))
+        self.batches = PartialBatches(self.partial, len(self.plan), self.fingerprint, (".npz", ".json"),
+                                      self.store_path.name)
 
     # -- resume -------------------------------------------------------------
     def _batch_files(self, index: int) -> tuple[Path, Path]:
@@ -237,10 +242,7 @@ class ShardWriter:
 
     def start(self) -> set[int]:
         """Prepare the partial folder; the indices of batches already finished by an earlier run."""
-        done = self.batches.start()
-        if done:
-            log.info("resuming %s: %d of %d batches already finished", self.store_path.name, len(done), len(self.plan))
-        return done
+        return self.batches.start()
 
     def write_batch(self, index: int, results: Sequence[Any]) -> None:
         """Persist one finished batch (``TraceResult`` list in the batch's order)."""
