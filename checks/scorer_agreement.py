@@ -112,7 +112,8 @@ def item_rows(benchmark: str, records: list[dict[str, Any]]) -> tuple[Scorer, di
         for r in adapter.records():
             if not isinstance(r, RawItem):
                 raise ValueError(f"{benchmark}: the adapter rejects corpus item {r.item_id}: {r.reason}")
-            out[r.item_id] = {"item_id": r.item_id, "answer": r.answer, "answer_type": r.answer_type,
+            out[r.item_id] = {"item_id": r.item_id, "question": r.question, "answer": r.answer,
+                              "answer_type": r.answer_type,
                               "choices": r.choices, "meta": json.dumps(r.meta)}
     return get_scorer(benchmark), out
 

@@ -26,13 +26,15 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ..answers import format_number, parse_number
+from ..answers import format_number
 from ..cells import parse_meta
 from ..datasets._common import text_list
 from ..datasets.mathvista import list_text
 from ..scores import Score
 from ..thinking import split_thinking
-from .extraction import extract_letter, final_answer, is_abstention
+from .extraction import (
+    asks_for_a_count, extract_letter, final_answer, is_abstention, last_line_number, stated_number,
+)
 from .official import mathvista_get_most_similar, mathvista_normalize_extracted_answer, mathvista_quick_extract
 
 
@@ -63,7 +65,7 @@ def _listed_numbers(text: str) -> str | None:
 
 
 def extract_answer(
-    answer_part: str, choices: list[str] | None, question_type: str, answer_type: str
+    answer_part: str, choices: list[str] | None, question_type: str, answer_type: str, question: str | None = None
 ) -> tuple[str | None, bool]:
     """(what ``normalize_extraction`` receives, whether the model abstained) from a response's answer part.
 
@@ -74,7 +76,9 @@ def extract_answer(
     if not text:
         return None, False
     problem = {"question_type": question_type, "answer_type": answer_type, "choices": choices}
-    quick = mathvista_quick_extract(text, problem, quick_extract=False)
+    # the official quick paths, 'The answer is "X".' included (the scripts' --quick_extract), exactly as
+    # extract_answer runs them: its first match on the answer part wins, whatever follows
+    quick = mathvista_quick_extract(text, problem, quick_extract=True)
     if quick is not None:
         return quick, False
     final, stated = final_answer(text)
@@ -92,7 +96,9 @@ def extract_answer(
         # extraction would; an unstated last line is too loose to map
         return (final if stated else None), False
     if answer_type in ("integer", "float"):
-        value = parse_number(final, which="first" if stated else "last")
+        # the number the stated answer gives, not its working; number words; ordinals where a count is asked
+        ordinals = answer_type == "integer" and asks_for_a_count(question)
+        value = stated_number(final, ordinals) if stated else last_line_number(final, ordinals)
         if value is None:
             return None, is_abstention(final)
         return format_number(value), False
@@ -110,7 +116,7 @@ def score(item: Mapping[str, Any], response: str, *, thinking_open: bool = False
     answer_part, truncated = split_thinking(response, thinking_open)
     if truncated:
         return Score(answer_text=None, correct=False, truncated=True)
-    extraction, abstained = extract_answer(answer_part, choices, question_type, answer_type)
+    extraction, abstained = extract_answer(answer_part, choices, question_type, answer_type, item.get("question"))
     if extraction is None:
         return Score(answer_text=None, correct=False, abstained=abstained)
     prediction = normalize_extraction(extraction, choices, question_type, answer_type, meta.get("precision"))
