@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
@@ -72,8 +73,8 @@ _QUOTES = "'\"“”‘’「」『』"
 _LETTER_DECORATION = " \t*_`" + _QUOTES
 
 # a response's yes or no (its first word); "y"/"n" alone are too easily something else ("N/A")
-_YES_WORDS = {"yes", "true"}
-_NO_WORDS = {"no", "false"}
+_YES_WORDS = {"yes", "true", "yep", "yeah", "yup"}
+_NO_WORDS = {"no", "false", "nope", "nah"}
 
 
 # ----------------------------------------------------------------------------
@@ -320,10 +321,11 @@ _ANSWER_NUMBER_RE = re.compile(
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
 _DIGIT_ORDINAL_RE = re.compile(r"(?<![A-Za-z0-9_.])(\d+)(?:st|nd|rd|th)\b", re.IGNORECASE)
 
-# Where a stated answer's own text ends and its working begins ("Answer: 12, because 3 x 4 = 12"):
-# a comma, semicolon or sentence end followed by more text, or a word that introduces a reason.
+# Where a stated answer's own text ends and its working begins ("Answer: 12 because 3 x 4 = 12"): a
+# semicolon or sentence end followed by more text, a bracket, a dash or a word that introduces a reason (not a
+# comma: "adding 1 to 6 gives 7, so the value is 6" is one statement).
 _WORKING_START_RE = re.compile(
-    r",\s+|;\s*|\.\s+(?=\S)|\s+\(|\s+(?:because|since|as|given that|due to)\b|\s+(?:[—–]|--)\s+", re.IGNORECASE
+    r";\s*|\.\s+(?=\S)|\s+\(|\s+(?:because|since|as|given that|due to)\b|\s+(?:[—–]|--)\s+", re.IGNORECASE
 )
 # words a number can be prefixed with and still be the leading number ("approximately 3.5", "$12")
 _NUMBER_PREFIX_RE = re.compile(
@@ -450,28 +452,35 @@ def _numbers(text: str) -> list[re.Match]:
 
 
 def _result_number(text: str) -> float | None:
-    """The number a piece of working arrives at: after its last "=" (or result word) that a number follows."""
+    """The number a piece of working arrives at: the first after its last "=" or result word that a number follows."""
     numbers = _numbers(text)
-    if not numbers:
-        return None
-    for pattern in (_EQUALS_RE, _RESULT_WORD_RE):
-        for m in reversed(list(pattern.finditer(text))):
-            after = [n for n in numbers if n.start() >= m.end()]
-            if after:
-                return _number_value(after[0])
+    links = sorted([*_EQUALS_RE.finditer(text), *_RESULT_WORD_RE.finditer(text)], key=lambda m: m.end())
+    for m in reversed(links):
+        after = [n for n in numbers if n.start() >= m.end()]
+        if after:
+            return _number_value(after[0])
     return None
+
+
+def _plain_digits(text: Any) -> str:
+    """Full-width digits and signs as ASCII (NFKC), a unit's exponent dropped ("cm^2", "m^{3}"), LaTeX fractions
+    as a/b: what the number readers read."""
+    s = unicodedata.normalize("NFKC", str(text))
+    s = re.sub(r"(?<=[A-Za-z])\^\{?\d+\}?", "", s)
+    return _LATEX_FRAC_RE.sub(r"\1/\2", s)
 
 
 def stated_number(statement: Any, ordinals: bool = False) -> float | None:
     """The number a stated answer gives ("Answer: ..."'s text), read as the answer it states, not its working.
 
-    The statement's own text ends where working begins (a comma, semicolon
-    or sentence end followed by more, "because", "since", a bracket: ``12,
-    because 3 x 4 = 12`` -> 12). In it: a leading number that no operator
-    follows (``12 apples``, ``approximately 3.5``); else the number after
-    the last "=" (``3 x 4 = 12``); else after the last result word ("to get",
-    "gives", "is", "equals", ...: ``from 1003 subtract 3 to get 1000`` ->
-    1000); else its first number. Without any number there, the same on the
+    The statement's own text ends where working begins (a semicolon or
+    sentence end followed by more, "because", "since", a bracket, a dash:
+    ``12 because 3 x 4 = 12`` -> 12). In it: a leading number that no
+    operator follows (``12 apples``, ``12, because ...``, ``approximately
+    3.5``); else the first number after the last "=" or result word ("to
+    get", "gives", "is", "equals", "so", ...) that a number follows (``3 x 4
+    = 12`` -> 12, ``from 1003 subtract 3 to get 1000`` -> 1000, ``adding 1
+    to 6 gives 7, so the value is 6`` -> 6); else its first number. Without any number there, the same on the
     whole statement; without digits at all, a number written in words
     (``number_in_words``; ordinals only with ``ordinals``). Fooled by a
     result word before a second number ("the larger is 7 and the smaller is
@@ -479,7 +488,7 @@ def stated_number(statement: Any, ordinals: bool = False) -> float | None:
     """
     if statement is None:
         return None
-    text = _LATEX_FRAC_RE.sub(r"\1/\2", str(statement))
+    text = _plain_digits(statement)
     cut = _WORKING_START_RE.search(text)
     head = text[: cut.start()] if cut else text
     for part in (head, text):
@@ -504,10 +513,11 @@ def last_line_number(line: Any, ordinals: bool = False) -> float | None:
     """The number an unstated last line gives: its last number, else one in words."""
     if line is None:
         return None
-    value = parse_number(line, which="last")
+    text = _plain_digits(line)
+    value = parse_number(text, which="last")
     if value is not None:
         return value
-    numbers = _numbers(_LATEX_FRAC_RE.sub(r"\1/\2", str(line)))
+    numbers = _numbers(text)
     if numbers:
         return _number_value(numbers[-1])
     return number_in_words(line, ordinals)
@@ -595,7 +605,9 @@ def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | 
     an option (its letter or its text); else an abstention when the final
     answer is one and names no option; else MMMU's official
     ``parse_multi_choice_response`` over the whole answer part, without its
-    random fallback (None: unparsed).
+    random fallback: where it would draw, the final line read as a letter or
+    an option's text, else the last line that is a lone letter, else None
+    (unparsed).
     """
     final, stated = final_answer(answer_part)
     if stated:
@@ -607,7 +619,17 @@ def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | 
     if not answer_part.strip():
         return None, False
     index2ans, all_choices = mmmu_get_multi_choice_info(options)
-    return mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback), False
+    letter = mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback)
+    if letter is None:
+        # where the official parser would draw a random letter: the final line read as a letter or an option's
+        # text ("g", "It is Mature teratoma", "$2,822"), else the last line that is a lone letter ("B\nThat is my pick")
+        letter = extract_letter(final, choices=options)
+    if letter is None:
+        for line in reversed(answer_part.splitlines()):
+            m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", line.strip(_LETTER_DECORATION))
+            if m and m.group(1).upper() in LETTERS[: len(options)]:
+                return m.group(1).upper(), False
+    return letter, False
 
 
 def unparsed_fallback(all_choices: Sequence[str]) -> None:
