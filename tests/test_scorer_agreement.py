@@ -70,10 +70,79 @@ def test_corpus_is_large_and_varied(check, benchmark):
 
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
-def test_agreement_with_the_official_rules_is_at_least_98_percent(reports, benchmark):
+def test_agreement_with_the_official_rules_is_at_least_99_percent(reports, benchmark):
     report = reports[benchmark]
-    assert len(report.decided) >= 50
-    assert report.agreement >= 0.98, [(c.id, c.official, c.project) for c in report.disagreements]
+    assert len(report.decided) >= 300
+    assert report.agreement >= 0.99, [(c.id, c.official, c.project) for c in report.disagreements]
+
+
+# the template families (build_corpus.FAMILY_NAMES), by benchmark; the departure family is tested apart
+FAMILIES = [("mathvista", f) for f in ("quoted", "letters", "working", "number_words", "latex", "boxed_in_thinking",
+                                       "candidates", "units", "language", "bare_branches")] + \
+    [("mmmu_pro", f) for f in ("answer_line", "brackets", "plain_letters", "content", "no_candidate")] + \
+    [("hallusionbench", f) for f in ("yes_no_words", "punctuation")]
+
+
+@pytest.mark.parametrize("benchmark,family", FAMILIES)
+def test_family_agrees_with_the_official_rules_and_reads_the_stated_answer(reports, benchmark, family):
+    """Per family: at least 100 cases; where the official rule decides, the project agrees on at least 99 %
+    (every one where fewer than 100 are decided); where it does not (GPT, a random letter, a judge), the
+    project reads the answer the response states on at least 99 %."""
+    cases = [c for c in reports[benchmark].cases if c.family == family]
+    assert len(cases) >= 100
+    decided = [c for c in cases if c.official is not None]
+    agree = sum(c.agrees for c in decided)
+    assert agree >= (0.99 * len(decided) if len(decided) >= 100 else len(decided)), \
+        [(c.id, c.official, c.project) for c in decided if not c.agrees]
+    stated = [c for c in cases if c.official is None and not c.truncated]
+    assert all(c.intended is not None for c in stated)
+    same = sum(c.intended[0] == c.project[0] for c in stated)
+    assert same >= 0.99 * len(stated), [(c.id, c.intended, c.project, c.response[-80:]) for c in stated
+                                        if c.intended[0] != c.project[0]]
+
+
+def test_every_family_exercises_the_official_rule(reports):
+    """Each MMMU-Pro and HallusionBench family, and MathVista's quoted and bare families, is mostly decided by
+    the official rule: they exist to run its branches."""
+    for benchmark, family in FAMILIES:
+        cases = [c for c in reports[benchmark].cases if c.family == family]
+        decided = sum(c.official is not None for c in cases)
+        if benchmark != "mathvista" or family in ("quoted", "bare_branches"):
+            assert decided >= 20, (benchmark, family, decided)
+
+
+def test_departure_family_reads_the_stated_letter(reports):
+    """Stated answers the official MMMU parser reads otherwise ("Answer: D, not G" -> G): the project reads the
+    stated letter every time, and each disagreement is the departure "stated answer"."""
+    cases = [c for c in reports["mmmu_pro"].cases if c.family == "answer_departures"]
+    assert len(cases) >= 10
+    assert all(c.project[0] == c.intended[0] for c in cases if not c.truncated)
+    disagree = [c for c in cases if c.official is not None and not c.agrees]
+    assert disagree and all(c.reason.startswith("stated answer") for c in disagree)
+
+
+def _mathvista_score(check, pid: str, response: str):
+    records = [r for r in check.load_corpus("mathvista") if r["item"]["pid"] == pid][:1]
+    assert records, pid
+    scorer, rows = check.item_rows("mathvista", records)
+    s = scorer.score(rows[pid], response)
+    return (s.answer_text, s.correct), check.official_decision("mathvista", records[0]["item"], response)
+
+
+def test_the_three_responses_of_issue_26_score_as_the_official_code_scores_them(check):
+    # a quoted letter: the official quick extraction takes "C", the normalisation maps it to the third choice
+    project, official = _mathvista_score(check, "3", 'The answer is "C".')
+    assert project == official == ("145°", True)
+    project, official = _mathvista_score(check, "7", 'The answer is "C".')
+    assert project == official == ("o'clock", False)
+    # an answer followed by its working, and a number word: GPT extracts the stated result (the official rule
+    # does not decide them); the project reads the same
+    integer = next(r for r in check.load_corpus("mathvista") if r["item"]["answer_type"] == "integer")
+    pid = integer["item"]["pid"]
+    project, official = _mathvista_score(check, pid, "Answer: from 1003 subtract 3 to get 1000")
+    assert official is None and project == ("1000", integer["item"]["answer"] == "1000")
+    project, official = _mathvista_score(check, pid, "Answer: four")
+    assert official is None and project == ("4", integer["item"]["answer"] == "4")
 
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS)

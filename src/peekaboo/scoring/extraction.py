@@ -214,23 +214,28 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
     if m and m.group(1) in allowed and not any(c.split(" ")[0] == m.group(1).lower() for c in normalized if c):
         return m.group(1)
     if choices:
-        norm = normalize_text(s)
-        # the response names exactly one option's text ("the answer is blue")
-        contained = [
-            i for i, c in enumerate(normalized) if c and re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm)
-        ]
-        # drop options contained in a longer named option ("red" inside "dark red")
-        contained = [
-            i for i in contained if not any(j != i and normalized[i] in normalized[j] for j in contained)
-        ]
-        if len(contained) == 1:
-            return LETTERS[contained[0]]
+        named = option_named(s, choices)
+        if named is not None:
+            return named
     # last resort: one capital letter that ends a clause ("I pick C."); "A red circle" is no letter
     trailing = {m.group(1) for m in re.finditer(r"(?<![\w'])([A-Z])(?=\s*(?:$|[.,;!?)]))", s)}
     trailing &= set(allowed)
     if len(trailing) == 1:
         return trailing.pop()
     return None
+
+
+def option_named(text: Any, choices: Sequence[str]) -> str | None:
+    """The letter of the one option whose text the text names ("the answer is blue"), or None.
+
+    Options contained in a longer named option are dropped ("red" inside
+    "dark red"); two named options give None.
+    """
+    normalized = [normalize_text(c) for c in choices]
+    norm = normalize_text(text)
+    contained = [i for i, c in enumerate(normalized) if c and re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm)]
+    contained = [i for i in contained if not any(j != i and normalized[i] in normalized[j] for j in contained)]
+    return LETTERS[contained[0]] if len(contained) == 1 else None
 
 
 # ----------------------------------------------------------------------------
@@ -623,7 +628,8 @@ def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | 
     if letter is None:
         # where the official parser would draw a random letter: the final line read as a letter or an option's
         # text ("g", "It is Mature teratoma", "$2,822"), else the last line that is a lone letter ("B\nThat is my pick")
-        letter = extract_letter(final, choices=options)
+        # (an option's text first: "It is Rate = $k[A]$" names option B, not a letter A in brackets)
+        letter = option_named(final, options) or extract_letter(final, choices=options)
     if letter is None:
         for line in reversed(answer_part.splitlines()):
             m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", line.strip(_LETTER_DECORATION))
