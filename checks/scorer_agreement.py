@@ -1,6 +1,6 @@
 """How often do the project's scorers agree with the ported official rules?
 
-    python checks/scorer_agreement.py [--corpus tests/data/scorer_corpus] [--all]
+    python checks/scorer_agreement.py [--corpus tests/data/scorer_corpus] [--all] [--benchmark NAME ...]
 
 For each benchmark (MathVista, MMMU-Pro, HallusionBench) the response corpus
 (``tests/data/scorer_corpus/{benchmark}.jsonl``) is scored twice:
@@ -355,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--all", action="store_true", help="list every decided case, not only disagreements")
+    parser.add_argument("--benchmark", action="append", choices=BENCHMARKS,
+                        help="check only this benchmark (repeatable; default: all three)")
     args = parser.parse_args(argv)
     status = 0
-    for benchmark in BENCHMARKS:
+    for benchmark in args.benchmark or BENCHMARKS:
         records = load_corpus(benchmark, args.corpus)
         report = compare(benchmark, records)
         print_report(report, records, args.all)

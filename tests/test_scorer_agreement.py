@@ -203,7 +203,8 @@ def test_ported_mathvista_normalisation_gives_the_published_predictions(check):
         assert O.mathvista_safe_equal(ours, item["answer"]) == rec["true_false"], r["id"]
 
 
-def test_check_script_prints_the_agreement_and_exits_0(check, capsys):
+def test_check_script_prints_the_agreement_and_exits_0(check, reports, capsys, monkeypatch):
+    monkeypatch.setattr(check, "compare", lambda benchmark, records: reports[benchmark])  # computed once, above
     assert check.main([]) == 0
     out = capsys.readouterr().out
     for benchmark in BENCHMARKS:
@@ -211,14 +212,24 @@ def test_check_script_prints_the_agreement_and_exits_0(check, capsys):
     assert out.count("  agreement: ") == 3 and "all benchmarks at or above the target" in out
 
 
+def test_check_script_fails_when_one_family_is_below_the_target(check, tmp_path, capsys):
+    """Two disagreements in a family of 82 decided cases (97.6 %) fail the check though the benchmark stays above."""
+    lines = check.load_corpus("hallusionbench")
+    punct = [x for x in lines if x.get("family") == "punctuation"][:2]
+    lines += [{**x, "id": f"hallusionbench-y{n}", "response": "There is no way to tell.", "thinking_open": False}
+              for n, x in enumerate(punct)]
+    (tmp_path / "hallusionbench.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert check.main(["--corpus", str(tmp_path), "--benchmark", "hallusionbench"]) == 1
+    out = capsys.readouterr().out
+    assert "families below the target: punctuation" in out and "agreement: 611/618" in out
+
+
 def test_check_script_fails_below_the_target(check, tmp_path, capsys):
     """Enough disagreements (here: abstentions VLMEvalKit reads as "no") make the check fail with status 1."""
-    for benchmark in BENCHMARKS:
-        lines = check.load_corpus(benchmark)
-        if benchmark == "hallusionbench":
-            lines += [{**lines[0], "id": f"hallusionbench-x{n}", "response": "There is no way to tell.",
-                       "thinking_open": False} for n in range(20)]
-        (tmp_path / f"{benchmark}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert check.main(["--corpus", str(tmp_path)]) == 1
+    lines = check.load_corpus("hallusionbench")
+    lines += [{**lines[0], "id": f"hallusionbench-x{n}", "response": "There is no way to tell.",
+               "thinking_open": False} for n in range(20)]
+    (tmp_path / "hallusionbench.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert check.main(["--corpus", str(tmp_path), "--benchmark", "hallusionbench"]) == 1
     out = capsys.readouterr().out
     assert "hallusionbench-x19" in out and "below the target" in out

@@ -411,17 +411,15 @@ def number_in_words(text: Any, ordinals: bool = False) -> float | None:
     if text is None:
         return None
     s = str(text)
-    t = re.findall(r"[a-z]+", s.lower())
-    for i in range(len(t)):
-        value = _words_number_at(t, i, False)
-        if value is not None:
-            return value
     if ordinals:
         m = _DIGIT_ORDINAL_RE.search(s)
         if m:
             return float(m.group(1))
-        for i in range(len(t)):
-            value = _words_number_at(t, i, True)
+    t = re.findall(r"[a-z]+", s.lower())
+    for i in range(len(t)):
+        # an ordinal first where asked: "twenty-first" is 21, not the cardinal "twenty" before it
+        for ordinal in ((True, False) if ordinals else (False,)):
+            value = _words_number_at(t, i, ordinal)
             if value is not None:
                 return value
     return None
