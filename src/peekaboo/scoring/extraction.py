@@ -243,7 +243,8 @@ def option_named(text: Any, choices: Sequence[str]) -> str | None:
 
 
 def extract_yes_no(text: Any) -> str | None:
-    """``"yes"``, ``"no"`` or None: the first word when it is one (or true/false), else the only one of the two named."""
+    """``"yes"``, ``"no"`` or None: the first word when it is one (or true/false, yep/yeah/yup, nope/nah), else
+    the only one of the two named."""
     if text is None:
         return None
     words = re.findall(r"[a-z]+", str(text).lower())
@@ -263,7 +264,8 @@ def extract_yes_no(text: Any) -> str | None:
 def read_yes_no(answer_part: Any) -> tuple[str | None, bool]:
     """(``"yes"``, ``"no"`` or None, whether the model abstained) from a response's answer part.
 
-    The final answer's first word when it is yes or no (true or false) and
+    The final answer's first word when it is yes or no (true or false, yep, yeah,
+    yup, nope, nah) and
     the model commits to it ("No, I cannot tell" says no; "No way to tell"
     abstains) and does not name the other ("Yes and no": none); else an abstention when the final answer is one; else the only
     one of "yes" and "no" named in the stated answer, or, with no stated

@@ -4,12 +4,17 @@ MathVista's evaluator lets GPT-4 extract the answer (after a few
 rule-based quick paths) and then normalises it (``calculate_score.py``). Here
 only what the model finally says is read (``peekaboo.thinking.split_thinking``:
 a chain that ended inside its thinking is unparsed and ``truncated``). On that
-answer part the official quick paths run first (``official.mathvista_quick_extract``:
-a bare choice text, a bare integer or float), then a rule stands in for GPT:
-the last stated answer (``extraction.final_answer``: GLM's answer box,
-``\\boxed{}``, "Answer:", "the answer is", ...), read as a choice text or an
-option letter, the first number after a marker (else the last number of the
-last line), or the last ``[...]`` list. Then the official normalisation
+answer part the official quick paths run first (``official.mathvista_quick_extract``
+with the scripts' ``--quick_extract``: a bare choice text, a bare integer or
+float, or ``The answer is "X".``, its first match taken as the official regex
+takes it), then a rule stands in for GPT: the last stated answer
+(``extraction.final_answer``: GLM's answer box, ``\\boxed{}``, "Answer:", "the
+answer is", their Chinese, Japanese and European forms, ...), read as a
+choice text or an option letter (quoted, bold, bracketed, after "option"),
+the number the stated answer gives rather than its working
+(``extraction.stated_number``: "Answer: from 1003 subtract 3 to get 1000" is
+1000; number words; ordinals where the question asks for a count), else the
+last number of the last line, or the last ``[...]`` list. Then the official normalisation
 (``official.mathvista_normalize_extracted_answer``: a letter becomes its
 choice, other text the nearest choice by edit distance; integers
 ``str(int(float(x)))``; floats rounded to the problem's precision; lists as

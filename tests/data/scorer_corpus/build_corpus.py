@@ -28,6 +28,12 @@ Three sources, all deterministic:
   and a model that does not think; finals as letters, option text, numbers
   with units and precision, LaTeX, lists, yes/no phrasings, several stated
   answers, abstentions, empty and garbage; and chains cut off mid-thought.
+- ``families``: 120 responses per template family (``FAMILY_NAMES``), each
+  built to run one branch of an official parser or one form thinking models
+  write (quoted answers, letters in quotes or bold, an answer followed by its
+  working, number words, long LaTeX, ``\\boxed{}`` in the thinking, several
+  candidates, units, other languages, ...), with the answer it states
+  (``intended``).
 - ``hand``: ``hand_cases.jsonl``, written by hand (hard cases).
 
 The command is deterministic: running it again rewrites the same files
