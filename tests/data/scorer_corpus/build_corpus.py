@@ -453,6 +453,7 @@ def mathvista_families(items: list[dict]) -> list[dict[str, Any]]:
     mc = [i for i in items if i["question_type"] == "multi_choice"]
     num = [i for i in items if i["answer_type"] in ("integer", "float")]
     ints = [i for i in items if i["answer_type"] == "integer"]
+    lists = [i for i in items if i["answer_type"] == "list"]
     floats = [i for i in items if i["answer_type"] == "float"]
     out: list[dict[str, Any]] = []
 
@@ -463,6 +464,14 @@ def mathvista_families(items: list[dict]) -> list[dict[str, Any]]:
             out.append(_line("mathvista", name, n, kind, _family_wrap(n, rng, final, hints, styles), item, intended))
 
     def quoted(n, rng):
+        if n % 12 == 5:  # a list: only the quoted path decides one, and the normalisation's list branch reads it
+            item = lists[n % len(lists)]
+            value = ast.literal_eval(item["answer"]) if rng.random() < 0.6 else [1, 2]
+            forms = {"list": (f'The answer is "{value}".', str(value)),
+                     "list_compact": (f'The answer is "{",".join(map(str, value))}".', ",".join(map(str, value)))}
+            kind = rng.choice(sorted(forms))
+            final, intended = forms[kind]
+            return kind, item, final, intended, []
         if n % 3 == 2:
             item = num[n % len(num)]
             v, w = _mv_number(item, rng), _mv_number(item, rng, right=False)
