@@ -327,3 +327,12 @@ def test_extract_letter_reads_quoted_and_bold_letters(text, expected):
 )
 def test_final_answer_markers_in_other_languages(text, expected):
     assert extraction.final_answer(text) == (expected, True)
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [("There are 2 blocks that have exactly 36 houses.", 2.0), ("So 3 + 4 = 7", 7.0), ("It has 4 legs.", 4.0),
+     ("The length is 9 cm^2.", 9.0), ("There are twelve of them.", 12.0), ("No number here.", None)],
+)
+def test_last_line_number_reads_the_result(line, expected):
+    assert extraction.last_line_number(line) == expected

@@ -515,10 +515,15 @@ def stated_number(statement: Any, ordinals: bool = False) -> float | None:
 
 
 def last_line_number(line: Any, ordinals: bool = False) -> float | None:
-    """The number an unstated last line gives: its last number, else one in words."""
+    """The number an unstated last line gives: the first after its last "=" or result word that a number
+    follows ("There are 2 blocks that have exactly 36 houses" -> 2, "so 3 + 4 = 7" -> 7), else its last
+    number, else one in words."""
     if line is None:
         return None
     text = _plain_digits(line)
+    value = _result_number(text)
+    if value is not None:
+        return value
     value = parse_number(text, which="last")
     if value is not None:
         return value

@@ -14,7 +14,7 @@ choice text or an option letter (quoted, bold, bracketed, after "option"),
 the number the stated answer gives rather than its working
 (``extraction.stated_number``: "Answer: from 1003 subtract 3 to get 1000" is
 1000; number words; ordinals where the question asks for a count), else the
-last number of the last line, or the last ``[...]`` list. Then the official normalisation
+result of the last line (``extraction.last_line_number``), or the last ``[...]`` list. Then the official normalisation
 (``official.mathvista_normalize_extracted_answer``: a letter becomes its
 choice, other text the nearest choice by edit distance; integers
 ``str(int(float(x)))``; floats rounded to the problem's precision; lists as
