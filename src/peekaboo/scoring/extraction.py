@@ -506,12 +506,9 @@ def stated_number(statement: Any, ordinals: bool = False) -> float | None:
             return _number_value(first)
         result = _result_number(part)
         return result if result is not None else _number_value(first)
-    if ordinals:
-        m = _DIGIT_ORDINAL_RE.search(text)
-        if m:
-            return float(m.group(1))
-    return number_in_words(head, ordinals) if number_in_words(head, ordinals) is not None else \
-        number_in_words(text, ordinals)
+    # no digits (a digit ordinal, "3rd", was read as its number above)
+    value = number_in_words(head, ordinals)
+    return value if value is not None else number_in_words(text, ordinals)
 
 
 def last_line_number(line: Any, ordinals: bool = False) -> float | None:
