@@ -630,14 +630,21 @@ def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | 
     if letter is None:
         # where the official parser would draw a random letter: the final line read as a letter or an option's
         # text ("g", "It is Mature teratoma", "$2,822"), else the last line that is a lone letter ("B\nThat is my pick")
-        # (an option's text first: "It is Rate = $k[A]$" names option B, not a letter A in brackets)
-        letter = option_named(final, options) or extract_letter(final, choices=options)
+        # (a lone letter first, as extract_letter reads one; then an option's text: "It is Rate = $k[A]$" names
+        # option B, not a letter A in brackets)
+        letter = _lone_letter(final, options) or option_named(final, options) or extract_letter(final, choices=options)
     if letter is None:
         for line in reversed(answer_part.splitlines()):
-            m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", line.strip(_LETTER_DECORATION))
-            if m and m.group(1).upper() in LETTERS[: len(options)]:
-                return m.group(1).upper(), False
+            letter = _lone_letter(line, options)
+            if letter is not None:
+                break
     return letter, False
+
+
+def _lone_letter(line: str, options: Sequence[str]) -> str | None:
+    """The option letter a line consists of ("e", "(B)", "**C.**"), or None."""
+    m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", line.strip(_LETTER_DECORATION))
+    return m.group(1).upper() if m and m.group(1).upper() in LETTERS[: len(options)] else None
 
 
 def unparsed_fallback(all_choices: Sequence[str]) -> None:
