@@ -1,6 +1,6 @@
 """How often do the project's scorers agree with the ported official rules?
 
-    python checks/scorer_agreement.py [--corpus tests/data/scorer_corpus] [--all]
+    python checks/scorer_agreement.py [--corpus tests/data/scorer_corpus] [--all] [--benchmark NAME ...]
 
 For each benchmark (MathVista, MMMU-Pro, HallusionBench) the response corpus
 (``tests/data/scorer_corpus/{benchmark}.jsonl``) is scored twice:
@@ -35,7 +35,7 @@ publish (real responses with their recorded official parse); and, for
 MathVista's real responses, how often the project's rule matches the
 recorded GPT-4 extraction.
 
-Exit status 1 when a benchmark's agreement is below 98 %.
+Exit status 1 when a benchmark's agreement, or one family's, is below 99 %.
 """
 
 from __future__ import annotations
@@ -58,7 +58,13 @@ from peekaboo.thinking import split_thinking
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "scorer_corpus"
 BENCHMARKS = ("mathvista", "mmmu_pro", "hallusionbench")
-TARGET = 0.98
+TARGET = 0.99
+# families built of forms the official parser is known to read otherwise than the stated answer (the departure
+# "stated answer"): reported, each disagreement listed in docs/datasets.md, not held to the target
+DEPARTURE_FAMILIES = ("answer_departures",)
+# families held to the target one by one: the template families (the legacy generated mix and the hand cases,
+# written to be hard, count in the benchmark's overall agreement only)
+UNTARGETED = ("generated", "hand", *DEPARTURE_FAMILIES)
 
 
 def load_corpus(benchmark: str, folder: Path = CORPUS) -> list[dict[str, Any]]:
@@ -112,7 +118,8 @@ def item_rows(benchmark: str, records: list[dict[str, Any]]) -> tuple[Scorer, di
         for r in adapter.records():
             if not isinstance(r, RawItem):
                 raise ValueError(f"{benchmark}: the adapter rejects corpus item {r.item_id}: {r.reason}")
-            out[r.item_id] = {"item_id": r.item_id, "answer": r.answer, "answer_type": r.answer_type,
+            out[r.item_id] = {"item_id": r.item_id, "question": r.question, "answer": r.answer,
+                              "answer_type": r.answer_type,
                               "choices": r.choices, "meta": json.dumps(r.meta)}
     return get_scorer(benchmark), out
 
@@ -144,6 +151,8 @@ class Case:
     truncated: bool
     abstained: bool
     reason: str = ""
+    family: str = ""
+    intended: tuple | None = None  # a family case: the answer its response states (see ``intended_answer``)
 
     @property
     def agrees(self) -> bool:
@@ -183,7 +192,49 @@ class Report:
 
     @property
     def agreement(self) -> float:
-        return 1 - len(self.disagreements) / len(self.decided) if self.decided else float("nan")
+        """Agreement over the decided cases, the departure families left out."""
+        decided = [c for c in self.decided if c.family not in DEPARTURE_FAMILIES]
+        return sum(c.agrees for c in decided) / len(decided) if decided else float("nan")
+
+    def families(self) -> dict[str, dict[str, int]]:
+        """family -> responses, decided by the official rule, agreeing; and, for the undecided family cases,
+        how many the project reads as the answer the response states (``stated``, ``stated_same``)."""
+        out: dict[str, dict[str, int]] = {}
+        for c in self.cases:
+            f = out.setdefault(c.family, {"n": 0, "decided": 0, "agree": 0, "stated": 0, "stated_same": 0})
+            f["n"] += 1
+            f["decided"] += c.official is not None
+            f["agree"] += c.agrees
+            if c.official is None and c.intended is not None and not c.truncated:
+                f["stated"] += 1
+                f["stated_same"] += c.intended[0] == c.project[0]
+        return out
+
+    def family_agreement(self, family: str) -> float:
+        f = self.families()[family]
+        return f["agree"] / f["decided"] if f["decided"] else float("nan")
+
+
+def family_of(rec: dict[str, Any]) -> str:
+    """A corpus line's family: its ``family`` (the template families), else its source (real, generated, hand)."""
+    return rec.get("family") or str(rec.get("source", "")).split(":")[0]
+
+
+def intended_answer(benchmark: str, rec: dict[str, Any]) -> tuple | None:
+    """(answer, verdict) the official pipeline gives when its reader takes the answer a family case states
+    (MathVista: GPT's extraction is that answer, normalised officially); None for other lines."""
+    if "intended" not in rec:
+        return None
+    said, item = rec["intended"], rec["item"]
+    if benchmark == "mathvista":
+        if said is None:
+            return (None, False)
+        pred = O.mathvista_normalize_extracted_answer(said, item["choices"], item["question_type"], item["answer_type"],
+                                                      item["precision"], ignore_empty_extractions=True)
+        return (pred, O.mathvista_safe_equal(pred, item["answer"]))
+    if benchmark == "mmmu_pro":
+        return (said, said == item["answer"])
+    return (said, said is not None and said == ("yes" if str(item["gt_answer"]) == "1" else "no"))
 
 
 def compare(benchmark: str, records: list[dict[str, Any]]) -> Report:
@@ -198,7 +249,7 @@ def compare(benchmark: str, records: list[dict[str, Any]]) -> Report:
         # a chain that ended inside its thinking has no answer part: nothing for the official rule to read
         official = None if truncated else official_decision(benchmark, rec["item"], answer_part.strip())
         case = Case(rec["id"], rec.get("kind", ""), rec["response"], official, project, score.truncated,
-                    score.abstained)
+                    score.abstained, family=family_of(rec), intended=intended_answer(benchmark, rec))
         if case.official is not None and not case.agrees:
             case.reason = departure(benchmark, case, rec["item"])
         report.cases.append(case)
@@ -262,14 +313,25 @@ def _short(text: str, n: int = 110) -> str:
 
 def print_report(report: Report, records: list[dict[str, Any]], show_all: bool) -> None:
     n, d = len(report.cases), len(report.decided)
-    agree = d - len(report.disagreements)
+    counted = [c for c in report.decided if c.family not in DEPARTURE_FAMILIES]
+    agree = sum(c.agrees for c in counted)
     print(f"\n{report.benchmark}: {n} responses, the official rule decides {d} on their answer parts")
-    print(f"  agreement: {agree}/{d} = {100 * report.agreement:.1f} %  (target {100 * TARGET:.0f} %)")
+    print(f"  agreement: {agree}/{len(counted)} = {100 * report.agreement:.1f} %  (target {100 * TARGET:.0f} %"
+          + (f"; the departure families {', '.join(DEPARTURE_FAMILIES)} not counted)" if len(counted) < d else ")"))
     reasons: dict[str, int] = {}
     for c in report.disagreements:
         reasons[c.reason.split(":")[0]] = reasons.get(c.reason.split(":")[0], 0) + 1
     if reasons:
         print("  disagreements by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    print("  by family (responses; the official rule decides, agree; where it does not, the project reads the "
+          "stated answer):")
+    for name, f in report.families().items():
+        line = f"    {name}: {f['n']}; decided {f['decided']}, agree {f['agree']}"
+        if f["decided"]:
+            line += f" ({100 * f['agree'] / f['decided']:.1f} %)"
+        if f["stated"]:
+            line += f"; stated answer read {f['stated_same']}/{f['stated']} ({100 * f['stated_same'] / f['stated']:.1f} %)"
+        print(line)
     for view, label in (("vlmeval", "VLMEvalKit's split as it is (cut-off chains read whole)"),
                         ("raw", "the raw response (no thinking split)")):
         dec, agr, trunc = report.views.get(view, [0, 0, 0])
@@ -293,14 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--all", action="store_true", help="list every decided case, not only disagreements")
+    parser.add_argument("--benchmark", action="append", choices=BENCHMARKS,
+                        help="check only this benchmark (repeatable; default: all three)")
     args = parser.parse_args(argv)
     status = 0
-    for benchmark in BENCHMARKS:
+    for benchmark in args.benchmark or BENCHMARKS:
         records = load_corpus(benchmark, args.corpus)
         report = compare(benchmark, records)
         print_report(report, records, args.all)
-        if not report.agreement >= TARGET:
+        low = [name for name in report.families() if name not in UNTARGETED and report.family_agreement(name) < TARGET]
+        if not report.agreement >= TARGET or low:
             status = 1
+            if low:
+                print(f"  families below the target: {', '.join(low)}")
     print("\nall benchmarks at or above the target" if status == 0 else "\nbelow the target: see above")
     return status
 

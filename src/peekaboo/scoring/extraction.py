@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
@@ -53,7 +54,12 @@ _GLM_BOX_RE = re.compile(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", re.DOTALL)
 _MARKER_RE = re.compile(
     r"(?:\b(?:(?:final|correct|right|best)\s+)?answer|\b(?:final|correct|right|best)\s+(?:option|choice))"
     r"\s*(?:\*\*|__)?\s*"
-    r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*(?:\*\*|__)?\s*[:：]?|[:：])",
+    r"(?:(?:is|would\s+be|should\s+be|will\s+be)\b\s*(?:\*\*|__)?\s*[:：]?|[:：])"
+    # the same in the other languages thinking models answer in: Chinese, Japanese, Spanish, French, German,
+    # Portuguese, Italian, Russian, Korean ("答案是 C", "Respuesta: 4", "la réponse est B", "Ответ: 5")
+    r"|(?:最终|最終)?(?:答案|答え|解答)\s*(?:\*\*|__)?\s*(?:是|为|為|は|[:：])\s*[:：]?"
+    r"|\b(?:respuesta|r[ée]ponse|antwort|resposta|risposta|ответ|정답)(?:\s+(?:final|finale|finale))?"
+    r"\s*(?:\*\*|__)?\s*(?:(?:es|est|ist|é|è)\b\s*[:：]?|[:：])",
     re.IGNORECASE,
 )
 _BOXED_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -62,9 +68,13 @@ _WRAPPER_RE = re.compile(r"</?answer>|<\|(?:begin|end)_of_box\|>", re.IGNORECASE
 _LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
 _DECORATION = " \t\r\n*_`"
 
+# around a letter that is the whole answer: spaces, markdown emphasis, quotes of any kind
+_QUOTES = "'\"“”‘’「」『』"
+_LETTER_DECORATION = " \t*_`" + _QUOTES
+
 # a response's yes or no (its first word); "y"/"n" alone are too easily something else ("N/A")
-_YES_WORDS = {"yes", "true"}
-_NO_WORDS = {"no", "false"}
+_YES_WORDS = {"yes", "true", "yep", "yeah", "yup"}
+_NO_WORDS = {"no", "false", "nope", "nah"}
 
 
 # ----------------------------------------------------------------------------
@@ -171,8 +181,10 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
     allowed = LETTERS[: n] if n else LETTERS
     if not s:
         return None
-    # the whole answer is one letter, possibly decorated: "B", "(b)", "B.", "**B**"
-    bare = s.strip(" \t*_`'\"")
+    # the whole answer is one letter, possibly decorated: "B", "(b)", "B.", "**B**", '"B".', "“B”"
+    bare = s.strip(_LETTER_DECORATION)
+    if bare[1:2] in _QUOTES:  # a quoted letter with punctuation after its closing quote: '"C".' -> 'C'
+        bare = bare.rstrip(".,;:!。，；：！").strip(_LETTER_DECORATION)
     m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", bare)
     if m and m.group(1).upper() in allowed:
         return m.group(1).upper()
@@ -188,8 +200,9 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
     # a letter in brackets, or after "option"/"choice"/"answer is"
     patterns = [
         r"[\(\[]([A-Z])[\)\]]",
-        r"(?i:\b(?:option|choice))\s*[\(\[]?([A-Za-z])\b",
-        r"(?i:\banswer is)\s*[\(\[]?([A-Z])\b",  # capital only: "answer is a red circle" names no letter
+        r"(?i:\b(?:option|choice))\s*[\(\[\"'“‘*]*([A-Za-z])\b",
+        r"(?i:\banswer is)\s*[\(\[\"'“‘*]*([A-Z])\b",  # capital only: "answer is a red circle" names no letter
+        r"(?:选项|选择|选)\s*[\(\[（\"“]?([A-Za-z])\b",  # Chinese "option C", "choose C"
     ]
     for pattern in patterns:
         for m in re.finditer(pattern, s):
@@ -201,17 +214,9 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
     if m and m.group(1) in allowed and not any(c.split(" ")[0] == m.group(1).lower() for c in normalized if c):
         return m.group(1)
     if choices:
-        norm = normalize_text(s)
-        # the response names exactly one option's text ("the answer is blue")
-        contained = [
-            i for i, c in enumerate(normalized) if c and re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm)
-        ]
-        # drop options contained in a longer named option ("red" inside "dark red")
-        contained = [
-            i for i in contained if not any(j != i and normalized[i] in normalized[j] for j in contained)
-        ]
-        if len(contained) == 1:
-            return LETTERS[contained[0]]
+        named = option_named(s, choices)
+        if named is not None:
+            return named
     # last resort: one capital letter that ends a clause ("I pick C."); "A red circle" is no letter
     trailing = {m.group(1) for m in re.finditer(r"(?<![\w'])([A-Z])(?=\s*(?:$|[.,;!?)]))", s)}
     trailing &= set(allowed)
@@ -220,12 +225,26 @@ def extract_letter(text: Any, choices: Sequence[str] | None = None, n_choices: i
     return None
 
 
+def option_named(text: Any, choices: Sequence[str]) -> str | None:
+    """The letter of the one option whose text the text names ("the answer is blue"), or None.
+
+    Options contained in a longer named option are dropped ("red" inside
+    "dark red"); two named options give None.
+    """
+    normalized = [normalize_text(c) for c in choices]
+    norm = normalize_text(text)
+    contained = [i for i, c in enumerate(normalized) if c and re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm)]
+    contained = [i for i in contained if not any(j != i and normalized[i] in normalized[j] for j in contained)]
+    return LETTERS[contained[0]] if len(contained) == 1 else None
+
+
 # ----------------------------------------------------------------------------
 # yes / no
 
 
 def extract_yes_no(text: Any) -> str | None:
-    """``"yes"``, ``"no"`` or None: the first word when it is one (or true/false), else the only one of the two named."""
+    """``"yes"``, ``"no"`` or None: the first word when it is one (or true/false, yep/yeah/yup, nope/nah), else
+    the only one of the two named."""
     if text is None:
         return None
     words = re.findall(r"[a-z]+", str(text).lower())
@@ -245,7 +264,8 @@ def extract_yes_no(text: Any) -> str | None:
 def read_yes_no(answer_part: Any) -> tuple[str | None, bool]:
     """(``"yes"``, ``"no"`` or None, whether the model abstained) from a response's answer part.
 
-    The final answer's first word when it is yes or no (true or false) and
+    The final answer's first word when it is yes or no (true or false, yep, yeah,
+    yup, nope, nah) and
     the model commits to it ("No, I cannot tell" says no; "No way to tell"
     abstains) and does not name the other ("Yes and no": none); else an abstention when the final answer is one; else the only
     one of "yes" and "no" named in the stated answer, or, with no stated
@@ -296,6 +316,220 @@ def numbers_match(predicted: float, gold: float, answer_type: str = "float", gol
     return math.isclose(predicted, gold, rel_tol=1e-6, abs_tol=1e-9)
 
 
+# A number in a stated answer: NUMBER_RE's forms, but a unit may follow without a space ("12cm", "3.5kg");
+# letters before it still make it part of a name ("B2", "x1").
+_ANSWER_NUMBER_RE = re.compile(
+    r"(?<![A-Za-z0-9_.])"
+    r"(?P<num>[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+)"
+    r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?"
+    r"(?P<pct>\s*%)?"
+    r"(?![0-9_])"
+)
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
+_DIGIT_ORDINAL_RE = re.compile(r"(?<![A-Za-z0-9_.])(\d+)(?:st|nd|rd|th)\b", re.IGNORECASE)
+
+# Where a stated answer's own text ends and its working begins ("Answer: 12 because 3 x 4 = 12"): a
+# semicolon or sentence end followed by more text, a bracket, a dash or a word that introduces a reason (not a
+# comma: "adding 1 to 6 gives 7, so the value is 6" is one statement).
+_WORKING_START_RE = re.compile(
+    r";\s*|\.\s+(?=\S)|\s+\(|\s+(?:because|since|as|given that|due to)\b|\s+(?:[—–]|--)\s+", re.IGNORECASE
+)
+# words a number can be prefixed with and still be the leading number ("approximately 3.5", "$12")
+_NUMBER_PREFIX_RE = re.compile(
+    r"^[\s$€£¥≈~∼(\[{*_`'\"“”]*"
+    r"(?:(?:about|approximately|approx\.?|around|roughly|nearly|almost|exactly|only|just|some)\s+)?"
+    r"[\s$€£¥≈~∼]*",
+    re.IGNORECASE,
+)
+# an arithmetic operator after the leading number: the statement is an expression ("3 + 4 = 7")
+_OPERATOR_AFTER_RE = re.compile(
+    r"^\s*(?:[-+−×*/÷^·]|x\s|\\times|\\cdot|\\div|plus\b|minus\b|times\b|divided\b|multiplied\b"
+    r"|over\b|subtract|add\b)",
+    re.IGNORECASE,
+)
+_EQUALS_RE = re.compile(r"=|≈|\\approx|→|=>")
+# words that introduce a result ("from 1003 subtract 3 to get 1000", "the total is 12")
+_RESULT_WORD_RE = re.compile(
+    r"\b(?:to get|we get|get|gets|getting|gives?|giving|equals?|is|are|was|were|makes?|leaves?|leaving"
+    r"|results? in|resulting in|yields?|totals?|comes? to|so|therefore|thus|hence)\b",
+    re.IGNORECASE,
+)
+
+# number words (zero to twenty, the tens and their compounds, hundreds, "half"); ordinals only on request
+_UNIT_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_TENS_WORDS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_ORDINAL_UNIT_WORDS = {w: i for i, w in enumerate(
+    "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+    "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth".split())}
+_ORDINAL_TENS_WORDS = {w: 10 * i for i, w in enumerate(
+    "twentieth thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth".split(), 2)}
+
+
+def _below_hundred(t: list[str], j: int, ordinal: bool) -> tuple[int | None, int]:
+    """(a number below 100 written in words at token j, the next token), or (None, j)."""
+    units = _ORDINAL_UNIT_WORDS if ordinal else _UNIT_WORDS
+    if j < len(t) and t[j] in _TENS_WORDS:
+        if j + 1 < len(t) and 1 <= units.get(t[j + 1], 0) <= 9:
+            return _TENS_WORDS[t[j]] + units[t[j + 1]], j + 2
+        if not ordinal:
+            return _TENS_WORDS[t[j]], j + 1
+    if ordinal and j < len(t) and t[j] in _ORDINAL_TENS_WORDS:
+        return _ORDINAL_TENS_WORDS[t[j]], j + 1
+    if j < len(t) and t[j] in units:
+        return units[t[j]], j + 1
+    return None, j
+
+
+def _words_number_at(t: list[str], i: int, ordinal: bool) -> float | None:
+    """The number written in words starting at token i, or None."""
+    hundreds = None
+    if i + 1 < len(t) and t[i + 1] in ("hundred", "hundredth"):
+        if t[i] == "a" or t[i] == "one":
+            hundreds = 1
+        elif 1 <= _UNIT_WORDS.get(t[i], 0) <= 9:
+            hundreds = _UNIT_WORDS[t[i]]
+    if hundreds is not None:
+        if t[i + 1] == "hundredth":
+            return float(100 * hundreds) if ordinal else None
+        k = i + 2 + (i + 2 < len(t) and t[i + 2] == "and")
+        rest, _ = _below_hundred(t, k, ordinal)
+        if rest:
+            return float(100 * hundreds + rest)
+        return None if ordinal else float(100 * hundreds)
+    if not ordinal:
+        if t[i] == "half":
+            return 0.5
+        if t[i] in ("a", "one") and i + 1 < len(t) and t[i + 1] == "half":
+            return 0.5
+    value, _ = _below_hundred(t, i, ordinal)
+    return None if value is None else float(value)
+
+
+def number_in_words(text: Any, ordinals: bool = False) -> float | None:
+    """The first number written in words: "four" -> 4, "twenty-one" -> 21, "a hundred and five" -> 105,
+    "half" -> 0.5; with ``ordinals`` also "third" -> 3, "twenty-first" -> 21, "3rd" -> 3. None without one."""
+    if text is None:
+        return None
+    s = str(text)
+    if ordinals:
+        m = _DIGIT_ORDINAL_RE.search(s)
+        if m:
+            return float(m.group(1))
+    t = re.findall(r"[a-z]+", s.lower())
+    for i in range(len(t)):
+        # an ordinal first where asked: "twenty-first" is 21, not the cardinal "twenty" before it
+        for ordinal in ((True, False) if ordinals else (False,)):
+            value = _words_number_at(t, i, ordinal)
+            if value is not None:
+                return value
+    return None
+
+
+_COUNT_QUESTION_RE = re.compile(
+    r"\bhow many\b|\bnumber of\b|\bcount\b|\bposition\b|(?<!decimal )\bplace\b|\brank(?:ed|ing)?\b|\bwhich (?:row|column|one)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_a_count(question: Any) -> bool:
+    """Whether a question asks for a count or a position, where an ordinal answer ("the third") means a number."""
+    return bool(question) and bool(_COUNT_QUESTION_RE.search(str(question)))
+
+
+def _number_value(m: re.Match) -> float | None:
+    num = m.group("num").replace(",", "").replace("−", "-")
+    try:
+        value = float(num)
+        if m.group("den"):
+            den = float(m.group("den"))
+            if den == 0:
+                return None
+            value /= den
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _numbers(text: str) -> list[re.Match]:
+    return list(_ANSWER_NUMBER_RE.finditer(text))
+
+
+def _result_number(text: str) -> float | None:
+    """The number a piece of working arrives at: the first after its last "=" or result word that a number follows."""
+    numbers = _numbers(text)
+    links = sorted([*_EQUALS_RE.finditer(text), *_RESULT_WORD_RE.finditer(text)], key=lambda m: m.end())
+    for m in reversed(links):
+        after = [n for n in numbers if n.start() >= m.end()]
+        if after:
+            return _number_value(after[0])
+    return None
+
+
+def _plain_digits(text: Any) -> str:
+    """Full-width digits and signs as ASCII (NFKC), a unit's exponent dropped ("cm^2", "m^{3}"), LaTeX fractions
+    as a/b: what the number readers read."""
+    s = unicodedata.normalize("NFKC", str(text))
+    s = re.sub(r"(?<=[A-Za-z])\^\{?\d+\}?", "", s)
+    return _LATEX_FRAC_RE.sub(r"\1/\2", s)
+
+
+def stated_number(statement: Any, ordinals: bool = False) -> float | None:
+    """The number a stated answer gives ("Answer: ..."'s text), read as the answer it states, not its working.
+
+    The statement's own text ends where working begins (a semicolon or
+    sentence end followed by more, "because", "since", a bracket, a dash:
+    ``12 because 3 x 4 = 12`` -> 12). In it: a leading number that no
+    operator follows (``12 apples``, ``12, because ...``, ``approximately
+    3.5``); else the first number after the last "=" or result word ("to
+    get", "gives", "is", "equals", "so", ...) that a number follows (``3 x 4
+    = 12`` -> 12, ``from 1003 subtract 3 to get 1000`` -> 1000, ``adding 1
+    to 6 gives 7, so the value is 6`` -> 6); else its first number. Without any number there, the same on the
+    whole statement; without digits at all, a number written in words
+    (``number_in_words``; ordinals only with ``ordinals``). Fooled by a
+    result word before a second number ("the larger is 7 and the smaller is
+    5" -> 5) and by working without a result ("from 1003 subtract 3" -> 1003).
+    """
+    if statement is None:
+        return None
+    text = _plain_digits(statement)
+    cut = _WORKING_START_RE.search(text)
+    head = text[: cut.start()] if cut else text
+    for part in (head, text):
+        numbers = _numbers(part)
+        if not numbers:
+            continue
+        lead = _NUMBER_PREFIX_RE.match(part)
+        first = numbers[0]
+        if lead and first.start() == lead.end() and not _OPERATOR_AFTER_RE.match(part[first.end():]):
+            return _number_value(first)
+        result = _result_number(part)
+        return result if result is not None else _number_value(first)
+    # no digits (a digit ordinal, "3rd", was read as its number above)
+    value = number_in_words(head, ordinals)
+    return value if value is not None else number_in_words(text, ordinals)
+
+
+def last_line_number(line: Any, ordinals: bool = False) -> float | None:
+    """The number an unstated last line gives: the first after its last "=" or result word that a number
+    follows ("There are 2 blocks that have exactly 36 houses" -> 2, "so 3 + 4 = 7" -> 7), else its last
+    number, else one in words."""
+    if line is None:
+        return None
+    text = _plain_digits(line)
+    value = _result_number(text)
+    if value is not None:
+        return value
+    value = parse_number(text, which="last")
+    if value is not None:
+        return value
+    numbers = _numbers(text)
+    if numbers:
+        return _number_value(numbers[-1])
+    return number_in_words(line, ordinals)
+
+
 # ----------------------------------------------------------------------------
 # by answer type
 
@@ -305,8 +539,9 @@ def _extract(final: str, stated: bool, answer_type: str, choices: Sequence[str] 
     if answer_type == "multi_choice":
         return extract_letter(final, choices=choices)
     if answer_type in ("integer", "float"):
-        # "Answer: 12 apples" starts with the number; a last line of working ends with it
-        value = parse_number(final, which="first" if stated else "last")
+        # a stated answer's own number, not its working ("Answer: 12, because ..."); a last line of working
+        # ends with it
+        value = stated_number(final) if stated else last_line_number(final)
         if value is None:
             return None
         # an integer question answered with 3.5 stays 3.5 (and is wrong), never rounded to 4
@@ -377,7 +612,9 @@ def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | 
     an option (its letter or its text); else an abstention when the final
     answer is one and names no option; else MMMU's official
     ``parse_multi_choice_response`` over the whole answer part, without its
-    random fallback (None: unparsed).
+    random fallback: where it would draw, the final line read as a letter or
+    an option's text, else the last line that is a lone letter, else None
+    (unparsed).
     """
     final, stated = final_answer(answer_part)
     if stated:
@@ -389,7 +626,25 @@ def read_option_letter(answer_part: str, options: Sequence[str]) -> tuple[str | 
     if not answer_part.strip():
         return None, False
     index2ans, all_choices = mmmu_get_multi_choice_info(options)
-    return mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback), False
+    letter = mmmu_parse_multi_choice_response(answer_part, all_choices, index2ans, fallback=unparsed_fallback)
+    if letter is None:
+        # where the official parser would draw a random letter: the final line read as a letter or an option's
+        # text ("g", "It is Mature teratoma", "$2,822"), else the last line that is a lone letter ("B\nThat is my pick")
+        # (a lone letter first, as extract_letter reads one; then an option's text: "It is Rate = $k[A]$" names
+        # option B, not a letter A in brackets)
+        letter = _lone_letter(final, options) or option_named(final, options) or extract_letter(final, choices=options)
+    if letter is None:
+        for line in reversed(answer_part.splitlines()):
+            letter = _lone_letter(line, options)
+            if letter is not None:
+                break
+    return letter, False
+
+
+def _lone_letter(line: str, options: Sequence[str]) -> str | None:
+    """The option letter a line consists of ("e", "(B)", "**C.**"), or None."""
+    m = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?[.:]?", line.strip(_LETTER_DECORATION))
+    return m.group(1).upper() if m and m.group(1).upper() in LETTERS[: len(options)] else None
 
 
 def unparsed_fallback(all_choices: Sequence[str]) -> None:

@@ -4,12 +4,17 @@ MathVista's evaluator lets GPT-4 extract the answer (after a few
 rule-based quick paths) and then normalises it (``calculate_score.py``). Here
 only what the model finally says is read (``peekaboo.thinking.split_thinking``:
 a chain that ended inside its thinking is unparsed and ``truncated``). On that
-answer part the official quick paths run first (``official.mathvista_quick_extract``:
-a bare choice text, a bare integer or float), then a rule stands in for GPT:
-the last stated answer (``extraction.final_answer``: GLM's answer box,
-``\\boxed{}``, "Answer:", "the answer is", ...), read as a choice text or an
-option letter, the first number after a marker (else the last number of the
-last line), or the last ``[...]`` list. Then the official normalisation
+answer part the official quick paths run first (``official.mathvista_quick_extract``
+with the scripts' ``--quick_extract``: a bare choice text, a bare integer or
+float, or ``The answer is "X".``, its first match taken as the official regex
+takes it), then a rule stands in for GPT: the last stated answer
+(``extraction.final_answer``: GLM's answer box, ``\\boxed{}``, "Answer:", "the
+answer is", their Chinese, Japanese and European forms, ...), read as a
+choice text or an option letter (quoted, bold, bracketed, after "option"),
+the number the stated answer gives rather than its working
+(``extraction.stated_number``: "Answer: from 1003 subtract 3 to get 1000" is
+1000; number words; ordinals where the question asks for a count), else the
+result of the last line (``extraction.last_line_number``), or the last ``[...]`` list. Then the official normalisation
 (``official.mathvista_normalize_extracted_answer``: a letter becomes its
 choice, other text the nearest choice by edit distance; integers
 ``str(int(float(x)))``; floats rounded to the problem's precision; lists as
@@ -26,13 +31,15 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ..answers import format_number, parse_number
+from ..answers import format_number
 from ..cells import parse_meta
 from ..datasets._common import text_list
 from ..datasets.mathvista import list_text
 from ..scores import Score
 from ..thinking import split_thinking
-from .extraction import extract_letter, final_answer, is_abstention
+from .extraction import (
+    asks_for_a_count, extract_letter, final_answer, is_abstention, last_line_number, stated_number,
+)
 from .official import mathvista_get_most_similar, mathvista_normalize_extracted_answer, mathvista_quick_extract
 
 
@@ -63,7 +70,7 @@ def _listed_numbers(text: str) -> str | None:
 
 
 def extract_answer(
-    answer_part: str, choices: list[str] | None, question_type: str, answer_type: str
+    answer_part: str, choices: list[str] | None, question_type: str, answer_type: str, question: str | None = None
 ) -> tuple[str | None, bool]:
     """(what ``normalize_extraction`` receives, whether the model abstained) from a response's answer part.
 
@@ -74,7 +81,9 @@ def extract_answer(
     if not text:
         return None, False
     problem = {"question_type": question_type, "answer_type": answer_type, "choices": choices}
-    quick = mathvista_quick_extract(text, problem, quick_extract=False)
+    # the official quick paths, 'The answer is "X".' included (the scripts' --quick_extract), exactly as
+    # extract_answer runs them: its first match on the answer part wins, whatever follows
+    quick = mathvista_quick_extract(text, problem, quick_extract=True)
     if quick is not None:
         return quick, False
     final, stated = final_answer(text)
@@ -92,7 +101,9 @@ def extract_answer(
         # extraction would; an unstated last line is too loose to map
         return (final if stated else None), False
     if answer_type in ("integer", "float"):
-        value = parse_number(final, which="first" if stated else "last")
+        # the number the stated answer gives, not its working; number words; ordinals where a count is asked
+        ordinals = answer_type == "integer" and asks_for_a_count(question)
+        value = stated_number(final, ordinals) if stated else last_line_number(final, ordinals)
         if value is None:
             return None, is_abstention(final)
         return format_number(value), False
@@ -110,7 +121,7 @@ def score(item: Mapping[str, Any], response: str, *, thinking_open: bool = False
     answer_part, truncated = split_thinking(response, thinking_open)
     if truncated:
         return Score(answer_text=None, correct=False, truncated=True)
-    extraction, abstained = extract_answer(answer_part, choices, question_type, answer_type)
+    extraction, abstained = extract_answer(answer_part, choices, question_type, answer_type, item.get("question"))
     if extraction is None:
         return Score(answer_text=None, correct=False, abstained=abstained)
     prediction = normalize_extraction(extraction, choices, question_type, answer_type, meta.get("precision"))

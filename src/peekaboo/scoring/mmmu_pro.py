@@ -9,9 +9,10 @@ else the official ``parse_multi_choice_response`` (``official``) over the
 answer part: a single option letter after the last ``Answer:``, then ``(A)``,
 ``A `` and ``A.`` patterns, then (for more than five words) the option text,
 the last-mentioned candidate winning. Where the official parser falls back to
-a random letter, the response is unparsed here: ``answer_text`` None, counted
-wrong (and counted: the number of unparsed responses is in
-``summary_metrics``).
+a random letter, the final line is read as an option's text or letter, else
+the last line that is a lone letter; failing those the response is unparsed:
+``answer_text`` None, counted wrong (and counted: the number of unparsed
+responses is in ``summary_metrics``).
 """
 
 from __future__ import annotations

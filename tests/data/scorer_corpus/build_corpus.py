@@ -28,6 +28,12 @@ Three sources, all deterministic:
   and a model that does not think; finals as letters, option text, numbers
   with units and precision, LaTeX, lists, yes/no phrasings, several stated
   answers, abstentions, empty and garbage; and chains cut off mid-thought.
+- ``families``: 120 responses per template family (``FAMILY_NAMES``), each
+  built to run one branch of an official parser or one form thinking models
+  write (quoted answers, letters in quotes or bold, an answer followed by its
+  working, number words, long LaTeX, ``\\boxed{}`` in the thinking, several
+  candidates, units, other languages, ...), with the answer it states
+  (``intended``).
 - ``hand``: ``hand_cases.jsonl``, written by hand (hard cases).
 
 The command is deterministic: running it again rewrites the same files
@@ -381,6 +387,373 @@ def mathvista_bare(item: dict, rng: random.Random) -> tuple[str, str]:
     return "bare_number", rng.choice(forms)
 
 
+# ============================================================================
+# families: responses built from templates over the items, by what the official parsers branch on and what
+# thinking models write; each case carries what the response states (``intended``: the extraction a reader,
+# GPT's extraction included, takes from it), and the check labels it with the ported official rule
+
+
+N_FAMILY = 120  # cases per family
+FAMILY_STYLES = ("plain", "qwen3", "glm")
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ORD = ("zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+        "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth").split()
+
+
+def _words(n: int, rng: random.Random) -> str:
+    """0..999 in words, in the forms people write ("twenty-one", "a hundred and five", "two hundred")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + (("-" if rng.random() < 0.7 else " ") + _ONES[n % 10] if n % 10 else "")
+    head = rng.choice(["a hundred", "one hundred"]) if n // 100 == 1 else f"{_ONES[n // 100]} hundred"
+    return head + (f" and {_words(n % 100, rng)}" if n % 100 else "")
+
+
+def _family_wrap(n: int, rng: random.Random, final: str, hints: list[str], styles=FAMILY_STYLES):
+    return wrap(styles[n % len(styles)], rng, final, hints)
+
+
+FAMILY_NAMES = {"mathvista": ("quoted", "letters", "working", "number_words", "latex", "boxed_in_thinking", "candidates",
+                               "units", "language", "bare_branches"),
+                "mmmu_pro": ("answer_line", "brackets", "plain_letters", "content", "no_candidate", "answer_departures"),
+                "hallusionbench": ("yes_no_words", "punctuation")}
+
+
+def _line(benchmark: str, family: str, n: int, kind: str, style_out, item: dict, intended) -> dict[str, Any]:
+    """A family's corpus line; its id is f<family number><case number> (mathvista-f2017: family 2, case 17)."""
+    response, thinking_open, template = style_out
+    style = "plain" if template is None else ("qwen3" if template == "qwen3_vl" else "glm")
+    return {"id": f"{benchmark}-f{FAMILY_NAMES[benchmark].index(family)}{n + 1:03d}", "benchmark": benchmark, "source": "generated",
+            "family": family, "kind": f"{style}/{kind}", "template": template, "thinking_open": thinking_open,
+            "item": item, "response": response, "intended": intended}
+
+
+def _mv_number(item: dict, rng: random.Random, right: bool | None = None) -> str:
+    decimals = int(item["precision"] or 0) if item["answer_type"] == "float" else 0
+    if right is None:
+        right = rng.random() < 0.6
+    value = float(item["answer"]) + (0 if right else rng.choice([-2, -1, 1, 3]) * 10 ** -decimals)
+    return f"{value:.{decimals}f}"
+
+
+def _mv_choice(item: dict, rng: random.Random) -> tuple[str, str, str, str]:
+    """(letter, text, another letter, its text) for a multiple-choice item, right six times in ten."""
+    choices = item["choices"]
+    gold = choices.index(item["answer"])
+    i = gold if rng.random() < 0.6 else rng.choice([k for k in range(len(choices)) if k != gold] or [gold])
+    o = (i + 1) % len(choices)
+    return chr(65 + i), choices[i], chr(65 + o), choices[o]
+
+
+def mathvista_families(items: list[dict]) -> list[dict[str, Any]]:
+    mc = [i for i in items if i["question_type"] == "multi_choice"]
+    num = [i for i in items if i["answer_type"] in ("integer", "float")]
+    ints = [i for i in items if i["answer_type"] == "integer"]
+    lists = [i for i in items if i["answer_type"] == "list"]
+    floats = [i for i in items if i["answer_type"] == "float"]
+    out: list[dict[str, Any]] = []
+
+    def family(name: str, make: Callable[[int, random.Random], tuple[str, dict, str, Any, list[str]]], styles=FAMILY_STYLES):
+        rng = random.Random(f"{SEED}-mathvista-{name}")
+        for n in range(N_FAMILY):
+            kind, item, final, intended, hints = make(n, rng)
+            out.append(_line("mathvista", name, n, kind, _family_wrap(n, rng, final, hints, styles), item, intended))
+
+    def quoted(n, rng):
+        if n % 12 == 5:  # a list: only the quoted path decides one, and the normalisation's list branch reads it
+            item = lists[n % len(lists)]
+            value = ast.literal_eval(item["answer"]) if rng.random() < 0.6 else [1, 2]
+            forms = {"list": (f'The answer is "{value}".', str(value)),
+                     "list_compact": (f'The answer is "{",".join(map(str, value))}".', ",".join(map(str, value)))}
+            kind = rng.choice(sorted(forms))
+            final, intended = forms[kind]
+            return kind, item, final, intended, []
+        if n % 3 == 2:
+            item = num[n % len(num)]
+            v, w = _mv_number(item, rng), _mv_number(item, rng, right=False)
+            forms = {"number": (f'The answer is "{v}".', v), "unit": (f'The answer is "{v} cm".', f"{v} cm"),
+                     "words": ('The answer is "four".', "4"), "then_working": (f'The answer is "{v}". It is {w} plus a bit.', v),
+                     "first_of_two": (f'The answer is "{w}".\nHmm, re-checking.\nThe answer is "{v}".', w),
+                     "no_period": (f'The answer is "{v}"', v), "lowercase": (f'the answer is "{v}".', v)}
+        else:
+            item = mc[n % len(mc)]
+            L, text, O, otext = _mv_choice(item, rng)
+            forms = {"letter": (f'The answer is "{L}".', L), "text": (f'The answer is "{text}".', text),
+                     "paren_letter_text": (f'The answer is "({L}) {text}".', L),
+                     "bold_letter": (f'The answer is "**{L}**".', L), "lower_letter": (f'The answer is "{L.lower()}".', L),
+                     "after_working": (f"Option {O} does not fit the figure.\nThe answer is \"{L}\".", L),
+                     "first_of_two": (f'The answer is "{O}".\nWait, that is wrong.\nThe answer is "{L}".', O),
+                     "two_on_a_line": (f'The answer is "{O}". No: The answer is "{L}".', L),
+                     "curly": (f"The answer is \u201c{L}\u201d.", L), "no_period": (f'The answer is "{L}"', L)}
+        kind = rng.choice(sorted(forms))
+        final, intended = forms[kind]
+        return kind, item, final, intended, ["Let me weigh the options."]
+
+    def letters(n, rng):
+        item = mc[n % len(mc)]
+        L, text, O, otext = _mv_choice(item, rng)
+        forms = {"answer_dquote": f'Answer: "{L}"', "answer_squote": f"Answer: '{L}'", "answer_curly": f"Answer: \u201c{L}\u201d",
+                 "answer_bold": f"Answer: **{L}**", "bold_marker": f'**Answer:** "{L}"', "answer_paren": f"Answer: ({L})",
+                 "answer_paren_lower": f"Answer: ({L.lower()})", "correct_option": f"The correct option is {L}.",
+                 "option_quoted": f'I pick option "{L}".', "option_bold": f"So it is option **{L}**.",
+                 "choose_option": f"I choose option {L}.", "boxed": f"\\boxed{{{L}}}", "letter_paren_text": f"Answer: {L}) {text}",
+                 "answer_quoted_period": f'Answer: "{L}".', "bare_choice_text": text, "chinese": f"答案：{L}",
+                 "quoted_after_working": f'Option {O} is too small.\nAnswer: "{L}"'}
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], (text if kind == "bare_choice_text" else L), [f"Maybe ({O})?"]
+
+    def working(n, rng):
+        item = num[n % len(num)]
+        v = _mv_number(item, rng)
+        decimals = int(item["precision"] or 0) if item["answer_type"] == "float" else 0
+        b = rng.choice([1, 2, 3, 5, 7, 12])
+        a = f"{float(v) + b:.{decimals}f}"
+        forms = {"because": f"Answer: {v}, because {a} - {b} = {v}", "subtract_to_get": f"Answer: from {a} subtract {b} to get {v}",
+                 "expression": f"Answer: {a} - {b} = {v}", "paren_working": f"Answer: {v} ({a} minus {b})",
+                 "add_to_get": f"Answer: add {b} to {v} and compare with {a}; the value is {v}" if False else f"Answer: adding {b} to {v} gives {a}, so the value is {v}",
+                 "semicolon": f"Answer: {v}; the bar at {a} is a different year", "since": f"Final answer: {v} since {a} - {b} = {v}",
+                 "sentence_after": f"Answer: {v}. The chart shows {a} and {b}.", "difference_is": f"Answer: the difference is {v}",
+                 "dash": f"Answer: {v} \u2014 that is {a} less {b}", "times": f"Answer: {b} × 1 = {b}, so {a} - {b} = {v}"}
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], v, [f"First guess {a}."]
+
+    def words(n, rng):
+        item = (ints + floats)[n % (len(ints) + len(floats))]
+        if item["answer_type"] == "float":
+            v = "0.5"
+            forms = {"half": "Answer: half", "a_half": "Answer: one half", "half_sentence": "Answer: half of it, 0.5"}
+            kind = rng.choice(sorted(forms))
+            return kind, item, forms[kind], v, []
+        gold = int(float(item["answer"]))
+        n_val = gold if 0 <= gold <= 999 and rng.random() < 0.6 else rng.randrange(0, 120)
+        w = _words(n_val, rng)
+        forms = {"answer_word": f"Answer: {w}", "answer_cap": f"Answer: {w.capitalize()}.", "sentence": f"There are {w} of them.",
+                 "boxed_text": f"\\boxed{{\\text{{{w}}}}}", "bold": f"**Answer: {w}**", "quoted": f'The answer is "{w}".',
+                 "final_is": f"The final answer is {w}."}
+        if re.search(r"\bhow many\b", item["question"], re.I) and n_val <= 20:
+            forms["ordinal"] = f"Answer: the {_ORD[n_val]}" if n_val else f"Answer: {w}"
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], (w if kind == "quoted" else str(n_val)), []
+
+    def latex(n, rng):
+        if n % 4 == 3:
+            item = mc[n % len(mc)]
+            L, text, O, otext = _mv_choice(item, rng)
+            final = (f"We compare the options.\n\\[\n\\angle A = 180^\\circ - 2\\times 35^\\circ\n\\]\n"
+                     f"Option {O} gives $\\frac{{1}}{{2}}$ of that, which is too small.\n\n**Final Answer**\n\\[\n\\boxed{{\\text{{{L}}}}}\n\\]")
+            return "choice_boxed_text", item, final, L, []
+        item = num[n % len(num)]
+        v = _mv_number(item, rng)
+        decimals = int(item["precision"] or 0) if item["answer_type"] == "float" else 0
+        b = rng.choice([2, 4, 5])
+        a = f"{float(v) * b:.{decimals + 1}f}"
+        work = (f"Let $x$ be the unknown. From the figure,\n\\begin{{align*}}\n{b}x &= {a} \\\\\n"
+                f"x &= \\frac{{{a}}}{{{b}}}\n\\end{{align*}}\n")
+        forms = {"boxed": f"{work}Therefore $x = \\boxed{{{v}}}$.", "display_boxed": f"{work}**Final Answer**\n\\[\n\\boxed{{{v}}}\n\\]",
+                 "dollar_answer": f"{work}Answer: ${v}$", "display_eq": f"{work}$$x = {v}$$",
+                 "answer_is_math": f"{work}So the answer is $x = {v}$."}
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], v, []
+
+    def boxed_thinking(n, rng):
+        item = num[n % len(num)]
+        v, w = _mv_number(item, rng), _mv_number(item, rng, right=False)
+        forms = {"bare": v, "answer": f"Answer: {v}", "boxed": f"\\boxed{{{v}}}", "sentence": f"So the value is {v}."}
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], v, [f"A first pass gives \\boxed{{{w}}}.", f"Hmm, \\boxed{{{w}}} is off by one."]
+
+    def candidates(n, rng):
+        if n % 3 == 2:
+            item = mc[n % len(mc)]
+            L, text, O, otext = _mv_choice(item, rng)
+            forms = {"two_answers": (f"Answer: {O}\nWait, re-reading the figure.\nAnswer: {L}", L),
+                     "could_be": (f"It could be ({O}) or ({L}). The answer is ({L}).", L),
+                     "boxed_twice": (f"\\boxed{{{O}}}\nNo, correcting that:\n\\boxed{{{L}}}", L)}
+        else:
+            item = num[n % len(num)]
+            v, w = _mv_number(item, rng), _mv_number(item, rng, right=False)
+            forms = {"two_answers": (f"Answer: {w}\nWait, I misread the axis.\nAnswer: {v}", v),
+                     "could_be": (f"It could be {w} or {v}; the answer is {v}.", v),
+                     "list_then_final": (f"Candidates: {w}, {v}.\nFinal answer: {v}", v),
+                     "boxed_twice": (f"\\boxed{{{w}}}\nNo, correcting that:\n\\boxed{{{v}}}", v),
+                     "quoted_twice": (f'The answer is "{w}".\nActually:\nThe answer is "{v}".', w),
+                     "bare_lines": (f"{w}\n{v}", v)}
+        kind = rng.choice(sorted(forms))
+        final, intended = forms[kind]
+        return kind, item, final, intended, []
+
+    def units(n, rng):
+        item = num[n % len(num)]
+        v = _mv_number(item, rng)
+        u = rng.choice(["cm", "m", "kg", "units", "m/s", "cm^2", "dollars"])
+        forms = {"space": f"Answer: {v} {u}", "glued": f"Answer: {v}{u.split('/')[0].split('^')[0]}", "degree": f"Answer: {v}°",
+                 "dollar": f"Answer: ${v}", "percent_word": f"Answer: {v} percent", "boxed_text_unit": f"\\boxed{{{v}\\text{{ {u}}}}}",
+                 "squared": f"Answer: {v} cm²", "sentence": f"The length is {v} {u}.", "quoted": f'The answer is "{v} {u}".',
+                 "bare_unit": f"{v} {u}"}
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], (f"{v} {u}" if kind == "quoted" else v), []
+
+    def language(n, rng):
+        if n % 3 == 2:
+            item = mc[n % len(mc)]
+            L, text, O, otext = _mv_choice(item, rng)
+            forms = {"zh": f"答案是 {L}", "zh_final": f"最终答案：{L}", "es": f"La respuesta es {L}.", "fr": f"Réponse : {L}",
+                     "de": f"Die Antwort ist {L}.", "ru": f"Ответ: {L}", "zh_option": f"因此选 {L}。"}
+            kind = rng.choice(sorted(forms))
+            return kind, item, forms[kind], L, []
+        item = num[n % len(num)]
+        v = _mv_number(item, rng)
+        arabic = v.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+        full = v.translate(str.maketrans("0123456789.-", "０１２３４５６７８９．－"))
+        forms = {"zh": f"答案：{v}", "es": f"Respuesta: {v}", "ru": f"Ответ: {v}", "de": f"Die Antwort ist {v}.",
+                 "pt": f"Resposta: {v}", "ja": f"答え：{v}", "arabic_digits": arabic, "fullwidth_digits": full}
+        kind = rng.choice(sorted(forms))
+        return kind, item, forms[kind], v, []
+
+    def bare(n, rng):
+        if n % 4 == 3:
+            item = mc[n % len(mc)]
+            L, text, O, otext = _mv_choice(item, rng)
+            forms = {"choice_text": (text, text), "choice_text_lower": (text.lower() + " ", text), "empty": ("", None),
+                     "choice_text_period": (text + ".", text)}
+            kind = rng.choice(sorted(forms))
+            final, intended = forms[kind]
+            return kind, item, final, intended, []
+        item = num[n % len(num)]
+        v = _mv_number(item, rng)
+        forms = {"padded": f"  {v}\n", "plus": f"+{v}", "more_decimals": f"{v}37", "trailing_zero": f"{v}.0" if "." not in v else f"{v}0",
+                 "exponent": f"{v}e0", "inf": "inf", "nan": "nan", "underscore": v[:1] + "_" + v[1:] if len(v.split(".")[0].lstrip("-")) > 1 else v,
+                 "negative_zero": "-0" if float(v) == 0 else v, "period": f"{v}."}
+        kind = rng.choice(sorted(forms))
+        # what the answer states; inf, nan and Python's digit underscores state none a reader takes as a number
+        return kind, item, forms[kind], (None if kind in ("inf", "nan") or "_" in forms[kind] else forms[kind].strip().rstrip(".") or None), []
+
+    family("quoted", quoted)
+    family("letters", letters)
+    family("working", working)
+    family("number_words", words)
+    family("latex", latex)
+    family("boxed_in_thinking", boxed_thinking, styles=("qwen3", "glm", "qwen3"))
+    family("candidates", candidates)
+    family("units", units)
+    family("language", language)
+    family("bare_branches", bare, styles=("plain", "qwen3", "plain", "qwen3"))
+    return out
+
+
+def mmmu_families(items: list[dict]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def family(name, make, styles=FAMILY_STYLES, size=N_FAMILY):
+        rng = random.Random(f"{SEED}-mmmu_pro-{name}")
+        for n in range(size):
+            item = items[(n * 7 + len(name)) % len(items)]
+            options = ast.literal_eval(item["options"])
+            gold = ord(item["answer"]) - 65
+            i = gold if rng.random() < 0.6 else rng.choice([k for k in range(len(options)) if k != gold] or [gold])
+            o = (i + 3) % len(options)
+            kind, final, intended, hints = make(rng, chr(65 + i), options[i], chr(65 + o), options[o])
+            out.append(_line("mmmu_pro", name, n, kind, _family_wrap(n, rng, final, hints, styles), item, intended))
+
+    def answer_line(rng, L, text, O, otext):
+        # the forms the "Answer:" branch reads (a unique letter after the last "Answer:") or passes on to the
+        # later branches; those that make it read a letter the answer does not state are in answer_departures
+        forms = {"unique": (f"Answer: {L}", L), "unique_paren": (f"Answer: ({L})", L), "quoted": (f'Answer: "{L}"', L),
+                 "bold": (f"**Answer: {L}**", L), "letter_dot": (f"Answer: {L}.", L),
+                 "lowercase_marker": (f"answer: {L}", L), "then_reason": (f"Answer: {L} because the figure shows it", L),
+                 "after_mentions": (f"({O}) is tempting but wrong.\nAnswer: {L}", L),
+                 "no_letter": ("Answer: see the working above", None), "earlier_answer": (f"Answer: {O}\nAnswer: {L}", L)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind], []
+
+    def departures(rng, L, text, O, otext):
+        # stated answers the official parser reads otherwise (the letters after "Answer:" are not unique, or
+        # lower case, so it takes a letter mentioned elsewhere): the departure "stated answer", listed in the docs
+        forms = {"letter_dot_text": (f"Answer: {L}. {text}", L), "two_letters": (f"Answer: {L}, not {O}", L),
+                 "lowercase_letter": (f"Answer: {L.lower()}", L)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind], []
+
+    def brackets(rng, L, text, O, otext):
+        forms = {"single": (f"I would go with ({L}) here", L), "two": (f"({O}) looks close, but ({L}) fits the data", L),
+                 "repeated": (f"({L}) is right; ({O}) is not; so ({L})", L), "in_sentence": (f"The figure points to ({L}) {text}", L)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind], []
+
+    def plain_letters(rng, L, text, O, otext):
+        forms = {"space": (f"We go with {L} here", L), "two_spaces": (f"{O} looks wrong, {L} fits", L),
+                 "dot_glued": (f"Clearly {L}.{text}", L), "end_period": (f"So it is {L}.", L), "letter_only": (L, L),
+                 "letter_newline": (f"{L}\nThat is my pick", L)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind], []
+
+    def content(rng, L, text, O, otext):
+        forms = {"long_single": (f"After weighing everything, the figure supports {text} over the rest", L),
+                 "long_two": (f"Between {otext} and {text}, the figure clearly supports {text}", L),
+                 "short": (f"{text}", L), "short_sentence": (f"It is {text}", L)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind], []
+
+    def nothing(rng, L, text, O, otext):
+        forms = {"lowercase": (f"{L.lower()}", L), "garbage": ("zzz qqq", None), "digits": ("42", None),
+                 "option_lower": (f"option {L.lower()}", L)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind], []
+
+    family("answer_line", answer_line)
+    family("brackets", brackets)
+    family("plain_letters", plain_letters, styles=("plain", "qwen3"))
+    family("content", content, styles=("plain", "qwen3"))
+    family("no_candidate", nothing, styles=("plain", "qwen3"))
+    family("answer_departures", departures, styles=("plain", "qwen3"), size=12)
+    return out
+
+
+def hallusionbench_families(items: list[dict]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def family(name, make, styles=FAMILY_STYLES):
+        rng = random.Random(f"{SEED}-hallusionbench-{name}")
+        for n in range(N_FAMILY):
+            item = items[(n * 5 + len(name)) % len(items)]
+            said = ("yes" if item["gt_answer"] == "1" else "no") if rng.random() < 0.6 else \
+                ("no" if item["gt_answer"] == "1" else "yes")
+            other = "no" if said == "yes" else "yes"
+            kind, final, intended = make(rng, said, other)
+            out.append(_line("hallusionbench", name, n, kind, _family_wrap(n, rng, final, [], styles), item, intended))
+
+    def words(rng, said, other):
+        cap = said.capitalize()
+        forms = {"bare": (cap, said), "sentence": (f"{cap}, the figure shows it.", said), "answer_is": (f"The answer is {said}.", said),
+                 "both": (f"{cap} and {other}.", None), "neither": ("Not really.", None), "slang": ("Yep" if said == "yes" else "Nope", said),
+                 "true_false": ("True" if said == "yes" else "False", said), "quoted": (f'"{cap}"', said),
+                 "no_doubt": (f"{cap}, without a doubt.", said), "answer_colon": (f"Answer: {said}", said)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind]
+
+    def punctuation(rng, said, other):
+        cap = said.capitalize()
+        forms = {"comma_space": (f"{cap}, it is.", said), "parens": (f"({cap})", said), "slash": (f"{said}/{other}", None),
+                 "exclaim": (f"{cap}!", said), "bold": (f"**{cap}**", said), "glued_comma": (f"{cap},clearly", said),
+                 "thousands": (f"The total is 1,000, so {said}.", said), "hyphen_glued": (f"{cap}-definitely", said),
+                 "semicolon": (f"{cap}; see the legend", said), "brackets": (f"[{cap}]", said),
+                 "many_periods": ("." * 40 + f" {cap}.", said), "question": (f"{cap}?", said)}
+        kind = rng.choice(sorted(forms))
+        return kind, *forms[kind]
+
+    family("yes_no_words", words)
+    family("punctuation", punctuation)
+    return out
+
+
+FAMILIES: dict[str, Callable] = {"mathvista": mathvista_families, "mmmu_pro": mmmu_families,
+                                 "hallusionbench": hallusionbench_families}
+
+
 def real(benchmark: str, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for s in samples:
@@ -399,7 +772,8 @@ def hand(benchmark: str) -> list[dict[str, Any]]:
 
 def corpus(benchmark: str) -> list[dict[str, Any]]:
     samples = _load_jsonl(SAMPLES)
-    return real(benchmark, samples) + generate(benchmark, samples) + hand(benchmark)
+    items = [s["item"] for s in samples if s["benchmark"] == benchmark]
+    return real(benchmark, samples) + generate(benchmark, samples) + FAMILIES[benchmark](items) + hand(benchmark)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
