@@ -55,6 +55,7 @@ def test_weights_replaced_under_the_old_size_and_mtime_are_planned_again(tmp_pat
     target = "results/traces/tiny/panels/shard-0.generations.jsonl"
     run_snakemake(work, "--", target)
     assert "Nothing to be done" in run_snakemake(work, "-n", "--", target)
+    assert not runlock.lock_path(work / "results").exists()  # given back at the end; a dry run takes none
 
     other = Path(build_tiny("qwen2_5_vl", tmp_path / "other", seed=1))
     for new in sorted(other.glob("*.safetensors")):
@@ -65,6 +66,7 @@ def test_weights_replaced_under_the_old_size_and_mtime_are_planned_again(tmp_pat
         os.utime(model / new.name, ns=(old.st_atime_ns, old.st_mtime_ns))
     out = run_snakemake(work, "-n", "--", target)
     assert "generate" in planned_rules(out), out[-3000:]
+    assert not runlock.lock_path(work / "results").exists()
 
 
 def wait_for_lock(results: Path, proc: subprocess.Popen, timeout: float = 300) -> runlock.Holder:
