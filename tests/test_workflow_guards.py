@@ -106,7 +106,8 @@ def test_two_checkouts_cannot_write_one_results_folder(tmp_path):
         assert (holder.pid, holder.host) == (first.pid, socket.gethostname())
         assert holder.checkout == str(a.resolve()) and holder.workdir == str(a.resolve())
 
-        second = snakemake(b, "--", target, check=False)
+        # (forced: the first run's job, not stopped, may have written the target already)
+        second = snakemake(b, "--forcerun", "items", "--", target, check=False)
         text = second.stdout + second.stderr
         assert second.returncode != 0
         assert (f"results folder {results} is being written by the run of checkout {a.resolve()} (working "

@@ -1,6 +1,7 @@
 # Helpers shared by every rules file: validated config, paths, shard planning, each
 # rule's code input (the import closure of its stage module, peekaboo.stages) and
 # config param (what the stage reads; both re-run it when they change).
+import atexit
 import math
 import re
 import sys
@@ -56,6 +57,8 @@ onstart:
                                          warn=logger.warning))
     except runlock.ResultsLocked as exc:
         raise WorkflowError(str(exc)) from None
+    # also when the run ends by an exception, which calls neither onsuccess nor onerror
+    atexit.register(_release_run_lock)
 
 
 def _release_run_lock():
