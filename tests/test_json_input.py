@@ -75,7 +75,7 @@ def test_whole_file_json_datasets_reject_the_record_repeating_a_key(tmp_path):
     path.write_text("[" + ", ".join(records) + "]")
     out = list(get_adapter("v", {"adapter": "visargs", "options": {"path": str(path), "images": str(tmp_path)}},
                            base_dir=tmp_path).records())
-    assert reasons(out) == [(Reject, f"duplicate key 'conclusion': the record holds it twice"), (RawItem, None)]
+    assert reasons(out) == [(Reject, "duplicate key 'conclusion': the record holds it twice"), (RawItem, None)]
     assert out[0].item_id == "aabbcc0001" and out[0].source_line == 1
     # ... whose image map repeats a url: which file is meant cannot be told
     (tmp_path / "map.json").write_text('{"u": "a.png", "u": "b.png"}')
@@ -87,8 +87,9 @@ def test_whole_file_json_datasets_reject_the_record_repeating_a_key(tmp_path):
     # HallusionBench: a list of questions
     good = dict(fx.HALLUSIONBENCH_RECORDS[4])
     text = json.dumps([good, good]).replace('"question": ', '"question": "first?", "question": ', 1)
-    (tmp_path / "HallusionBench.json").write_text(text)
-    out = list(get_adapter("h", {"adapter": "hallusionbench", "options": {"path": str(tmp_path / "HallusionBench.json")}},
+    bench = tmp_path / "HallusionBench.json"
+    bench.write_text(text)
+    out = list(get_adapter("h", {"adapter": "hallusionbench", "options": {"path": str(bench)}},
                            base_dir=tmp_path).records())
     assert out[0].reason == "duplicate key 'question': the record holds it twice" and out[0].source_line == 1
     assert isinstance(out[1], RawItem)
