@@ -336,7 +336,7 @@ def test_traces_resume_refuses_same_size_weights_under_the_old_mtime(tiny_models
     now = identify(model, fresh=True).revision
     assert now != before
     assert (f"not resuming shard-0.zarr, discarding {out / 'shard-0.partial'}: its batches were made with a "
-            f"different model (other weights) (recorded {before}, the weights now are {now})") in caplog.text
+            f"different model (other weights): recorded {before}, the weights now are {now}") in caplog.text
     assert "already finished" not in caplog.text
     assert xr.open_zarr(store).attrs["model_revision"] == now
 

@@ -151,8 +151,8 @@ class PartialBatches:
         keys = [k for k in sorted(set(found) | set(self.fingerprint)) if found.get(k) != self.fingerprint.get(k)]
         why = f"its batches were made with a different {', '.join(labels.get(k, k) for k in keys)}"
         if "model_revision" in keys:  # the one a user must be able to check by hand: the two hashes
-            why += (f" (recorded {found.get('model_revision')}, the weights now are "
-                    f"{self.fingerprint.get('model_revision')})")
+            why += (f": recorded {found.get('model_revision')}, the weights now are "
+                    f"{self.fingerprint.get('model_revision')}")
         return why
 
     def write(self, index: int, contents: Mapping[str, bytes | Any]) -> None:
