@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -44,24 +45,67 @@ def test_a_folder_is_identified_by_its_weights_and_config(tmp_path):
     assert identify(tmp_path / "m").revision not in (a.revision, b.revision)
 
 
-def test_file_hashes_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
+def counting_full_hashes(monkeypatch) -> list[str]:
+    """The files identify() hashes in full from now on (a cache hit reads only the content probe)."""
+    hashed = []
+    real = identity._sha256
+
+    def counting(path):
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(identity, "_sha256", counting)
+    return hashed
+
+
+def test_file_hashes_are_cached_while_nothing_a_copy_cannot_keep_changed(tmp_path, monkeypatch):
     folder = checkpoint(tmp_path / "m")
     first = identify(folder).revision
     assert (tmp_path / "cache" / "file_hashes.json").is_file()
-    opened = []
-    real_open = open
-
-    def counting_open(path, *args, **kwargs):
-        opened.append(str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", counting_open)
+    hashed = counting_full_hashes(monkeypatch)
     assert identify(folder).revision == first
-    assert not any(p.endswith(".safetensors") for p in opened)  # read from the cache, not hashed again
-    # a rewrite with new bytes changes the mtime: hashed again, new identity
+    assert hashed == []  # read from the cache, not hashed again
+    # fresh=True (a job about to resume batches) hashes every file again, whatever the cache says
+    assert identify(folder, fresh=True).revision == first
+    assert "model.safetensors" in hashed and "config.json" in hashed
+    # a rewrite with new bytes and a new mtime: hashed again, new identity
+    hashed.clear()
     stat = (folder / "model.safetensors").stat()
     (folder / "model.safetensors").write_bytes(b"weights-9")
     os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert identify(folder).revision != first
+    assert hashed == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("how", ["copied over", "rewritten in place"])
+def test_same_size_weights_with_the_old_mtime_are_another_model(tmp_path, how):
+    """What cp -p, rsync -t, tar and container builds do: other bytes of the same size under the old mtime."""
+    folder = checkpoint(tmp_path / "m", b"weights-1" * 10000)
+    first = identify(folder).revision
+    weights = folder / "model.safetensors"
+    old = weights.stat()
+    new = b"weights-2" * 10000  # same size; differs at both ends and in the middle
+    if how == "copied over":  # a new file renamed over the old one: a new inode
+        (tmp_path / "new.safetensors").write_bytes(new)
+        (tmp_path / "new.safetensors").replace(weights)
+    else:  # the same inode, rewritten
+        weights.write_bytes(new)
+    os.utime(weights, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert weights.stat().st_size == old.st_size and weights.stat().st_mtime_ns == old.st_mtime_ns
+    assert identify(folder).revision != first
+    assert identify(folder).revision == identify(checkpoint(tmp_path / "other", new)).revision
+
+
+def test_a_rewrite_the_status_does_not_show_is_caught_by_the_content_probe(tmp_path, monkeypatch):
+    # ctime ticks coarsely: a rewrite within one tick keeps every status field; the head and tail bytes differ
+    folder = checkpoint(tmp_path / "m", b"a" * 300_000)
+    first = identify(folder).revision
+    cache_file = tmp_path / "cache" / "file_hashes.json"
+    cached = json.loads(cache_file.read_text())
+    (folder / "model.safetensors").write_bytes(b"a" * 299_999 + b"b")  # only the last byte differs
+    key = str((folder / "model.safetensors").resolve())
+    cached[key]["stat"] = identity._stat_key((folder / "model.safetensors").stat())  # as if in the same tick
+    cache_file.write_text(json.dumps(cached))
     assert identify(folder).revision != first
 
 

@@ -23,7 +23,7 @@ SCRIPTS = REPO / "workflow" / "scripts"
 GROUND_FLOOR = {
     "peekaboo", "peekaboo.cells", "peekaboo.scores", "peekaboo.records", "peekaboo.jsonlines", "peekaboo.seeding",
     "peekaboo.logs", "peekaboo.provenance", "peekaboo.tables", "peekaboo.stage", "peekaboo.schema",
-    "peekaboo.closure", "peekaboo.stages",
+    "peekaboo.closure", "peekaboo.stages", "peekaboo.runlock",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -289,3 +290,109 @@ def test_generations_file_resumes_after_kill(tiny_models, tiny_shard, tmp_path, 
     calls["n"] = 10  # the re-run generates only the two unfinished batches
     assert generate.generate_shard(setup, path).read_bytes() == clean and calls["n"] == 12
     assert not (path.parent / "shard-0.jsonl.partial").exists()
+
+
+def same_size_weights_under_the_old_mtime(model: Path, scratch: Path) -> None:
+    """Replace ``model``'s weights by other weights of the same size and put the old mtime back (cp -p, rsync -t).
+
+    A copy cannot keep the ctime; the weights are rewritten in place (the same inode), as ``cp -p`` onto an
+    existing file does.
+    """
+    from peekaboo.models.tiny import build_tiny
+
+    other = build_tiny("qwen3_vl", scratch, seed=1)
+    for new in sorted(Path(other).glob("*.safetensors")):
+        target = model / new.name
+        old = target.stat()
+        data = new.read_bytes()
+        assert len(data) == old.st_size and data != target.read_bytes()
+        target.write_bytes(data)
+        os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))
+        assert target.stat().st_size == old.st_size and target.stat().st_mtime_ns == old.st_mtime_ns
+
+
+def test_traces_resume_refuses_same_size_weights_under_the_old_mtime(tiny_models, tiny_shard, tmp_path, monkeypatch,
+                                                                      caplog):
+    """The issue's scenario for the traces stage: the weights are replaced as a copy keeping size and mtime does."""
+    import shutil
+
+    from peekaboo.models.identity import identify
+
+    monkeypatch.setenv("PEEKABOO_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["qwen3_vl"], model)
+    before = identify(model).revision
+    calls = kill_on_second_batch(monkeypatch, "generate")
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_models, tiny_shard, out, model_path=model)
+    assert (out / "shard-0.partial" / "batch-00000.json").is_file()
+
+    same_size_weights_under_the_old_mtime(model, tmp_path / "other")
+    calls["n"] = 10
+    with caplog.at_level("INFO", logger="peekaboo"):
+        store, _ = run(tiny_models, tiny_shard, out, model_path=model)
+    assert calls["n"] == 13  # every batch generated again with the new weights, none resumed
+    now = identify(model, fresh=True).revision
+    assert now != before
+    assert (f"not resuming shard-0.zarr, discarding {out / 'shard-0.partial'}: its batches were made with a "
+            f"different model (other weights): recorded {before}, the weights now are {now}") in caplog.text
+    assert "already finished" not in caplog.text
+    assert xr.open_zarr(store).attrs["model_revision"] == now
+
+
+def test_generate_resume_refuses_same_size_weights_under_the_old_mtime(tiny_models, tiny_shard, tmp_path,
+                                                                        monkeypatch, caplog):
+    """The issue's scenario for the generate stage (its run_stage, as the rule calls it): no line of the old
+    weights is kept; the file is the one the new weights give from scratch."""
+    import shutil
+
+    from peekaboo import generating
+    from peekaboo.stage import StageCall
+
+    monkeypatch.setenv("PEEKABOO_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["qwen3_vl"], model)
+
+    def call(path: Path) -> StageCall:
+        return StageCall(
+            inputs={"model": [], "items_table": [str(tiny_shard["items"])], "masks_table": [str(tiny_shard["masks"])]},
+            outputs={"generations": str(path)},
+            config={"model": {**MODEL_SPEC, "source": str(model)}, "dataset": tiny_shard["spec"]},
+            results_dir=tiny_shard["results"], wildcards={"m": "tiny", "d": "toy", "i": "0"},
+            resources={"gpu": 0})
+
+    calls = kill_on_second_batch(monkeypatch, "generate_ids")
+    path = tmp_path / "resumed" / "shard-0.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generating.run_stage(call(path))
+    assert (path.parent / "shard-0.jsonl.partial" / "batch-00000.jsonl").is_file()
+
+    same_size_weights_under_the_old_mtime(model, tmp_path / "other")
+    calls["n"] = 10
+    with caplog.at_level("INFO", logger="peekaboo"):
+        generating.run_stage(call(path))
+    assert calls["n"] == 13  # all three batches generated again
+    assert "not resuming shard-0.jsonl" in caplog.text and "different model (other weights)" in caplog.text
+    monkeypatch.setattr(generate.TraceGenerator, "generate_ids", calls["real"])
+    clean = tmp_path / "clean" / "shard-0.jsonl"
+    generating.run_stage(call(clean))
+    assert path.read_bytes() == clean.read_bytes()
+
+
+def test_a_resume_with_the_same_weights_hashes_them_anew_and_keeps_its_batches(tiny_models, tiny_shard, tmp_path,
+                                                                                monkeypatch):
+    from peekaboo.models import identity
+
+    monkeypatch.setenv("PEEKABOO_CACHE", str(tmp_path / "cache"))
+    calls = kill_on_second_batch(monkeypatch, "generate")
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_models, tiny_shard, out)
+    hashed = []
+    real = identity._sha256
+    monkeypatch.setattr(identity, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    calls["n"] = 10
+    run(tiny_models, tiny_shard, out)
+    assert calls["n"] == 12  # the finished batch kept
+    assert any(name.endswith(".safetensors") for name in hashed)  # the cache was not trusted for the resume

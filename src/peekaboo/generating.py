@@ -16,6 +16,7 @@ from .devices import claim_device
 from .generate import generate_shard, setup_shard
 from .logs import get_logger
 from .models.identity import identify
+from .tracestore import has_partial_batches
 from .stage import StageCall
 
 log = get_logger("generating")
@@ -36,7 +37,9 @@ def run_stage(call: StageCall) -> None:
     n_gpus = int(call.resources.get("gpu", 1) or 0)
     with claim_device(count=n_gpus) as visible:
         log.info("device: %s", f"CUDA_VISIBLE_DEVICES={visible}" if visible else "as found")
-        identity = identify(model_path, cfg["model"]["revision"], where=f"models.{name}")
+        # batches to resume: the weights are hashed anew (not from the cache) and must be the ones they were made with
+        identity = identify(model_path, cfg["model"]["revision"], where=f"models.{name}",
+                            fresh=has_partial_batches(call.output("generations")))
         setup = setup_shard(items_path=call.path("items_table"), masks_path=call.path("masks_table"),
                             results_dir=call.results_dir, model_name=name, model_spec=cfg["model"],
                             model_path=model_path, dataset=call.wildcards["d"], dataset_spec=cfg["dataset"],

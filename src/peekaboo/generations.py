@@ -211,8 +211,9 @@ def parse_line(value: Any, request_id: str, number: int) -> Generation:
 
 
 def _salvage_id(raw: bytes) -> str | None:
-    """The request id of a line that is not valid UTF-8, read with replacement characters (only to name it)."""
+    """The request id of a line that could not be read, read leniently (only to name it: the line is refused)."""
     try:
+        # plain json.loads: a line refused for a repeated key still names its request
         value = json.loads(raw.decode("utf-8", errors="replace"))
     except (json.JSONDecodeError, ValueError):
         return None

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import logs, provenance
+from . import logs, provenance, runlock
 
 # set by the tests: fail a stage that ran package code its rule does not list as input.code
 CHECK_CODE_ENV = "PEEKABOO_CHECK_CODE_INPUTS"
@@ -146,5 +146,11 @@ def run(entry: Callable[[StageCall], Any], call: StageCall) -> Any:
 
 
 def run_from_snakemake(entry: Callable[[StageCall], Any], smk) -> Any:
-    """What every rule script does: build the StageCall from the job, run the entry (see :func:`run`)."""
-    return run(entry, from_snakemake(smk))
+    """What every rule script does: build the StageCall from the job, run the entry (see :func:`run`).
+
+    First the results folder's lock (``peekaboo.runlock``): a job of one run must not write into a folder
+    another run holds. Jobs run in their run's working directory.
+    """
+    call = from_snakemake(smk)
+    runlock.check_job(call.results_dir, Path.cwd())
+    return run(entry, call)

@@ -74,7 +74,9 @@ def trace_shard(
     traces_cfg = schema.section("traces", traces_cfg)
     # the weights actually loaded, whatever the config says: a retrained or replaced model must not resume
     # batches of the old one
-    identity = identify(model_path, model_spec["revision"], where=f"models.{model_name}")
+    # (hashed anew, not from the cache, when there are batches to resume: PartialBatches compares it to theirs)
+    identity = identify(model_path, model_spec["revision"], where=f"models.{model_name}",
+                        fresh=tracestore.has_partial_batches(store_path))
     setup = setup_shard(items_path=items_path, masks_path=masks_path, results_dir=results_dir,
                         model_name=model_name, model_spec=model_spec, model_path=model_path, dataset=dataset,
                         dataset_spec=dataset_spec, shard=shard, traces_cfg=traces_cfg, device=device,

@@ -83,6 +83,16 @@ def partial_dir(output: str | Path) -> Path:
     return output.with_name(output.name.removesuffix(".zarr") + ".partial")
 
 
+def has_partial_batches(output: str | Path) -> bool:
+    """Whether an output's resume folder holds batch files of an earlier run.
+
+    A job that finds some identifies its model anew (``identify(..., fresh=True)``, no cached file hashes)
+    before the plan comparison may keep a single batch: a resume never mixes two models' outputs.
+    """
+    folder = partial_dir(output)
+    return folder.is_dir() and any(folder.glob("batch-*"))
+
+
 class PartialBatches:
     """Finished batches of one output, kept in its partial folder so that a killed job resumes.
 
@@ -113,7 +123,7 @@ class PartialBatches:
         if self.folder.exists():
             why = self._stale_reason(manifest, wanted)
             if why:
-                log.info("discarding %s: %s", self.folder, why)
+                log.warning("not resuming %s, discarding %s: %s", self.name, self.folder, why)
                 shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if not manifest.is_file():
@@ -136,9 +146,14 @@ class PartialBatches:
             return None
         labels = {"plan": "plan of batches", "config_hash": "config", "code_hash": "package code",
                   "model_id": "model source", "model_revision": "model (other weights)"}
-        changed = [labels.get(k, k) for k in sorted(set(found) | set(self.fingerprint))
-                   if found.get(k) != self.fingerprint.get(k)]
-        return f"its batches were made with a different {', '.join(changed)}"
+        if not isinstance(found, dict):
+            return f"its plan is not a JSON object ({type(found).__name__})"
+        keys = [k for k in sorted(set(found) | set(self.fingerprint)) if found.get(k) != self.fingerprint.get(k)]
+        why = f"its batches were made with a different {', '.join(labels.get(k, k) for k in keys)}"
+        if "model_revision" in keys:  # the one a user must be able to check by hand: the two hashes
+            why += (f": recorded {found.get('model_revision')}, the weights now are "
+                    f"{self.fingerprint.get('model_revision')}")
+        return why
 
     def write(self, index: int, contents: Mapping[str, bytes | Any]) -> None:
         """Persist one batch: ``contents[suffix]`` is bytes or a function writing to an open binary file."""

@@ -1,6 +1,7 @@
 # Helpers shared by every rules file: validated config, paths, shard planning, each
 # rule's code input (the import closure of its stage module, peekaboo.stages) and
 # config param (what the stage reads; both re-run it when they change).
+import atexit
 import math
 import re
 import sys
@@ -33,6 +34,44 @@ for _notice in pcfg.notices(config, Path.cwd()):
 RESULTS = config["results"].rstrip("/")
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
+
+
+# One writer per results folder (peekaboo.runlock): the run takes the folder's lock when it starts executing
+# (onstart: never for a dry run; spawned jobs run with --no-hooks) and gives it back at its end; every stage job
+# checks it (peekaboo.stage). While parsing, a run started beside a live one is told so before Snakemake's own
+# checks speak (in one working directory they report the other run's files as incomplete).
+from snakemake_interface_executor_plugins.settings import ExecMode
+from peekaboo import runlock
+
+if workflow.exec_mode == ExecMode.DEFAULT:
+    _other_run = runlock.running_elsewhere(RESULTS)
+    if _other_run is not None:
+        logger.warning(f"results folder {RESULTS} is being written by {_other_run.describe()}: a dry run shows "
+                       "what that run has not finished yet; this run, if not a dry run, will be refused")
+_RUN_LOCK = []
+
+
+onstart:
+    try:
+        _RUN_LOCK.append(runlock.acquire(RESULTS, Path(workflow.main_snakefile).resolve().parent, Path.cwd(),
+                                         warn=logger.warning))
+    except runlock.ResultsLocked as exc:
+        raise WorkflowError(str(exc)) from None
+    # also when the run ends by an exception, which calls neither onsuccess nor onerror
+    atexit.register(_release_run_lock)
+
+
+def _release_run_lock():
+    for holder in _RUN_LOCK:
+        runlock.release(RESULTS, holder)
+
+
+onsuccess:
+    _release_run_lock()
+
+
+onerror:
+    _release_run_lock()
 
 
 wildcard_constraints:

@@ -9,7 +9,6 @@ here scores.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..cells import is_blank
+from ..jsonlines import duplicate_key, load_marked
 
 # ----------------------------------------------------------------------------
 # files
@@ -57,8 +57,14 @@ def iter_parquet(path: Path, batch_size: int = 32) -> Iterator[tuple[int, dict[s
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """A dataset's whole-file JSON; objects that repeat a key are marked (``peekaboo.jsonlines.duplicate_key``)."""
+    return load_marked(path)
+
+
+def duplicate_reason(record: Any) -> str | None:
+    """The reject reason of a record that repeats a key (json would keep the last value silently); None if none."""
+    key = duplicate_key(record)
+    return None if key is None else f"duplicate key {key!r}: the record holds it twice"
 
 
 def image_source(value: Any, search_dirs: Sequence[Path]) -> bytes | Path | None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..cells import is_blank
-from ._common import image_source, integer, iter_parquet, parquet_count, read_json
+from ._common import duplicate_reason, image_source, integer, iter_parquet, parquet_count, read_json
 from .base import Adapter, AdapterError, RawItem, Reject
 
 DEFAULT_INSTRUCTION = (
@@ -99,6 +99,11 @@ class HallusionBenchAdapter(Adapter):
                 yield Reject(reason="record is not a JSON object", source_line=line)
                 continue
             missing = [k for k in (*KEY_FIELDS, "visual_input", "question", "gt_answer") if is_blank(rec.get(k))]
+            duplicate = duplicate_reason(rec)
+            if duplicate:
+                yield Reject(reason=duplicate, item_id=None if any(k in missing for k in KEY_FIELDS) else item_key(rec),
+                             source_line=line)
+                continue
             if missing:
                 item_id = None if any(k in missing for k in KEY_FIELDS) else item_key(rec)
                 yield Reject(reason=f"missing {', '.join(missing)}", item_id=item_id, source_line=line)

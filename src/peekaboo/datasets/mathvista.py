@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..cells import is_blank
-from ._common import image_source, integer, iter_parquet, letters, parquet_count, read_json, text_list
+from ._common import (duplicate_reason, image_source, integer, iter_parquet, letters, parquet_count, read_json,
+                      text_list)
 from .base import Adapter, AdapterError, RawItem, Reject
 
 QUESTION_TYPES = ("multi_choice", "free_form")
@@ -133,9 +134,14 @@ class MathVistaAdapter(Adapter):
                 raise AdapterError(
                     f"datasets.{self.dataset}.options.path: {self.path()} is not a testmini.json dict (pid -> problem)"
                 )
+            twice = set(getattr(data, "duplicates", ()))  # a pid the file holds twice: json kept only the last
             for n, (pid, problem) in enumerate(data.items(), 1):
                 row = dict(problem) if isinstance(problem, dict) else {"_bad": problem}
                 row.setdefault("pid", pid)
+                duplicate = f"duplicate key {pid!r}: the file holds this pid twice" if pid in twice \
+                    else duplicate_reason(problem)
+                if duplicate:
+                    row["_duplicate"] = duplicate
                 yield n, row
         else:
             yield from iter_parquet(self.path())
@@ -157,6 +163,8 @@ class MathVistaAdapter(Adapter):
         pid = str(pid)
         if "_bad" in row:
             return Reject(reason="problem is not a JSON object", item_id=pid, source_line=line)
+        if "_duplicate" in row:
+            return Reject(reason=row["_duplicate"], item_id=pid, source_line=line)
         for key in ("question", "answer", "question_type", "answer_type"):
             if is_blank(row.get(key)):
                 return Reject(reason=f"missing '{key}'", item_id=pid, source_line=line)

@@ -70,7 +70,8 @@ from urllib.parse import unquote, urlparse
 from ..cells import is_blank
 from ..logs import get_logger
 from ..seeding import rng
-from ._common import letters, read_json, text_list
+from ..jsonlines import duplicate_key
+from ._common import duplicate_reason, letters, read_json, text_list
 from .base import Adapter, AdapterError, RawItem, Region, Reject
 
 log = get_logger("datasets.visargs")
@@ -184,6 +185,9 @@ class VisArgsAdapter(Adapter):
             data = read_json(p)
             if not isinstance(data, dict):
                 raise AdapterError(f"datasets.{self.dataset}.options.image_map: {p} is not a JSON object url -> file")
+            twice = duplicate_key(data)
+            if twice is not None:  # json keeps the last file silently: which image was meant cannot be told
+                raise AdapterError(f"datasets.{self.dataset}.options.image_map: {p} maps the url {twice!r} twice")
             return {str(k): str(v) for k, v in data.items()}
         with open(p, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
@@ -218,6 +222,11 @@ class VisArgsAdapter(Adapter):
         for line, (rec, item_id) in enumerate(zip(data, ids), 1):
             if not isinstance(rec, dict):
                 yield Reject(reason="record is not a JSON object", source_line=line)
+                continue
+            duplicate = duplicate_reason(rec)
+            if duplicate:
+                yield Reject(reason=duplicate, item_id=None if is_blank(rec.get("url")) else item_id,
+                             source_line=line)
                 continue
             if is_blank(rec.get("url")):
                 yield Reject(reason="missing 'url'", source_line=line)

@@ -6,17 +6,24 @@
   describe how the folder came about rather than what the model is (a training
   report, a README) do not count, so retraining to the same weights gives the
   same identity. Hashing a multi-gigabyte checkpoint takes a while, so the
-  hash of each file is cached by its path, size and modification time
-  (``$PEEKABOO_CACHE`` or ``~/.cache/peekaboo``; a cache that cannot be read
-  or written is ignored).
+  hash of each file is cached (``$PEEKABOO_CACHE`` or ``~/.cache/peekaboo``;
+  a cache that cannot be read or written is ignored) under what a copy cannot
+  keep: besides the path, size and modification time (which ``cp -p``,
+  ``rsync -t``, ``tar`` and ``os.utime`` put back), the file's device, inode
+  and status-change time (ctime: set by the kernel on every write, rename
+  and utime, never settable by a copy) and a sha256 of its first and last
+  64 KiB. Any of them differing hashes the file again.
 - **A hub id**: the commit its revision resolves to in the local Hugging Face
   cache (the revision itself when it is already a full commit hash). Without
   network access (``HF_HUB_OFFLINE=1``, as on compute nodes), a model that is
   not in the cache cannot be identified, and cannot be loaded either.
 
-The identity is recorded in every trace store's provenance (``model_revision``),
-checked before a shard resumes (a mismatch discards the partial batches), and
-a param of the traces rule, so that changed weights re-run the traces.
+The identity is recorded in every trace store's provenance (``model_revision``)
+and in the plan of every partial output (generations file, trace store), and is
+a param of the generate and traces rules, so that changed weights re-run them.
+A job that finds finished batches to resume hashes the weights anew, without
+the cache (``identify(..., fresh=True)``), and resumes only if that identity is
+the one its partial output recorded; otherwise the batches are discarded.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # what a checkpoint folder holds that decides the model's outputs
 MODEL_FILES = re.compile(
@@ -56,7 +64,7 @@ def _cache_path() -> Path:
     return Path(root) / "file_hashes.json"
 
 
-def _read_cache() -> dict[str, list]:
+def _read_cache() -> dict[str, Any]:
     try:
         data = json.loads(_cache_path().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
@@ -64,7 +72,7 @@ def _read_cache() -> dict[str, list]:
         return {}
 
 
-def _write_cache(cache: dict[str, list]) -> None:
+def _write_cache(cache: dict[str, Any]) -> None:
     path = _cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,19 +83,51 @@ def _write_cache(cache: dict[str, list]) -> None:
         pass
 
 
-def _file_digest(path: Path, cache: dict[str, list]) -> tuple[str, bool]:
+# bytes read from each end of a file for the cache's content probe: cheap, and it catches a copy that kept the
+# file's size and times (the header of a safetensors file names its tensors, the tail holds the last weights)
+PROBE_BYTES = 1 << 16
+
+
+def _probe(path: Path, size: int) -> str:
+    """sha256 of a file's first and last ``PROBE_BYTES`` (the whole file when it is smaller)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(PROBE_BYTES))
+        if size > PROBE_BYTES:
+            fh.seek(max(PROBE_BYTES, size - PROBE_BYTES))
+            h.update(fh.read(PROBE_BYTES))
+    return h.hexdigest()
+
+
+def _stat_key(stat: os.stat_result) -> list[int]:
+    """What the cache compares of a file's status: size and mtime (a copy can keep them), device, inode and ctime
+    (it cannot)."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_dev, stat.st_ino]
+
+
+def _file_digest(path: Path, cache: dict[str, Any], use_cache: bool = True) -> tuple[str, bool]:
     """(sha256 of the file, whether it was computed now rather than read from the cache)."""
     stat = path.stat()
     key = str(path.resolve())
     hit = cache.get(key)
-    if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
-        return hit[2], False
+    status = _stat_key(stat)
+    if use_cache and isinstance(hit, dict) and hit.get("stat") == status:
+        # the status matches: a same-size rewrite within one ctime tick is still caught by the content probe
+        if hit.get("probe") == _probe(path, stat.st_size):
+            return hit["sha256"], False
+    digest = _sha256(path)
+    # the status taken before reading: a file rewritten while it was hashed is hashed again next time
+    cache[key] = {"stat": status, "probe": _probe(path, stat.st_size), "sha256": digest}
+    return digest, True
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a whole file, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
-    cache[key] = [stat.st_size, stat.st_mtime_ns, h.hexdigest()]
-    return h.hexdigest(), True
+    return h.hexdigest()
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -99,8 +139,11 @@ def model_files(folder: Path) -> list[Path]:
     )
 
 
-def folder_digest(folder: str | Path) -> str:
-    """``sha256:<hex>`` over the names and contents of a checkpoint folder's model files."""
+def folder_digest(folder: str | Path, use_cache: bool = True) -> str:
+    """``sha256:<hex>`` over the names and contents of a checkpoint folder's model files.
+
+    ``use_cache=False`` hashes every file anew (and refreshes the cache): what a resume does.
+    """
     folder = Path(folder)
     files = model_files(folder)
     if not files:
@@ -109,7 +152,7 @@ def folder_digest(folder: str | Path) -> str:
     h = hashlib.sha256()
     changed = False
     for path in files:
-        digest, computed = _file_digest(path, cache)
+        digest, computed = _file_digest(path, cache, use_cache)
         changed |= computed
         h.update(path.relative_to(folder).as_posix().encode() + b"\0" + digest.encode() + b"\0")
     if changed:
@@ -140,15 +183,19 @@ def hub_commit(repo_id: str, revision: str = "main") -> str | None:
         return None
 
 
-def identify(source: str | Path, revision: str | None = None, where: str = "model") -> ModelIdentity:
-    """The identity of a model given by a local path or a hub id; ModelSourceError naming ``where`` if unreadable."""
+def identify(source: str | Path, revision: str | None = None, where: str = "model",
+             fresh: bool = False) -> ModelIdentity:
+    """The identity of a model given by a local path or a hub id; ModelSourceError naming ``where`` if unreadable.
+
+    ``fresh``: hash a local folder's files anew rather than trust the cache (a job about to resume batches).
+    """
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{where}: {text} is a folder without a config.json, not a model checkpoint")
         try:
-            return ModelIdentity(text, "local", folder_digest(path))
+            return ModelIdentity(text, "local", folder_digest(path, use_cache=not fresh))
         except ModelSourceError as exc:
             raise ModelSourceError(f"{where}: {exc}") from None
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or not text:
