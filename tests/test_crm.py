@@ -12,6 +12,8 @@ from peekaboo.alignment import StepEncoder
 from peekaboo.crm import (
     MODE_RULES,
     Case,
+    Null,
+    StepChanges,
     decide_mode,
     depends_flags,
     gold_steps,
@@ -23,7 +25,7 @@ from peekaboo.stage import StageCall
 from peekaboo.steps import segment_traces
 from peekaboo.tables import read_provenance, read_table, write_table
 
-CRM_CFG = {"change_threshold": 0.1, "control_margin": 0.1, "collapse_ratio": 0.75, "structure_f1": 0.5}
+CRM_CFG = {"null_quantile": 0.95, "null_min_size": 5, "fallback_change": 0.1, "control_margin": 0.1, "collapse_ratio": 0.75}
 ALIGN_CFG = {"threshold": 0.35, "alpha": 0.3}
 
 ATTRIBUTE = item_row(
@@ -111,7 +113,7 @@ def crm_of(sc, encoder, items=ITEMS, masks=True):
 def test_grounded_model_is_grounded_and_depends_matches_gold(encoder):
     out = crm_of(traces_of("grounded"), encoder)
     assert out.modes["mode"].tolist() == ["grounded"] * 3
-    assert set(out.modes["rule"]) == {"changed_dependent_control_quiet"}
+    assert set(out.modes["rule"]) == {"gold_steps_yield_control_quiet"}
     at = out.attribution
     assert at["depends"].astype(bool).tolist() == at["gold_depends"].astype(bool).tolist()
     # the step reading the other panel is untouched; the step reading the hidden one is not
@@ -129,9 +131,13 @@ def test_grounded_model_is_grounded_and_depends_matches_gold(encoder):
 def test_blind_spot_model_hallucinates(encoder):
     out = crm_of(traces_of("blind-spot"), encoder)
     assert out.modes["mode"].tolist() == ["hallucination"] * 3
-    assert set(out.modes["rule"]) == {"kept_structure_no_abstention"}
+    assert set(out.modes["rule"]) == {"asserts_hidden_content"}
     assert out.summary.iloc[0]["match_f1_evidence"] == 1.0  # structure kept, content made up
     assert out.summary.iloc[0]["abstention_evidence"] == 0.0
+    at = out.attribution.set_index(["item_id", "region", "base_step"])
+    # the step that reads the hidden panel names another colour; the other panel's step asserts nothing about it
+    assert at.loc[("c1", 0, 0), "asserts"] and at.loc[("c1", 0, 0), "dependence"] >= 0.5
+    assert pd.isna(at.loc[("c1", 0, 1), "asserts"]) and at.loc[("c1", 0, 1), "dependence"] < 1e-6
 
 
 def test_oversensitive_model_collapses(encoder):
@@ -158,14 +164,37 @@ def test_alignment_table_rows_and_pairs(encoder):
 # --- attribution with control contrast --------------------------------------------------
 
 
+def null_of(values, **cfg):
+    """A null built from one control trace whose base steps changed by ``values``."""
+    sc = StepChanges(np.asarray(values, float), np.ones(len(values), bool), np.zeros(len(values), bool),
+                     np.zeros(len(values), bool))
+    return Null.build([sc], {**CRM_CFG, **cfg})
+
+
 def test_depends_needs_change_under_evidence_and_quiet_control():
+    null = null_of(np.linspace(0.0, 0.1, 21))  # q95 = 0.095
+    assert null.threshold == pytest.approx(0.095) and not null.fallback
     dep = np.array([0.9, 0.9, 0.05, 0.15, 0.6])
     ctrl = np.array([0.0, 0.8, 0.0, 0.08, 0.45])
     # changed and control quiet; changed under both; unchanged; ahead of a quiet control by < margin;
-    # control changed (0.45 > 0.1) though far behind
-    assert depends_flags(dep, ctrl, 0.1, 0.1) == [True, False, False, False, False]
-    assert depends_flags(dep, ctrl, 0.1, 0.0)[3] is True
-    assert depends_flags(dep, None, 0.1, 0.1) == [None] * 5
+    # control changed (0.45 beyond the null) though far behind
+    assert depends_flags(dep, ctrl, null, 0.1) == [True, False, False, False, False]
+    assert depends_flags(dep, ctrl, null, 0.0)[3] is True
+    assert depends_flags(dep, None, null, 0.1) == [None] * 5
+    # the null's quantile, not a fixed cut, decides: a noisier model's null makes 0.15 no change
+    assert depends_flags(dep, ctrl, null_of(np.linspace(0.0, 0.3, 21)), 0.0)[3] is False
+
+
+def test_null_percentiles_and_fallback():
+    null = null_of([0.0] * 30 + [0.2] * 10)
+    assert null.threshold == pytest.approx(0.2)
+    assert null.step_pct(0.0) == pytest.approx(100 * 15 / 40)  # ties count half
+    assert null.step_pct(0.5) == 100.0 and null.step_pct(0.1) == 75.0
+    # one control trace, mean change 0.05: the null of a case's (mean) change
+    assert (null.trace_pct(0.05), null.trace_pct(0.5)) == (50.0, 100.0) and math.isnan(null.trace_pct(math.nan))
+    small = null_of([0.0, 0.3, 0.6], null_min_size=5, fallback_change=0.25)
+    assert small.fallback and small.threshold == 0.25
+    assert small.describe()["null_fallback"] and small.describe()["null_n_steps"] == 3
 
 
 def test_step_changed_under_control_too_does_not_depend(encoder):
@@ -177,12 +206,12 @@ def test_step_changed_under_control_too_does_not_depend(encoder):
     at = out.attribution.set_index(["item_id", "region", "base_step"])
     assert at.loc[("c1", 1, 1), "changed"] and at.loc[("c1", 1, 1), "control_changed"]
     assert not at.loc[("c1", 1, 1), "depends"]
-    assert at.loc[("c1", 1, 1), "control_dependence"] > 0.1
+    assert at.loc[("c1", 1, 1), "control_dependence"] > out.null.threshold
     # the other steps keep their verdicts
     assert at.loc[("c1", 1, 3), "depends"] and not at.loc[("c1", 1, 0), "depends"]
 
 
-def test_missing_control_leaves_depends_undecided_and_is_counted(encoder):
+def test_missing_control_is_its_own_category_never_quiet(encoder):
     sc = traces_of("grounded")
     sc = sc[sc["trace_id"] != "m|a1|ctrl:0|gray"]
     out = crm_of(sc, encoder)
@@ -190,9 +219,11 @@ def test_missing_control_leaves_depends_undecided_and_is_counted(encoder):
     assert a["depends"].isna().all() and a["control_dependence"].isna().all()
     assert a["changed"].all()
     mode = out.modes[out.modes["item_id"] == "a1"].iloc[0]
-    assert mode["mode"] == "grounded" and not mode["has_control"]
-    assert "no control trace" in mode["detail"]
+    assert (mode["mode"], mode["rule"]) == ("no_control", "no_control_trace") and not mode["has_control"]
+    assert "no control trace" in mode["detail"] and math.isnan(mode["control_change_pct"])
     assert out.counts["cases_without_control"] == 1
+    s = out.summary.iloc[0]
+    assert (s["share_no_control"], s["share_grounded"]) == pytest.approx((1 / 3, 2 / 3))
 
 
 # --- bad input ---------------------------------------------------------------------------
