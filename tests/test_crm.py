@@ -264,89 +264,221 @@ def test_no_traces_at_all_gives_empty_typed_tables(encoder):
 
 # --- the mode rules on constructed cases --------------------------------------------------------
 
-QUIET_CONTROL = dict(has_control=True, control_change=0.0)
-
 
 def case(**kw):
     base = dict(
-        evidence_change=0.5, evidence_step_changed=True, answer_changed=True, abstained=False, newly_abstained=False,
-        has_answer=True, match_f1=1.0, off_target_changed=False, needed=True,
+        evidence_change=0.5, evidence_changed=True, abstained=False, n_gold=2, asserting=0,
+        off_target_depends=False, needed=True, has_control=True, control_change=0.0,
     )
-    base.update(QUIET_CONTROL)
     base.update(kw)
     return Case(**base)
 
 
-def test_rule_collapse_when_the_control_changes_as_much():
-    mode, rule, detail = decide_mode(
-        case(abstained=True, newly_abstained=True, control_change=0.45, control_step_changed=True,
-             control_answer_changed=True), CRM_CFG)
+def test_rule_no_control_comes_first():
+    assert decide_mode(case(has_control=False, control_change=math.nan), CRM_CFG)[:2] == ("no_control",
+                                                                                          "no_control_trace")
+    # even a case that would otherwise hallucinate: without the contrast there is no verdict
+    assert decide_mode(case(has_control=False, asserting=2), CRM_CFG)[0] == "no_control"
+
+
+def test_rule_collapse_when_the_control_disrupts_as_much():
+    mode, rule, detail = decide_mode(case(abstained=True, control_change=0.45, control_disrupted=True), CRM_CFG)
     assert (mode, rule) == ("collapse", "control_as_strong")
     assert "0.450 >= 0.75 x evidence change 0.500" in detail
     # a control change below collapse_ratio x the evidence change is not collapse by this rule
-    mode, rule, _ = decide_mode(case(abstained=True, newly_abstained=True, control_change=0.2,
-                                     control_step_changed=True), CRM_CFG)
-    assert (mode, rule) == ("grounded", "changed_dependent_control_quiet")
+    assert decide_mode(case(abstained=True, control_change=0.2, control_disrupted=True), CRM_CFG)[:2] == (
+        "undecided", "control_not_quiet")
+    # drift alone (the control changed as much but flipped nothing) is no collapse
+    assert decide_mode(case(abstained=True, control_change=0.6), CRM_CFG)[0] == "grounded"
+    assert decide_mode(case(abstained=True, control_change=0.3, control_disrupted=True),
+                       {**CRM_CFG, "collapse_ratio": 0.5})[0] == "collapse"
 
 
-def test_rule_insensitive_when_nothing_changes_and_the_region_is_not_needed():
-    quiet = dict(evidence_change=0.01, evidence_step_changed=False, answer_changed=False)
+def test_rule_insensitive_only_when_the_region_is_not_needed():
+    quiet = dict(evidence_change=0.01, evidence_changed=False, n_gold=0)
     assert decide_mode(case(needed=False, **quiet), CRM_CFG)[:2] == ("insensitive", "unchanged_not_needed")
     assert decide_mode(case(needed=None, **quiet), CRM_CFG)[:2] == ("insensitive", "unchanged_not_needed")
-    # needed but unchanged: CRM decides only on change, so it says nothing (the model may ignore the image)
-    assert decide_mode(case(needed=True, **quiet), CRM_CFG)[:2] == ("undecided", "unchanged_but_needed")
+    # needed and unchanged: the gold steps still assert what the model cannot see
+    assert decide_mode(case(needed=True, evidence_change=0.0, evidence_changed=False, asserting=2),
+                       CRM_CFG)[:2] == ("hallucination", "asserts_hidden_content")
 
 
-@pytest.mark.parametrize("needed", [True, False, None])
-@pytest.mark.parametrize("has_answer", [True, False])
-@pytest.mark.parametrize("has_control", [True, False])
-@pytest.mark.parametrize("match_f1", [1.0, 0.4, 0.0])
-@pytest.mark.parametrize("abstained", [True, False])
-def test_a_case_where_nothing_changed_is_only_ever_insensitive_or_undecided(needed, has_answer, has_control,
-                                                                          match_f1, abstained):
-    # the traces did not change under either mask (an abstaining base trace that still abstains included)
-    c = Case(evidence_change=0.0, evidence_step_changed=False, answer_changed=False, abstained=abstained,
-             newly_abstained=False, has_answer=has_answer, match_f1=match_f1, off_target_changed=False,
-             needed=needed, has_control=has_control, control_change=0.0 if has_control else math.nan)
-    mode, rule, detail = decide_mode(c, CRM_CFG)
-    assert mode in ("insensitive", "undecided"), (mode, rule, detail)
-    assert (mode == "undecided") == (needed is True)
-
-
-def test_rule_hallucination_keeps_structure_without_abstaining():
-    assert decide_mode(case(match_f1=0.5), CRM_CFG)[:2] == ("hallucination", "kept_structure_no_abstention")
-    # structure lost: not hallucination
-    assert decide_mode(case(match_f1=0.3), CRM_CFG)[0] != "hallucination"
-    # no answer at all (e.g. truncated): not asserting anything
-    assert decide_mode(case(has_answer=False), CRM_CFG)[0] != "hallucination"
-
-
-def test_rule_grounded_changes_dependent_steps_and_abstains():
-    assert decide_mode(case(abstained=True, newly_abstained=True, match_f1=0.6), CRM_CFG)[:2] == (
-        "grounded", "changed_dependent_control_quiet")
-    # no abstention, structure gone, only the dependent steps changed
-    assert decide_mode(case(match_f1=0.3), CRM_CFG)[0] == "grounded"
-    # abstaining is enough even when other steps went too (the chain stops at the hidden panel)
-    assert decide_mode(case(abstained=True, off_target_changed=True, match_f1=0.2), CRM_CFG)[0] == "grounded"
+def test_rule_grounded_before_hallucination_and_contrasted_with_the_control():
+    assert decide_mode(case(), CRM_CFG)[:2] == ("grounded", "gold_steps_yield_control_quiet")
+    assert decide_mode(case(abstained=True, off_target_depends=True), CRM_CFG)[0] == "grounded"
+    # a gold step still asserts content: not grounded, hallucination when the control is quiet
+    assert decide_mode(case(asserting=1), CRM_CFG)[:2] == ("hallucination", "asserts_hidden_content")
+    # ... and no verdict when the control moved the gold steps too
+    assert decide_mode(case(asserting=1, control_moved_gold=True), CRM_CFG)[:2] == ("undecided", "control_not_quiet")
+    assert decide_mode(case(control_moved_gold=True), CRM_CFG)[0] == "undecided"
+    # abstaining (or acknowledging where that counts) is never hallucination
+    assert decide_mode(case(asserting=1, abstained=True), CRM_CFG)[0] == "undecided"
 
 
 def test_rule_fell_apart_is_collapse():
-    # the steps that do not read the region changed and the model did not abstain
-    assert decide_mode(case(match_f1=0.2, off_target_changed=True), CRM_CFG)[:2] == ("collapse", "fell_apart")
-    # the control flipped the answer, though it changed less than the evidence mask
-    assert decide_mode(case(abstained=True, newly_abstained=True, control_change=0.1,
-                            control_answer_changed=True), CRM_CFG)[:2] == ("collapse", "fell_apart")
+    assert decide_mode(case(off_target_depends=True), CRM_CFG)[:2] == ("collapse", "fell_apart")
+    assert decide_mode(case(off_target_depends=True, abstained=True), CRM_CFG)[0] == "grounded"
+    assert set(MODE_RULES) == {"no_control_trace", "control_as_strong", "unchanged_not_needed",
+                               "gold_steps_yield_control_quiet", "asserts_hidden_content", "fell_apart",
+                               "control_not_quiet"}
 
 
-def test_thresholds_come_from_the_config():
-    c = case(match_f1=0.6)
-    assert decide_mode(c, CRM_CFG)[0] == "hallucination"
-    assert decide_mode(c, {**CRM_CFG, "structure_f1": 0.7})[0] == "grounded"
-    c = case(abstained=True, newly_abstained=True, control_change=0.3, control_step_changed=True)
-    assert decide_mode(c, CRM_CFG)[0] == "grounded"
-    assert decide_mode(c, {**CRM_CFG, "collapse_ratio": 0.5})[0] == "collapse"
-    assert set(MODE_RULES) == {"control_as_strong", "unchanged_not_needed", "unchanged_but_needed",
-                               "kept_structure_no_abstention", "changed_dependent_control_quiet", "fell_apart"}
+# --- hand-built step triples (base, evidence mask, control mask) through run_crm -----------------
+
+TWO = [
+    {"text": "Step 1: The top-left shape is red.", "depends": [0], "kind": "step"},
+    {"text": "Step 2: The bottom-right shape is blue.", "depends": [1], "kind": "step"},
+    {"text": "Answer: B", "depends": [0, 1], "kind": "answer"},
+]
+TWO_BASE = "Step 1: The top-left shape is red.\nStep 2: The bottom-right shape is blue.\nAnswer: B"
+
+
+def triples(cases, model="m", items=None):
+    """run_crm on items t0.. each with two panels; ``cases``: per item {variant: (text, answer, abstained)}."""
+    rows, items_out = [], []
+    for i, variants in enumerate(cases):
+        item = dict(item_row(f"t{i}", ["top-left", "bottom-right"], TWO), choices=(items or {}).get("choices"))
+        items_out.append(item)
+        rows.append(sidecar_row(model, "panels", f"t{i}", "base", TWO_BASE, answer_text="B"))
+        for variant, (text, answer, abstained) in variants.items():
+            rows.append(sidecar_row(model, "panels", f"t{i}", variant, text, answer_text=answer, abstained=abstained))
+    return sidecar(rows), items_out
+
+
+def run_triples(encoder, cases, cfg=None, **kw):
+    sc, items = triples(cases, **kw)
+    steps = segment_traces(sc, "auto", {})
+    return run_crm(steps, sc, masks_for(items), pd.DataFrame(items), ALIGN_CFG, {**CRM_CFG, **(cfg or {})},
+                   encoder=encoder)
+
+
+KEEP = (TWO_BASE, "B", False)
+ACK0 = ("Step 1: The top-left panel is covered, so I cannot see its colour.\nStep 2: The bottom-right shape is blue."
+        "\nAnswer: B", "B", False)
+
+
+def mode_of(out, item="t0", region=0):
+    row = out.modes[(out.modes["item_id"] == item) & (out.modes["region"] == region)].iloc[0]
+    return row["mode"], row["rule"]
+
+
+def test_triple_only_the_dependent_step_rewritten_with_a_quiet_control_is_grounded(encoder):
+    # forced choice (the item has options): the model says it cannot see the panel and still picks a letter
+    out = run_triples(encoder, [{"drop:0": ACK0, "ctrl:0": KEEP}], items={"choices": ["red", "blue"]})
+    assert mode_of(out) == ("grounded", "gold_steps_yield_control_quiet")
+    at = out.attribution.set_index(["region", "base_step"])
+    assert at.loc[(0, 0), "acknowledged"] and not at.loc[(0, 0), "asserts"] and at.loc[(0, 0), "depends"]
+    assert at.loc[(0, 1), "dependence"] < 1e-6  # the other panel's step untouched
+    # without options the letter after the acknowledgement is a guess about the hidden panel ...
+    out = run_triples(encoder, [{"drop:0": ACK0, "ctrl:0": KEEP}])
+    assert mode_of(out) == ("hallucination", "asserts_hidden_content")
+    # ... unless acknowledging counts as abstaining everywhere (crm.acknowledgement_abstains)
+    out = run_triples(encoder, [{"drop:0": ACK0, "ctrl:0": KEEP}], cfg={"acknowledgement_abstains": "always"})
+    assert mode_of(out)[0] == "grounded"
+    # the acknowledgement is recognised by the configured phrases: with none, the step is just changed text
+    out = run_triples(encoder, [{"drop:0": ACK0, "ctrl:0": KEEP}], items={"choices": ["red", "blue"]},
+                      cfg={"acknowledgement_phrases": []})
+    assert mode_of(out)[0] == "hallucination"
+
+
+def test_triple_dependent_step_unchanged_while_hidden_is_hallucination(encoder):
+    out = run_triples(encoder, [{"drop:0": KEEP, "ctrl:0": KEEP}])
+    assert mode_of(out) == ("hallucination", "asserts_hidden_content")
+    row = out.modes.iloc[0]
+    assert row["evidence_change"] < 1e-6 and not row["answer_changed"]
+    assert out.attribution.set_index(["region", "base_step"]).loc[(0, 0), "asserts"]
+
+
+def test_triple_dependent_step_changed_to_other_content_is_hallucination(encoder):
+    other = (TWO_BASE.replace("red", "green"), "B", False)
+    out = run_triples(encoder, [{"drop:0": other, "ctrl:0": KEEP}])
+    assert mode_of(out) == ("hallucination", "asserts_hidden_content")
+
+
+def test_triple_control_as_strong_as_evidence_is_collapse(encoder):
+    hid = ("Step 1: The top-left panel is hidden.\nStep 2: The bottom-right shape is blue.\nAnswer: unknown",
+           "unknown", True)
+    out = run_triples(encoder, [{"drop:0": hid, "ctrl:0": hid}])
+    assert mode_of(out) == ("collapse", "control_as_strong")
+    row = out.modes.iloc[0]
+    assert row["control_acknowledged"] and row["control_change"] == pytest.approx(row["evidence_change"])
+
+
+DRIFT = [  # paraphrases, as a model decoding greedily writes them when any pixel changes (MiniLM 1 - cosine)
+    "Step 1: The shape in the top-left panel is red.\nStep 2: The bottom-right shape is blue.\nAnswer: B",  # 0.155, 0
+    "Step 1: The top-left shape is red.\nStep 2: The shape at the bottom right is blue.\nAnswer: B",  # 0, 0.033
+    "Step 1: In the top-left panel, the shape is red.\nStep 2: In the bottom-right panel, the shape is blue."
+    "\nAnswer: B",  # 0.122, 0.134
+]
+HEAVY_DRIFT = ("Step 1: The top-left panel's shape is red.\nStep 2: The shape in the bottom-right panel is blue."
+               "\nAnswer: B")  # 0.207, 0.172
+
+
+def test_triple_paraphrase_drift_under_both_masks_is_insensitive(encoder):
+    # region 1 (bottom-right) is not needed here: its gold step depends on nothing
+    gold = [dict(TWO[0]), dict(TWO[1], depends=[]), dict(TWO[2], depends=[0])]
+    cases = [{"drop:1": (DRIFT[i % 3], "B", False), "ctrl:1": (DRIFT[(i + 1) % 3], "B", False),
+              "ctrl:0": (HEAVY_DRIFT, "B", False), "drop:0": ACK0} for i in range(4)]
+    sc, items = triples(cases)
+    for it in items:
+        it["meta"] = json.dumps({"gold_steps": gold})
+    out = run_crm(segment_traces(sc, "auto", {}), sc, masks_for(items), pd.DataFrame(items), ALIGN_CFG,
+                  {**CRM_CFG, "acknowledgement_abstains": "always"}, encoder=encoder)
+    assert len(out.null.steps) == 4 * 2 * 3 and out.null.threshold == pytest.approx(0.207, abs=0.01)
+    m1 = out.modes[out.modes["region"] == 1]
+    assert set(m1["mode"]) == {"insensitive"}, m1[["mode", "detail"]]
+    a1 = out.attribution[out.attribution["region"] == 1]
+    assert a1["dependence"].max() > 0.15 and not a1["changed"].any()  # the old fixed cut (0.1) called it change
+    assert (out.modes["evidence_change_pct"] <= 100).all() and (m1["evidence_change_pct"] < 100).all()
+    # the hidden panel that is needed still comes out grounded, drift in the other steps notwithstanding
+    assert set(out.modes[out.modes["region"] == 0]["mode"]) == {"grounded"}
+    s = out.summary.iloc[0]
+    assert s["null_n_control_traces"] == 8 and not s["null_fallback"]
+    assert s["null_threshold"] == pytest.approx(out.null.threshold)
+    # with a lower quantile the same drift is change: the quantile, not a fixed cut, decides
+    low = run_crm(segment_traces(sc, "auto", {}), sc, masks_for(items), pd.DataFrame(items), ALIGN_CFG,
+                  {**CRM_CFG, "acknowledgement_abstains": "always", "null_quantile": 0.5}, encoder=encoder)
+    assert low.attribution[low.attribution["region"] == 1]["changed"].any()
+
+
+def test_triple_without_control_is_its_own_category(encoder):
+    out = run_triples(encoder, [{"drop:0": KEEP}])
+    assert mode_of(out) == ("no_control", "no_control_trace")
+    assert out.summary.iloc[0]["share_no_control"] == 1.0 and out.summary.iloc[0]["share_hallucination"] == 0.0
+    assert out.summary.iloc[0]["null_fallback"]  # no control traces: the null is empty
+    assert "null too small" in out.modes.iloc[0]["detail"]
+
+
+def test_regenerations_join_the_null(encoder):
+    sc, items = triples([{"drop:0": ACK0, "ctrl:0": KEEP}])
+    regen = sidecar_row("m", "panels", "t0", "base", DRIFT[2], answer_text="B")
+    regen["trace_id"] += "|seed1"
+    sc = sidecar(sc.to_dict("records") + [regen])
+    out = run_crm(segment_traces(sc, "auto", {}), sc, masks_for(items), pd.DataFrame(items), ALIGN_CFG,
+                  {**CRM_CFG, "null_min_size": 1}, encoder=encoder)
+    assert out.counts["regenerations"] == 1
+    assert (out.null.n_control_traces, out.null.n_regenerations, len(out.null.steps)) == (1, 1, 6)
+    assert out.null.steps.max() > 0.05  # the re-generation's drift
+    assert out.summary.iloc[0]["null_n_regenerations"] == 1
+
+
+def test_a_world_that_contradicts_the_paper_makes_the_crm_claims_inconsistent(encoder):
+    from peekaboo import claims
+
+    # every model grounds tightly and none collapses: the paper's CRM findings must not come out consistent
+    frames = []
+    for model in ("m1", "m2"):
+        out = crm_of(traces_of("grounded", model=model), encoder)
+        frames.append(out.modes.assign(model=model, dataset="panels"))
+    modes = pd.concat(frames, ignore_index=True)
+    assert set(modes["mode"]) == {"grounded"}
+    for mode in ("hallucination", "collapse"):
+        row = claims.crm_pattern(modes, mode, 200, 0)
+        assert row["verdict"] == claims.INCONSISTENT, row
+        assert "no model's most frequent mode is " + mode in row["reason"]
+    # cases without a control are no verdict, never counted as decided
+    no_ctrl = modes.assign(mode="no_control")
+    assert "undecided" in claims.crm_pattern(no_ctrl, "collapse", 10, 0)["reason"]
 
 
 # --- gold dependencies ---------------------------------------------------------------------------
