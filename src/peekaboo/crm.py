@@ -672,6 +672,10 @@ def attribute_region(
         )
         case.control_moved_gold = bool(np.any(ctrl_changed & gold_mask))
     mode, rule, detail = decide_mode(case, crm_cfg)
+    e_pct, c_pct = null.trace_pct(case.evidence_change), null.trace_pct(case.control_change)
+    # where the case sits in the null, for the tables and the viewer
+    detail += f"; null: changed beyond {null.threshold:.3f} (q{null.quantile:g}), evidence at pct {e_pct:.0f}" + (
+        f", control at pct {c_pct:.0f}" if ctrl is not None else "")
     if null.fallback:
         detail += f" (null too small: fallback cut {null.threshold:g})"
     mode_row = {
@@ -686,8 +690,8 @@ def attribute_region(
         "has_control": case.has_control,
         "evidence_change": case.evidence_change,
         "control_change": case.control_change,
-        "evidence_change_pct": null.trace_pct(case.evidence_change),
-        "control_change_pct": null.trace_pct(case.control_change),
+        "evidence_change_pct": e_pct,
+        "control_change_pct": c_pct,
         "null_threshold": null.threshold,
         "null_fallback": null.fallback,
         "match_f1": 0.0 if math.isnan(ev_res.match_f1) else float(ev_res.match_f1),
