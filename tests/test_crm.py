@@ -166,8 +166,8 @@ def test_alignment_table_rows_and_pairs(encoder):
 
 def null_of(values, **cfg):
     """A null built from one control trace whose base steps changed by ``values``."""
-    sc = StepChanges(np.asarray(values, float), np.ones(len(values), bool), np.zeros(len(values), bool),
-                     np.zeros(len(values), bool))
+    n = len(values)
+    sc = StepChanges(np.asarray(values, float), np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
     return Null.build([sc], {**CRM_CFG, **cfg})
 
 

@@ -39,7 +39,7 @@ from . import schema
 from .cells import as_list, is_missing, parse_meta
 from .logs import get_logger, progress
 from .segmentation import ANSWER_RE, MARKER_RE
-from .stepchange import Acknowledgement, named_values, step_change
+from .stepchange import Acknowledgement, named_values, step_change, values_distance
 from .stage import StageCall
 from .tables import read_table, write_table
 from .tracestore import read_sidecars
@@ -426,6 +426,7 @@ class StepChanges:
     matched: np.ndarray  # bool: the step has a counterpart
     acknowledged: np.ndarray  # bool: its counterpart says part of the image cannot be seen
     names_values: np.ndarray  # bool: its counterpart names values (numbers, colours, entities, ...)
+    content_changed: np.ndarray  # bool: no counterpart, other named values, or an acknowledgement gained or lost
 
     @property
     def mean(self) -> float:
@@ -435,12 +436,14 @@ class StepChanges:
 def step_changes(base: Trace, trace: Trace, result: MatchResult, measure: str, ack: Acknowledgement) -> StepChanges:
     """Change of every base step (``crm.change_measure``) against its match in ``trace``."""
     n = len(base.texts)
-    out = StepChanges(np.ones(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
+    out = StepChanges(np.ones(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, bool))
     for s, b, sim in result.pairs:
-        out.change[b] = step_change(base.texts[b], trace.texts[s], float(sim), measure, ack)
+        a, t = base.texts[b], trace.texts[s]
+        out.change[b] = step_change(a, t, float(sim), measure, ack)
         out.matched[b] = True
-        out.acknowledged[b] = ack(trace.texts[s])
-        out.names_values[b] = bool(named_values(trace.texts[s]))
+        out.acknowledged[b] = ack(t)
+        out.names_values[b] = bool(named_values(t))
+        out.content_changed[b] = values_distance(a, t) > 0 or ack(a) != out.acknowledged[b]
     return out
 
 
@@ -536,12 +539,12 @@ class Case:
     abstained: bool  # abstained, or acknowledged where that counts as abstaining (crm.acknowledgement_abstains)
     n_gold: int  # base steps whose gold solution reads the region (without gold: the steps that depend on it)
     asserting: int  # ... of which go on asserting content about it under the evidence mask
-    off_target_depends: bool  # a step whose gold does not read the region depends on it
+    off_target_depends: bool  # a step whose gold does not read the region depends on it (in content)
     needed: bool | None  # some gold step reads the region (None: no gold)
     has_control: bool
     control_change: float = math.nan
     control_disrupted: bool = False  # the control flipped the answer, or made the model abstain or acknowledge
-    control_moved_gold: bool = False  # a gold step changed beyond the null under the control
+    control_moved_gold: bool = False  # a gold step changed beyond the null, and in content, under the control
     acknowledged: bool = False  # the evidence trace newly acknowledges a hidden region
 
 
@@ -658,7 +661,9 @@ def attribute_region(
         abstained=abstained,
         n_gold=int(gold_mask.sum()),
         asserting=int(asserts.sum()),
-        off_target_depends=bool(np.any(off_target & np.array([d is True for d in depends], dtype=bool))),
+        # drift in wording beyond the null is not enough: the step's content must have changed too
+        off_target_depends=bool(np.any(off_target & np.array([d is True for d in depends], dtype=bool)
+                                       & ev_changes.content_changed)),
         needed=needed,
         has_control=ctrl is not None,
         acknowledged=acknowledged,
@@ -670,7 +675,7 @@ def attribute_region(
         case.control_disrupted = (
             answer_changed(ctrl, base) or (ctrl.abstained and not base.abstained) or control_ack
         )
-        case.control_moved_gold = bool(np.any(ctrl_changed & gold_mask))
+        case.control_moved_gold = bool(np.any(ctrl_changed & gold_mask & ctrl_changes.content_changed))
     mode, rule, detail = decide_mode(case, crm_cfg)
     e_pct, c_pct = null.trace_pct(case.evidence_change), null.trace_pct(case.control_change)
     # where the case sits in the null, for the tables and the viewer
