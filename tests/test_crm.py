@@ -439,6 +439,11 @@ def test_triple_paraphrase_drift_under_both_masks_is_insensitive(encoder):
     low = run_crm(segment_traces(sc, "auto", {}), sc, masks_for(items), pd.DataFrame(items), ALIGN_CFG,
                   {**CRM_CFG, "acknowledgement_abstains": "always", "null_quantile": 0.5}, encoder=encoder)
     assert low.attribution[low.attribution["region"] == 1]["changed"].any()
+    # there the control's drift on the needed panel's step passes the null too, but its content (red, top-left)
+    # stayed: the control still leaves the gold step alone, and the case stays grounded
+    a0 = low.attribution[(low.attribution["region"] == 0) & (low.attribution["base_step"] == 0)]
+    assert a0["control_changed"].all()
+    assert set(low.modes[low.modes["region"] == 0]["mode"]) == {"grounded"}
 
 
 def test_triple_without_control_is_its_own_category(encoder):
