@@ -570,3 +570,39 @@ def test_items_with_regions_but_no_masked_traces_are_counted(encoder):
     assert len(out.modes) == 0 and len(out.alignment) == 0
     assert out.counts["items_without_masked_traces"] == 2
     assert out.counts["items_without_regions"] == 1
+
+
+# --- checks/crm_truth.py: precision and recall of each planted mode --------------------------------
+
+
+def _load_check(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "checks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crm_truth_judges_each_planted_mode_by_precision_and_recall(tmp_path, capsys):
+    truth = _load_check("crm_truth")
+
+    def write(model, modes):
+        d = tmp_path / "crm" / model / "panels"
+        d.mkdir(parents=True, exist_ok=True)
+        write_table(pd.DataFrame({"item_id": [f"i{j}" for j in range(len(modes))], "mode": modes}), d / "modes.parquet")
+        gold = [True, False] * 5
+        write_table(pd.DataFrame({"depends": gold, "gold_depends": gold}), d / "attribution.parquet")
+
+    write("grounded", ["grounded"] * 19 + ["undecided"])  # recall 0.95
+    write("blind-spot", ["hallucination"] * 20)
+    write("oversensitive", ["collapse"] * 18 + ["no_control"] * 2)  # recall 0.9: no-control cases count against it
+    assert truth.main([str(tmp_path)]) == 0
+    assert "all planted-truth targets met" in capsys.readouterr().out
+    # blind-spot's cases in mode grounded cost grounded its precision (19 of 22), and blind-spot its recall
+    write("blind-spot", ["hallucination"] * 17 + ["grounded"] * 3)
+    assert truth.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "grounded/panels: mode precision >= 0.9" in out and "blind-spot/panels: mode recall >= 0.9" in out
