@@ -606,3 +606,16 @@ def test_crm_truth_judges_each_planted_mode_by_precision_and_recall(tmp_path, ca
     assert truth.main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "grounded/panels: mode precision >= 0.9" in out and "blind-spot/panels: mode recall >= 0.9" in out
+
+
+def test_claims_leave_out_the_same_modes_as_crm():
+    from peekaboo import claims
+    from peekaboo.crm import UNDECIDED_MODES
+
+    for mode in UNDECIDED_MODES:
+        modes = pd.DataFrame({"model": "m", "dataset": "d", "item_id": ["a", "b"], "mode": mode})
+        assert "cases undecided or without a control trace" in claims.crm_pattern(modes, "collapse", 10, 0)["reason"]
+    # one decided case among them decides
+    modes = pd.DataFrame({"model": "m", "dataset": "d", "item_id": ["a", "b", "c"],
+                          "mode": [*UNDECIDED_MODES, "collapse"]})
+    assert claims.crm_pattern(modes, "collapse", 0, 0)["reason"].startswith("no interval")

@@ -335,7 +335,8 @@ def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[
     """The largest share of ``mode`` among a model's decided CRM cases, and whether it is that model's own mode."""
     if modes.empty:
         return undecided("no CRM modes (no dataset feeds crm)")
-    # undecided and no-control cases make no claim about the model (crm.UNDECIDED_MODES)
+    # undecided and no-control cases make no claim about the model (crm.UNDECIDED_MODES; not imported, so that
+    # the claims stage does not re-run on every edit of the CRM code)
     decided = modes[~modes["mode"].astype(str).isin(("undecided", "no_control"))]
     names = {"datasets": _names(modes["dataset"]), "models": _names(modes["model"])}
     if decided.empty:

@@ -447,12 +447,6 @@ def step_changes(base: Trace, trace: Trace, result: MatchResult, measure: str, a
     return out
 
 
-def step_dependence(result: MatchResult) -> np.ndarray:
-    """1 - similarity of each base step's match, 1 when unmatched; in [0, 1] (the ``cosine`` measure)."""
-    sim = result.ref_similarity()
-    return np.where(np.isnan(sim), 1.0, np.clip(1.0 - sim, 0.0, 1.0))
-
-
 @dataclass
 class Null:
     """Step change under null perturbations, per model and dataset, and the cut it sets for "changed".
