@@ -22,6 +22,9 @@ def test_named_values_normalise_numbers_synonyms_and_proper_nouns():
     # a capitalised word opening a sentence counts only where the other step has it as a proper noun
     assert "paris" not in named_values("Paris is marked.")
     assert "paris" in named_values("Paris is marked.", "The map marks Paris.")
+    # a line break, a bullet or markdown emphasis opens a sentence too
+    assert named_values("First we look.\nThe shape is red.") == {"red"}
+    assert named_values("- **Red** is the colour.") == {"red"}
     assert named_values("The caption says 'Save water'.") >= {"'save water'"}
     assert named_values("The cartoon's caption") == frozenset()  # a possessive is no quote
     assert named_values("no") == {"no"} and "no" not in named_values("The tree has no leaves at all.")

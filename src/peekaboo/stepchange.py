@@ -36,7 +36,7 @@ COLOURS = {
 }
 SHAPES = {
     "circle", "square", "triangle", "diamond", "cross", "star", "rectangle", "hexagon", "pentagon", "oval",
-    "heart", "arrow", "ellipse", "line", "dot",
+    "heart", "arrow", "ellipse",
 }
 # synonyms that name the same value: a paraphrase that swaps them keeps the content
 _SYNONYMS = {
@@ -55,7 +55,8 @@ _NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seve
 _TOKEN_RE = re.compile(r"-?\d+(?:[.,:]\d+)*|[A-Za-z]+(?:'[a-z]+)?|\([A-H]\)")
 _COMPOUND_RE = re.compile(r"\b(twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)-(one|two|three|four|five|six|seven|eight|nine)\b", re.IGNORECASE)
 _QUOTED_RE = re.compile(r"(?<!\w)'([^']{2,}?)'(?!\w)|\"([^\"]{2,})\"")
-_SENTENCE_START_RE = re.compile(r"(?:^|[.!?:;]\s+)([A-Z])")
+# a sentence opens at the start, after . ! ? : ; or a line break, past list bullets and markdown emphasis
+_SENTENCE_START_RE = re.compile(r"(?:^|[.!?:;]\s+|\n)\s*(?:[-*#>]+\s+|\d+[.)]\s+)?[*_\"'(\[]*([A-Z])")
 
 
 
