@@ -9,7 +9,9 @@ the traces that behaviour's training targets give on every base, ``drop:k``
 and ``ctrl:k`` mask (``synthetic.gold_solution``'s wording: grounded says the
 hidden panel is hidden and answers unknown; blind-spot names a colour drawn
 at random for the hidden panel; oversensitive says every panel it reads is
-hidden under any mask), then rewrites each masked trace's steps, with
+hidden under any mask; with ``--forced-choice`` every answer is a letter
+and no model abstains: grounded says the panel is hidden and still picks
+one), then rewrites each masked trace's steps, with
 probability ``--drift``, into one of a few paraphrases (as a model decoding
 greedily does when any pixel changes), runs this checkout's CRM on them with
 the schema's defaults, writes ``OUT/crm/{behaviour}/{dataset}/`` and judges it
@@ -103,8 +105,20 @@ def drift(text: str, p: float, rng: np.random.Generator) -> str:
     return "\n".join(out)
 
 
+LETTERS = "ABCD"
+
+
+def forced_choice(text: str, base_letter: str, rng: np.random.Generator) -> tuple[str, str]:
+    """The trace as on a forced-choice prompt: the answer line is a letter (``base_letter`` where the answer is
+    the base answer, a drawn letter where the model abstained or answered otherwise); no ``unknown``."""
+    lines = text.split("\n")
+    answer = lines[-1].removeprefix("Answer: ").strip()
+    letter = base_letter if answer == "__base__" else LETTERS[int(rng.integers(len(LETTERS)))]
+    return "\n".join(lines[:-1] + [f"Answer: {letter}"]), letter
+
+
 def sidecar_rows(behaviour: str, dataset: str, items: pd.DataFrame, masks: pd.DataFrame, p: float,
-                 rng: np.random.Generator) -> pd.DataFrame:
+                 rng: np.random.Generator, forced: bool = False) -> pd.DataFrame:
     rows = []
     by_item = {k: g for k, g in masks.groupby("item_id", sort=False)}
     for item in items.to_dict("records"):
@@ -126,6 +140,13 @@ def sidecar_rows(behaviour: str, dataset: str, items: pd.DataFrame, masks: pd.Da
                 continue
             if mask["variant"] != "base":
                 text = drift(text, p, rng)
+            if forced:
+                # the base answer keeps its letter; any other answer (unknown included) becomes a drawn letter
+                base_answer = base.rsplit("Answer: ", 1)[-1].strip()
+                last = text.rsplit("Answer: ", 1)
+                if last[-1].strip() == base_answer:
+                    text = last[0] + "Answer: __base__"
+                text, _ = forced_choice(text, LETTERS[sum(map(ord, str(item["item_id"]))) % 4], rng)
             answer = text.rsplit("Answer: ", 1)[-1].strip()
             rows.append({"trace_id": f"{behaviour}|{mask['mask_id']}", "model": behaviour, "dataset": dataset,
                          "item_id": item["item_id"], "mask_id": mask["mask_id"], "variant": mask["variant"],
@@ -141,17 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift", type=float, default=0.5, help="probability that a masked trace's step is reworded")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="where the simulated crm/ tables go (default: RESULTS_DIR/simulated)")
+    parser.add_argument("--forced-choice", action="store_true",
+                        help="items get four options and every answer is a letter: the grounded model says the "
+                             "panel is hidden and still picks one (as on VisArgs or MMMU-Pro prompts)")
     args = parser.parse_args(argv)
     res = Path(args.results)
     out_dir = Path(args.out) if args.out else res / "simulated"
     items = read_table(res / "items" / f"{args.dataset}.parquet")
     masks = read_table(res / "masks" / f"{args.dataset}.parquet")
+    if args.forced_choice:
+        items = items.assign(choices=[list(LETTERS)] * len(items))
     encoder = get_encoder("all-MiniLM-L6-v2", 64)
     # simulated traces have no generated tokens: their steps have no token spans, which steps.py warns about per trace
     logging.getLogger("peekaboo.steps").setLevel(logging.ERROR)
     for behaviour in ("grounded", "blind-spot", "oversensitive"):
         rng = np.random.default_rng([args.seed, len(behaviour)])
-        sc = sidecar_rows(behaviour, args.dataset, items, masks, args.drift, rng)
+        sc = sidecar_rows(behaviour, args.dataset, items, masks, args.drift, rng, args.forced_choice)
         out = crm.run_crm(segment_traces(sc, "auto", {}), sc, masks, items, {}, {}, encoder=encoder)
         od = out_dir / "crm" / behaviour / args.dataset
         od.mkdir(parents=True, exist_ok=True)
