@@ -619,3 +619,24 @@ def test_claims_leave_out_the_same_modes_as_crm():
     modes = pd.DataFrame({"model": "m", "dataset": "d", "item_id": ["a", "b", "c"],
                           "mode": [*UNDECIDED_MODES, "collapse"]})
     assert claims.crm_pattern(modes, "collapse", 0, 0)["reason"].startswith("no interval")
+
+
+def test_simulated_traces_write_what_the_planted_models_are_trained_on():
+    # checks/crm_simulated.py stands in for the reference models: its hidden-panel traces must be the training
+    # targets (synthetic.gold_solution) word for word
+    from peekaboo import synthetic
+
+    sim = _load_check("crm_simulated")
+    opts = synthetic.resolve_options({"seed": 3, "n_items": 12})
+    seen = set()
+    for item in synthetic.generate_items(opts):
+        if not item.evidence:
+            continue
+        _, steps = synthetic.gold_solution(item)
+        for hidden in [{k} for k in range(len(item.evidence))] + [set(range(len(item.evidence)))]:
+            assert sim.hidden_solution(steps, hidden) == synthetic.gold_solution(item, sorted(hidden))[0]
+        seen.add(item.question_type)
+    assert seen == {"attribute", "comparison"}
+    text, letter = sim.forced_choice("Step 1: The top-left panel is hidden.\nAnswer: unknown", "B",
+                                     np.random.default_rng(0))
+    assert text.endswith(f"Answer: {letter}") and letter in "ABCD" and "unknown" not in text
