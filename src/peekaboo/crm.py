@@ -83,13 +83,13 @@ MODE_RULES: dict[str, tuple[str, str]] = {
     ),
     "fell_apart": (
         "collapse",
-        "the steps that do not read the region depend on it (changed beyond the null under the evidence "
-        "mask, not under the control) and the model does not abstain",
+        "the steps that do not read the region depend on it (changed beyond the null and in content under "
+        "the evidence mask, not under the control) and the model does not abstain",
     ),
     "control_not_quiet": (
         "undecided",
-        "anything else: the control changed the gold steps too (or disrupted the trace, though less than the "
-        "evidence mask), so evidence and control cannot be told apart",
+        "anything else: the control changed the gold steps too, beyond the null and in content (or disrupted "
+        "the trace, though less than the evidence mask), so evidence and control cannot be told apart",
     ),
 }
 
