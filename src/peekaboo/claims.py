@@ -335,11 +335,12 @@ def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[
     """The largest share of ``mode`` among a model's decided CRM cases, and whether it is that model's own mode."""
     if modes.empty:
         return undecided("no CRM modes (no dataset feeds crm)")
-    decided = modes[modes["mode"].astype(str) != "undecided"]
+    # undecided and no-control cases make no claim about the model (crm.UNDECIDED_MODES; not imported, so that
+    # the claims stage does not re-run on every edit of the CRM code)
+    decided = modes[~modes["mode"].astype(str).isin(("undecided", "no_control"))]
     names = {"datasets": _names(modes["dataset"]), "models": _names(modes["model"])}
     if decided.empty:
-        return undecided(f"all {len(modes)} CRM cases undecided (the masks changed nothing the gold solution reads)",
-                         **names)
+        return undecided(f"all {len(modes)} CRM cases undecided or without a control trace", **names)
     per_model = []
     for model, sub in decided.groupby("model", sort=False):
         hit = (sub["mode"].astype(str) == mode).to_numpy(dtype=float)

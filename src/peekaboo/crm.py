@@ -1,18 +1,23 @@
 """Contrastive Region Masking: which reasoning step depends on which region, and how a model fails.
 
 Every masked trace is aligned to its item's ``base`` trace (same model and
-dataset) with :mod:`peekaboo.alignment`. Then, per (item, region k, fill):
+dataset) with :mod:`peekaboo.alignment`; each base step's change against its
+aligned counterpart is measured with :mod:`peekaboo.stepchange`
+(``crm.change_measure``; 1 when the step has no counterpart). Then:
 
-- attribution, per base step: ``dependence`` = 1 - similarity of the step's
-  match in the ``drop:k`` trace (1 when unmatched), ``control_dependence`` the
-  same under ``ctrl:k`` (a same-size region that overlaps no evidence);
-  ``changed`` = dependence > ``crm.change_threshold``; ``depends`` = changed
-  under ``drop:k`` AND not changed under ``ctrl:k`` AND dependence exceeds the
-  control's by at least ``crm.control_margin`` (null without a control trace:
-  no contrast, no verdict); ``gold_depends`` from the item's gold solution
-  when there is one.
+- the null, per model and dataset: the step changes under every control mask
+  (``ctrl:j``, every placement of every item) and under re-generations of the
+  unmasked item (further ``base`` traces of an item); a step *changed* when its
+  change exceeds the null's ``crm.null_quantile`` (``crm.fallback_change`` when
+  the null has fewer than ``crm.null_min_size`` values, flagged);
+- attribution, per (item, region k, fill) and base step: the change under
+  ``drop:k`` (``dependence``) and under ``ctrl:k`` (``control_dependence``);
+  ``depends`` = changed under ``drop:k``, not under ``ctrl:k``, and ahead of it
+  by ``crm.control_margin`` (null without a control trace); ``gold_depends``
+  from the item's gold solution;
 - a failure mode with the rule that decided it (``MODE_RULES``; written out
-  with the thresholds in docs/crm.md).
+  in docs/crm.md): every rule contrasts the evidence mask with its control,
+  and a case without a control trace is its own category, ``no_control``.
 
 Failed traces are reported and left out; items without regions are skipped
 and counted; an item without a usable base trace is reported and skipped.
@@ -34,46 +39,57 @@ from . import schema
 from .cells import as_list, is_missing, parse_meta
 from .logs import get_logger, progress
 from .segmentation import ANSWER_RE, MARKER_RE
+from .stepchange import Acknowledgement, named_values, step_change, values_distance
 from .stage import StageCall
 from .tables import read_table, write_table
 from .tracestore import read_sidecars
 
 log = get_logger("crm")
 
-MODES = ("grounded", "hallucination", "collapse", "insensitive", "undecided")
+MODES = ("grounded", "hallucination", "collapse", "insensitive", "undecided", "no_control")
+# modes that make no claim about the model: the claims and shares of decided cases leave them out
+UNDECIDED_MODES = ("undecided", "no_control")
 
 # rule id -> (mode, what it checks); applied in this order, the first that holds decides.
+# "Changed" is always beyond the null (docs/crm.md); the "gold steps" are the base steps whose gold
+# solution reads region k (without a gold solution: the steps that changed under the evidence mask).
 MODE_RULES: dict[str, tuple[str, str]] = {
+    "no_control_trace": (
+        "no_control",
+        "there is no control trace for the region: without the contrast CRM gives no verdict",
+    ),
     "control_as_strong": (
         "collapse",
-        "the control mask changed the trace (a step, the answer or an abstention) and its mean step change "
-        "is at least crm.collapse_ratio x the evidence mask's",
+        "the control mask disrupted the trace (flipped the answer, made it abstain or acknowledge a hidden "
+        "region) and its mean step change is at least crm.collapse_ratio x the evidence mask's",
     ),
     "unchanged_not_needed": (
         "insensitive",
-        "the evidence mask changed no step, not the answer and caused no abstention, and no gold step reads "
-        "the region (or there is no gold solution)",
+        "the evidence mask changed no step beyond the null, not the answer, and caused no abstention or "
+        "acknowledgement, and no gold step reads the region (or there is no gold solution)",
     ),
-    "unchanged_but_needed": (
-        "undecided",
-        "the evidence mask changed no step, not the answer and caused no abstention, although a gold step reads "
-        "the region: CRM decides only on change, so it says nothing here (the model may not use the image, or "
-        "the mask missed the evidence)",
-    ),
-    "kept_structure_no_abstention": (
-        "hallucination",
-        "under the evidence mask the model does not abstain, still gives an answer, and its Match F1 against "
-        "the base trace is at least crm.structure_f1",
-    ),
-    "changed_dependent_control_quiet": (
+    "gold_steps_yield_control_quiet": (
         "grounded",
-        "the evidence mask changed the trace or made it abstain, the control mask neither flipped the answer "
-        "nor caused an abstention, and the steps that do not read the region stayed (or the model abstained)",
+        "under the evidence mask no gold step goes on asserting content about the region (each acknowledges "
+        "it cannot be seen, is dropped, or is rewritten without naming values; or the model abstains), "
+        "something changed, the steps that do not read the region do not depend on it (or the model "
+        "abstains), and the control leaves the gold steps alone",
+    ),
+    "asserts_hidden_content": (
+        "hallucination",
+        "under the evidence mask a gold step goes on asserting content about the region (unchanged, or "
+        "changed to other named values) without acknowledging that it cannot be seen, the model does not "
+        "abstain, and the control leaves the gold steps alone",
     ),
     "fell_apart": (
         "collapse",
-        "anything else: the trace changed beyond the steps that read the region without abstaining, or the "
-        "control mask flipped the answer",
+        "the steps that do not read the region depend on it (changed beyond the null and in content under "
+        "the evidence mask, not under the control) and the model does not abstain",
+    ),
+    "control_not_quiet": (
+        "undecided",
+        "anything else: the control changed the gold steps too, beyond the null and in content (or disrupted "
+        "the trace, though less than the evidence mask), so evidence and control cannot be told apart",
     ),
 }
 
@@ -115,10 +131,14 @@ ATTRIBUTION_SCHEMA = pa.schema(
         ("base_text", pa.string()),
         ("dependence", pa.float64()),
         ("control_dependence", pa.float64()),
+        ("dependence_pct", pa.float64()),
+        ("control_dependence_pct", pa.float64()),
         ("changed", pa.bool_()),
         ("control_changed", pa.bool_()),
         ("depends", pa.bool_()),
         ("gold_depends", pa.bool_()),
+        ("acknowledged", pa.bool_()),
+        ("asserts", pa.bool_()),
         ("base_trace_id", pa.string()),
         ("trace_id", pa.string()),
         ("control_trace_id", pa.string()),
@@ -137,11 +157,17 @@ MODES_SCHEMA = pa.schema(
         ("has_control", pa.bool_()),
         ("evidence_change", pa.float64()),
         ("control_change", pa.float64()),
+        ("evidence_change_pct", pa.float64()),
+        ("control_change_pct", pa.float64()),
+        ("null_threshold", pa.float64()),
+        ("null_fallback", pa.bool_()),
         ("match_f1", pa.float64()),
         ("abstained", pa.bool_()),
+        ("acknowledged", pa.bool_()),
         ("answer_changed", pa.bool_()),
         ("control_answer_changed", pa.bool_()),
         ("control_abstained", pa.bool_()),
+        ("control_acknowledged", pa.bool_()),
     ]
 )
 
@@ -353,6 +379,7 @@ class CrmTables:
     modes: pd.DataFrame
     summary: pd.DataFrame
     counts: dict[str, int]
+    null: "Null | None" = None
 
 
 def _frame(records: list[dict], schema: pa.Schema) -> pd.DataFrame:
@@ -387,24 +414,113 @@ def _alignment_row(trace: Trace, base: Trace, result: MatchResult) -> dict[str, 
     }
 
 
-def step_dependence(result: MatchResult) -> np.ndarray:
-    """1 - similarity of each base step's match, 1 when unmatched; in [0, 1]."""
-    sim = result.ref_similarity()
-    return np.where(np.isnan(sim), 1.0, np.clip(1.0 - sim, 0.0, 1.0))
+# float noise: identical texts' embeddings can differ in the last bits, so a change must pass the cut by this
+_EPS = 1e-6
+
+
+@dataclass
+class StepChanges:
+    """Each base step against its aligned counterpart in one masked (or re-generated) trace."""
+
+    change: np.ndarray  # in [0, 1]; 1 where the step has no counterpart
+    matched: np.ndarray  # bool: the step has a counterpart
+    acknowledged: np.ndarray  # bool: its counterpart says part of the image cannot be seen
+    names_values: np.ndarray  # bool: its counterpart names values (numbers, colours, entities, ...)
+    content_changed: np.ndarray  # bool: no counterpart, other named values, or an acknowledgement gained or lost
+
+    @property
+    def mean(self) -> float:
+        return float(self.change.mean()) if len(self.change) else 0.0
+
+
+def step_changes(base: Trace, trace: Trace, result: MatchResult, measure: str, ack: Acknowledgement) -> StepChanges:
+    """Change of every base step (``crm.change_measure``) against its match in ``trace``."""
+    n = len(base.texts)
+    out = StepChanges(np.ones(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.ones(n, bool))
+    for s, b, sim in result.pairs:
+        a, t = base.texts[b], trace.texts[s]
+        out.change[b] = step_change(a, t, float(sim), measure, ack)
+        out.matched[b] = True
+        out.acknowledged[b] = ack(t)
+        out.names_values[b] = bool(named_values(t))
+        out.content_changed[b] = values_distance(a, t) > 0 or ack(a) != out.acknowledged[b]
+    return out
+
+
+@dataclass
+class Null:
+    """Step change under null perturbations, per model and dataset, and the cut it sets for "changed".
+
+    ``steps``: every base step's change under every control mask and re-generation;
+    ``traces``: the mean step change of each of those traces (the null of a case's change).
+    """
+
+    steps: np.ndarray
+    traces: np.ndarray
+    quantile: float
+    threshold: float
+    fallback: bool  # too few values: crm.fallback_change decided instead of the quantile
+    n_control_traces: int = 0
+    n_regenerations: int = 0
+
+    @classmethod
+    def build(cls, changes: Sequence[StepChanges], crm_cfg: Mapping[str, Any], n_regenerations: int = 0) -> "Null":
+        steps = np.concatenate([c.change for c in changes]) if changes else np.zeros(0)
+        traces = np.array([c.mean for c in changes if len(c.change)])
+        q = float(crm_cfg["null_quantile"])
+        fallback = len(steps) < int(crm_cfg["null_min_size"])
+        threshold = float(crm_cfg["fallback_change"]) if fallback else float(np.quantile(steps, q))
+        return cls(steps, traces, q, threshold, fallback, len(changes) - n_regenerations, n_regenerations)
+
+    def changed(self, x: np.ndarray | float) -> np.ndarray:
+        return np.asarray(x, dtype=float) > self.threshold + _EPS
+
+    @staticmethod
+    def _pct(values: np.ndarray, x: float) -> float:
+        """Mid-rank percentile of ``x`` in ``values`` (ties, within float noise, count half); NaN without values."""
+        if not len(values) or x is None or math.isnan(x):
+            return math.nan
+        below = np.sum(values < x - _EPS)
+        ties = np.sum(np.abs(values - x) <= _EPS)
+        return float(100.0 * (below + 0.5 * ties) / len(values))
+
+    def step_pct(self, x: float) -> float:
+        return self._pct(self.steps, x)
+
+    def trace_pct(self, x: float) -> float:
+        return self._pct(self.traces, x)
+
+    def describe(self) -> dict[str, Any]:
+        """The null's columns of the summary."""
+        s, t = self.steps, self.traces
+        return {
+            "null_n_steps": len(s),
+            "null_n_control_traces": self.n_control_traces,
+            "null_n_regenerations": self.n_regenerations,
+            "null_quantile": self.quantile,
+            "null_threshold": self.threshold,
+            "null_fallback": self.fallback,
+            "null_step_mean": float(s.mean()) if len(s) else math.nan,
+            "null_step_median": float(np.median(s)) if len(s) else math.nan,
+            "null_step_share_changed_fact": float(np.mean(s >= 0.5)) if len(s) else math.nan,
+            "null_trace_median": float(np.median(t)) if len(t) else math.nan,
+            "null_trace_q": float(np.quantile(t, self.quantile)) if len(t) else math.nan,
+        }
 
 
 def depends_flags(
-    dependence: np.ndarray, control_dependence: np.ndarray | None, change_threshold: float, margin: float
+    dependence: np.ndarray, control_dependence: np.ndarray | None, null: Null, margin: float
 ) -> list[bool | None]:
-    """Per base step: changed under the evidence mask, not changed under the control, and ahead of it by ``margin``.
+    """Per base step: changed beyond the null under the evidence mask, not under the control, and ahead of it by ``margin``.
 
     None everywhere without a control trace: without the contrast there is no verdict.
     """
     if control_dependence is None:
         return [None] * len(dependence)
+    changed, ctrl_changed = null.changed(dependence), null.changed(control_dependence)
     return [
-        bool(d > change_threshold and not c > change_threshold and d - c >= margin)
-        for d, c in zip(dependence, control_dependence)
+        bool(ch and not cc and d - c >= margin)
+        for ch, cc, d, c in zip(changed, ctrl_changed, dependence, control_dependence)
     ]
 
 
@@ -412,60 +528,52 @@ def depends_flags(
 class Case:
     """What the mode rules look at for one (item, region, fill)."""
 
-    evidence_change: float  # mean step dependence under drop:k
-    evidence_step_changed: bool
-    answer_changed: bool
-    abstained: bool  # the drop:k trace abstained
-    newly_abstained: bool  # ... where the base trace did not
-    has_answer: bool
-    match_f1: float
-    off_target_changed: bool  # a step that does not read the region changed
+    evidence_change: float  # mean step change under drop:k
+    evidence_changed: bool  # a step beyond the null, the answer, a new abstention or acknowledgement
+    abstained: bool  # abstained, or acknowledged where that counts as abstaining (crm.acknowledgement_abstains)
+    n_gold: int  # base steps whose gold solution reads the region (without gold: the steps that depend on it)
+    asserting: int  # ... of which go on asserting content about it under the evidence mask
+    off_target_depends: bool  # a step whose gold does not read the region depends on it (in content)
     needed: bool | None  # some gold step reads the region (None: no gold)
     has_control: bool
     control_change: float = math.nan
-    control_step_changed: bool = False
-    control_answer_changed: bool = False
-    control_newly_abstained: bool = False
+    control_disrupted: bool = False  # the control flipped the answer, or made the model abstain or acknowledge
+    control_moved_gold: bool = False  # a gold step changed beyond the null, and in content, under the control
+    acknowledged: bool = False  # the evidence trace newly acknowledges a hidden region
 
 
 def decide_mode(case: Case, crm_cfg: Mapping[str, Any]) -> tuple[str, str, str]:
     """(mode, rule id, detail with the numbers) for one case; rules in ``MODE_RULES`` order."""
     ratio = float(crm_cfg["collapse_ratio"])
-    structure_f1 = float(crm_cfg["structure_f1"])
-    evidence_changed = case.evidence_step_changed or case.answer_changed or case.newly_abstained
-    control_changed = case.has_control and (
-        case.control_step_changed or case.control_answer_changed or case.control_newly_abstained
-    )
     e, c = case.evidence_change, case.control_change
-    if control_changed and c >= ratio * e:
+    gold = f"{case.asserting} of {case.n_gold} gold steps assert content"
+    if not case.has_control:
+        return "no_control", "no_control_trace", f"evidence change {e:.3f}; no control trace"
+    if case.control_disrupted and c >= ratio * e:
         return "collapse", "control_as_strong", f"control change {c:.3f} >= {ratio} x evidence change {e:.3f}"
-    if not evidence_changed:
-        if case.needed is not True:
-            why = "no gold solution" if case.needed is None else "no gold step reads the region"
-            return "insensitive", "unchanged_not_needed", f"evidence change {e:.3f}, answer kept; {why}"
-        return ("undecided", "unchanged_but_needed",
-                f"evidence change {e:.3f}, answer kept, no abstention; the gold solution reads the region")
-    if not case.abstained and case.has_answer and case.match_f1 >= structure_f1:
-        return (
-            "hallucination",
-            "kept_structure_no_abstention",
-            f"Match F1 {case.match_f1:.3f} >= {structure_f1}, no abstention, answer "
-            + ("changed" if case.answer_changed else "kept"),
-        )
-    control_quiet = not (case.control_answer_changed or case.control_newly_abstained)
-    if control_quiet and (case.abstained or not case.off_target_changed):
-        return (
-            "grounded",
-            "changed_dependent_control_quiet",
-            f"evidence change {e:.3f}, " + ("abstained" if case.abstained else "other steps kept")
-            + (f", control change {c:.3f}" if case.has_control else ", no control trace"),
-        )
-    return (
-        "collapse",
-        "fell_apart",
-        f"Match F1 {case.match_f1:.3f}, other steps changed: {case.off_target_changed}, "
-        f"control flipped answer: {case.control_answer_changed or case.control_newly_abstained}",
-    )
+    if not case.evidence_changed and case.needed is not True:
+        why = "no gold solution" if case.needed is None else "no gold step reads the region"
+        return "insensitive", "unchanged_not_needed", f"evidence change {e:.3f}, nothing beyond the null; {why}"
+    control_quiet = not (case.control_disrupted or case.control_moved_gold)
+    if control_quiet and case.evidence_changed and not case.asserting and (
+        case.abstained or not case.off_target_depends
+    ):
+        how = "abstained" if case.abstained else ("acknowledged" if case.acknowledged else "other steps kept")
+        return ("grounded", "gold_steps_yield_control_quiet",
+                f"evidence change {e:.3f}, {gold}, {how}, control change {c:.3f}")
+    if control_quiet and case.asserting and not case.abstained:
+        return ("hallucination", "asserts_hidden_content",
+                f"{gold} without acknowledging the hidden region; evidence change {e:.3f}, control change {c:.3f}")
+    if case.off_target_depends and not case.abstained:
+        return "collapse", "fell_apart", f"steps that do not read the region depend on it; evidence change {e:.3f}"
+    return ("undecided", "control_not_quiet",
+            f"control disrupted: {case.control_disrupted}, control moved gold steps: {case.control_moved_gold}; "
+            f"{gold}; evidence change {e:.3f}, control change {c:.3f}")
+
+
+def _new_acknowledgement(trace: Trace, base: Trace, ack: Acknowledgement) -> bool:
+    """The trace has more steps acknowledging a hidden region than its base trace."""
+    return sum(map(ack, trace.texts)) > sum(map(ack, base.texts))
 
 
 def attribute_region(
@@ -473,28 +581,48 @@ def attribute_region(
     label: str,
     base: Trace,
     ev: Trace,
+    ev_changes: StepChanges,
     ev_res: MatchResult,
     ctrl: Trace | None,
-    ctrl_res: MatchResult | None,
+    ctrl_changes: StepChanges | None,
     gold_regions: Sequence[frozenset[int] | None] | None,
     needed: bool | None,
+    null: Null,
+    ack: Acknowledgement,
+    ack_abstains: bool,
     crm_cfg: Mapping[str, Any],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Attribution rows (one per base step) and the mode row of one (item, region k, fill).
 
-    ``ev``/``ctrl`` are the ``drop:k``/``ctrl:k`` traces aligned to ``base``;
+    ``ev``/``ctrl`` are the ``drop:k``/``ctrl:k`` traces with their step changes against ``base``;
     ``gold_regions`` the gold regions of each base step (None: no gold solution);
-    ``needed`` whether the gold solution uses region k at all (None: no gold).
+    ``needed`` whether the gold solution uses region k at all (None: no gold);
+    ``ack_abstains`` whether an acknowledgement counts as abstaining for this item.
     """
-    change_threshold = float(crm_cfg["change_threshold"])
     margin = float(crm_cfg["control_margin"])
     n = len(base.texts)
-    dep = step_dependence(ev_res)
-    ctrl_dep = step_dependence(ctrl_res) if ctrl_res is not None else np.full(n, np.nan)
-    changed = dep > change_threshold
-    ctrl_changed = ctrl_dep > change_threshold  # False where NaN
-    depends = depends_flags(dep, ctrl_dep if ctrl is not None else None, change_threshold, margin)
+    dep = ev_changes.change
+    ctrl_dep = ctrl_changes.change if ctrl_changes is not None else np.full(n, np.nan)
+    changed = null.changed(dep)
+    ctrl_changed = null.changed(np.nan_to_num(ctrl_dep, nan=0.0)) & (ctrl is not None)
+    depends = depends_flags(dep, ctrl_dep if ctrl is not None else None, null, margin)
     gold_depends = [None if g is None else k in g for g in gold_regions] if gold_regions is not None else [None] * n
+    acknowledged = _new_acknowledgement(ev, base, ack)
+    abstained = ev.abstained or (ack_abstains and acknowledged)
+    # the steps that read the region: by gold where known, else those that depend on it
+    if gold_regions is not None:
+        gold_mask = np.array([g is True for g in gold_depends], dtype=bool)
+        off_target = np.array([g is False for g in gold_depends], dtype=bool)
+    else:
+        gold_mask = np.array([d is True for d in depends], dtype=bool)
+        off_target = np.zeros(n, dtype=bool)  # unknown without gold
+    is_answer = np.array([kind == "answer" for kind in base.kinds], dtype=bool)
+    # a gold step asserts content about the hidden region when its counterpart does not acknowledge it and
+    # either kept the content or names other values; an abstaining answer asserts nothing
+    asserts = (
+        gold_mask & ev_changes.matched & ~ev_changes.acknowledged & ~(is_answer & abstained)
+        & (~changed | ev_changes.names_values)
+    )
     rows = [
         {
             "item_id": base.item_id,
@@ -506,39 +634,49 @@ def attribute_region(
             "base_text": base.texts[b],
             "dependence": float(dep[b]),
             "control_dependence": float(ctrl_dep[b]),
+            "dependence_pct": null.step_pct(float(dep[b])),
+            "control_dependence_pct": null.step_pct(float(ctrl_dep[b])),
             "changed": bool(changed[b]),
             "control_changed": None if ctrl is None else bool(ctrl_changed[b]),
             "depends": depends[b],
             "gold_depends": gold_depends[b],
+            "acknowledged": bool(ev_changes.acknowledged[b]),
+            "asserts": bool(asserts[b]) if gold_mask[b] else None,
             "base_trace_id": base.trace_id,
             "trace_id": ev.trace_id,
             "control_trace_id": ctrl.trace_id if ctrl else None,
         }
         for b in range(n)
     ]
-    # steps that do not depend on the region: by gold where known, else those that changed under the control too
-    if gold_regions is not None:
-        off_target = np.array([g is False for g in gold_depends], dtype=bool)
-    else:
-        off_target = np.array([d is False for d in depends], dtype=bool)
     case = Case(
-        evidence_change=float(dep.mean()) if n else 0.0,
-        evidence_step_changed=bool(changed.any()),
-        answer_changed=answer_changed(ev, base),
-        abstained=ev.abstained,
-        newly_abstained=ev.abstained and not base.abstained,
-        has_answer=ev.has_answer,
-        match_f1=0.0 if math.isnan(ev_res.match_f1) else float(ev_res.match_f1),
-        off_target_changed=bool(np.any(changed & off_target)),
+        evidence_change=ev_changes.mean,
+        evidence_changed=bool(changed.any()) or answer_changed(ev, base) or (ev.abstained and not base.abstained)
+        or acknowledged,
+        abstained=abstained,
+        n_gold=int(gold_mask.sum()),
+        asserting=int(asserts.sum()),
+        # drift in wording beyond the null is not enough: the step's content must have changed too
+        off_target_depends=bool(np.any(off_target & np.array([d is True for d in depends], dtype=bool)
+                                       & ev_changes.content_changed)),
         needed=needed,
         has_control=ctrl is not None,
+        acknowledged=acknowledged,
     )
+    control_ack = None
     if ctrl is not None:
-        case.control_change = float(ctrl_dep.mean()) if n else 0.0
-        case.control_step_changed = bool(ctrl_changed.any())
-        case.control_answer_changed = answer_changed(ctrl, base)
-        case.control_newly_abstained = ctrl.abstained and not base.abstained
+        control_ack = _new_acknowledgement(ctrl, base, ack)
+        case.control_change = ctrl_changes.mean
+        case.control_disrupted = (
+            answer_changed(ctrl, base) or (ctrl.abstained and not base.abstained) or control_ack
+        )
+        case.control_moved_gold = bool(np.any(ctrl_changed & gold_mask & ctrl_changes.content_changed))
     mode, rule, detail = decide_mode(case, crm_cfg)
+    e_pct, c_pct = null.trace_pct(case.evidence_change), null.trace_pct(case.control_change)
+    # where the case sits in the null, for the tables and the viewer
+    detail += f"; null: changed beyond {null.threshold:.3f} (q{null.quantile:g}), evidence at pct {e_pct:.0f}" + (
+        f", control at pct {c_pct:.0f}" if ctrl is not None else "")
+    if null.fallback:
+        detail += f" (null too small: fallback cut {null.threshold:g})"
     mode_row = {
         "item_id": base.item_id,
         "region": k,
@@ -551,11 +689,17 @@ def attribute_region(
         "has_control": case.has_control,
         "evidence_change": case.evidence_change,
         "control_change": case.control_change,
-        "match_f1": case.match_f1,
-        "abstained": case.abstained,
-        "answer_changed": case.answer_changed,
-        "control_answer_changed": case.control_answer_changed if ctrl else None,
+        "evidence_change_pct": e_pct,
+        "control_change_pct": c_pct,
+        "null_threshold": null.threshold,
+        "null_fallback": null.fallback,
+        "match_f1": 0.0 if math.isnan(ev_res.match_f1) else float(ev_res.match_f1),
+        "abstained": ev.abstained,
+        "acknowledged": acknowledged,
+        "answer_changed": answer_changed(ev, base),
+        "control_answer_changed": answer_changed(ctrl, base) if ctrl else None,
         "control_abstained": ctrl.abstained if ctrl else None,
+        "control_acknowledged": control_ack,
     }
     return rows, mode_row
 
@@ -594,13 +738,17 @@ def run_crm(
     }
     traces = _traces(sidecar_df, steps_df, masks_df, counts)
 
+    ack = Acknowledgement(crm_cfg["acknowledgement_phrases"])
+    measure = str(crm_cfg["change_measure"])
     base_by_item: dict[str, Trace] = {}
+    regenerations: list[Trace] = []  # further unmasked traces of an item (another seed): part of the null
     for t in traces:
         if t.variant == "base":
             if t.item_id in base_by_item:
-                log.warning("item %s: several base traces; using %s", t.item_id, base_by_item[t.item_id].trace_id)
+                regenerations.append(t)
                 continue
             base_by_item[t.item_id] = t
+    counts["regenerations"] = len(regenerations)
 
     # one pass over every distinct text, batched; later look-ups hit the cache
     all_texts = {s for t in traces for s in t.texts}
@@ -612,6 +760,12 @@ def run_crm(
 
     alignment_rows = []
     results: dict[str, MatchResult] = {}
+    changes: dict[str, StepChanges] = {}
+    null_changes: list[StepChanges] = []
+    for t in regenerations:
+        base = base_by_item[t.item_id]
+        res = match_scores(encoder.similarity(t.texts, base.texts), threshold, alpha)
+        null_changes.append(step_changes(base, t, res, measure, ack))
     masked = [t for t in traces if t.variant != "base"]
     for t in progress(masked, total=len(masked), desc="align", unit="trace"):
         base = base_by_item.get(t.item_id)
@@ -621,7 +775,18 @@ def run_crm(
             continue
         res = match_scores(encoder.similarity(t.texts, base.texts), threshold, alpha)
         results[t.trace_id] = res
+        changes[t.trace_id] = step_changes(base, t, res, measure, ack)
+        if region_of_variant(t.variant)[0] == "ctrl":
+            null_changes.append(changes[t.trace_id])
         alignment_rows.append(_alignment_row(t, base, res))
+    null = Null.build(null_changes, crm_cfg, len(regenerations))
+    if null.fallback:
+        log.warning("null of %d step changes (%d control traces, %d re-generations) is below crm.null_min_size "
+                    "%s: 'changed' uses crm.fallback_change %s instead (flagged null_fallback)", len(null.steps),
+                    null.n_control_traces, null.n_regenerations, crm_cfg["null_min_size"], null.threshold)
+    else:
+        log.info("null: %d step changes (%d control traces, %d re-generations); q%g = %.4f",
+                 len(null.steps), null.n_control_traces, null.n_regenerations, null.quantile, null.threshold)
 
     by_key: dict[tuple[str, str, int, str], Trace] = {}
     fills_by_item: dict[str, set[str]] = {}
@@ -650,6 +815,7 @@ def run_crm(
         gold = golds.get(item_id)
         gold_regions = map_gold_to_steps(base.kinds, base.texts, gold, encoder, threshold) if gold else None
         gold_union = frozenset().union(*(g.regions for g in gold)) if gold else None
+        ack_abstains = _acknowledgement_abstains(item, crm_cfg["acknowledgement_abstains"])
         for k, label in enumerate(labels):
             for fill in fills:
                 counts["cases"] += 1
@@ -662,9 +828,9 @@ def run_crm(
                 if ctrl is None:
                     counts["cases_without_control"] += 1
                 rows, mode_row = attribute_region(
-                    k, label, base, ev, results[ev.trace_id],
-                    ctrl, results[ctrl.trace_id] if ctrl else None,
-                    gold_regions, None if gold_union is None else k in gold_union, crm_cfg,
+                    k, label, base, ev, changes[ev.trace_id], results[ev.trace_id],
+                    ctrl, changes[ctrl.trace_id] if ctrl else None,
+                    gold_regions, None if gold_union is None else k in gold_union, null, ack, ack_abstains, crm_cfg,
                 )
                 attribution_rows.extend(rows)
                 mode_rows.append(mode_row)
@@ -675,11 +841,23 @@ def run_crm(
     model = _single(sidecar_df, "model")
     dataset = _single(sidecar_df, "dataset")
     base_abst = [t.abstained for t in base_by_item.values()]
-    summary = summarise(alignment, attribution, modes, counts, model, dataset, base_abst)
+    summary = summarise(alignment, attribution, modes, counts, model, dataset, base_abst, null)
     log.info("CRM %s/%s: %s", model, dataset, ", ".join(f"{k}={v}" for k, v in counts.items()))
     if len(modes):
         log.info("modes: %s", modes["mode"].value_counts().to_dict())
-    return CrmTables(alignment, attribution, modes, summary, counts)
+    return CrmTables(alignment, attribution, modes, summary, counts, null)
+
+
+def _acknowledgement_abstains(item: Mapping[str, Any], when: str) -> bool:
+    """Whether an acknowledged hidden region counts as abstaining for ``item`` (``crm.acknowledgement_abstains``).
+
+    ``choices``: on items with answer options, whose prompt forces a letter, acknowledging is all a model can do.
+    """
+    if when == "always":
+        return True
+    if when == "never":
+        return False
+    return len(as_list(item.get("choices"))) > 0
 
 
 def _single(df: pd.DataFrame, column: str) -> str | None:
@@ -692,6 +870,11 @@ def _single(df: pd.DataFrame, column: str) -> str | None:
 def _rate(values: pd.Series) -> float:
     values = values.dropna()
     return float(values.astype(float).mean()) if len(values) else math.nan
+
+
+def _median(values: pd.Series | None) -> float:
+    values = pd.Series(dtype=float) if values is None else pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.median()) if len(values) else math.nan
 
 
 def depends_precision_recall(attribution: pd.DataFrame) -> tuple[float, float, int]:
@@ -713,8 +896,10 @@ def summarise(
     model: str | None,
     dataset: str | None,
     base_abstained: Sequence[bool] = (),
+    null: Null | None = None,
 ) -> pd.DataFrame:
-    """One row per fill: mode shares, answer flips and abstention under evidence and control masks, Match F1."""
+    """One row per fill: mode shares, answer flips and abstention under evidence and control masks, Match F1,
+    percentiles of the cases' changes in the null, and the null itself (per model and dataset, on every row)."""
     fills = sorted(set(modes["fill"]) | {f for v, f in zip(alignment["variant"], alignment["fill"]) if region_of_variant(v)[1] is not None})
     rows = []
     for fill in fills or [None]:
@@ -741,8 +926,12 @@ def summarise(
                 "depends_precision": precision,
                 "depends_recall": recall,
                 "n_attribution_with_gold": n_known,
+                "evidence_change_pct_median": _median(md.get("evidence_change_pct")),
+                "control_change_pct_median": _median(md.get("control_change_pct")),
             }
         )
+        if null is not None:
+            row.update(null.describe())
         row.update({f"n_{k}": int(v) for k, v in counts.items()})
         rows.append(row)
     return pd.DataFrame(rows)

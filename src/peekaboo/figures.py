@@ -425,7 +425,7 @@ def fig_crm_dependence(t: Tables, cfg: Mapping[str, Any]):
     return fig, "not applicable"
 
 
-MODES = ("grounded", "hallucination", "collapse", "insensitive", "undecided")
+MODES = ("grounded", "hallucination", "collapse", "insensitive", "undecided", "no_control")
 
 
 def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
@@ -437,7 +437,7 @@ def fig_crm_modes(t: Tables, cfg: Mapping[str, Any]):
     pivot = pivot[cols]
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(pivot), 3.4))
     bottom = np.zeros(len(pivot))
-    colours = dict(zip(MODES, ("#2a9d8f", "#e76f51", "#8d6cab", "#bbbbbb", "#e9e9e9")))
+    colours = dict(zip(MODES, ("#2a9d8f", "#e76f51", "#8d6cab", "#bbbbbb", "#e9e9e9", "#f4d58d")))
     for c in cols:
         ax.bar(range(len(pivot)), pivot[c].to_numpy(), bottom=bottom, label=c, color=colours.get(c))
         bottom += pivot[c].to_numpy()
