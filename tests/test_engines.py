@@ -219,3 +219,116 @@ def test_the_engine_module_imports_nothing_but_the_standard_library_and_vllm():
     names -= {"__future__"}
     assert names <= set(sys.stdlib_module_names) | {"vllm", "PIL"}, names
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))  # nothing of the project
+
+
+# -- the vLLM engine path (models.<m>.engine: vllm) -----------------------------------------------------------
+FAKE_VLLM = Path(__file__).parent / "fixtures" / "fake_vllm"
+
+
+def stand_in_python(tmp_path: Path) -> Path:
+    """An interpreter for models.<m>.vllm.python whose ``vllm`` is the transformers stand-in: the project's
+    Python with the stand-in on its path (``-P`` in place of the worker's ``-I``, which would ignore the path)."""
+    path = tmp_path / "vllm-env" / "python"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\n[ "$1" = "-I" ] && shift\nPYTHONPATH="{FAKE_VLLM}" exec "{sys.executable}" -P "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def vllm_spec(python: Path, **vllm) -> dict:
+    from test_tracestore import validated_model
+
+    return validated_model(dtype="float32", batch_size=2, generation={"max_new_tokens": 5}, engine="vllm",
+                           vllm={"python": str(python), **vllm})
+
+
+def generate_vllm(tiny_shard, tiny_models, out: Path, spec: dict, shard: int = 0) -> Path:
+    from peekaboo import generating
+
+    r = tiny_shard["results"]
+    path = out / f"shard-{shard}.generations.jsonl"
+    generating.run_stage(StageCall(
+        inputs={"items_table": [str(r / "items/toy.parquet")], "masks_table": [str(r / "masks/toy.parquet")],
+                "model": []},
+        outputs={"generations": str(path)},
+        config={"model": {**spec, "source": str(tiny_models[FAMILY])}, "dataset": tiny_shard["spec"],
+                "model_identity": None},
+        results_dir=r, wildcards={"m": "tiny", "d": "toy", "i": str(shard)}, resources={"gpu": 0}))
+    return path
+
+
+def test_vllm_engine_writes_the_generations_file_the_traces_stage_replays(tiny_shard, tiny_models, tmp_path,
+                                                                          monkeypatch):
+    """The generate stage with engine: vllm (vLLM's API stood in by transformers): prompts rendered and checked
+    here, the worker run in the engine's interpreter; an image the engine processes differently and a request
+    the engine rejects each fail their requests only; the rest replay to the transformers engine's traces."""
+    torch.set_num_threads(1)
+    masks = tables.read_table(tiny_shard["masks"])
+    first = Image.open(tiny_shard["results"] / masks.iloc[0]["images"][0])
+    second_item = masks[masks["item_id"] != masks.iloc[0]["item_id"]].iloc[0]
+    second = Image.open(tiny_shard["results"] / second_item["images"][0])
+    python = stand_in_python(tmp_path)
+    resized = [m for m in masks["mask_id"] if m.startswith(masks.iloc[0]["item_id"] + "|")]
+    rejected = [m for m in masks["mask_id"] if m.startswith(second_item["item_id"] + "|")]
+    for fault, size, failing, reason in (
+            ("FAKE_VLLM_RESIZE_SIZE", first.size, resized,
+             "prompt check: the engine's prompt differs from the processor's at token "),
+            ("FAKE_VLLM_REJECT_SIZE", second.size, rejected,
+             "the engine failed the request: ValueError: planted: the engine rejects this prompt")):
+        monkeypatch.setenv(fault, str(size))
+        path = generate_vllm(tiny_shard, tiny_models, tmp_path / fault, vllm_spec(python))
+        monkeypatch.delenv(fault)
+        lines = {x["id"]: x for x in map(json.loads, path.read_text().splitlines())}
+        assert failing and all(lines[m]["error"].startswith(reason) for m in failing)
+        others = [x for m, x in lines.items() if m not in failing]
+        assert others and all("error" not in x for x in others)  # one failed request never loses the others
+    path = generate_vllm(tiny_shard, tiny_models, tmp_path / "gen", vllm_spec(python))
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines and all("error" not in x for x in lines)
+    assert all(len(x["logprobs"]) == len(x["token_ids"]) and x["finish_reason"] in ("stop", "length") for x in lines)
+    own_store, own_sidecar = trace(tiny_models, tiny_shard, tmp_path / "own")
+    v_store, v_sidecar = trace(tiny_models, tiny_shard, tmp_path / "vllm", generations_path=path)
+    own, v = tables.read_table(own_sidecar), tables.read_table(v_sidecar)
+    assert (v["status"] == "ok").all() and own["text"].tolist() == v["text"].tolist()
+    assert (v["engine_logprob_diff"] < 1e-4).all()
+    a, b = xr.open_zarr(own_store), xr.open_zarr(v_store)
+    for name in ("token_id", "logprob", "image_attn", "region_mass"):
+        np.testing.assert_allclose(np.asarray(a[name]), np.asarray(b[name]), atol=1e-5, err_msg=name)
+
+
+def test_vllm_engine_errors_name_the_model_request_and_key(tiny_shard, tiny_models, tmp_path):
+    from peekaboo.engines import EngineError
+
+    # no engine environment
+    with pytest.raises(EngineError, match=r"models\.tiny\.engine is vllm but models\.tiny\.vllm\.python .*"
+                                          r"does not exist: make the environment with `scripts/setup_env\.sh "
+                                          r"--engine vllm`"):
+        generate_vllm(tiny_shard, tiny_models, tmp_path / "a", vllm_spec(tmp_path / "nowhere" / "python"))
+    # an interpreter without vLLM
+    with pytest.raises(EngineError, match=r"models\.tiny: vLLM could not run .*: vLLM cannot be imported in "):
+        generate_vllm(tiny_shard, tiny_models, tmp_path / "b", vllm_spec(Path(sys.executable)))
+    # an architecture the engine does not support (the stand-in's list leaves the tiny GLM-4.6V out)
+    with pytest.raises(EngineError, match=r"models\.tiny: vLLM could not run .*the engine did not start: "
+                                          r"ValueError: Model architectures .* are not supported"):
+        from peekaboo import generating
+
+        r = tiny_shard["results"]
+        generating.run_stage(StageCall(
+            inputs={"items_table": [str(r / "items/toy.parquet")], "masks_table": [str(r / "masks/toy.parquet")],
+                    "model": []},
+            outputs={"generations": str(tmp_path / "c" / "g.jsonl")},
+            config={"model": {**vllm_spec(stand_in_python(tmp_path)), "source": str(tiny_models["glm46v"])},
+                    "dataset": tiny_shard["spec"], "model_identity": None},
+            results_dir=r, wildcards={"m": "tiny", "d": "toy", "i": "0"}, resources={"gpu": 0}))
+    # a prompt longer than the context the engine serves, and an image that cannot be read: their requests fail
+    masks = tables.read_table(tiny_shard["masks"])
+    broken = tiny_shard["results"] / masks.iloc[-1]["images"][0]
+    broken.write_bytes(b"not an image")
+    path = generate_vllm(tiny_shard, tiny_models, tmp_path / "d", vllm_spec(stand_in_python(tmp_path),
+                                                                            max_model_len=8), shard=1)
+    lines = {x["id"]: x for x in map(json.loads, path.read_text().splitlines())}
+    assert lines[masks.iloc[-1]["mask_id"]]["error"].startswith(f"image 0 ({broken}) could not be loaded")
+    too_long = [x for x in lines.values() if x.get("error", "").startswith("prompt of ")]
+    assert too_long and all(x["error"].endswith("does not fit models.tiny.vllm.max_model_len (the context the "
+                                                "engine serves: 8)") for x in too_long)
+    assert len(too_long) == len(lines) - 1
