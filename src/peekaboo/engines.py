@@ -213,8 +213,8 @@ def run_worker(python: str | Path, model_name: str, model_path: str | Path, spec
     if v["batch_invariant"]:
         cmd.append("--batch-invariant")
     log.info("vLLM: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    sys.stderr.write(proc.stderr[-20000:])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    sys.stderr.write(proc.stdout[-20000:] + proc.stderr[-20000:])  # into the job's log
     if proc.returncode != 0:
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("engine_vllm: ")]
         reason = said[-1][len("engine_vllm: "):] if said else (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -63,7 +63,7 @@ rule traces:
         sidecar=R("traces/{m}/{d}/shard-{i}.parquet"),
     params:
         config=lambda wc: {
-            "model": model_entry(wc.m, _NOT_FOR_TRACES),
+            "model": model_entry(wc.m, _NOT_FOR_TRACES + _ENGINE_KEYS),
             "dataset": dataset_entry(wc.d),
             "traces": config["traces"],
             "model_identity": model_identity(wc.m),
