@@ -59,6 +59,9 @@ def _cross_check(cfg: dict) -> list[str]:
             problems.append(f"datasets.{name}.analyses: crm needs masked traces (masks: true)")
         spec["analyses"] = analyses_of(spec)  # filled in, so every stage reads the same list
     for name, model in cfg["models"].items():
+        if model.get("engine") == "vllm" and not model.get("generate_separately", True):
+            problems.append(f"models.{name}.engine: vllm generates in a job of its own; "
+                            "generate_separately: false is for the transformers engine")
         for d in model.get("datasets") or []:
             if d not in datasets:
                 problems.append(f"models.{name}.datasets: unknown dataset '{d}' (known: {', '.join(datasets)})")

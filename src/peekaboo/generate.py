@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from . import capture, geometry, prompting, replay, schema
-from .generations import Generation
+from .generations import Generation, check_prompt
 from .logs import get_logger
 from .seeding import derive_seed
 
@@ -119,6 +119,8 @@ class TraceResult:
     answer_text: str | None = None
     correct: bool | None = None
     abstained: bool = False
+    # largest |replay - engine| log-probability over the trace's tokens, where the engine gave its own
+    engine_logprob_diff: float | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -150,6 +152,7 @@ class _ToReplay:
     token_ids: np.ndarray  # int64, at least one
     truncated: bool
     retries: int  # splits so far (generation)
+    engine_logprobs: np.ndarray | None = None  # the engine's log-probabilities of the tokens, where it gave them
 
 
 class _RowBudget:
@@ -175,6 +178,35 @@ def load_image(source: Any):
     with Image.open(source) as img:
         img.load()
         return img.convert("RGB")
+
+
+def prompt_text(processor, request: TraceRequest, thinking: bool, system_prompt: str | None) -> str:
+    """The request's prompt through the model's chat template (``peekaboo.prompting``)."""
+    msgs = prompting.messages(request.question, len(request.images), system_prompt)
+    return prompting.render(processor, msgs, thinking=thinking)
+
+
+def encode_prompt(processor, request: TraceRequest, thinking: bool, system_prompt: str | None):
+    """``(prompt text, the processor's encoding, image sizes)`` of a request, or the reason it has none.
+
+    The one place a prompt becomes token ids: the replay, the transformers
+    engine and the prompt check of another engine's ids
+    (``peekaboo.engines``) all read these.
+    """
+    images, sizes = [], []
+    for k, source in enumerate(request.images):
+        try:
+            img = load_image(source)
+        except Exception as exc:  # any unreadable image fails this trace only
+            return f"image {k} ({source}) could not be loaded: {exc}"
+        images.append(img)
+        sizes.append(img.size)
+    try:
+        text = prompt_text(processor, request, thinking, system_prompt)
+        enc = processor(text=[text], images=images or None, return_tensors="pt")
+    except Exception as exc:
+        return f"the processor rejected the prompt or image: {exc}"
+    return text, enc, sizes
 
 
 def decode_with_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[int], list[int]]:
@@ -297,8 +329,7 @@ class TraceGenerator:
 
     # -- preparing ------------------------------------------------------------
     def prompt_text(self, request: TraceRequest) -> str:
-        msgs = prompting.messages(request.question, len(request.images), self.system_prompt)
-        return prompting.render(self.processor, msgs, thinking=self.thinking)
+        return prompt_text(self.processor, request, self.thinking, self.system_prompt)
 
     @staticmethod
     def opens_thinking(prompt: str) -> bool:
@@ -307,19 +338,10 @@ class TraceGenerator:
 
     def prepare(self, request: TraceRequest) -> _Prepared | TraceResult:
         """Images loaded, prompt encoded, image tokens located; or a failed result with the reason."""
-        images, sizes = [], []
-        for k, source in enumerate(request.images):
-            try:
-                img = load_image(source)
-            except Exception as exc:  # any unreadable image fails this trace only
-                return TraceResult.failed(request, f"image {k} ({source}) could not be loaded: {exc}")
-            images.append(img)
-            sizes.append(img.size)
-        try:
-            text = self.prompt_text(request)
-            enc = self.processor(text=[text], images=images or None, return_tensors="pt")
-        except Exception as exc:
-            return TraceResult.failed(request, f"the processor rejected the prompt or image: {exc}")
+        encoded = encode_prompt(self.processor, request, self.thinking, self.system_prompt)
+        if isinstance(encoded, str):
+            return TraceResult.failed(request, encoded)
+        text, enc, sizes = encoded
         prompt_len = int(enc["input_ids"].shape[1])
         room = self.context_length - prompt_len
         if room < 1:
@@ -513,6 +535,10 @@ class TraceGenerator:
             ids = np.asarray(self.tokenizer(g.text, add_special_tokens=False)["input_ids"], dtype=np.int64)
             if not ids.size:
                 return "the text encodes to no tokens"
+        if g.prompt_token_ids is not None:  # another engine's prompt: it must be the one replayed, token for token
+            mismatch = check_prompt(p.encoding["input_ids"][0].tolist(), g.prompt_token_ids, self.tokenizer)
+            if mismatch:
+                return mismatch
         outside = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
         if outside.size:
             k = int(outside[0])
@@ -525,7 +551,9 @@ class TraceGenerator:
             truncated = g.finish_reason == "length"
         else:
             truncated = int(ids[-1]) not in self.eos_ids
-        return _ToReplay(p, ids, truncated, g.retries)
+        engine_logprobs = (np.asarray(g.logprobs, dtype=np.float64)
+                           if g.logprobs is not None and g.token_ids is not None else None)
+        return _ToReplay(p, ids, truncated, g.retries, engine_logprobs)
 
     def _replay_ready(self, results: list[TraceResult | None],
                       todo: Sequence[tuple[int, _Prepared, Generation]]) -> None:
@@ -578,6 +606,9 @@ class TraceGenerator:
             truncated=item.truncated,
             retries=item.retries + retries,
         )
+        if item.engine_logprobs is not None and len(item.engine_logprobs) == n:
+            result.engine_logprob_diff = float(np.max(np.abs(result.logprob.astype(np.float64)
+                                                             - item.engine_logprobs)))
         if self.score is not None:
             try:
                 # a chain that ends inside the thinking block the prompt opened has no answer: unparsed, truncated

@@ -59,6 +59,8 @@ SIDECAR_SCHEMA = pa.schema([
     ("token_char_start", pa.list_(pa.int32())),
     ("token_char_end", pa.list_(pa.int32())),
     ("retries", pa.int32()),
+    # largest |replay - engine| log-probability over the trace's tokens, where the engine gave its own (else null)
+    ("engine_logprob_diff", pa.float32()),
 ])
 SIDECAR_COLUMNS = SIDECAR_SCHEMA.names
 
@@ -196,6 +198,7 @@ def _sidecar_row(result, trace_index: int) -> dict[str, Any]:
         "token_char_start": [int(x) for x in result.token_char_start],
         "token_char_end": [int(x) for x in result.token_char_end],
         "retries": int(result.retries),
+        "engine_logprob_diff": getattr(result, "engine_logprob_diff", None),
         "n_regions": int(result.n_regions),
     }
 
