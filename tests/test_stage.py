@@ -94,6 +94,37 @@ def test_closure_follows_relative_function_level_and_package_imports():
     assert not {f for f in training if f.startswith("scoring/")}
 
 
+# the replay, the capture targets, the trace store (Zarr) and the replay's attention: traces' code, not generate's
+CAPTURE = {"trace_replay.py", "replay.py", "capture.py", "attention_impl.py", "tracestore.py"}
+
+
+def test_generation_does_not_hold_the_replay_the_capture_or_the_store():
+    """Editing the replay, the capture targets or the store must re-run the traces (prefill speed), never the
+    decode-bound generation (issue 22): they are in the traces rule's code inputs and not in generate's; the
+    resume bookkeeping both share (``resume``) holds nothing of the store."""
+    generate = _relative(stages.code_files("generate"))
+    traces = _relative(stages.code_files("traces"))
+    assert not CAPTURE & generate, sorted(CAPTURE & generate)
+    assert CAPTURE <= traces, sorted(CAPTURE - traces)
+    assert {"generate.py", "generations.py", "resume.py"} <= generate & traces
+    assert not {m for m in closure.module_closure("peekaboo.resume") if m != "peekaboo"} - {
+        "peekaboo.resume", "peekaboo.logs", "peekaboo.provenance"}
+    # the grounding VLM generates through the same generator: the boxes stage holds none of it either
+    assert not CAPTURE & _relative(stages.code_files("boxes"))
+
+
+def test_the_boxes_stage_never_reaches_config_validation():
+    """``grounding.stage`` resolves its model's source with ``models.identity.resolve_path``: editing the
+    config validation does not re-run the boxes (a GPU stage), whichever adapter reads the dataset."""
+    for adapter in adapter_names():
+        files = _relative(stages.code_files("boxes", f"peekaboo.datasets.{adapter}"))
+        assert "config.py" not in files, adapter
+    from peekaboo import config
+    from peekaboo.models import identity
+
+    assert config.resolve_path is identity.resolve_path  # one function, where the workflow's common.smk reads it
+
+
 @pytest.mark.parametrize("adapter", adapter_names())
 def test_no_scoring_code_is_upstream_of_the_generation(adapter):
     """A scorer edit must never re-run the items (and through them the masks and the decode-bound generation):

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import schema
+from .models.identity import resolve_path  # noqa: F401 - where it lives: the boxes stage needs it without this module
 from .schema import ConfigError
 
 __all__ = ["ConfigError", "analyses_of", "datasets_for", "load", "load_yaml", "model_datasets", "validate"]
@@ -193,14 +194,6 @@ def _hub_snapshot(repo_id: str, commit: str) -> Path | None:
 
     cached = try_to_load_from_cache(repo_id, "config.json", revision=commit)
     return Path(cached).parent if isinstance(cached, str) else None
-
-
-def resolve_path(value: str, base_dir: Path) -> str:
-    """A configured path resolved against ``base_dir`` when relative and present there; hub ids stay as given."""
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return str(p)
-    return str(base_dir / p) if (base_dir / p).exists() else value
 
 
 def load(path: str | Path, check_paths: bool = True, base_dir: str | Path | None = None) -> dict:

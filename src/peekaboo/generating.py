@@ -19,7 +19,7 @@ from .devices import claim_device
 from .generate import generate_shard, setup_shard, shard_requests
 from .logs import get_logger
 from .models.identity import identify
-from .tracestore import has_partial_batches
+from .resume import has_partial_batches
 from .stage import StageCall
 
 log = get_logger("generating")
@@ -48,7 +48,7 @@ def run_stage(call: StageCall) -> None:
         setup = setup_shard(items_path=call.path("items_table"), masks_path=call.path("masks_table"),
                             results_dir=call.results_dir, model_name=name, model_spec=cfg["model"],
                             model_path=model_path, dataset=call.wildcards["d"], dataset_spec=cfg["dataset"],
-                            shard=int(call.wildcards["i"]), traces_cfg=None, device=None)
+                            shard=int(call.wildcards["i"]), device=None)
         prov = call.provenance(model_id=setup.info.model_id, model_revision=identity.revision)
         generate_shard(setup, call.output("generations"),
                        fingerprint={"config_hash": prov["config_hash"], "code_hash": prov["code_hash"],

@@ -49,7 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .jsonlines import read_lines
 from .logs import get_logger
-from .tracestore import PartialBatches, partial_dir
+from .resume import PartialBatches, partial_dir
 
 log = get_logger("generations")
 

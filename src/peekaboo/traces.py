@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from . import generations as gen_files
 from . import provenance, replay, schema, tracestore
 from .devices import claim_device
-from .generate import setup_shard
+from .trace_replay import setup_shard
 from .logs import get_logger, progress
 from .models.identity import identify
 from .scoring import get_scorer
