@@ -6,6 +6,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,28 @@ def test_every_package_module_is_reachable_or_deliberately_outside_the_stages():
     # what no stage runs: the workflow's own helpers, reference-model checks, tiny test models, notebook entry
     assert outside <= {"peekaboo.config", "peekaboo.closure", "peekaboo.stages", "peekaboo.models.tiny",
                        "peekaboo.models.reference.behaviour"}, sorted(outside)
+
+
+def smk_rules() -> dict[str, tuple[str, str]]:
+    """Every rule of workflow/rules/*.smk: name -> (file, body)."""
+    found = {}
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            found[name] = (path.name, re.split(r"^\S", body, maxsplit=1, flags=re.M)[0])
+    return found
+
+
+def test_every_rule_that_visits_every_item_or_trace_has_a_benchmark():
+    """Snakemake's ``benchmark:`` (time, memory) on every stage that reads items, masks, trace stores or the
+    per-trace tables; only the claims (summary tables) and the target rules go without (issue 22)."""
+    rules = smk_rules()
+    without = {name for name, (_, body) in rules.items() if "    benchmark:\n" not in body}
+    assert without == {"claims", "requests"}, sorted(without)  # (`all` is the Snakefile's)
+    # each in its own folder of results/benchmarks/: no two rules write one file
+    folders = [re.findall(r'BENCH\("([^/"]+)/', body) for name, (_, body) in rules.items() if name not in without]
+    assert all(len(f) == 1 for f in folders) and len({f[0] for f in folders}) == len(folders), folders
+    assert rules["steps"][0] == "steps.smk"
 
 
 def test_uncaught_error_goes_to_the_log_with_its_traceback(tmp_path):

@@ -106,6 +106,8 @@ rule batch_requests:
         **job_resources("default"),
     log:
         LOG("batch_requests/{m}/{d}"),
+    benchmark:
+        BENCH("batch_requests/{m}/{d}")
     conda:
         "../../envs/model.yaml"
     script:
