@@ -36,7 +36,7 @@ generation or the reason there is none (unknown id, empty text, duplicate id,
 an unreadable line, missing from the file, ...); lines that belong to no
 requested trace are reported, never silently dropped, and never stop the
 rest. Turning text into tokens and checking them against the model
-(vocabulary, context) is the replay's job (``TraceGenerator.replay``).
+(vocabulary, context) is the replay's job (``TraceReplayer.replay``).
 """
 
 from __future__ import annotations
