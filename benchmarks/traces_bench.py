@@ -13,7 +13,7 @@ runs, in a fresh process (so that peak memory is that run's own):
   static   : the same with ``generation.compile`` (static cache, transformers'
              ``torch.compile`` of the decoding step; CUDA only), timed on a second
              call after a first one that compiles (its time is reported apart);
-  replay   : ``TraceGenerator.replay`` of the generated tokens as the stage
+  replay   : ``TraceReplayer.replay`` (``peekaboo.trace_replay``) of the generated tokens as the stage
              captures: one teacher-forced forward pass per batch with the replay
              attention, entropy and log-probabilities, per-trace results.
 
@@ -173,6 +173,7 @@ def worker(args) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from peekaboo.generate import GenerationSettings, TraceGenerator
+    from peekaboo.trace_replay import TraceReplayer
 
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -185,8 +186,8 @@ def worker(args) -> dict:
     root = Path(args.work)
     requests = [make_request(root)] * args.batch
     settings = GenerationSettings(max_new_tokens=args.chain)
-    dynamic = TraceGenerator(model, processor, "qwen3_vl", settings, static_cache=False)
-    warm = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=4), static_cache=False)
+    dynamic = TraceReplayer(model, processor, "qwen3_vl", settings, static_cache=False)
+    warm = TraceReplayer(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=4), static_cache=False)
     warm.replay(requests[:1], warm.generate_ids(requests[:1]))  # first-call costs out of the timings
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     row: dict = {"chain": args.chain, "batch": args.batch, "params_m": model_bytes / dtype.itemsize / 1e6,

@@ -15,6 +15,7 @@ from fixtures.models import full_length, load
 from fixtures.models import sample_requests as requests
 from peekaboo.datasets.base import Score
 from peekaboo.generate import GenerationSettings, TraceGenerator, TraceRequest, decode_with_offsets, plan_batches
+from peekaboo.trace_replay import TraceReplayer
 from peekaboo.generations import Generation
 from peekaboo.models.tiny import FAMILIES
 
@@ -26,7 +27,7 @@ def test_entropy_and_logprob_equal_those_of_output_logits(family, batched, tiny_
     model, processor = load(tiny_models[family])
     full_length(model, processor)
     reqs = requests(sample_images, batched)
-    gen = TraceGenerator(model, processor, family, GenerationSettings(max_new_tokens=4))
+    gen = TraceReplayer(model, processor, family, GenerationSettings(max_new_tokens=4))
     results = gen.generate(reqs)  # generated, then replayed: entropy and log-probability come from the replay
     batch, _ = gen.collate([gen.prepare(r) for r in reqs])
     with torch.no_grad():
@@ -52,7 +53,7 @@ def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeyp
     full_length(model, processor)
     reqs = requests(sample_images, batched=True) + [TraceRequest("r2", "Anything?", [sample_images[2]], [])]
     settings = GenerationSettings(max_new_tokens=3)
-    alone = [TraceGenerator(model, processor, "qwen2_vl", settings).generate([r])[0] for r in reqs]
+    alone = [TraceReplayer(model, processor, "qwen2_vl", settings).generate([r])[0] for r in reqs]
     decoder = model.model
     real_forward = decoder.forward
     calls = []
@@ -66,7 +67,7 @@ def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeyp
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(decoder, "forward", forward)
-    split = TraceGenerator(model, processor, "qwen2_vl", settings).generate(reqs)
+    split = TraceReplayer(model, processor, "qwen2_vl", settings).generate(reqs)
     assert calls[0] == 3 and 2 in calls  # 3 -> 2 + 1 -> 1 + 1 + 1, in generation and again in the replay
     # splits add up over both steps: two in generation and two in the replay for the first two rows
     assert [r.retries for r in split] == [4, 4, 2]
@@ -80,7 +81,7 @@ def test_oom_splits_the_batch_and_records_it(tiny_models, sample_images, monkeyp
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(decoder, "forward", always)
-    failed = TraceGenerator(model, processor, "qwen2_vl", settings).generate(reqs[:1])[0]
+    failed = TraceReplayer(model, processor, "qwen2_vl", settings).generate(reqs[:1])[0]
     assert failed.status == "failed" and "out of memory" in failed.error and failed.retries == 1
     ids = TraceGenerator(model, processor, "qwen2_vl", settings).generate_ids(reqs[:1])[0]
     assert not ids.ok and "out of memory on a batch of one" in ids.error and ids.retries == 1
@@ -97,7 +98,7 @@ def test_failed_image_and_too_long_prompt_fail_alone(tiny_models, sample_images,
         TraceRequest("long", "Why? " * 400, [sample_images[0]], []),
         TraceRequest("ok2", "And this?", [sample_images[1]], []),
     ]
-    gen = TraceGenerator(model, processor, "glm4v", GenerationSettings(max_new_tokens=3), context_length=300)
+    gen = TraceReplayer(model, processor, "glm4v", GenerationSettings(max_new_tokens=3), context_length=300)
     results = {r.request.trace_id: r for r in gen.generate(reqs)}
     assert results["ok"].status == "ok" and results["ok2"].status == "ok"
     assert "could not be loaded" in results["missing"].error and "nope.png" in results["missing"].error
@@ -105,7 +106,7 @@ def test_failed_image_and_too_long_prompt_fail_alone(tiny_models, sample_images,
     assert results["long"].status == "failed" and "context of 300" in results["long"].error
     # a prompt that fits but leaves little room is cut where the context ends, and says so
     prompt_len = gen.prepare(reqs[0]).encoding["input_ids"].shape[1]
-    tight = TraceGenerator(model, processor, "glm4v", GenerationSettings(max_new_tokens=50),
+    tight = TraceReplayer(model, processor, "glm4v", GenerationSettings(max_new_tokens=50),
                            context_length=prompt_len + 2)
     full_length(model, processor)
     tight.eos_ids = {int(e) for e in model.generation_config.eos_token_id}
@@ -117,10 +118,10 @@ def test_stop_token_ends_the_trace_untruncated(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen3_vl"])
     full_length(model, processor)
     settings = GenerationSettings(max_new_tokens=6)
-    first = TraceGenerator(model, processor, "qwen3_vl", settings).generate(requests(sample_images, False))[0]
+    first = TraceReplayer(model, processor, "qwen3_vl", settings).generate(requests(sample_images, False))[0]
     stop = int(first.token_ids[2])
     model.generation_config.eos_token_id = [stop]
-    stopped = TraceGenerator(model, processor, "qwen3_vl", settings).generate(requests(sample_images, False))[0]
+    stopped = TraceReplayer(model, processor, "qwen3_vl", settings).generate(requests(sample_images, False))[0]
     k = int(np.flatnonzero(first.token_ids == stop)[0])
     assert stopped.n_tokens == k + 1 and not stopped.truncated
     np.testing.assert_array_equal(stopped.token_ids, first.token_ids[: k + 1])
@@ -134,7 +135,7 @@ def test_sampling_is_seeded(tiny_models, sample_images):
 
     def sample(seed):
         settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=seed)
-        return [r.token_ids for r in TraceGenerator(model, processor, "qwen2_5_vl", settings).generate(reqs)]
+        return [r.token_ids for r in TraceReplayer(model, processor, "qwen2_5_vl", settings).generate(reqs)]
 
     a, b, c = sample(1), sample(1), sample(2)
     for x, y in zip(a, b):
@@ -151,7 +152,7 @@ def test_scoring_and_text_offsets(tiny_models, sample_images):
         seen.append((request.trace_id, text))
         return Score(answer_text="A", correct=True, abstained=False)
 
-    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6), score=score)
+    gen = TraceReplayer(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6), score=score)
     result = gen.generate(requests(sample_images, False))[0]
     assert seen == [("r0", result.text)] and result.correct is True and result.answer_text == "A"
     starts, ends = result.token_char_start, result.token_char_end
@@ -171,7 +172,7 @@ def test_a_chain_inside_the_thinking_block_the_prompt_opened_is_unparsed_and_tru
     scorer = get_scorer("mathvista")
     item = {"item_id": "q", "answer": "B", "answer_type": "multi_choice", "choices": ["1", "2", "3"],
             "meta": json.dumps({"question_type": "multi_choice", "answer_type": "text", "precision": None})}
-    gen = TraceGenerator(model, processor, family, GenerationSettings.from_config({"max_new_tokens": 8}),
+    gen = TraceReplayer(model, processor, family, GenerationSettings.from_config({"max_new_tokens": 8}),
                          thinking=True, score=lambda request, text, thinking_open=False: scorer.score(
                              item, text, thinking_open=thinking_open))
     request = requests(sample_images, False)[0]
@@ -213,11 +214,11 @@ def test_generated_ids_replayed_give_the_same_traces(tiny_models, sample_images)
     model, processor = load(tiny_models["qwen3_vl"])
     reqs = requests(sample_images, batched=True)
     full_length(model, processor)
-    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6))
+    gen = TraceReplayer(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6))
     first = list(gen.generate_ids(reqs[:1])[0].token_ids)
     k = next(k for k in range(1, len(first)) if first[k] not in first[:k])
     model.generation_config.eos_token_id = [first[k]]  # row 0 stops early on it
-    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6))
+    gen = TraceReplayer(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=6))
     ids = gen.generate_ids(reqs)
     assert ids[0].finish_reason == "stop" and list(ids[0].token_ids) == first[:k + 1]
     assert ids[0].text == decode_with_offsets(processor.tokenizer, ids[0].token_ids)[0]
@@ -234,7 +235,7 @@ def test_generated_ids_replayed_give_the_same_traces(tiny_models, sample_images)
 def test_replay_refuses_tokens_the_model_cannot_take(tiny_models, sample_images):
     model, processor = load(tiny_models["qwen2_5_vl"])
     req = requests(sample_images, batched=False)[0]
-    gen = TraceGenerator(model, processor, "qwen2_5_vl", GenerationSettings(max_new_tokens=4), context_length=400)
+    gen = TraceReplayer(model, processor, "qwen2_5_vl", GenerationSettings(max_new_tokens=4), context_length=400)
     prompt_len = gen.prepare(req).prompt_len
     text = "Step 1: the square is red.\nAnswer: A"
     cases = {
@@ -297,7 +298,7 @@ def test_text_only_questions_trace_alone_and_beside_image_questions(tiny_models,
 
     model, processor = load(tiny_models[family])
     full_length(model, processor)
-    gen = TraceGenerator(model, processor, family, GenerationSettings(max_new_tokens=4))
+    gen = TraceReplayer(model, processor, family, GenerationSettings(max_new_tokens=4))
     text_only = [TraceRequest(trace_id=f"t{i}", question="Is 2 + 2 equal to 4?", meta={}) for i in range(2)]
     mixed = [text_only[0]] + requests(sample_images, False)[:1]
     alone, together = gen.generate(text_only), gen.generate(mixed)
@@ -316,7 +317,7 @@ def test_text_only_questions_trace_alone_and_beside_image_questions(tiny_models,
 def test_an_error_in_one_trace_fails_that_trace_only(tiny_models, sample_images, monkeypatch):
     model, processor = load(tiny_models["qwen3_vl"])
     full_length(model, processor)
-    gen = TraceGenerator(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=4))
+    gen = TraceReplayer(model, processor, "qwen3_vl", GenerationSettings(max_new_tokens=4))
     import dataclasses
 
     batch = requests(sample_images, True)

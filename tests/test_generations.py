@@ -149,3 +149,40 @@ def test_writer_resumes_and_writes_lines_in_order(tmp_path):
     other = GenerationsWriter(path, plan, {"config_hash": "y"})
     (partial / "batch-00000.jsonl").write_text("{}\n")
     assert other.start() == set() and not (partial / "batch-00000.jsonl").exists()
+
+
+def test_prompt_ids_and_sampled_logprobs_are_read_from_each_engines_shape(tmp_path):
+    """The engine's prompt ids (checked by the replay) and its sampled tokens' log-probabilities (compared with
+    the replay's), as each engine writes them; a list that is not one per token is left out, not failed."""
+    path = tmp_path / "gen.jsonl"
+    write_lines(path, [
+        # ours (the vLLM engine's lines)
+        {"id": "q0|base|none", "token_ids": [5, 6], "logprobs": [-0.5, -1.25], "prompt_token_ids": [1, 2, 3]},
+        # vLLM RequestOutput: logprobs per position, {token_id: Logprob}, the sampled token among them
+        {"request_id": "q0|drop:0|gray", "prompt_token_ids": [1, 2],
+         "outputs": [{"token_ids": [7, 8], "text": "ab", "finish_reason": "stop",
+                      "logprobs": [{"9": {"logprob": -3.0}, "7": {"logprob": -0.1, "rank": 1}},
+                                   {"8": {"logprob": -0.2, "rank": 1}}]}]},
+        # vLLM run_batch with return_token_ids and logprobs: prompt ids on the body, logprobs on the choice
+        {"id": "b1", "custom_id": "q1|base|none",
+         "response": {"status_code": 200, "body": {"prompt_token_ids": [4, 4, 4], "choices": [
+             {"index": 0, "message": {"content": "x"}, "token_ids": [3, 2, 1], "finish_reason": "length",
+              "logprobs": {"content": [{"token": "a", "logprob": -1.0, "top_logprobs": []},
+                                       {"token": "b", "logprob": -2.0, "top_logprobs": []},
+                                       {"token": "c", "logprob": -3.0, "top_logprobs": []}]}}]}},
+         "error": None},
+        # one log-probability short: left out
+        {"id": "q1|drop:0|gray", "token_ids": [5, 6], "logprobs": [-0.5]},
+        # a text: its tokens are the replay's, so an engine's log-probabilities have nothing to line up with
+        {"id": "q2|base|none", "text": "hi", "logprobs": [-0.5], "prompt_token_ids": [9]},
+    ])
+    g = read_generations(path, KNOWN[:5], known=KNOWN).generations
+    assert g["q0|base|none"].logprobs == (-0.5, -1.25) and g["q0|base|none"].prompt_token_ids == (1, 2, 3)
+    assert g["q0|drop:0|gray"].logprobs == (-0.1, -0.2) and g["q0|drop:0|gray"].prompt_token_ids == (1, 2)
+    assert g["q1|base|none"].logprobs == (-1.0, -2.0, -3.0) and g["q1|base|none"].prompt_token_ids == (4, 4, 4)
+    assert g["q1|drop:0|gray"].ok and g["q1|drop:0|gray"].logprobs is None
+    assert g["q2|base|none"].logprobs is None and g["q2|base|none"].prompt_token_ids == (9,)
+    # and what the project writes reads back the same
+    line = Generation("q0|base|none", (5, 6), logprobs=(-0.5, -1.25), prompt_token_ids=(1, 2, 3)).to_line()
+    assert line == {"id": "q0|base|none", "token_ids": [5, 6], "prompt_token_ids": [1, 2, 3],
+                    "logprobs": [-0.5, -1.25], "retries": 0}

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,20 @@ def test_snakemake_dry_run_with_the_paper_config_on_fixture_copies(fixture_optio
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     planned = proc.stdout + proc.stderr
     assert "items" in planned and "boxes" in planned
+    # the model whose entry says engine: vllm gets its generate jobs (vLLM in its own environment)
+    assert pcfg.validate(pointed_at(fixture_options), check_paths=False)["models"]["qwen3-vl-8b"]["engine"] == "vllm"
+    jobs = subprocess.run(
+        [snakemake, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(config), "--cores", "1", "requests",
+         "results/paper/traces/qwen3-vl-8b/mathvista/shard-0.generations.jsonl"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert jobs.returncode == 0, jobs.stdout[-3000:] + jobs.stderr[-3000:]
+    listing = jobs.stdout + jobs.stderr
+    # the requests target: an OpenAI batch file per (model, dataset), 3 models x 4 datasets
+    assert "batch_requests" in listing
+    assert len(set(re.findall(r"requests/qwen3-vl-8b/\w+\.jsonl", listing))) == 4
+    assert re.search(r"rule generate:\s+input:.*?wildcards: m=qwen3-vl-8b, d=mathvista, i=0", listing, re.S)
 
 
 def tiny_box_sources(raw, model_dir, root):

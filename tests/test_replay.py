@@ -15,6 +15,7 @@ from fixtures.models import full_length, load
 from fixtures.models import sample_requests as requests
 from peekaboo import capture, replay
 from peekaboo.generate import GenerationSettings, TraceGenerator
+from peekaboo.trace_replay import TraceReplayer
 from peekaboo.models.tiny import FAMILIES
 
 N_NEW = 6
@@ -103,9 +104,9 @@ def test_mean_map_is_the_layer_mean_and_subsets_pick_layers(tiny_models, sample_
     full_length(model, processor)
     reqs = requests(sample_images, batched=True)
     settings = GenerationSettings(max_new_tokens=3)
-    every = TraceGenerator(model, processor, "qwen3_vl", settings, map_layers="all", keep_heads=True).generate(reqs)
-    mean = TraceGenerator(model, processor, "qwen3_vl", settings, map_layers="mean", keep_heads=True).generate(reqs)
-    last = TraceGenerator(model, processor, "qwen3_vl", settings, map_layers=[-1]).generate(reqs)
+    every = TraceReplayer(model, processor, "qwen3_vl", settings, map_layers="all", keep_heads=True).generate(reqs)
+    mean = TraceReplayer(model, processor, "qwen3_vl", settings, map_layers="mean", keep_heads=True).generate(reqs)
+    last = TraceReplayer(model, processor, "qwen3_vl", settings, map_layers=[-1]).generate(reqs)
     for a, m, l in zip(every, mean, last):
         assert m.image_attn.shape[1] == 1 and l.image_attn.shape[1] == 1 and l.image_attn_heads is None
         np.testing.assert_allclose(m.image_attn[:, 0], a.image_attn.mean(1), atol=1e-6)
@@ -136,8 +137,8 @@ def test_replay_across_a_device_map_with_offloaded_layers(tiny_models, sample_im
     assert hasattr(split.model.language_model.layers[1], "_hf_hook")
     reqs = requests(sample_images, batched=True)
     settings = GenerationSettings(max_new_tokens=4)
-    a = TraceGenerator(whole, processor, family, settings, map_layers="all").generate(reqs)
-    b = TraceGenerator(split, processor, family, settings, map_layers="all").generate(reqs)
+    a = TraceReplayer(whole, processor, family, settings, map_layers="all").generate(reqs)
+    b = TraceReplayer(split, processor, family, settings, map_layers="all").generate(reqs)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.token_ids, y.token_ids)
         np.testing.assert_allclose(x.image_attn, y.image_attn, atol=1e-6)

@@ -6,6 +6,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,37 @@ def test_closure_follows_relative_function_level_and_package_imports():
     assert not {f for f in training if f.startswith("scoring/")}
 
 
+# the replay, the capture targets, the trace store (Zarr) and the replay's attention: traces' code, not generate's
+CAPTURE = {"trace_replay.py", "replay.py", "capture.py", "attention_impl.py", "tracestore.py"}
+
+
+def test_generation_does_not_hold_the_replay_the_capture_or_the_store():
+    """Editing the replay, the capture targets or the store must re-run the traces (prefill speed), never the
+    decode-bound generation (issue 22): they are in the traces rule's code inputs and not in generate's; the
+    resume bookkeeping both share (``resume``) holds nothing of the store."""
+    generate = _relative(stages.code_files("generate"))
+    traces = _relative(stages.code_files("traces"))
+    assert not CAPTURE & generate, sorted(CAPTURE & generate)
+    assert CAPTURE <= traces, sorted(CAPTURE - traces)
+    assert {"generate.py", "generations.py", "resume.py"} <= generate & traces
+    assert not {m for m in closure.module_closure("peekaboo.resume") if m != "peekaboo"} - {
+        "peekaboo.resume", "peekaboo.logs", "peekaboo.provenance"}
+    # the grounding VLM generates through the same generator: the boxes stage holds none of it either
+    assert not CAPTURE & _relative(stages.code_files("boxes"))
+
+
+def test_the_boxes_stage_never_reaches_config_validation():
+    """``grounding.stage`` resolves its model's source with ``models.identity.resolve_path``: editing the
+    config validation does not re-run the boxes (a GPU stage), whichever adapter reads the dataset."""
+    for adapter in adapter_names():
+        files = _relative(stages.code_files("boxes", f"peekaboo.datasets.{adapter}"))
+        assert "config.py" not in files, adapter
+    from peekaboo import config
+    from peekaboo.models import identity
+
+    assert config.resolve_path is identity.resolve_path  # one function, where the workflow's common.smk reads it
+
+
 @pytest.mark.parametrize("adapter", adapter_names())
 def test_no_scoring_code_is_upstream_of_the_generation(adapter):
     """A scorer edit must never re-run the items (and through them the masks and the decode-bound generation):
@@ -152,6 +184,28 @@ def test_every_package_module_is_reachable_or_deliberately_outside_the_stages():
     # what no stage runs: the workflow's own helpers, reference-model checks, tiny test models, notebook entry
     assert outside <= {"peekaboo.config", "peekaboo.closure", "peekaboo.stages", "peekaboo.models.tiny",
                        "peekaboo.models.reference.behaviour"}, sorted(outside)
+
+
+def smk_rules() -> dict[str, tuple[str, str]]:
+    """Every rule of workflow/rules/*.smk: name -> (file, body)."""
+    found = {}
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            found[name] = (path.name, re.split(r"^\S", body, maxsplit=1, flags=re.M)[0])
+    return found
+
+
+def test_every_rule_that_visits_every_item_or_trace_has_a_benchmark():
+    """Snakemake's ``benchmark:`` (time, memory) on every stage that reads items, masks, trace stores or the
+    per-trace tables; only the claims (summary tables) and the target rules go without (issue 22)."""
+    rules = smk_rules()
+    without = {name for name, (_, body) in rules.items() if "    benchmark:\n" not in body}
+    assert without == {"claims", "requests"}, sorted(without)  # (`all` is the Snakefile's)
+    # each in its own folder of results/benchmarks/: no two rules write one file
+    folders = [re.findall(r'BENCH\("([^/"]+)/', body) for name, (_, body) in rules.items() if name not in without]
+    assert all(len(f) == 1 for f in folders) and len({f[0] for f in folders}) == len(folders), folders
+    assert rules["steps"][0] == "steps.smk"
 
 
 def test_uncaught_error_goes_to_the_log_with_its_traceback(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from peekaboo import config as configuration
-from peekaboo import generate, traces, tracestore
+from peekaboo import generate, trace_replay, traces, tracestore
 
 
 def validated_model(**entry) -> dict:
@@ -41,12 +41,24 @@ def shard_args(tiny_models, shard_info, traces_cfg=TRACES_CFG, shard: int = 0, m
                 dataset_spec=shard_info["spec"], shard=shard, traces_cfg=traces_cfg, device="cpu")
 
 
+def generation_args(tiny_models, shard_info, shard: int = 0, model_path=None) -> dict:
+    """``shard_args`` as generating alone takes them (``generate.setup_shard``: nothing of the traces section)."""
+    args = shard_args(tiny_models, shard_info, shard=shard, model_path=model_path)
+    del args["traces_cfg"]
+    return args
+
+
+def generator_class(method: str) -> type:
+    """The class whose ``method`` a job calls: the replay's (traces stage) or the generation's (generate stage)."""
+    return trace_replay.TraceReplayer if method in ("generate", "replay") else generate.TraceGenerator
+
+
 def kill_on_second_batch(monkeypatch, method: str) -> dict:
-    """The job is killed (KeyboardInterrupt) when ``TraceGenerator.<method>`` is called for the second batch.
+    """The job is killed (KeyboardInterrupt) when ``<generator class>.<method>`` is called for the second batch.
 
     Returns the call counter (``n``; set it past 2 to let a re-run go on) and the ``real`` method.
     """
-    real = getattr(generate.TraceGenerator, method)
+    real = getattr(generator_class(method), method)
     calls = {"n": 0, "real": real}
 
     def dies_on_second_batch(self, requests):
@@ -55,7 +67,7 @@ def kill_on_second_batch(monkeypatch, method: str) -> dict:
             raise KeyboardInterrupt("job killed")  # what a SIGINT/kill does to the running batch
         return real(self, requests)
 
-    monkeypatch.setattr(generate.TraceGenerator, method, dies_on_second_batch)
+    monkeypatch.setattr(generator_class(method), method, dies_on_second_batch)
     return calls
 
 
@@ -155,7 +167,7 @@ def test_resume_with_other_weights_discards_the_stale_batches(tiny_models, tiny_
         store, side = run(tiny_models, tiny_shard, out, model_path=model)
     assert calls["n"] == 13  # every batch generated again with the new weights, none resumed
     assert "different model (other weights)" in caplog.text
-    monkeypatch.setattr(generate.TraceGenerator, "generate", calls["real"])
+    monkeypatch.setattr(trace_replay.TraceReplayer, "generate", calls["real"])
     clean_store, clean_side = run(tiny_models, tiny_shard, tmp_path / "clean", model_path=model)
     assert tree(store) == tree(clean_store)
     assert xr.open_zarr(store).attrs["model_revision"] == xr.open_zarr(clean_store).attrs["model_revision"]
@@ -217,7 +229,7 @@ def test_imported_own_token_ids_give_the_same_store(tiny_models, tiny_shard, tmp
     broken = masks.loc[masks["mask_id"] == "q1|drop:0|gray", "image"].iloc[0]
     (tiny_shard["results"] / broken).write_bytes(b"not a png")
     store, sidecar = run(tiny_models, tiny_shard, tmp_path / "generated")
-    setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
+    setup = generate.setup_shard(**generation_args(tiny_models, tiny_shard))
     generations = generate.generate_shard(setup, tmp_path / "gens" / "shard-0.jsonl")
     lines = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines()]
     assert [line["id"] for line in lines] == [r.generation_id for r in setup.requests]  # shard order
@@ -280,7 +292,7 @@ def test_text_import_and_bad_lines(tiny_models, tiny_shard, tmp_path):
 
 
 def test_generations_file_resumes_after_kill(tiny_models, tiny_shard, tmp_path, monkeypatch):
-    setup = generate.setup_shard(**shard_args(tiny_models, tiny_shard))
+    setup = generate.setup_shard(**generation_args(tiny_models, tiny_shard))
     clean = generate.generate_shard(setup, tmp_path / "clean" / "shard-0.jsonl").read_bytes()
     calls = kill_on_second_batch(monkeypatch, "generate_ids")
     path = tmp_path / "resumed" / "shard-0.jsonl"

@@ -139,6 +139,16 @@ def test_editing_a_module_reruns_exactly_the_stages_using_it(e2e_run):
         assert {"traces", "steps", "crm", "collapse", "selective", "figures"} <= planned, (scorer, planned)
         assert not planned & {"items", "masks", "generate", "train_reference"}, (scorer, planned)
 
+    # the replay, the capture targets and the store re-run the traces (prefill speed), never the decode-bound
+    # generation (issue 22); the generation's own module re-runs both
+    for module in ("replay.py", "capture.py", "tracestore.py", "trace_replay.py"):
+        with edited(src / module):
+            planned = planned_rules(run_snakemake(work, "-n"))
+        assert {"traces", "steps", "crm", "collapse"} <= planned, (module, planned)
+        assert not planned & {"items", "masks", "generate", "train_reference"}, (module, planned)
+    with edited(src / "generate.py"):
+        assert {"generate", "traces"} <= planned_rules(run_snakemake(work, "-n"))
+
     assert "Nothing to be done" in run_snakemake(work, "-n")
 
 

@@ -2,7 +2,9 @@
 
 Attention is recorded by replaying the generated tokens in one teacher-forced
 forward pass (:mod:`peekaboo.replay`); this module holds what that needs to
-know about a model and a batch: the text decoder and its attention modules,
+know about a model and a batch: the attention modules of its text decoder
+(found by :func:`peekaboo.models.loading.language_model`, which loading and
+generation use too, so that they need not import the capture code),
 where each batch row's image tokens are and how they weigh into the annotated
 regions (:class:`BatchImages`), and which layers keep a full per-patch map
 (:func:`resolve_map_layers`).
@@ -17,14 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
-def language_model(model) -> torch.nn.Module:
-    """The text decoder of a VLM (``model.model.language_model`` in transformers 5)."""
-    inner = getattr(model, "model", model)
-    lm = getattr(inner, "language_model", None)
-    if lm is None or not hasattr(lm, "layers"):
-        raise ValueError(f"{type(model).__name__}: no language_model with decoder layers found")
-    return lm
+from .models.loading import language_model
 
 
 def attention_modules(model) -> list[torch.nn.Module]:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import schema
+from .models.identity import resolve_path  # noqa: F401 - where it lives: the boxes stage needs it without this module
 from .schema import ConfigError
 
 __all__ = ["ConfigError", "analyses_of", "datasets_for", "load", "load_yaml", "model_datasets", "validate"]
@@ -59,6 +60,9 @@ def _cross_check(cfg: dict) -> list[str]:
             problems.append(f"datasets.{name}.analyses: crm needs masked traces (masks: true)")
         spec["analyses"] = analyses_of(spec)  # filled in, so every stage reads the same list
     for name, model in cfg["models"].items():
+        if model.get("engine") == "vllm" and not model.get("generate_separately", True):
+            problems.append(f"models.{name}.engine: vllm generates in a job of its own; "
+                            "generate_separately: false is for the transformers engine")
         for d in model.get("datasets") or []:
             if d not in datasets:
                 problems.append(f"models.{name}.datasets: unknown dataset '{d}' (known: {', '.join(datasets)})")
@@ -190,14 +194,6 @@ def _hub_snapshot(repo_id: str, commit: str) -> Path | None:
 
     cached = try_to_load_from_cache(repo_id, "config.json", revision=commit)
     return Path(cached).parent if isinstance(cached, str) else None
-
-
-def resolve_path(value: str, base_dir: Path) -> str:
-    """A configured path resolved against ``base_dir`` when relative and present there; hub ids stay as given."""
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return str(p)
-    return str(base_dir / p) if (base_dir / p).exists() else value
 
 
 def load(path: str | Path, check_paths: bool = True, base_dir: str | Path | None = None) -> dict:

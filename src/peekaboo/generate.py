@@ -1,4 +1,4 @@
-"""Trace generation in two steps: generate the tokens, then replay them once to capture.
+"""Trace generation, first step: generate the tokens (the replay that captures is :mod:`peekaboo.trace_replay`).
 
 One :class:`TraceGenerator` per (model, shard).
 
@@ -23,15 +23,12 @@ It gives one :class:`peekaboo.generations.Generation` per request: the token
 ids (stop token included), their text and the finish reason, which is a line
 of a generations file.
 
-**Replaying** (:meth:`TraceGenerator.replay`), per batch of requests and their
-generations (made here or imported from any engine through
-:mod:`peekaboo.generations`): prepares the prompts the same way, turns an
-imported text into the model tokenizer's tokens, checks the ids against the
-vocabulary and the context (a bad one fails that trace with the reason), and
-makes one teacher-forced forward pass per batch (:mod:`peekaboo.replay`) that
-yields entropy, log-probability and every attention array; out-of-memory
-splitting as above. :meth:`TraceGenerator.generate` does both with one
-preparation per request.
+**Replaying** is :class:`peekaboo.trace_replay.TraceReplayer`, a
+``TraceGenerator`` that also replays generations (made here or imported from
+any engine) in one teacher-forced forward pass per batch and captures. It
+lives apart so that this module, and with it the ``generate`` stage's code
+inputs, holds neither the replay, the capture code nor the trace store:
+editing them re-runs the ``traces`` stage, never the decode-bound generation.
 
 Batches (:func:`plan_batches`) are sorted by prompt length so that rows of a
 batch pad little; the store keeps the shard's order. Results are plain numpy
@@ -48,9 +45,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import capture, geometry, prompting, replay, schema
+from . import geometry, prompting, schema
 from .generations import Generation
 from .logs import get_logger
+from .models.loading import language_model
 from .seeding import derive_seed
 
 log = get_logger("generate")
@@ -119,6 +117,8 @@ class TraceResult:
     answer_text: str | None = None
     correct: bool | None = None
     abstained: bool = False
+    # largest |replay - engine| log-probability over the trace's tokens, where the engine gave its own
+    engine_logprob_diff: float | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -144,14 +144,6 @@ class _Prepared:
         return int(self.encoding["input_ids"].shape[1])
 
 
-@dataclass
-class _ToReplay:
-    prepared: _Prepared
-    token_ids: np.ndarray  # int64, at least one
-    truncated: bool
-    retries: int  # splits so far (generation)
-
-
 class _RowBudget:
     """Stopping criterion: row b stops after ``budget[b]`` new tokens (its context limit)."""
 
@@ -175,6 +167,35 @@ def load_image(source: Any):
     with Image.open(source) as img:
         img.load()
         return img.convert("RGB")
+
+
+def prompt_text(processor, request: TraceRequest, thinking: bool, system_prompt: str | None) -> str:
+    """The request's prompt through the model's chat template (``peekaboo.prompting``)."""
+    msgs = prompting.messages(request.question, len(request.images), system_prompt)
+    return prompting.render(processor, msgs, thinking=thinking)
+
+
+def encode_prompt(processor, request: TraceRequest, thinking: bool, system_prompt: str | None):
+    """``(prompt text, the processor's encoding, image sizes)`` of a request, or the reason it has none.
+
+    The one place a prompt becomes token ids: the replay, the transformers
+    engine and the prompt check of another engine's ids
+    (``peekaboo.engines``) all read these.
+    """
+    images, sizes = [], []
+    for k, source in enumerate(request.images):
+        try:
+            img = load_image(source)
+        except Exception as exc:  # any unreadable image fails this trace only
+            return f"image {k} ({source}) could not be loaded: {exc}"
+        images.append(img)
+        sizes.append(img.size)
+    try:
+        text = prompt_text(processor, request, thinking, system_prompt)
+        enc = processor(text=[text], images=images or None, return_tensors="pt")
+    except Exception as exc:
+        return f"the processor rejected the prompt or image: {exc}"
+    return text, enc, sizes
 
 
 def decode_with_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[int], list[int]]:
@@ -239,10 +260,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 class TraceGenerator:
-    """Generate token ids for batches of requests, and replay them to capture (see the module doc).
+    """Generate token ids for batches of requests (see the module doc; the replay is
+    :class:`peekaboo.trace_replay.TraceReplayer`).
 
-    ``replay_chunk_mb`` bounds the replay's float32 working set per chunk of
-    rows (:class:`peekaboo.replay.Replayer`). ``static_cache``: None follows
+    ``static_cache``: None follows
     ``settings.compile`` (a static cache, which transformers compiles, on CUDA;
     on another device the switch is left unused with a log line); True or
     False force it (tests, benchmarks).
@@ -257,11 +278,7 @@ class TraceGenerator:
         *,
         thinking: bool = False,
         system_prompt: str | None = None,
-        map_layers: str | Sequence[int] = "mean",
-        keep_heads: bool = False,
-        score: Callable[..., Any] | None = None,  # (request, text, thinking_open=...) -> peekaboo.scores.Score
         context_length: int | None = None,
-        replay_chunk_mb: float | None = None,  # None: the schema's default (models.<m>.replay_chunk_mb)
         static_cache: bool | None = None,
     ):
         self.model = model
@@ -273,7 +290,7 @@ class TraceGenerator:
         self.system_prompt = system_prompt
         self.grid = geometry.token_grid(processor, family)
         self.image_token_id = int(model.config.image_token_id)
-        lm_config = capture.language_model(model).config
+        lm_config = language_model(model).config
         self.n_layers = int(lm_config.num_hidden_layers)
         self.n_heads = int(lm_config.num_attention_heads)
         self.context_length = int(context_length or lm_config.max_position_embeddings)
@@ -283,10 +300,6 @@ class TraceGenerator:
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
         pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
-        self.replayer = replay.Replayer(model, map_layers, keep_heads, chunk_mb=replay_chunk_mb)
-        self.map_layers = self.replayer.map_layers
-        self.keep_heads = keep_heads
-        self.score = score
         if static_cache is None:
             on_cuda = model.device.type == "cuda"
             if self.settings.compile and not on_cuda:
@@ -297,8 +310,7 @@ class TraceGenerator:
 
     # -- preparing ------------------------------------------------------------
     def prompt_text(self, request: TraceRequest) -> str:
-        msgs = prompting.messages(request.question, len(request.images), self.system_prompt)
-        return prompting.render(self.processor, msgs, thinking=self.thinking)
+        return prompt_text(self.processor, request, self.thinking, self.system_prompt)
 
     @staticmethod
     def opens_thinking(prompt: str) -> bool:
@@ -307,19 +319,10 @@ class TraceGenerator:
 
     def prepare(self, request: TraceRequest) -> _Prepared | TraceResult:
         """Images loaded, prompt encoded, image tokens located; or a failed result with the reason."""
-        images, sizes = [], []
-        for k, source in enumerate(request.images):
-            try:
-                img = load_image(source)
-            except Exception as exc:  # any unreadable image fails this trace only
-                return TraceResult.failed(request, f"image {k} ({source}) could not be loaded: {exc}")
-            images.append(img)
-            sizes.append(img.size)
-        try:
-            text = self.prompt_text(request)
-            enc = self.processor(text=[text], images=images or None, return_tensors="pt")
-        except Exception as exc:
-            return TraceResult.failed(request, f"the processor rejected the prompt or image: {exc}")
+        encoded = encode_prompt(self.processor, request, self.thinking, self.system_prompt)
+        if isinstance(encoded, str):
+            return TraceResult.failed(request, encoded)
+        text, enc, sizes = encoded
         prompt_len = int(enc["input_ids"].shape[1])
         room = self.context_length - prompt_len
         if room < 1:
@@ -464,132 +467,6 @@ class TraceGenerator:
         return Generation(p.request.generation_id, token_ids=tuple(int(t) for t in token_ids), text=text,
                           finish_reason="length" if stop is None else "stop", retries=retries)
 
-    # -- replaying ------------------------------------------------------------
-    def replay(self, requests: Sequence[TraceRequest], generations: Sequence[Generation]) -> list[TraceResult]:
-        """Results for ``requests`` from their generations (made here or imported), in the requests' order."""
-        if len(requests) != len(generations):
-            raise ValueError(f"{len(requests)} requests but {len(generations)} generations")
-        results: list[TraceResult | None] = [None] * len(requests)
-        ready: list[tuple[int, _Prepared]] = []
-        for i, (request, g) in enumerate(zip(requests, generations)):
-            if not g.ok:
-                log.warning("trace %s failed: %s", request.trace_id, g.error)
-                results[i] = TraceResult.failed(request, g.error, retries=g.retries)
-                continue
-            prepared = self.prepare(request)
-            if isinstance(prepared, TraceResult):
-                log.warning("trace %s failed: %s", request.trace_id, prepared.error)
-                prepared.retries = g.retries
-                results[i] = prepared
-            else:
-                ready.append((i, prepared))
-        self._replay_ready(results, [(i, p, generations[i]) for i, p in ready])
-        return results  # type: ignore[return-value]
-
-    def generate(self, requests: Sequence[TraceRequest]) -> list[TraceResult]:
-        """Generate, then replay: results for ``requests`` in their order (failed ones included)."""
-        results, ready = self._prepare_all(requests)
-        generated = self._generate_split([p for _, p in ready])
-        todo = []
-        for (i, p), g in zip(ready, generated):
-            if g.ok:
-                todo.append((i, p, g))
-            else:
-                results[i] = TraceResult.failed(p.request, g.error, retries=g.retries)
-        self._replay_ready(results, todo)
-        return results  # type: ignore[return-value]
-
-    def to_replay(self, p: _Prepared, g: Generation) -> _ToReplay | str:
-        """The tokens to replay for a generation, or why it cannot be replayed with this model and prompt.
-
-        Token ids are taken as they are; a text is encoded by the model's
-        tokenizer without special tokens. The finish reason says whether the
-        generation was cut (``length``); without one, ids that do not end with a
-        stop token were cut, and a text was not.
-        """
-        if g.token_ids is not None:
-            ids = np.asarray(g.token_ids, dtype=np.int64)
-        else:
-            ids = np.asarray(self.tokenizer(g.text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-            if not ids.size:
-                return "the text encodes to no tokens"
-        outside = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
-        if outside.size:
-            k = int(outside[0])
-            return f"token id {int(ids[k])} at position {k} is outside the model's vocabulary of {self.vocab_size}"
-        if p.prompt_len + len(ids) > self.context_length:
-            source = "token ids" if g.token_ids is not None else "text"
-            return (f"the generation ({source}) of {len(ids)} tokens after a prompt of {p.prompt_len} tokens does "
-                    f"not fit the model's context of {self.context_length}")
-        if g.finish_reason in ("stop", "length") or g.token_ids is None:
-            truncated = g.finish_reason == "length"
-        else:
-            truncated = int(ids[-1]) not in self.eos_ids
-        return _ToReplay(p, ids, truncated, g.retries)
-
-    def _replay_ready(self, results: list[TraceResult | None],
-                      todo: Sequence[tuple[int, _Prepared, Generation]]) -> None:
-        items: list[tuple[int, _ToReplay]] = []
-        for i, p, g in todo:
-            item = self.to_replay(p, g)
-            if isinstance(item, str):
-                log.warning("trace %s failed: %s", p.request.trace_id, item)
-                results[i] = TraceResult.failed(p.request, item, retries=g.retries)
-            else:
-                items.append((i, item))
-
-        def fail(item: _ToReplay, reason: str, retries: int) -> TraceResult:
-            log.warning("trace %s failed: %s", item.prepared.request.trace_id, reason)
-            return TraceResult.failed(item.prepared.request, reason, retries=item.retries + retries)
-
-        for (i, _), result in zip(items, self._split_on_failure([it for _, it in items], self._replay_batch, fail)):
-            results[i] = result
-
-    def _replay_batch(self, items: list[_ToReplay], retries: int) -> list[TraceResult]:
-        prepared = [it.prepared for it in items]
-        batch, offsets = self.collate(prepared)
-        images = capture.BatchImages.from_rows(
-            [p.images.positions + off for p, off in zip(prepared, offsets)], [p.weights for p in prepared])
-        arrays = self.replayer.run(replay.replay_inputs(batch, [it.token_ids for it in items], self.pad_id, images))
-        return [self._result(it, r, arrays, retries) for r, it in enumerate(items)]
-
-    def _result(self, item: _ToReplay, row: int, arrays: Mapping[str, np.ndarray], retries: int) -> TraceResult:
-        p = item.prepared
-        n = len(item.token_ids)
-        token_ids = item.token_ids.astype(np.int32)
-        text, starts, ends = decode_with_offsets(self.tokenizer, token_ids)
-        P, R = len(p.images), p.weights.shape[1]
-        # views into the batch's arrays: no second copy of them while the batch's results live
-        result = TraceResult(
-            request=p.request,
-            token_ids=token_ids,
-            logprob=arrays["logprob"][row, :n],
-            entropy=arrays["entropy"][row, :n],
-            image_attn=arrays["image_attn"][row, :n, :, :P],
-            image_mass=arrays["image_mass"][row, :n],
-            region_mass=arrays["region_mass"][row, :n, :, :R],
-            image_attn_heads=arrays["image_attn_heads"][row, :n, :, :, :P] if "image_attn_heads" in arrays else None,
-            patch_box=p.images.boxes,
-            patch_image=p.images.image,
-            n_regions=R,
-            text=text,
-            token_char_start=starts,
-            token_char_end=ends,
-            truncated=item.truncated,
-            retries=item.retries + retries,
-        )
-        if self.score is not None:
-            try:
-                # a chain that ends inside the thinking block the prompt opened has no answer: unparsed, truncated
-                scored = self.score(p.request, text, thinking_open=p.thinking_open)
-                result.answer_text, result.correct = scored.answer_text, scored.correct
-                result.abstained = bool(scored.abstained)
-                result.truncated = bool(result.truncated or scored.truncated)
-            except Exception as exc:  # a scoring bug must not lose the trace
-                log.warning("trace %s could not be scored: %s", p.request.trace_id, exc)
-        return result
-
-
 def shard_requests(
     items,
     masks,
@@ -687,23 +564,23 @@ def setup_shard(
     dataset: str,
     dataset_spec: Mapping[str, Any],
     shard: int,
-    traces_cfg: Mapping[str, Any] | None,
     device: str | None = None,
-    scorer: Any = None,
+    make_generator: Callable[..., TraceGenerator] | None = None,
 ) -> ShardSetup:
     """Load the model and plan the shard's batches, as both generating and replaying a shard need it.
 
-    ``model_spec`` and ``dataset_spec`` are config entries, ``traces_cfg`` the
-    ``traces`` section (what is captured; absent keys and None take the
-    schema's defaults: generating alone does not read it). ``scorer``: the
-    dataset's scorer (``peekaboo.scoring.get_scorer``) when responses are to be
-    scored: the replay passes it, generating does not, and this module never
-    imports one, so that a scorer edit re-runs neither the generate stage nor
-    the boxes stage (which uses the generator too).
+    ``model_spec`` and ``dataset_spec`` are config entries (absent keys take
+    the schema's defaults). ``make_generator`` builds the generator from
+    ``(model, processor, family, settings, thinking=, system_prompt=)``:
+    :class:`TraceGenerator` by default; the replay passes its
+    ``peekaboo.trace_replay.TraceReplayer`` with what it captures and its
+    scorer (``peekaboo.trace_replay.setup_shard``). This module imports neither
+    the replay, the capture code, the store nor a scorer, so that editing them
+    re-runs neither the generate stage nor the boxes stage (which uses the
+    generator too).
     """
     model_spec = schema.definition("model", model_spec, where=f"models.{model_name}")
     dataset_spec = schema.definition("dataset", dataset_spec, where=f"datasets.{dataset}")
-    traces_cfg = schema.section("traces", traces_cfg)
     from . import tables
     from .models.loading import load_model
 
@@ -712,14 +589,10 @@ def setup_shard(
     shard_size = int(dataset_spec["shard_size"])
     requests = shard_requests(items, masks, shard, shard_size, model_name, dataset, results_dir)
     model, processor, family, info = load_model(model_spec, model_path, device=device, name=model_name)
-    generator = TraceGenerator(
+    generator = (make_generator or TraceGenerator)(
         model, processor, family, GenerationSettings.from_config(model_spec["generation"]),
         thinking=bool(model_spec["thinking"]),
         system_prompt=model_spec["system_prompt"],
-        map_layers=traces_cfg["map_layers"], keep_heads=bool(traces_cfg["keep_heads"]),
-        score=None if scorer is None else lambda request, text, thinking_open=False: scorer.score(
-            request.item or {}, text, thinking_open=thinking_open),
-        replay_chunk_mb=float(model_spec["replay_chunk_mb"]),
     )
     batches = plan_batches(requests, int(model_spec["batch_size"]), generator.prompt_lengths(requests))
     n_items = len(items.iloc[shard * shard_size:(shard + 1) * shard_size])

@@ -21,7 +21,14 @@ files"). In short, one JSON object per line with
 * optionally ``finish_reason`` (``stop``/``length``; SGLang's
   ``meta_info.finish_reason.type`` and the choice's ``finish_reason`` count
   too), ``retries`` (ours: out-of-memory splits), ``error`` (a request that
-  failed where it ran: the trace fails with that reason).
+  failed where it ran: the trace fails with that reason);
+* optionally the engine's ``prompt_token_ids`` (vLLM's ``RequestOutput`` and,
+  with ``return_token_ids``, its chat completion body; ours where an engine
+  wrote them), which the replay checks token for token against the prompt it
+  builds (:func:`check_prompt`), and the sampled tokens'
+  log-probabilities, ``logprobs`` (ours: a list of numbers; vLLM: a list of
+  ``{token_id: {logprob: ...}}``; OpenAI: ``choices[0].logprobs.content[k].logprob``),
+  which the replay compares with its own (a health figure, never a failure).
 
 :func:`read_generations` validates every line (strict UTF-8 JSON through
 :func:`peekaboo.jsonlines.read_lines`) and gives, per requested id, the
@@ -29,7 +36,7 @@ generation or the reason there is none (unknown id, empty text, duplicate id,
 an unreadable line, missing from the file, ...); lines that belong to no
 requested trace are reported, never silently dropped, and never stop the
 rest. Turning text into tokens and checking them against the model
-(vocabulary, context) is the replay's job (``TraceGenerator.replay``).
+(vocabulary, context) is the replay's job (``TraceReplayer.replay``).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .jsonlines import read_lines
 from .logs import get_logger
-from .tracestore import PartialBatches, partial_dir
+from .resume import PartialBatches, partial_dir
 
 log = get_logger("generations")
 
@@ -60,6 +67,8 @@ class Generation:
     retries: int = 0
     error: str | None = None
     line: int | None = None  # where it was read from, for messages
+    prompt_token_ids: tuple[int, ...] | None = None  # the engine's prompt, checked against the replay's
+    logprobs: tuple[float, ...] | None = None  # the engine's log-probability of each generated token
 
     @property
     def ok(self) -> bool:
@@ -81,6 +90,10 @@ class Generation:
                 out["text"] = self.text
             if self.finish_reason is not None:
                 out["finish_reason"] = self.finish_reason
+            if self.prompt_token_ids is not None:
+                out["prompt_token_ids"] = [int(t) for t in self.prompt_token_ids]
+            if self.logprobs is not None:
+                out["logprobs"] = [float(x) for x in self.logprobs]
         out["retries"] = int(self.retries)
         return out
 
@@ -112,6 +125,31 @@ class GenerationsFile:
     @property
     def n_failed(self) -> int:
         return sum(not g.ok for g in self.generations.values())
+
+
+# -- the prompt check: another engine's prompt against the processor's ----------------------------------
+def _token(tokenizer, token_id: int) -> str:
+    if tokenizer is None:
+        return str(token_id)
+    try:
+        piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    except Exception:  # noqa: BLE001 - an id outside the vocabulary is named by its number alone
+        piece = None
+    return f"{token_id} {piece!r}" if piece is not None else str(token_id)
+
+
+def check_prompt(expected: Sequence[int], engine: Sequence[int], tokenizer=None) -> str | None:
+    """None when the engine's prompt ids are the processor's; else the reason, naming the first differing
+    position and both tokens (and both lengths), which fails the request."""
+    expected = [int(t) for t in expected]
+    engine = [int(t) for t in engine]
+    if expected == engine:
+        return None
+    k = next((i for i, (a, b) in enumerate(zip(expected, engine)) if a != b), min(len(expected), len(engine)))
+    ours = _token(tokenizer, expected[k]) if k < len(expected) else "(end of prompt)"
+    theirs = _token(tokenizer, engine[k]) if k < len(engine) else "(end of prompt)"
+    return (f"prompt check: the engine's prompt differs from the processor's at token {k}: engine {theirs}, "
+            f"processor {ours} (engine {len(engine)} tokens, processor {len(expected)})")
 
 
 def line_id(value: Mapping[str, Any]) -> str | None:
@@ -147,6 +185,41 @@ def _token_list(value: Any, key: str) -> tuple[tuple[int, ...] | None, str | Non
     return tuple(value), None
 
 
+def _logprobs(value: Any, ids: Sequence[int] | None) -> tuple[float, ...] | None:
+    """The sampled tokens' log-probabilities from the shapes engines write them in, or None (absent, unreadable).
+
+    A list of numbers (ours); a list of ``{token_id: {"logprob": x, ...}}`` (a vLLM ``CompletionOutput``
+    serialised: the sampled token's entry is read, so the ids are needed); an OpenAI ``{"content":
+    [{"logprob": x, ...}]}``. They are a health figure, so a shape not known here, or one entry per token
+    not given, is left out rather than failing the trace.
+    """
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    if not isinstance(value, list) or not value or (ids is not None and len(value) != len(ids)):
+        return None
+    out = []
+    for k, entry in enumerate(value):
+        if isinstance(entry, Mapping) and "logprob" in entry:
+            entry = entry["logprob"]
+        elif isinstance(entry, Mapping):
+            if ids is None:
+                return None
+            entry = entry.get(str(ids[k]), entry.get(ids[k]))  # JSON keys are strings
+            entry = entry.get("logprob") if isinstance(entry, Mapping) else entry
+        if isinstance(entry, bool) or not isinstance(entry, (int, float)):
+            return None
+        out.append(float(entry))
+    return tuple(out)
+
+
+def _prompt_ids(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list) or not value:
+        return None
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in value):
+        return None
+    return tuple(value)
+
+
 def parse_line(value: Any, request_id: str, number: int) -> Generation:
     """The generation held by one parsed line (already known to carry ``request_id``), or the reason it holds none."""
     retries = value.get("retries", 0)
@@ -160,6 +233,8 @@ def parse_line(value: Any, request_id: str, number: int) -> Generation:
         finish = _finish(meta.get("finish_reason"))
     source: Mapping[str, Any] = value
     where = ""
+    prompt_ids = _prompt_ids(value.get("prompt_token_ids"))
+    logprobs = value.get("logprobs")
     response = value.get("response")
     if isinstance(response, Mapping):  # an OpenAI batch line (OpenAI's Batch API, vLLM's run_batch)
         status = response.get("status_code", 200)
@@ -168,17 +243,20 @@ def parse_line(value: Any, request_id: str, number: int) -> Generation:
             detail = _error_text(body.get("error")) if isinstance(body, Mapping) and body.get("error") else ""
             return g.failed(f"the request failed where it ran: status {status}{f' ({detail})' if detail else ''}")
         source, where = body, "response.body."
+        prompt_ids = _prompt_ids(body.get("prompt_token_ids"))
     if isinstance(source.get("outputs"), list):  # a vLLM RequestOutput
         outputs = source["outputs"]
         if len(outputs) != 1 or not isinstance(outputs[0], Mapping):
             return g.failed(f"{where}outputs holds {len(outputs)} entries: one generation per request expected")
         source, where = outputs[0], f"{where}outputs[0]."
+        logprobs = source.get("logprobs")
     elif isinstance(source.get("choices"), list):  # an OpenAI-style completion
         choices = source["choices"]
         if len(choices) != 1 or not isinstance(choices[0], Mapping):
             return g.failed(f"{where}choices holds {len(choices)} entries: one generation per request expected")
         choice, where = choices[0], f"{where}choices[0]."
         finish = _finish(choice.get("finish_reason")) or finish
+        logprobs = choice.get("logprobs")
         message = choice.get("message")
         if isinstance(message, Mapping):
             for split_key in ("reasoning_content", "reasoning"):
@@ -198,7 +276,7 @@ def parse_line(value: Any, request_id: str, number: int) -> Generation:
                 return g.failed(reason)
             text = next((source[k] for k in ("text", "content") if isinstance(source.get(k), str)), None)
             return Generation(request_id, token_ids=ids, text=text, finish_reason=finish, retries=retries,
-                              line=number)
+                              line=number, prompt_token_ids=prompt_ids, logprobs=_logprobs(logprobs, ids))
     for key in ("text", "content"):
         if key in source and source[key] is not None:
             text = source[key]
@@ -206,7 +284,8 @@ def parse_line(value: Any, request_id: str, number: int) -> Generation:
                 return g.failed(f"{where}{key} is a {type(text).__name__}, not text")
             if text == "":
                 return g.failed(f"empty text ({where}{key} is empty)")
-            return Generation(request_id, text=text, finish_reason=finish, retries=retries, line=number)
+            return Generation(request_id, text=text, finish_reason=finish, retries=retries, line=number,
+                              prompt_token_ids=prompt_ids)  # log-probabilities of unknown tokens: nothing to compare
     return g.failed("no generation in the line: none of token_ids, output_ids, text, outputs[0], choices[0]")
 
 

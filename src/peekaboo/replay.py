@@ -49,7 +49,8 @@ import numpy as np
 import torch
 
 from . import attention_impl, schema
-from .capture import BatchImages, attention_modules, language_model, resolve_map_layers
+from .capture import BatchImages, attention_modules, resolve_map_layers
+from .models.loading import language_model
 
 REPLAY_IMPL = "peekaboo_replay"
 

@@ -18,6 +18,7 @@ STAGE_MODULES: dict[str, str] = {
     "masks": "peekaboo.masks",
     "train_reference": "peekaboo.models.reference.training",
     "generate": "peekaboo.generating",
+    "batch_requests": "peekaboo.batch_requests",
     "traces": "peekaboo.traces",
     "steps": "peekaboo.steps",
     "crm": "peekaboo.crm",

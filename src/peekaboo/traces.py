@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from . import generations as gen_files
 from . import provenance, replay, schema, tracestore
 from .devices import claim_device
-from .generate import setup_shard
+from .trace_replay import setup_shard
 from .logs import get_logger, progress
 from .models.identity import identify
 from .scoring import get_scorer
@@ -149,7 +149,24 @@ def trace_shard(
         log.info("batch %d/%d: %d/%d traces, %d items, %.1f tokens/s, %d failed", k + 1, len(batches), bar.n,
                  len(requests), len(items_seen), n_tokens / elapsed, failed)
     bar.close()
-    return writer.finalize()
+    store, sidecar = writer.finalize()
+    log_engine_agreement(sidecar, source)
+    return store, sidecar
+
+
+def log_engine_agreement(sidecar_path: str | Path, source: str) -> float | None:
+    """Log the shard's largest difference between the replay's log-probabilities and the engine's (a health
+    figure: the sidecar's ``engine_logprob_diff`` has it per trace); None where no engine gave its own."""
+    from . import tables
+
+    frame = tables.read_table(sidecar_path, columns=["engine_logprob_diff"])
+    diffs = frame["engine_logprob_diff"].dropna()
+    if diffs.empty:
+        return None
+    worst = float(diffs.max())
+    log.info("engine agreement (%s): largest |replay - engine| log-probability %.3g over %d traces "
+             "(median of the per-trace largest %.3g)", source, worst, len(diffs), float(diffs.median()))
+    return worst
 
 
 def run_stage(call: StageCall) -> None:

@@ -32,6 +32,8 @@ rule collapse_findings:
         **job_resources("default"),
     log:
         LOG("collapse_findings/collapse_findings"),
+    benchmark:
+        BENCH("collapse_findings/collapse_findings")
     conda:
         "../../envs/analysis.yaml"
     script:

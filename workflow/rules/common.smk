@@ -200,7 +200,14 @@ _NOT_FOR_TRACES = ("datasets", "resources", "segmenter", "generate_separately")
 _NOT_FOR_GENERATION = _NOT_FOR_TRACES + ("replay_chunk_mb", "generations")
 
 
+# the engine (models.<m>.engine, .vllm) is read by the generate stage alone: the traces stage replays the
+# generations file, an input, whatever made it; a transformers model's generation does not read the vllm options
+_ENGINE_KEYS = ("engine", "vllm")
+
+
 def model_entry(m, leave_out):
+    if model_cfg(m)["engine"] != "vllm" or not model_cfg(m)["generate_separately"]:
+        leave_out = tuple(leave_out) + ("vllm",)
     return {k: v for k, v in model_cfg(m).items() if k not in leave_out}
 
 

@@ -1,23 +1,5 @@
-# Steps, alignment and Contrastive Region Masking (docs/crm.md): one job each per (model, dataset).
-rule steps:
-    input:
-        code=code("steps"),
-        sidecars=lambda w: trace_shards(w.m, w.d),
-    output:
-        steps=R("steps/{m}/{d}.parquet"),
-    params:
-        config=lambda wc: {"steps": config["steps"], "segmenter": model_cfg(wc.m)["segmenter"]},
-        results=results_dir,
-    resources:
-        **job_resources("default"),
-    log:
-        LOG("steps/{m}/{d}"),
-    conda:
-        "../../envs/crm.yaml"
-    script:
-        "../scripts/steps.py"
-
-
+# Alignment and Contrastive Region Masking (docs/crm.md): one job per (model, dataset), on the steps
+# of workflow/rules/steps.smk.
 rule crm:
     input:
         code=code("crm"),

@@ -42,6 +42,8 @@ rule figures:
         **job_resources("default"),
     log:
         LOG("figures/figures"),
+    benchmark:
+        BENCH("figures/figures")
     conda:
         "../../envs/analysis.yaml"
     script:

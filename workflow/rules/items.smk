@@ -27,6 +27,8 @@ rule items:
         **job_resources("default"),
     log:
         LOG("items/{d}"),
+    benchmark:
+        BENCH("items/{d}")
     conda:
         "../../envs/data.yaml"
     script:

@@ -18,6 +18,8 @@ rule masks:
         **job_resources("default"),
     log:
         LOG("masks/{d}"),
+    benchmark:
+        BENCH("masks/{d}")
     conda:
         "../../envs/data.yaml"
     script:

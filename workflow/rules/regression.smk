@@ -32,6 +32,8 @@ rule regression:
         **job_resources("default"),
     log:
         LOG("regression/regression"),
+    benchmark:
+        BENCH("regression/regression")
     conda:
         "../../envs/analysis.yaml"
     script:

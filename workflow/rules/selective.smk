@@ -23,6 +23,8 @@ rule selective:
         **job_resources("default"),
     log:
         LOG("selective/selective"),
+    benchmark:
+        BENCH("selective/selective")
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -39,6 +39,8 @@ rule viewer:
         **job_resources("default"),
     log:
         LOG("viewer/viewer"),
+    benchmark:
+        BENCH("viewer/viewer")
     conda:
         "../../envs/analysis.yaml"
     script:

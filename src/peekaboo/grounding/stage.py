@@ -251,8 +251,7 @@ def run_stage(call: StageCall) -> None:
 
     from ..devices import claim_device
 
-    from ..config import resolve_path
-    from ..models.identity import identify
+    from ..models.identity import identify, resolve_path
 
     dataset = call.wildcards["d"]
     spec = call.config["dataset"]

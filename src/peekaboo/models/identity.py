@@ -24,6 +24,11 @@ a param of the generate and traces rules, so that changed weights re-run them.
 A job that finds finished batches to resume hashes the weights anew, without
 the cache (``identify(..., fresh=True)``), and resumes only if that identity is
 the one its partial output recorded; otherwise the batches are discarded.
+
+A configured source becomes the folder or hub id to identify and load through
+:func:`resolve_path`, which lives here rather than in :mod:`peekaboo.config` so
+that a stage (boxes) can resolve its model without the config validation among
+its code inputs.
 """
 
 from __future__ import annotations
@@ -181,6 +186,14 @@ def hub_commit(repo_id: str, revision: str = "main") -> str | None:
         return HfApi().model_info(repo_id, revision=revision).sha
     except Exception:  # no network, no such repo or revision, no access: unidentifiable
         return None
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """A configured path resolved against ``base_dir`` when relative and present there; hub ids stay as given."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    return str(base_dir / p) if (base_dir / p).exists() else value
 
 
 def identify(source: str | Path, revision: str | None = None, where: str = "model",

@@ -70,6 +70,15 @@ def _torch_dtype(name: str):
         raise ModelLoadError(f"dtype: unknown '{name}' (use auto, float32, float16 or bfloat16)") from None
 
 
+def language_model(model) -> torch.nn.Module:
+    """The text decoder of a VLM (``model.model.language_model`` in transformers 5)."""
+    inner = getattr(model, "model", model)
+    lm = getattr(inner, "language_model", None)
+    if lm is None or not hasattr(lm, "layers"):
+        raise ValueError(f"{type(model).__name__}: no language_model with decoder layers found")
+    return lm
+
+
 def load_model(
     spec: Mapping[str, Any],
     path: str | Path | None = None,
@@ -133,8 +142,6 @@ def load_model(
     if device_map is None:
         model.to(resolve_device(device or spec.get("device")))
     model.eval()
-    from ..capture import language_model
-
     text = language_model(model).config
     info = ModelInfo(
         model_id=str(spec.get("source") or source),
