@@ -38,6 +38,7 @@ from . import features as feats
 from . import schema
 from .cells import is_missing, json_list
 from .logs import get_logger, progress
+from .seeding import rng as seeded_rng
 from .stage import StageCall
 from .tables import read_table, write_table
 from .tracestore import open_traces, read_sidecars
@@ -48,13 +49,20 @@ MEASURES = ("image_share", "evidence_share", "lift", "topk_overlap")
 TRAJECTORY_STATS = ("first", "last", "drop", "auc")
 # the two vision measures whose loss over the reasoning is a finding: first and last reasoning step, the relative
 # drop between them (reasoning steps only: the answer step is kept apart) and the answer step's own value
-REASONING_MEASURES = ("image_share", "evidence_share")
+REASONING_MEASURES = ("image_share", "evidence_share", "evidence_mass", "focus")
 REASONING_STATS = ("reasoning_first", "reasoning_last", "reasoning_drop", "answer")
+# the nulls of the reasoning measures (per-trace {null}_reasoning_first/_last/_drop): what a drop is judged against
+#   image_share_null: the position-matched image share (other traces' image share at the same token positions)
+#   evidence_share_null / evidence_mass_null: a same-area random region outside the evidence
+#   evidence_share_map: the evidence share read from the same per-patch map as the random-region null
+NULL_MEASURES = ("image_share_null", "evidence_share_null", "evidence_mass_null", "evidence_share_map")
+NULL_STATS = ("reasoning_first", "reasoning_last", "reasoning_drop")
 
 STEP_COLUMNS = [
     "trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "task_type",
     "step", "step_index", "n_steps", "position", "kind", "token_start", "token_end", "n_step_tokens",
-    "image_share", "evidence_mass", "evidence_share", "evidence_area_fraction", "lift", "topk_overlap",
+    "image_share", "evidence_mass", "evidence_share", "evidence_area_fraction", "lift", "focus", "topk_overlap",
+    "evidence_share_map", "evidence_share_null", "image_share_null",
     "sink_share", "sinks_excluded", "note",
 ]
 SINK_COLUMNS = [
@@ -113,6 +121,7 @@ class Evidence:
     overlapping: bool = False
     union_weight: np.ndarray | None = None  # per patch: fraction of its box inside the evidence union
     sum_weight: np.ndarray | None = None  # per patch: sum over regions of the fraction inside each
+    null_weights: np.ndarray | None = None  # [draw, patch]: fraction of each patch inside a random same-area region
 
     @property
     def empty(self) -> bool:
@@ -192,6 +201,59 @@ def attach_patch_weights(
     return evidence
 
 
+# tries to place one random box outside the evidence before the draw is given up
+NULL_TRIES = 200
+
+
+def null_region_weights(evidence: Evidence, patch_boxes: np.ndarray, patch_image: np.ndarray | None, n_draws: int,
+                        rng: np.random.Generator) -> np.ndarray | None:
+    """``[draw, patch]`` weights of ``n_draws`` random regions with the evidence's area, outside the evidence.
+
+    Each draw moves every evidence box, same width and height, to a uniform
+    random place on its own image (the extent of that image's patch boxes)
+    where it overlaps neither the evidence nor the draw's boxes placed before
+    it, so a draw's union has the evidence's area. A draw that finds no room in
+    ``NULL_TRIES`` tries is dropped; None when none succeeds (or no draw is asked).
+    """
+    from .geometry import region_weights
+
+    n = len(patch_boxes)
+    if evidence.empty or n == 0 or n_draws <= 0:
+        return None
+    patch_image = np.zeros(n, dtype=int) if patch_image is None else np.asarray(patch_image, dtype=int)
+    extents = {}
+    for image in set(evidence.images):
+        sel = patch_boxes[patch_image == image]
+        if len(sel):
+            extents[image] = (sel[:, 0].min(), sel[:, 1].min(), sel[:, 2].max(), sel[:, 3].max())
+    draws = []
+    for _ in range(n_draws):
+        placed: list[tuple[tuple[float, float, float, float], int]] = []
+        for box, image in zip(evidence.boxes, evidence.images):
+            if image not in extents:
+                break
+            ex0, ey0, ex1, ey1 = extents[image]
+            w, h = box[2] - box[0], box[3] - box[1]
+            if w > ex1 - ex0 or h > ey1 - ey0:
+                break
+            taken = [b for b, i in zip(evidence.boxes, evidence.images) if i == image] + [b for b, i in placed if i == image]
+            for _try in range(NULL_TRIES):
+                x0, y0 = rng.uniform(ex0, ex1 - w), rng.uniform(ey0, ey1 - h)
+                cand = (x0, y0, x0 + w, y0 + h)
+                if not any(boxes_overlap([cand, t]) for t in taken):
+                    placed.append((cand, image))
+                    break
+            else:
+                break
+        if len(placed) != len(evidence.boxes):
+            continue
+        weights = np.zeros(n)
+        for cand, image in placed:
+            weights += np.where(patch_image == image, np.asarray(region_weights(patch_boxes, cand), dtype=float), 0.0)
+        draws.append(np.clip(weights, 0.0, 1.0))
+    return np.vstack(draws) if draws else None
+
+
 def evidence_area_fraction(regions: Any, width: float, height: float) -> float:
     """Union area of an item's evidence over its (single) image's area."""
     evidence = item_evidence(regions)
@@ -246,6 +308,15 @@ class StepRaw:
     evidence_mass_sum: float  # region_mass summed over evidence regions, layer mean, token mean
     patch_map: np.ndarray | None  # [patch] token and map-layer mean of image_attn
     note: str = ""
+    image_null: float = float("nan")  # position-matched image share: other traces' at the same token positions
+
+
+def token_image_share(data: TraceData, layers: np.ndarray) -> np.ndarray:
+    """Each generated token's image share (head and layer mean over ``layers``); NaN without image tokens."""
+    img = data.image_mass.astype(np.float64)
+    if not img.shape[1] or not len(data.patch_box):
+        return np.full(len(img), np.nan)
+    return img[:, layers, :].mean(axis=(1, 2))
 
 
 def step_reductions(data: TraceData, spans: Sequence[tuple[int, str, int, int]], layers: np.ndarray,
@@ -256,15 +327,12 @@ def step_reductions(data: TraceData, spans: Sequence[tuple[int, str, int, int]],
     an image to measure: its image share is undefined (NaN), not zero, so that
     it never reads as a visually disengaged answer.
     """
-    img = data.image_mass.astype(np.float64)
-    n_layers = img.shape[1]
-    has_image = len(data.patch_box) > 0
-    img_tok = img[:, layers, :].mean(axis=(1, 2)) if n_layers and has_image else np.full(len(img), np.nan)
+    img_tok = token_image_share(data, layers)
     if evidence_regions > 0:
         reg = data.region_mass[:, layers, :evidence_regions].astype(np.float64)
         ev_tok = reg.mean(axis=1).sum(axis=1)
     else:
-        ev_tok = np.full(len(img), np.nan)
+        ev_tok = np.full(len(img_tok), np.nan)
     attn = data.image_attn.astype(np.float64).mean(axis=1) if data.image_attn is not None else None
     out = []
     for step, kind, start, end in spans:
@@ -320,6 +388,18 @@ def step_measures(raw: StepRaw, evidence: Evidence, top_k: int, sinks: np.ndarra
         evidence_mass = np.nan
     af = evidence.area_fraction
     lift = evidence_share / af if af and af > 0 and np.isfinite(evidence_share) else np.nan
+    focus = chance_corrected(evidence_share, af)
+    # the evidence share and the random-region null read off the same per-patch map (sinks taken out when excluded)
+    share_map = null_share = np.nan
+    if shares is not None and not evidence.empty:
+        kept = shares
+        if sinks is not None and len(sinks):
+            kept = shares.copy()
+            kept[sinks[sinks < len(kept)]] = 0.0
+            kept = kept / kept.sum() if kept.sum() > 0 else kept * np.nan
+        share_map = float(np.dot(kept, w_union))
+        if evidence.null_weights is not None:
+            null_share = float(np.mean(evidence.null_weights @ kept))
     topk = np.nan
     if shares is not None and not evidence.empty:
         order = np.argsort(-shares, kind="stable")
@@ -333,9 +413,22 @@ def step_measures(raw: StepRaw, evidence: Evidence, top_k: int, sinks: np.ndarra
         "evidence_mass": float(evidence_mass),
         "evidence_share": float(evidence_share),
         "lift": float(lift),
+        "focus": float(focus),
         "topk_overlap": topk,
+        "evidence_share_map": share_map,
+        "evidence_share_null": null_share,
         "sink_share": sink_share,
     }
+
+
+def chance_corrected(share: float, area: float) -> float:
+    """Focus ``(share - area) / (1 - area)``: 0 is attention spread evenly over the image, 1 all of it on the evidence.
+
+    Undefined (NaN) without a share or when the evidence covers no or all of the image.
+    """
+    if not (np.isfinite(share) and np.isfinite(area) and 0 < area < 1):
+        return float("nan")
+    return float((share - area) / (1 - area))
 
 
 def trajectory(values: Sequence[float], positions: Sequence[float]) -> dict[str, float]:
@@ -358,21 +451,101 @@ def trajectory(values: Sequence[float], positions: Sequence[float]) -> dict[str,
     return {"first": first, "last": last, "drop": drop, "auc": auc}
 
 
-def reasoning_trajectory(values: Sequence[float], kinds: Sequence[str]) -> dict[str, float]:
-    """First and last reasoning step, their relative drop, and the answer step(s)' mean (module doc).
+def window_weights(n_tokens: Sequence[int], fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each reasoning step's weight in the first and in the last window of the reasoning.
 
-    Only reasoning (``think``) steps with a finite value count; the drop needs
-    two of them and a positive first value, else it is NaN.
+    The reasoning's ``R`` tokens (the steps' tokens in order) are cut into a
+    first window ``[0, fraction R)`` and a last window ``[R - fraction R, R)``;
+    a step weighs the number of its tokens inside a window (fractions of a
+    token at the edge count as such). ``fraction = 0``: the first and the last
+    step alone, whatever their length.
     """
-    v = np.asarray(values, dtype=float)
-    kinds = np.asarray(kinds, dtype=object)
-    think = v[(kinds == "think") & np.isfinite(v)]
-    answer = v[(kinds == "answer") & np.isfinite(v)]
-    first = float(think[0]) if len(think) else np.nan
-    last = float(think[-1]) if len(think) else np.nan
-    drop = (first - last) / first if len(think) >= 2 and first > 0 else np.nan
-    return {"reasoning_first": first, "reasoning_last": last, "reasoning_drop": drop,
-            "answer": float(answer.mean()) if len(answer) else np.nan}
+    n = np.asarray(n_tokens, dtype=float)
+    first, last = np.zeros(len(n)), np.zeros(len(n))
+    if not len(n):
+        return first, last
+    if fraction <= 0:
+        first[0], last[-1] = 1.0, 1.0
+        return first, last
+    edges = np.concatenate([[0.0], np.cumsum(n)])
+    total = edges[-1]
+    width = fraction * total
+    lo, hi = edges[:-1], edges[1:]
+    first = np.clip(np.minimum(hi, width) - lo, 0, None)
+    last = np.clip(hi - np.maximum(lo, total - width), 0, None)
+    return first, last
+
+
+def window_values(steps: pd.DataFrame, weights: np.ndarray, area: float) -> dict[str, float]:
+    """The reasoning measures and their nulls over one window (step table rows and their token weights).
+
+    Token-weighted means of the step values, so a long step weighs more than a
+    two-character one; the evidence share is the window's evidence mass over
+    its image share (a ratio of means, as for a step), and the map-based shares
+    weigh each step by its image share for the same reason.
+    """
+    def col(name):
+        return steps[name].to_numpy(dtype=float) if name in steps else np.full(len(steps), np.nan)
+
+    w = np.asarray(weights, dtype=float)
+    img, mass = col("image_share"), col("evidence_mass")
+
+    def mean(values, extra=None):
+        ww = w * (extra if extra is not None else 1.0)
+        ok = np.isfinite(values) & np.isfinite(ww) & (ww > 0)
+        return float(np.sum(ww[ok] * values[ok]) / np.sum(ww[ok])) if ok.any() and np.sum(ww[ok]) > 0 else np.nan
+
+    both = np.isfinite(img) & np.isfinite(mass)
+    image_share = mean(img)
+    share = mean(np.where(both, mass, np.nan)) / mean(np.where(both, img, np.nan)) if both.any() else np.nan
+    share = share if np.isfinite(share) else np.nan
+    null_share = mean(col("evidence_share_null"), np.where(np.isfinite(img), img, np.nan))
+    return {
+        "image_share": image_share,
+        "evidence_share": share,
+        "evidence_mass": mean(mass),
+        "focus": chance_corrected(share, area),
+        "image_share_null": mean(col("image_share_null")),
+        "evidence_share_null": null_share,
+        "evidence_mass_null": mean(col("evidence_share_null") * img),
+        "evidence_share_map": mean(col("evidence_share_map"), np.where(np.isfinite(img), img, np.nan)),
+    }
+
+
+def relative_drop(first: float, last: float) -> float:
+    """``(first - last) / first``; NaN unless the first value is positive (nothing to lose otherwise)."""
+    return float((first - last) / first) if np.isfinite(first) and np.isfinite(last) and first > 0 else np.nan
+
+
+def reasoning_windows(sub: pd.DataFrame, area: float, fraction: float) -> dict[str, float]:
+    """Per trace: each reasoning measure (and null) over the first and last window of the reasoning, their drop,
+    and the answer step(s)' value (module doc; docs/analysis.md).
+
+    Only reasoning (``think``) steps with tokens and a finite image share count;
+    the drops need two of them (one step has one value throughout).
+    """
+    sub = sub.sort_values("step_index", kind="stable") if "step_index" in sub else sub
+    img = pd.to_numeric(sub["image_share"], errors="coerce")
+    tokens = pd.to_numeric(sub["n_step_tokens"], errors="coerce").fillna(0) if "n_step_tokens" in sub else 1
+    think = sub[(sub["kind"] == "think") & np.isfinite(img) & (tokens > 0)]
+    answer = sub[(sub["kind"] == "answer") & np.isfinite(img) & (tokens > 0)]
+    out: dict[str, float] = {}
+    names = (*REASONING_MEASURES, *NULL_MEASURES)
+    if len(think):
+        n_tok = think["n_step_tokens"].to_numpy(dtype=float) if "n_step_tokens" in think else np.ones(len(think))
+        w_first, w_last = window_weights(n_tok, fraction)
+        first, last = window_values(think, w_first, area), window_values(think, w_last, area)
+    else:
+        first = last = dict.fromkeys(names, np.nan)
+    ans = (window_values(answer, answer["n_step_tokens"].to_numpy(dtype=float) if "n_step_tokens" in answer
+                         else np.ones(len(answer)), area) if len(answer) else dict.fromkeys(names, np.nan))
+    for name in names:
+        out[f"{name}_reasoning_first"] = first[name]
+        out[f"{name}_reasoning_last"] = last[name]
+        out[f"{name}_reasoning_drop"] = relative_drop(first[name], last[name]) if len(think) >= 2 else np.nan
+        if name in REASONING_MEASURES:
+            out[f"{name}_answer"] = ans[name]
+    return out
 
 
 def normalised_positions(n: int) -> np.ndarray:
@@ -562,6 +735,7 @@ class TraceRecord:
     entropy: dict[str, Any] | None = None
     patch_box: np.ndarray | None = None
     patch_image: np.ndarray | None = None
+    image_tok: np.ndarray | None = None  # per generated token: image share (for the position-matched null)
 
     @property
     def measured(self) -> bool:
@@ -628,7 +802,8 @@ def trace_records(sidecar: pd.DataFrame, steps_by_trace: Mapping[str, list], sto
 
 
 def measure_traces(records: Sequence[TraceRecord], stores: Sequence[Any], item_rows: Mapping[str, Mapping],
-                   layers: np.ndarray, counter: SinkCounter | None, counts: dict[str, int], where: str) -> None:
+                   layers: np.ndarray, counter: SinkCounter | None, counts: dict[str, int], where: str,
+                   null_draws: int = 0, seed: int = 0, dataset: str = "") -> None:
     """Read the located traces from the stores, a block at a time, and fill their evidence, step reductions and entropy."""
     blocks: dict[tuple[int, int], list[tuple[int, TraceRecord]]] = {}
     located = sorted((r for r in records if r.location is not None), key=lambda r: r.location)
@@ -642,7 +817,8 @@ def measure_traces(records: Sequence[TraceRecord], stores: Sequence[Any], item_r
         block = _read_block(ds, start, min(start + READ_BLOCK, int(ds.sizes["trace"])),
                             "image_attn" in ds, "patch_image" in ds)
         for i, rec in members:
-            _measure(rec, _trace_data(block, i - start, rec.trace_id), item_rows, layers, counts)
+            _measure(rec, _trace_data(block, i - start, rec.trace_id), item_rows, layers, counts, null_draws, seed,
+                     dataset)
             if counter is not None:
                 counter.add_trace(r.patch_map for r in rec.raws)
             bar.update(1)
@@ -650,7 +826,7 @@ def measure_traces(records: Sequence[TraceRecord], stores: Sequence[Any], item_r
 
 
 def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping], layers: np.ndarray,
-             counts: dict[str, int]) -> None:
+             counts: dict[str, int], null_draws: int = 0, seed: int = 0, dataset: str = "") -> None:
     item = item_rows.get(str(rec.meta["item_id"]))
     if item is None:
         counts["no_item"] += 1
@@ -672,10 +848,52 @@ def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping]
         rec.notes.append("item has no evidence regions: evidence measures undefined")
     attach_patch_weights(evidence, data.patch_box, data.patch_image,
                          item.get("width") if item else None, item.get("height") if item else None)
+    # the same random regions for every trace of an item (every model and variant), whatever the read order
+    evidence.null_weights = null_region_weights(
+        evidence, data.patch_box, data.patch_image, null_draws,
+        seeded_rng(seed, "collapse null regions", dataset, rec.meta["item_id"]))
+    if null_draws and not evidence.empty and len(data.patch_box) and evidence.null_weights is None:
+        rec.notes.append("no room for a same-area random region outside the evidence: random-region null undefined")
     rec.evidence = evidence
     rec.patch_box, rec.patch_image = data.patch_box, data.patch_image
+    rec.image_tok = token_image_share(data, layers)
     rec.raws = step_reductions(data, rec.spans, layers, len(evidence.boxes))
     rec.entropy = feats.entropy_features(data.entropy, data.n_tokens, [(s, e) for _, k, s, e in rec.spans if k == "answer"])
+
+
+def position_null(records: Sequence[TraceRecord]) -> None:
+    """Fill each step's position-matched image share (``StepRaw.image_null``).
+
+    The reference is the mean image share at each generated-token index over
+    the other measured traces of the (model, dataset) (the trace itself left
+    out): how the image share falls with position in the traces whatever the
+    evidence, since it is normalised over every key and the context grows. A
+    step's null is that reference averaged over its tokens (NaN where no other
+    trace is that long).
+    """
+    curves = [r.image_tok for r in records if r.measured and r.image_tok is not None and np.isfinite(r.image_tok).any()]
+    if not curves:
+        return
+    n = max(len(c) for c in curves)
+    total, count = np.zeros(n), np.zeros(n)
+    for c in curves:
+        ok = np.isfinite(c)
+        total[: len(c)] += np.where(ok, c, 0.0)
+        count[: len(c)] += ok
+    for rec in records:
+        if not rec.measured or rec.image_tok is None:
+            continue
+        own = rec.image_tok
+        ok = np.isfinite(own)
+        t, k = total.copy(), count.copy()
+        t[: len(own)] -= np.where(ok, own, 0.0)
+        k[: len(own)] -= ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ref = np.where(k > 0, t / np.where(k > 0, k, 1), np.nan)
+        for raw in rec.raws:
+            s, e = max(0, raw.token_start), min(raw.token_end, len(own))
+            if raw.n_tokens and e > s and np.isfinite(ref[s:e]).any():
+                raw.image_null = float(np.nanmean(ref[s:e]))
 
 
 def step_rows(records: Sequence[TraceRecord], item_rows: Mapping[str, Mapping], top_k: int, sinks: np.ndarray | None,
@@ -691,7 +909,8 @@ def step_rows(records: Sequence[TraceRecord], item_rows: Mapping[str, Mapping], 
         task_type = _item_value(item_rows, meta, "task_type")
         for k, raw in enumerate(rec.raws):
             if raw.n_tokens == 0:
-                m = dict.fromkeys(("image_share", "evidence_mass", "evidence_share", "lift", "topk_overlap"), np.nan)
+                m = dict.fromkeys(("image_share", "evidence_mass", "evidence_share", "lift", "focus", "topk_overlap",
+                                   "evidence_share_map", "evidence_share_null"), np.nan)
                 m["sink_share"] = np.nan
             else:
                 m = step_measures(raw, evidence, top_k, sinks if sinks_excluded else None)
@@ -706,14 +925,17 @@ def step_rows(records: Sequence[TraceRecord], item_rows: Mapping[str, Mapping], 
                 "token_end": raw.token_end, "n_step_tokens": raw.n_tokens,
                 "image_share": m["image_share"], "evidence_mass": m["evidence_mass"],
                 "evidence_share": m["evidence_share"], "evidence_area_fraction": evidence.area_fraction,
-                "lift": m["lift"], "topk_overlap": m["topk_overlap"], "sink_share": m["sink_share"],
+                "lift": m["lift"], "focus": m["focus"], "topk_overlap": m["topk_overlap"],
+                "evidence_share_map": m["evidence_share_map"], "evidence_share_null": m["evidence_share_null"],
+                "image_share_null": raw.image_null, "sink_share": m["sink_share"],
                 "sinks_excluded": sinks_excluded, "note": "; ".join(note),
             })
     return _typed_steps(pd.DataFrame(rows, columns=STEP_COLUMNS))
 
 
-def trajectory_rows(records: Sequence[TraceRecord], steps_df: pd.DataFrame) -> pd.DataFrame:
-    """Per trace: step counts, the evidence's size and every measure's first, last, drop and AUC."""
+def trajectory_rows(records: Sequence[TraceRecord], steps_df: pd.DataFrame, fraction: float = 0.0) -> pd.DataFrame:
+    """Per trace: step counts, the evidence's size, every measure's first, last, drop and AUC, and the reasoning
+    measures over the first and last ``fraction`` of the reasoning's tokens (``reasoning_windows``)."""
     by_trace = {tid: sub for tid, sub in steps_df.groupby("trace_id", sort=False)}
     empty = steps_df.iloc[0:0]
     rows = []
@@ -728,10 +950,7 @@ def trajectory_rows(records: Sequence[TraceRecord], steps_df: pd.DataFrame) -> p
             stats = trajectory(sub[measure].to_numpy(dtype=float), sub["position"].to_numpy(dtype=float))
             for s in TRAJECTORY_STATS:
                 row[f"{measure}_{s}"] = stats[s]
-        for measure in REASONING_MEASURES:
-            stats = reasoning_trajectory(sub[measure].to_numpy(dtype=float), sub["kind"].to_numpy())
-            for s in REASONING_STATS:
-                row[f"{measure}_{s}"] = stats[s]
+        row.update(reasoning_windows(sub, row["evidence_area_fraction"], fraction))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -746,6 +965,7 @@ def compute(
     model: str,
     dataset: str,
     map_items: int | None = None,
+    seed: int = 0,
 ) -> CollapseTables:
     """All collapse tables for one (model, dataset) from an opened trace store and its tables.
 
@@ -780,7 +1000,9 @@ def compute(
         log.warning("%d traces in the store have no sidecar row and are not measured (first: %s)", len(stray), stray[0])
 
     counter = SinkCounter(ratio=float(sink_cfg["ratio"]), min_fraction=float(sink_cfg["min_fraction"])) if detect else None
-    measure_traces(records, stores, item_rows, layers, counter, counts, where)
+    measure_traces(records, stores, item_rows, layers, counter, counts, where,
+                   null_draws=int(collapse_cfg["null_regions"]), seed=seed, dataset=dataset)
+    position_null(records)
 
     sinks_table = counter.table(model, dataset, exclude) if detect else pd.DataFrame(columns=SINK_COLUMNS)
     sink_patches = (
@@ -795,7 +1017,8 @@ def compute(
     steps_df = step_rows(records, item_rows, int(collapse_cfg["top_k"]), sink_patches, sinks_excluded, model, dataset)
     meta_df = pd.DataFrame([r.meta for r in records])
     traces_df = feats.build_trace_table(
-        meta=meta_df, items=items, trajectories=trajectory_rows(records, steps_df), collapse_steps=steps_df,
+        meta=meta_df, items=items, trajectories=trajectory_rows(records, steps_df, float(collapse_cfg["endpoint_fraction"])),
+        collapse_steps=steps_df,
         entropy={r.trace_id: r.entropy for r in records if r.entropy is not None},
         notes={r.trace_id: r.notes for r in records}, features_cfg=features_cfg,
         model=model, dataset=dataset, sinks_excluded=sinks_excluded,
@@ -815,8 +1038,8 @@ def _item_value(item_rows: Mapping[str, Mapping], meta: Mapping, key: str):
 def _typed_steps(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("step", "step_index", "n_steps", "token_start", "token_end", "n_step_tokens"):
         df[c] = df[c].astype("int64")
-    for c in ("position", "image_share", "evidence_mass", "evidence_share", "evidence_area_fraction", "lift",
-              "topk_overlap", "sink_share"):
+    for c in ("position", "image_share", "evidence_mass", "evidence_share", "evidence_area_fraction", "lift", "focus",
+              "topk_overlap", "evidence_share_map", "evidence_share_null", "image_share_null", "sink_share"):
         df[c] = df[c].astype("float64")
     df["sinks_excluded"] = df["sinks_excluded"].astype(bool)
     for c in ("trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "task_type", "kind", "note"):
@@ -897,7 +1120,7 @@ def run_stage(call: StageCall) -> None:
             stores.append(ds)
     tables = compute(stores, read_sidecars(call.paths("sidecars")), read_table(call.path("steps")),
                      read_table(call.path("items_table")), call.config["collapse"], call.config["features"],
-                     model, dataset)
+                     model, dataset, seed=int(call.config.get("seed", 0)))
     prov = call.provenance(model=model, dataset=dataset, counts=tables.counts)
     for name in ("steps", "traces", "sinks", "maps"):
         write_table(getattr(tables, name), call.output(name), prov)

@@ -13,7 +13,7 @@ rule collapse:
         sinks=R("collapse/{m}/{d}.sinks.parquet"),
         maps=R("collapse/{m}/{d}.maps.parquet"),
     params:
-        config=sections("collapse", "features"),
+        config=sections("collapse", "features", "seed"),
         results=results_dir,
     resources:
         **job_resources("default"),
