@@ -201,19 +201,18 @@ def attach_patch_weights(
     return evidence
 
 
-# tries to place one random box outside the evidence before the draw is given up
-NULL_TRIES = 200
-
-
 def null_region_weights(evidence: Evidence, patch_boxes: np.ndarray, patch_image: np.ndarray | None, n_draws: int,
                         rng: np.random.Generator) -> np.ndarray | None:
     """``[draw, patch]`` weights of ``n_draws`` random regions with the evidence's area, outside the evidence.
 
-    Each draw moves every evidence box, same width and height, to a uniform
-    random place on its own image (the extent of that image's patch boxes)
-    where it overlaps neither the evidence nor the draw's boxes placed before
-    it, so a draw's union has the evidence's area. A draw that finds no room in
-    ``NULL_TRIES`` tries is dropped; None when none succeeds (or no draw is asked).
+    Each draw moves every evidence box, same width and height, to a random
+    place on its own image (the extent of that image's patch boxes) where it
+    overlaps neither the evidence nor the draw's boxes placed before it, so a
+    draw's union has the evidence's area. Places lie on a grid of half the
+    median patch side (and the image's far edge), chosen uniformly among those
+    free, so an evidence box that leaves room only at the image's edge still
+    gets a null. A draw that finds no free place is dropped; None when none
+    succeeds (or no draw is asked).
     """
     from .geometry import region_weights
 
@@ -221,11 +220,17 @@ def null_region_weights(evidence: Evidence, patch_boxes: np.ndarray, patch_image
     if evidence.empty or n == 0 or n_draws <= 0:
         return None
     patch_image = np.zeros(n, dtype=int) if patch_image is None else np.asarray(patch_image, dtype=int)
+    sides = np.concatenate([patch_boxes[:, 2] - patch_boxes[:, 0], patch_boxes[:, 3] - patch_boxes[:, 1]])
+    step = max(float(np.median(sides[sides > 0])) / 2 if (sides > 0).any() else 1.0, 1e-6)
     extents = {}
     for image in set(evidence.images):
         sel = patch_boxes[patch_image == image]
         if len(sel):
             extents[image] = (sel[:, 0].min(), sel[:, 1].min(), sel[:, 2].max(), sel[:, 3].max())
+
+    def grid(lo: float, hi: float) -> np.ndarray:
+        return np.unique(np.append(np.arange(lo, hi, step), hi)) if hi >= lo else np.array([])
+
     draws = []
     for _ in range(n_draws):
         placed: list[tuple[tuple[float, float, float, float], int]] = []
@@ -234,17 +239,18 @@ def null_region_weights(evidence: Evidence, patch_boxes: np.ndarray, patch_image
                 break
             ex0, ey0, ex1, ey1 = extents[image]
             w, h = box[2] - box[0], box[3] - box[1]
-            if w > ex1 - ex0 or h > ey1 - ey0:
-                break
+            xs, ys = grid(ex0, ex1 - w), grid(ey0, ey1 - h)
             taken = [b for b, i in zip(evidence.boxes, evidence.images) if i == image] + [b for b, i in placed if i == image]
-            for _try in range(NULL_TRIES):
-                x0, y0 = rng.uniform(ex0, ex1 - w), rng.uniform(ey0, ey1 - h)
-                cand = (x0, y0, x0 + w, y0 + h)
-                if not any(boxes_overlap([cand, t]) for t in taken):
-                    placed.append((cand, image))
-                    break
-            else:
+            gx, gy = (a.ravel() for a in np.meshgrid(xs, ys, indexing="ij"))
+            ok = np.ones(len(gx), dtype=bool)
+            for t in taken:  # a positive-area overlap with any taken box rules a place out
+                ok &= ~((np.minimum(gx + w, t[2]) > np.maximum(gx, t[0])) & (np.minimum(gy + h, t[3]) > np.maximum(gy, t[1])))
+            free = np.flatnonzero(ok)
+            if not len(free):
                 break
+            k = free[int(rng.integers(len(free)))]
+            x, y = float(gx[k]), float(gy[k])
+            placed.append(((x, y, x + w, y + h), image))
         if len(placed) != len(evidence.boxes):
             continue
         weights = np.zeros(n)
