@@ -126,6 +126,8 @@ def n_shards(d):
     count = get_adapter(d, spec, seed=config["seed"], base_dir=Path.cwd()).count()
     if spec.get("limit"):
         count = min(count, spec["limit"])
+    if spec.get("sample"):
+        count = min(count, spec["sample"]["n"])
     return max(1, math.ceil(count / spec["shard_size"]))
 
 
