@@ -163,11 +163,14 @@ def test_run_stage_writes_tables(tmp_path):
               "analyses": {"a": ["selective", "transfer"], "b": ["selective", "transfer"]}}
     sel.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
                             config=config, results_dir=tmp_path, code=[sel.__file__]))
-    assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS)
+    # the world has no answer-token entropy: that signal has no curve (a row saying so in the summary)
+    assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS) - {"neg_entropy_answer_tokens"}
     summary = pd.read_csv(outs["summary"])
     assert {"aurc", "aurc_low", "eaurc", "risk_80", "risk_90_high", "delta_risk", "vision_measure"} <= set(summary.columns)
     comparison = pd.read_csv(outs["entropy_comparison"])
     assert set(comparison["scope"]) == {"in_domain", "transfer"}
+    assert set(comparison.loc[comparison["answer_signal"] == "answer_tokens", "status"]) == {"not_computed", "not_fitted"}
+    comparison = comparison[comparison["answer_signal"] == "answer_span"]
     assert len(comparison[comparison["scope"] == "transfer"]) == 2  # a -> b, b -> a
 
 
@@ -177,6 +180,7 @@ def test_entropy_comparison_favours_the_stronger_signal_in_domain_and_under_tran
     df = simulate_features(400, 31, coef, datasets=("a", "b"), answer_noise=2.0)
     cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 200, "seed": 0, "veto_quantiles": [0.1]}
     _, summary, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+    comparison = comparison[comparison["answer_signal"] == "answer_span"]
     inside = comparison[(comparison["scope"] == "in_domain") & (comparison["metric"] == "aurc")]
     assert len(inside) == 2 and (inside["difference"] < 0).all() and (inside["difference_high"] < 0).all()
     assert set(inside["better"]) == {"full"}
@@ -192,6 +196,7 @@ def test_entropy_comparison_holds_zero_when_the_two_signals_are_the_same():
     df = simulate_features(300, 32, {"const": 0.5, "entropy": -1.5}, datasets=("a", "b"), answer_noise=0.0)
     cfg = {"bootstrap": 100, "seed": 0, "veto_quantiles": [0.1]}
     _, _, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+    comparison = comparison[comparison["answer_signal"] == "answer_span"]
     assert np.allclose(comparison["difference"], 0) and set(comparison["better"]) == {"neither"}
 
 

@@ -235,6 +235,8 @@ def evidence_collapse(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
 def entropy_transfer(comparison: pd.DataFrame) -> dict[str, Any]:
     """Full-response minus answer-span entropy's transfer AUROC, pooled over (model, train, test) pairs."""
     moved = comparison[comparison["scope"] == "transfer"] if "scope" in comparison else comparison.iloc[0:0]
+    if "answer_signal" in moved:  # the paper's comparison is with the answer span (the answer tokens are a check)
+        moved = moved[moved["answer_signal"] == "answer_span"]
     if moved.empty:
         return undecided("no transfer pairs in selective/entropy_comparison.csv (a model needs two datasets "
                          "feeding transfer)")

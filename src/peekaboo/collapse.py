@@ -864,7 +864,10 @@ def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping]
     rec.patch_box, rec.patch_image = data.patch_box, data.patch_image
     rec.image_tok = token_image_share(data, layers)
     rec.raws = step_reductions(data, rec.spans, layers, len(evidence.boxes))
-    rec.entropy = feats.entropy_features(data.entropy, data.n_tokens, [(s, e) for _, k, s, e in rec.spans if k == "answer"])
+    answer_spans = [(s, e) for _, k, s, e in rec.spans if k == "answer"]
+    tokens, why = feats.answer_tokens(rec.meta.get("text"), rec.meta.get("answer_text"),
+                                      rec.meta.get("token_char_start"), rec.meta.get("token_char_end"), answer_spans)
+    rec.entropy = feats.entropy_features(data.entropy, data.n_tokens, answer_spans, tokens, why)
 
 
 def position_null(records: Sequence[TraceRecord]) -> None:
