@@ -65,6 +65,12 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
                            "answer; negative favours full-response entropy) per model and dataset; under transfer, "
                            "the difference in AUROC of an entropy-only logit fitted on one dataset and scored on "
                            "another (positive favours full-response entropy); paired bootstrap 95% intervals."),
+    "reliability": (("selective_reliability",),
+                    "Reliability under transfer: observed accuracy against the predicted probability of a correct "
+                    "answer from an entropy-only logit fitted on one dataset and applied to another (equal-width "
+                    "bins; marker area: answers in the bin), full-response entropy, per model (panel) and "
+                    "(train -> test) pair; the legend gives each pair's expected calibration error. The diagonal is "
+                    "perfect calibration."),
     "vision_transfer": (("transfer",),
                         "Vision features under transfer: AUROC of each feature set with vision (vision alone, "
                         "entropy + vision, their interaction) minus entropy alone, fitted on one dataset and scored "
@@ -297,14 +303,45 @@ def fig_entropy_comparison(t: Tables, cfg: Mapping[str, Any]):
         if sub.empty:
             _say(ax, f"no {scope.replace('_', '-')} comparison")
             continue
-        if scope == "transfer":
-            labels = [f"{r.model} | {r.train_dataset} -> {r.dataset}" for r in sub.itertuples()]
-        else:
-            labels = [f"{r.model} | {r.dataset}" for r in sub.itertuples()]
-        _forest(ax, labels, sub["difference"], sub["difference_low"], sub["difference_high"])
+        signal = sub["answer_signal"] if "answer_signal" in sub else pd.Series("answer_span", index=sub.index)
+        key = (sub["model"].astype(str) + " | " + (sub["train_dataset"].astype(str) + " -> " if scope == "transfer"
+                                                    else "") + sub["dataset"].astype(str))
+        labels = list(dict.fromkeys(key))
+        # the answer span (the paper's comparison) and the answer tokens alone, side by side on each row
+        for k, (name, label) in enumerate((("answer_span", "vs answer span"), ("answer_tokens", "vs answer tokens"))):
+            part = sub[signal == name].set_index(key[signal == name])
+            part = part.reindex(labels)
+            if part["difference"].notna().any():
+                _forest(ax, labels, part["difference"], part["difference_low"], part["difference_high"],
+                        colour=f"C{k}", offset=0.15 * (k - 0.5) * 2, label=label)
         _finish_forest(ax, labels, xlabel)
+        ax.legend(fontsize=7)
         ax.set_title(scope.replace("_", "-"), fontsize=9)
     fig.suptitle("Full-response against answer-span entropy (paired bootstrap 95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+def fig_reliability(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    bins = t.get("selective_reliability")
+    bins = bins[bins["signal"] == "full"] if "signal" in bins else bins
+    if bins.empty:
+        raise NothingToDraw("no reliability bins of the full-response entropy")
+    models = list(dict.fromkeys(bins["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sub = bins[bins["model"] == model]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+        for k, ((train, test), pair) in enumerate(sub.groupby(["train_dataset", "dataset"], sort=False)):
+            pair = pair.sort_values("mean_predicted")
+            n = pair["n"].to_numpy(dtype=float)
+            ece = float(np.sum(n / n.sum() * np.abs(pair["accuracy"] - pair["mean_predicted"])))
+            ax.plot(pair["mean_predicted"], pair["accuracy"], color=f"C{k % 10}", lw=1,
+                    label=f"{train} -> {test} (ECE {ece:.3f})")
+            ax.scatter(pair["mean_predicted"], pair["accuracy"], s=8 + 60 * n / n.max(), color=f"C{k % 10}")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(correct)", ylabel="observed accuracy", title=model)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig, "not applicable"
 
@@ -672,6 +709,7 @@ DRAW: dict[str, Callable[[Tables, Mapping[str, Any]], tuple[Any, str]]] = {
     "collapse_curve": fig_collapse_curve,
     "collapse_accuracy": fig_collapse_accuracy,
     "entropy_comparison": fig_entropy_comparison,
+    "reliability": fig_reliability,
     "vision_transfer": fig_vision_transfer,
     "interaction_by_task": fig_interaction_by_task,
     "masking_response": fig_masking_response,
@@ -769,7 +807,7 @@ def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], resu
 # the table inputs of the ``figures`` rule: lists of files, then single files
 LIST_INPUTS = ("collapse_traces", "collapse_maps", "attribution", "modes")
 FILE_INPUTS = ("collapse_trajectory", "collapse_accuracy", "coefficients", "transfer", "interaction_by_task",
-               "selective_curves", "selective_summary", "entropy_comparison")
+               "selective_curves", "selective_summary", "entropy_comparison", "selective_reliability")
 
 
 def run_stage(call: StageCall) -> None:

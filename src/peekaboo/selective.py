@@ -596,6 +596,90 @@ def transfer_comparison(features: pd.DataFrame, n_boot: int, seed: int, min_erro
     return rows
 
 
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = CALIBRATION_BINS
+                               ) -> tuple[float, list[dict[str, Any]]]:
+    """ECE over ``n_bins`` equal-width bins of the predicted P(correct), and each bin's row for the reliability figure.
+
+    ``sum_b (n_b / n) |accuracy_b - mean predicted_b|``; the last bin is closed.
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if not len(y):
+        return float("nan"), []
+    b = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece, rows = 0.0, []
+    for k in range(n_bins):
+        sel = b == k
+        if not sel.any():
+            continue
+        conf, acc = float(p[sel].mean()), float(y[sel].mean())
+        ece += sel.sum() / len(y) * abs(acc - conf)
+        rows.append({"bin": k, "p_low": k / n_bins, "p_high": (k + 1) / n_bins, "n": int(sel.sum()),
+                     "mean_predicted": conf, "accuracy": acc})
+    return float(ece), rows
+
+
+def calibration(features: pd.DataFrame, coverages: Sequence[float], min_errors: int
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibration and carried-over thresholds of each entropy under transfer (per model, train and test dataset).
+
+    For each entropy (``full``: the full response; ``answer_span``;
+    ``answer_tokens``) an entropy-only logit fitted on the train dataset gives
+    P(correct) on the test dataset's answers that have that entropy: its
+    expected calibration error (``CALIBRATION_BINS`` equal-width bins), Brier
+    score, mean prediction and accuracy. Thresholds: for each coverage ``c``
+    (``selective.coverages``), the entropy below which ``c`` of the train
+    answers fall is applied to the test answers as it is, since a deployed
+    selector only has its training data to set it: the coverage it reaches
+    there and the risk among the answers it accepts, beside the risk at
+    coverage ``c`` chosen on the test answers themselves (``risk_at_target``).
+    Returns (calibration rows, reliability bins).
+    """
+    rows, bins = [], []
+    signals = {"full": interaction.ENTROPY, **ANSWER_SIGNALS}
+    for model, mdf in features.groupby("model", sort=False):
+        datasets = list(dict.fromkeys(mdf["dataset"]))
+        for train in datasets:
+            for signal, column in signals.items():
+                tdf, _, _ = interaction.usable_rows(mdf[mdf["dataset"] == train], [column]) if column in mdf else (
+                    mdf.iloc[0:0], 0, "")
+                fit = interaction.fit_logit(tdf, interaction.FEATURE_SETS["entropy"], None, min_errors=min_errors,
+                                            entropy_col=column) if len(tdf) else None
+                for test in datasets:
+                    if test == train:
+                        continue
+                    common = {"model": model, "train_dataset": train, "dataset": test, "signal": signal,
+                              "n_train": len(tdf)}
+                    sdf, n_dropped, why = (interaction.usable_rows(mdf[mdf["dataset"] == test], [column])
+                                           if column in mdf else (mdf.iloc[0:0], 0, ""))
+                    if fit is None or not fit.fitted or sdf.empty:
+                        reason = (f"no {column} column" if column not in mdf else "no test answers with it" if
+                                  sdf.empty else f"not fitted on {train}: {fit.note if fit else 'no rows'}")
+                        rows.append({**common, "n": len(sdf), "status": "not_fitted", "note": reason})
+                        continue
+                    y = sdf[interaction.OUTCOME].astype(bool).to_numpy()
+                    p = interaction.predict_proba(fit, sdf, entropy_col=column, moderator=None)
+                    ece, bin_rows = expected_calibration_error(y, p)
+                    bins += [{**{k: common[k] for k in ("model", "train_dataset", "dataset", "signal")}, **r}
+                             for r in bin_rows]
+                    ent_train = tdf[column].to_numpy(dtype=float)
+                    ent_test = sdf[column].to_numpy(dtype=float)
+                    err = (~y).astype(float)
+                    order = np.lexsort((sdf["trace_id"].astype(str).to_numpy(), ent_test))  # least entropy first
+                    stats = {**common, "n": len(y), "n_errors": int(err.sum()), "ece": ece,
+                             "brier": float(np.mean((p - y) ** 2)), "mean_predicted": float(p.mean()),
+                             "accuracy": float(y.mean()), "status": "ok",
+                             "note": why.replace("rows left out", "test answers left out") if n_dropped else ""}
+                    for c in coverages:
+                        tau = float(np.quantile(ent_train, c))
+                        accepted = ent_test <= tau
+                        rows.append({**stats, "coverage_target": float(c), "entropy_threshold": tau,
+                                     "coverage": float(accepted.mean()),
+                                     "risk": float(err[accepted].mean()) if accepted.any() else np.nan,
+                                     "risk_at_target": risk_at_from_errors(err[order], c)})
+    return (pd.DataFrame(rows, columns=CALIBRATION_COLUMNS), pd.DataFrame(bins, columns=RELIABILITY_COLUMNS))
+
+
 def run_stage(call: StageCall) -> None:
     """The ``selective`` rule: curves, summary and the entropy comparison from the per-trace tables.
 
@@ -609,8 +693,14 @@ def run_stage(call: StageCall) -> None:
     curves, summary, comparison = evaluate_all(
         feeding(features, analyses, "selective"), call.config["selective"], call.config["regression"],
         vision_measures(call.config["features"]), transfer_features=feeding(features, analyses, "transfer"))
+    tables = {"summary": summary, "entropy_comparison": comparison}
+    if "calibration" in call.outputs:
+        tables["calibration"], tables["reliability"] = calibration(
+            feeding(features, analyses, "transfer"), [float(c) for c in
+                                                      schema.section("selective", call.config["selective"])["coverages"]],
+            int(schema.section("regression", call.config["regression"])["min_errors"]))
     provenance = call.provenance()
     write_table(curves, call.output("curves"), provenance)
-    for key, table in (("summary", summary), ("entropy_comparison", comparison)):
+    for key, table in tables.items():
         call.output(key).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(call.output(key), index=False, float_format="%.6g")

@@ -29,6 +29,7 @@ rule figures:
         selective_curves=R("selective/curves.parquet"),
         selective_summary=R("selective/summary.csv"),
         entropy_comparison=R("selective/entropy_comparison.csv"),
+        selective_reliability=R("selective/reliability.csv"),
         # the attention strips draw the items' images
         items_tables=expand(R("items/{d}.parquet"), d=DATASETS),
         code=code("figures"),
