@@ -369,3 +369,71 @@ def test_random_region_null_and_position_matched_null_curves():
     assert steps.loc[steps["trace_id"] == "a", "image_share_null"].iloc[0] == pytest.approx(0.2, abs=1e-3)
     off, _ = _run_planted(planted, {"null_regions": 0})
     assert off["evidence_share_null_reasoning_drop"].isna().all()
+
+
+# ----------------------------------------------------------------------------- layers and heads (issue 25)
+
+
+def _layered_world(n_items=12):
+    """3 layers x 2 heads; evidence = patch 0 (a quarter of the image). Layer 2 looks at the evidence (share 0.75,
+    lift 3) and loses it over the reasoning (to 0.25: chance); layers 0 and 1 sit at chance. Head 1 of layer 0
+    loses image attention (0.6 -> 0.2) while head 0 keeps it (0.4)."""
+    traces, spans, side = [], {}, []
+    T = 8  # four 2-token think steps and no answer step
+    for k in range(n_items):
+        tid = f"m|it{k}|base|none"
+        image = np.zeros((T, 3, 2))
+        image[:, :, :] = 0.4
+        image[:, 0, 1] = np.repeat([0.6, 0.45, 0.3, 0.2], 2)
+        share = np.full((T, 3), 0.25)
+        share[:, 2] = np.repeat([0.75, 0.6, 0.4, 0.25], 2)
+        region = (share * image.mean(axis=2))[:, :, None]
+        traces.append({"trace_id": tid, "entropy": np.full(T, 0.5), "image_mass": image, "region_mass": region,
+                       "image_attn": np.full((T, 1, 4), 0.25), "patch_box": QUAD_BOXES})
+        spans[tid] = [("think", 2 * j, 2 * j + 2) for j in range(4)]
+        side.append({"item_id": f"it{k}", "variant": "base", "trace_id": tid, "n_tokens": T})
+    items = items_rows([{"item_id": f"it{k}", "regions": [[0, 0, 16, 16]]} for k in range(n_items)])
+    return make_traces(traces), sidecar_rows(side), steps_rows(spans), items
+
+
+def test_per_layer_and_per_head_collapse_curves():
+    out = collapse.compute(*_layered_world(), {**CFG, "position_bins": 4, "endpoint_fraction": 0.25}, FEATURES,
+                           "m", "d")
+    layers = out.layers
+    summary = layers[layers["kind"] == "summary"].set_index(["measure", "layer", "head"])
+    ev = summary.xs("evidence_share", level="measure")
+    assert ev.loc[(2, -1), "mean_first"] == pytest.approx(0.75, abs=3e-3)
+    assert ev.loc[(2, -1), "mean_last"] == pytest.approx(0.25, abs=3e-3)
+    assert ev.loc[(2, -1), "drop_of_means"] == pytest.approx(2 / 3, abs=1e-2)
+    assert ev.loc[(0, -1), "drop_of_means"] == pytest.approx(0.0, abs=1e-2)
+    assert ev.loc[(2, -1), "mean_lift"] == pytest.approx((0.75 + 0.6 + 0.4 + 0.25) / 4 / 0.25, abs=2e-2)
+    assert ev.loc[(2, -1), "n_traces"] == 12
+    heads = summary.xs("image_share", level="measure")
+    assert heads.loc[(0, 1), "drop_of_means"] == pytest.approx((0.6 - 0.2) / 0.6, abs=1e-2)
+    assert heads.loc[(0, 0), "drop_of_means"] == pytest.approx(0.0, abs=1e-2)
+    assert heads.loc[(0, -1), "mean_first"] == pytest.approx(0.5, abs=3e-3)  # the head mean
+    curve = layers[(layers["kind"] == "curve") & (layers["measure"] == "evidence_share") & (layers["layer"] == 2)]
+    np.testing.assert_allclose(curve.sort_values("bin")["mean"], [0.75, 0.6, 0.4, 0.25], atol=3e-3)
+    assert not layers["selected"].any() and set(layers["layers_config"]) == {"all"}
+
+
+def test_a_grounding_layer_chosen_on_held_out_items_by_evidence_lift():
+    cfg = {**CFG, "layers": "select", "selection_fraction": 0.5, "position_bins": 4}
+    out = collapse.compute(*_layered_world(), cfg, FEATURES, "m", "d", seed=3)
+    assert set(out.layers.loc[out.layers["selected"], "layer"]) == {2}
+    # the steps are measured in the chosen layer alone
+    first = out.steps[out.steps["step_index"] == 0]
+    np.testing.assert_allclose(first["evidence_share"], 0.75, atol=3e-3)
+    split = out.traces.set_index("item_id")["layer_split"]
+    assert (split == "selection").sum() == 6 and (split == "analysis").sum() == 6
+    again = collapse.compute(*_layered_world(), cfg, FEATURES, "m", "d", seed=3).traces
+    assert list(again["layer_split"]) == list(out.traces["layer_split"])
+    # the findings leave the held-out items out, saying why
+    from peekaboo import collapse_findings as cf
+
+    summary = cf.findings(out.traces, out.steps, {"bootstrap": 0, "position_bins": 4}, seed=0)["summary"]
+    row = summary[(summary["scope"] == "dataset") & (summary["measure"] == "evidence_share")].iloc[0]
+    assert row["n_layer_selection"] == 6 and row["n_used"] == 6
+    assert "6 held out to choose the grounding layer" in row["note"]
+    assert collapse.select_layer(np.array([1.0, np.nan, 1.0]), np.array([3, 0, 3])) == 0  # ties: the lowest
+    assert collapse.select_layer(np.array([np.nan]), np.array([0])) is None

@@ -272,8 +272,9 @@ def evidence_area_fraction(regions: Any, width: float, height: float) -> float:
 
 
 def resolve_layers(layers: Any, n_layers: int) -> np.ndarray:
-    """Indices of the configured ``collapse.layers`` (``all`` or a list, negative from the end)."""
-    if layers in (None, "all"):
+    """Indices of the configured ``collapse.layers`` (``all`` or a list, negative from the end; ``select`` is chosen
+    by ``select_layer`` first and counts as all here)."""
+    if layers in (None, "all", "select"):
         return np.arange(n_layers)
     out = []
     for v in layers:
@@ -597,6 +598,139 @@ def localisation_by_step(steps: pd.DataFrame, variant: str = "base") -> pd.DataF
             .drop(columns="_o").reset_index(drop=True))
 
 
+# ----------------------------------------------------------------------------- layers and heads
+
+LAYER_COLUMNS = [
+    "model", "dataset", "kind", "measure", "layer", "head", "bin", "position", "n_traces", "mean",
+    "mean_first", "mean_last", "drop_of_means", "mean_lift", "selected", "layers_config", "note",
+]
+
+
+@dataclass
+class LayerTrace:
+    """One base trace's reasoning, per layer (and head): step values, positions, window weights, evidence area."""
+
+    image: np.ndarray  # [step, layer, head] image share of each think step
+    evidence: np.ndarray | None  # [step, layer] evidence mass (region_mass summed over the evidence, uncorrected)
+    bins: np.ndarray  # [step] reasoning-position bin
+    w_first: np.ndarray  # [step] token weights of the first and last windows
+    w_last: np.ndarray
+    area: float
+
+
+def layer_trace(data: TraceData, spans: Sequence[tuple[int, str, int, int]], n_evidence: int, area: float,
+                n_bins: int, fraction: float) -> LayerTrace | None:
+    """Per-layer and per-head reductions of a trace's think steps (two or more, with tokens and an image), or None.
+
+    Sinks are not taken out and overlapping evidence regions are not
+    corrected here: per layer and head the per-patch map that both need is
+    not stored.
+    """
+    if not len(data.patch_box) or not data.image_mass.shape[1]:
+        return None
+    think = [(max(0, int(s)), min(int(e), data.n_tokens)) for _, kind, s, e in spans
+             if kind == "think" and s >= 0 and min(int(e), data.n_tokens) > max(0, int(s))]
+    if len(think) < 2:
+        return None
+    img = data.image_mass.astype(np.float64)
+    image = np.stack([img[s:e].mean(axis=0) for s, e in think])  # [step, layer, head]
+    evidence = None
+    if n_evidence > 0:
+        reg = data.region_mass[:, :, :n_evidence].astype(np.float64).sum(axis=2)  # [token, layer]
+        evidence = np.stack([reg[s:e].mean(axis=0) for s, e in think])
+    k = len(think)
+    position = np.arange(k) / (k - 1)
+    bins = np.minimum(np.floor(position * n_bins + 1e-9), n_bins - 1).astype(int)
+    w_first, w_last = window_weights([e - s for s, e in think], fraction)
+    return LayerTrace(image, evidence, bins, w_first, w_last, area)
+
+
+@dataclass
+class LayerCounter:
+    """Running sums over base traces of the per-layer and per-head curves and windows (nothing kept per trace)."""
+
+    n_bins: int
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def _add(self, name: str, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=float)
+        ok = np.isfinite(values)
+        if name not in self.sums:
+            self.sums[name], self.counts[name] = np.zeros(values.shape), np.zeros(values.shape)
+        self.sums[name] += np.where(ok, values, 0.0)
+        self.counts[name] += ok
+
+    def mean(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sums[name] / self.counts[name], self.counts[name]
+
+    def add(self, t: LayerTrace) -> None:
+        image_l = t.image.mean(axis=2)  # [step, layer]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = t.evidence / image_l if t.evidence is not None else None
+        for name, values in (("image_head", t.image), ("image", image_l), ("evidence", share)):
+            if values is None:
+                continue
+            per_bin = np.full((self.n_bins, *values.shape[1:]), np.nan)
+            for b in range(self.n_bins):
+                sel = t.bins == b
+                if sel.any():
+                    per_bin[b] = values[sel].mean(axis=0)
+            self._add(f"{name}:curve", per_bin)
+        for window, w in (("first", t.w_first), ("last", t.w_last)):
+            ww = w / w.sum()
+            self._add(f"image_head:{window}", np.tensordot(ww, t.image, axes=1))
+            self._add(f"image:{window}", ww @ image_l)
+            if t.evidence is not None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    self._add(f"evidence:{window}", (w @ t.evidence) / (w @ image_l))
+        if share is not None and np.isfinite(t.area) and t.area > 0:
+            self._add("evidence:lift", np.nanmean(share, axis=0) / t.area)
+
+    def table(self, model: str, dataset: str, selected: int | None, layers_config: str) -> pd.DataFrame:
+        rows = []
+        for measure, key, per_head in (("image_share", "image_head", True), ("image_share", "image", False),
+                                       ("evidence_share", "evidence", False)):
+            if f"{key}:curve" not in self.sums:
+                continue
+            curve, n = self.mean(f"{key}:curve")
+            first, _ = self.mean(f"{key}:first")
+            last, n_traces = self.mean(f"{key}:last")
+            lift = self.mean("evidence:lift")[0] if measure == "evidence_share" and "evidence:lift" in self.sums else None
+            for index in np.ndindex(*curve.shape[1:]):
+                layer, head = int(index[0]), (int(index[1]) if per_head else -1)
+                common = {"model": model, "dataset": dataset, "measure": measure, "layer": layer, "head": head,
+                          "selected": selected == layer, "layers_config": layers_config}
+                for b in range(self.n_bins):
+                    rows.append({**common, "kind": "curve", "bin": b, "position": (b + 0.5) / self.n_bins,
+                                 "n_traces": int(n[(b, *index)]), "mean": float(curve[(b, *index)])})
+                f, la = float(first[index]), float(last[index])
+                rows.append({**common, "kind": "summary", "n_traces": int(n_traces[index]), "mean_first": f,
+                             "mean_last": la, "drop_of_means": (f - la) / f if f > 0 else np.nan,
+                             "mean_lift": float(lift[index[0]]) if lift is not None else np.nan})
+        out = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+        for c in ("layer", "head", "bin", "n_traces"):
+            out[c] = out[c].astype("Int64")
+        return out
+
+
+def selection_items(item_rows: Mapping[str, Mapping], fraction: float, seed: int, dataset: str) -> set[str]:
+    """The held-out items on which ``collapse.layers: select`` chooses the layer: a seeded ``fraction`` of the
+    items with evidence regions (sorted ids, permuted from the seed and the dataset)."""
+    ids = sorted(i for i, row in item_rows.items() if not item_evidence(row.get("regions")).empty)
+    order = seeded_rng(seed, "collapse layer selection", dataset).permutation(len(ids))
+    return {ids[k] for k in order[: int(round(fraction * len(ids)))]}
+
+
+def select_layer(lifts: np.ndarray, counts: np.ndarray) -> int | None:
+    """The layer with the highest mean evidence lift (ties: the lowest index); None without any."""
+    ok = counts > 0
+    if not ok.any():
+        return None
+    return int(np.argmax(np.where(ok, np.nan_to_num(lifts, nan=-np.inf), -np.inf)))
+
+
 # ----------------------------------------------------------------------------- sinks
 
 
@@ -689,6 +823,7 @@ class CollapseTables:
     sinks: pd.DataFrame
     maps: pd.DataFrame
     counts: dict[str, int] = field(default_factory=dict)
+    layers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LAYER_COLUMNS))
 
 
 def _read_block(ds, start: int, stop: int, has_attn: bool, has_image: bool) -> dict[str, np.ndarray]:
@@ -809,26 +944,65 @@ def trace_records(sidecar: pd.DataFrame, steps_by_trace: Mapping[str, list], sto
 
 def measure_traces(records: Sequence[TraceRecord], stores: Sequence[Any], item_rows: Mapping[str, Mapping],
                    layers: np.ndarray, counter: SinkCounter | None, counts: dict[str, int], where: str,
-                   null_draws: int = 0, seed: int = 0, dataset: str = "") -> None:
+                   null_draws: int = 0, seed: int = 0, dataset: str = "", layer_counter: LayerCounter | None = None,
+                   fraction: float = 0.25) -> None:
     """Read the located traces from the stores, a block at a time, and fill their evidence, step reductions and entropy."""
+    for rec, data in read_traces(records, stores, f"collapse {where}"):
+        _measure(rec, data, item_rows, layers, counts, null_draws, seed, dataset)
+        if counter is not None:
+            counter.add_trace(r.patch_map for r in rec.raws)
+        if layer_counter is not None and rec.meta.get("variant") == "base":
+            lt = layer_trace(data, rec.spans, len(rec.evidence.boxes), rec.evidence.area_fraction,
+                             layer_counter.n_bins, fraction)
+            if lt is not None:
+                layer_counter.add(lt)
+
+
+def read_traces(records: Sequence[TraceRecord], stores: Sequence[Any], desc: str):
+    """(record, its per-token arrays) for every located record, read from the stores a block of traces at a time."""
     blocks: dict[tuple[int, int], list[tuple[int, TraceRecord]]] = {}
     located = sorted((r for r in records if r.location is not None), key=lambda r: r.location)
     for rec in located:
         k, i = rec.location
         blocks.setdefault((k, i // READ_BLOCK), []).append((i, rec))
-    bar = progress(total=len(located), desc=f"collapse {where}", unit="trace")
+    bar = progress(total=len(located), desc=desc, unit="trace")
     for (k, b), members in sorted(blocks.items(), key=lambda kv: kv[0]):
         ds = stores[k]
         start = b * READ_BLOCK
         block = _read_block(ds, start, min(start + READ_BLOCK, int(ds.sizes["trace"])),
                             "image_attn" in ds, "patch_image" in ds)
         for i, rec in members:
-            _measure(rec, _trace_data(block, i - start, rec.trace_id), item_rows, layers, counts, null_draws, seed,
-                     dataset)
-            if counter is not None:
-                counter.add_trace(r.patch_map for r in rec.raws)
+            yield rec, _trace_data(block, i - start, rec.trace_id)
             bar.update(1)
     bar.close()
+
+
+def trace_evidence(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping]) -> Evidence:
+    """The item's evidence cut to the regions the store holds, with its patch weights and area fraction."""
+    item = item_rows.get(str(rec.meta["item_id"]))
+    evidence = item_evidence(item.get("regions")) if item is not None else Evidence(boxes=[], images=[])
+    n_store = data.region_mass.shape[2]
+    evidence.boxes, evidence.images = evidence.boxes[:n_store], evidence.images[:n_store]
+    return attach_patch_weights(evidence, data.patch_box, data.patch_image,
+                                item.get("width") if item else None, item.get("height") if item else None)
+
+
+def choose_layer(records: Sequence[TraceRecord], stores: Sequence[Any], item_rows: Mapping[str, Mapping],
+                 split: set[str], n_bins: int, fraction: float, where: str) -> tuple[int | None, np.ndarray]:
+    """``collapse.layers: select``: the layer of highest mean evidence lift over the base traces of the held-out
+    ``split`` items (and every layer's mean lift there)."""
+    counter = LayerCounter(n_bins)
+    chosen = [r for r in records if r.location is not None and r.meta.get("variant") == "base"
+              and str(r.meta.get("item_id")) in split]
+    for rec, data in read_traces(chosen, stores, f"collapse layer selection {where}"):
+        evidence = trace_evidence(rec, data, item_rows)
+        lt = layer_trace(data, rec.spans, len(evidence.boxes), evidence.area_fraction, n_bins, fraction)
+        if lt is not None:
+            counter.add(lt)
+    if "evidence:lift" not in counter.sums:
+        return None, np.array([])
+    lifts, counts = counter.mean("evidence:lift")
+    return select_layer(lifts, counts), lifts
 
 
 def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping], layers: np.ndarray,
@@ -1000,6 +1174,9 @@ def compute(
     stores = [] if traces is None else ([traces] if hasattr(traces, "data_vars") else [t for t in traces if t is not None])
     store_index, store_ids, n_layers = _store_index(stores, where)
     layers = resolve_layers(collapse_cfg["layers"], n_layers) if n_layers else np.arange(0)
+    fraction, n_bins = float(collapse_cfg["endpoint_fraction"]), int(collapse_cfg["position_bins"])
+    select = collapse_cfg["layers"] == "select"
+    split = selection_items(item_rows, float(collapse_cfg["selection_fraction"]), seed, dataset) if select else set()
 
     counts = {"traces": len(sidecar), "failed": 0, "missing_in_store": 0, "no_steps": 0, "no_evidence": 0, "no_item": 0}
     records = trace_records(sidecar.reset_index(drop=True), _steps_by_trace(steps), store_index, counts, where)
@@ -1008,9 +1185,21 @@ def compute(
     if stray:
         log.warning("%d traces in the store have no sidecar row and are not measured (first: %s)", len(stray), stray[0])
 
+    selected = None
+    if select and n_layers:
+        selected, lifts = choose_layer(records, stores, item_rows, split, n_bins, fraction, where)
+        if selected is None:
+            log.warning("%s: collapse.layers is select but no base trace of the %d held-out items has an evidence "
+                        "lift: every layer is averaged", where, len(split))
+        else:
+            layers = np.array([selected])
+            log.info("%s: grounding layer %d chosen on %d held-out items by evidence lift (%s)", where, selected,
+                     len(split), ", ".join(f"{k}: {v:.3f}" for k, v in enumerate(lifts)))
     counter = SinkCounter(ratio=float(sink_cfg["ratio"]), min_fraction=float(sink_cfg["min_fraction"])) if detect else None
+    layer_counter = LayerCounter(n_bins)
     measure_traces(records, stores, item_rows, layers, counter, counts, where,
-                   null_draws=int(collapse_cfg["null_regions"]), seed=seed, dataset=dataset)
+                   null_draws=int(collapse_cfg["null_regions"]), seed=seed, dataset=dataset,
+                   layer_counter=layer_counter, fraction=fraction)
     position_null(records)
 
     sinks_table = counter.table(model, dataset, exclude) if detect else pd.DataFrame(columns=SINK_COLUMNS)
@@ -1032,11 +1221,21 @@ def compute(
         notes={r.trace_id: r.notes for r in records}, features_cfg=features_cfg,
         model=model, dataset=dataset, sinks_excluded=sinks_excluded,
     )
+    # with a selected layer, the items it was chosen on are marked: the collapse findings leave them out
+    traces_df["layer_split"] = (traces_df["item_id"].astype(str).map(lambda i: "selection" if i in split else "analysis")
+                                if select and selected is not None else None)
+    layers_df = layer_counter.table(model, dataset, selected, json_layers(collapse_cfg["layers"]))
     maps_df = example_maps(records, item_rows, sink_patches, sinks_excluded, model, dataset, map_items)
     for key, value in counts.items():
         if value and key != "traces":
             log.info("%s: %d traces: %s", where, value, key.replace("_", " "))
-    return CollapseTables(steps=steps_df, traces=traces_df, sinks=sinks_table, maps=maps_df, counts=counts)
+    return CollapseTables(steps=steps_df, traces=traces_df, sinks=sinks_table, maps=maps_df, counts=counts,
+                          layers=layers_df)
+
+
+def json_layers(value: Any) -> str:
+    """``collapse.layers`` as text for the layers table (all, select or the list)."""
+    return value if isinstance(value, str) else ",".join(str(int(v)) for v in value)
 
 
 def _item_value(item_rows: Mapping[str, Mapping], meta: Mapping, key: str):
@@ -1131,5 +1330,6 @@ def run_stage(call: StageCall) -> None:
                      read_table(call.path("items_table")), call.config["collapse"], call.config["features"],
                      model, dataset, seed=int(call.config.get("seed", 0)))
     prov = call.provenance(model=model, dataset=dataset, counts=tables.counts)
-    for name in ("steps", "traces", "sinks", "maps"):
-        write_table(getattr(tables, name), call.output(name), prov)
+    for name in ("steps", "traces", "sinks", "maps", "layers"):
+        if name in call.outputs:
+            write_table(getattr(tables, name), call.output(name), prov)

@@ -56,6 +56,7 @@ EVIDENCE_MEASURES = ("evidence_share", "evidence_mass", "focus")
 OVER_HALF = 0.5
 # why a base trace has no reasoning drop, checked in this order (the first that holds counts)
 LEFT_OUT = (
+    ("layer_selection", "held out to choose the grounding layer (collapse.layers: select)"),
     ("failed", "failed trace"),
     ("no_evidence", "no evidence regions (evidence share undefined)"),
     ("few_steps", "fewer than two reasoning steps"),
@@ -96,7 +97,9 @@ def classify(traces: pd.DataFrame, measure: str) -> pd.DataFrame:
     regions = df["n_evidence_regions"] if "n_evidence_regions" in df else pd.Series(0, index=df.index)
     has_evidence = pd.to_numeric(regions, errors="coerce").fillna(0) > 0
     few = pd.to_numeric(df["n_think_steps"], errors="coerce").fillna(0) < 2
+    split = df["layer_split"] if "layer_split" in df else pd.Series(None, index=df.index, dtype="object")
     checks = {
+        "layer_selection": split.eq("selection"),
         "failed": ~ok,
         "no_evidence": ~has_evidence if measure in EVIDENCE_MEASURES else pd.Series(False, index=df.index),
         "few_steps": few,
@@ -277,8 +280,9 @@ def trajectory_table(traces: pd.DataFrame, steps: pd.DataFrame, n_bins: int, n_b
             common = {"model": model, "dataset": dataset, "measure": measure, "datasets": dataset, "models": model,
                       "sinks_excluded": _sinks(sub)}
             # traces with a position over the reasoning (two reasoning steps or more) and the measure defined
-            keep = sub[~sub["left_out"].isin(["failed", "no_evidence", "few_steps"])]
-            note = left_out_note(sub[sub["left_out"].isin(["failed", "no_evidence", "few_steps"])])
+            gone = ["layer_selection", "failed", "no_evidence", "few_steps"]
+            keep = sub[~sub["left_out"].isin(gone)]
+            note = left_out_note(sub[sub["left_out"].isin(gone)])
             tids = keep["trace_id"].astype(str).to_numpy()
             index = {t: i for i, t in enumerate(tids)}
             values = np.full((len(tids), n_bins + 1), np.nan)

@@ -38,6 +38,12 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
                           "first to the last reasoning step (1 = smallest drop), with 95% bootstrap intervals, per "
                           "model (colour), dataset (column) and vision measure (row); the legend gives the mean drop "
                           "of correct minus incorrect traces with its interval."),
+    "collapse_layers": (("collapse_layers",),
+                        "Evidence collapse per layer and head: the evidence share (image share where the items have "
+                        "no evidence) of every layer against normalised reasoning position (top; colour: layer "
+                        "depth; the grounding layer chosen by collapse.layers: select drawn thick), and the relative "
+                        "drop of the image share of every head from the first to the last window of the reasoning "
+                        "(bottom; layer x head), unmasked traces, per model and dataset (column)."),
     "masking_response": (("collapse_traces",),
                          "Response to a hidden panel: vision engagement (mean evidence share over the reasoning "
                          "steps) and the share of answers that change or abstain, for the unmasked image, "
@@ -318,6 +324,40 @@ def fig_entropy_comparison(t: Tables, cfg: Mapping[str, Any]):
         ax.legend(fontsize=7)
         ax.set_title(scope.replace("_", "-"), fontsize=9)
     fig.suptitle("Full-response against answer-span entropy (paired bootstrap 95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+def fig_collapse_layers(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    layers = t.get("collapse_layers")
+    cells = list(dict.fromkeys(zip(layers["model"], layers["dataset"])))
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 6.4), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for j, (model, dataset) in enumerate(cells):
+        cell = layers[(layers["model"] == model) & (layers["dataset"] == dataset)]
+        curves = cell[(cell["kind"] == "curve") & (cell["head"] == -1)]
+        measure = "evidence_share" if (curves["measure"] == "evidence_share").any() else "image_share"
+        curves = curves[curves["measure"] == measure]
+        n_layers = int(curves["layer"].max()) + 1 if len(curves) else 1
+        ax = axes[0, j]
+        for layer, sub in curves.groupby("layer"):
+            sub = sub.sort_values("bin")
+            chosen = bool(sub["selected"].any())
+            ax.plot(sub["position"], sub["mean"], color=cmap(int(layer) / max(n_layers - 1, 1)),
+                    lw=2.5 if chosen else 0.9, label=f"layer {int(layer)} (chosen)" if chosen else None)
+        ax.set(xlabel="reasoning position", ylabel=MEASURE_LABELS.get(measure, measure), title=f"{model} | {dataset}")
+        if curves["selected"].any():
+            ax.legend(fontsize=7)
+        heads = cell[(cell["kind"] == "summary") & (cell["measure"] == "image_share") & (cell["head"] >= 0)]
+        ax = axes[1, j]
+        if heads.empty:
+            _say(ax, "no per-head rows")
+            continue
+        grid = heads.pivot_table(index="layer", columns="head", values="drop_of_means")
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set(xlabel="head", ylabel="layer", title="image-share drop per head")
+        fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig, "not applicable"
 
@@ -708,6 +748,7 @@ def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
 DRAW: dict[str, Callable[[Tables, Mapping[str, Any]], tuple[Any, str]]] = {
     "collapse_curve": fig_collapse_curve,
     "collapse_accuracy": fig_collapse_accuracy,
+    "collapse_layers": fig_collapse_layers,
     "entropy_comparison": fig_entropy_comparison,
     "reliability": fig_reliability,
     "vision_transfer": fig_vision_transfer,
@@ -805,7 +846,7 @@ def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], resu
 
 
 # the table inputs of the ``figures`` rule: lists of files, then single files
-LIST_INPUTS = ("collapse_traces", "collapse_maps", "attribution", "modes")
+LIST_INPUTS = ("collapse_traces", "collapse_maps", "collapse_layers", "attribution", "modes")
 FILE_INPUTS = ("collapse_trajectory", "collapse_accuracy", "coefficients", "transfer", "interaction_by_task",
                "selective_curves", "selective_summary", "entropy_comparison", "selective_reliability")
 

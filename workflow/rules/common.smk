@@ -281,7 +281,7 @@ def box_model_identity(d):
 
 
 def collapse_outputs(kind="", analyses=COLLAPSE_ANALYSES):
-    """The collapse tables of one kind ("", "traces", "sinks", "maps") of the pairs feeding ``analyses``."""
+    """The collapse tables of one kind ("", "traces", "sinks", "maps", "layers") of the pairs feeding ``analyses``."""
     suffix = f".{kind}.parquet" if kind else ".parquet"
     return [R(f"collapse/{m}/{d}{suffix}") for m, d in pairs_for(*analyses)]
 

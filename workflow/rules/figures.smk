@@ -19,6 +19,7 @@ rule figures:
     input:
         collapse_traces=collapse_outputs("traces"),
         collapse_maps=collapse_outputs("maps"),
+        collapse_layers=collapse_outputs("layers"),
         attribution=[R(f"crm/{m}/{d}/attribution.parquet") for m, d in pairs_for("crm")],
         modes=[R(f"crm/{m}/{d}/modes.parquet") for m, d in pairs_for("crm")],
         collapse_trajectory=R("collapse/trajectory.csv"),
