@@ -342,10 +342,10 @@ def fig_collapse_layers(t: Tables, cfg: Mapping[str, Any]):
         n_layers = int(curves["layer"].max()) + 1 if len(curves) else 1
         ax = axes[0, j]
         for layer, sub in curves.groupby("layer"):
-            sub = sub.sort_values("bin")
+            sub = sub[np.isfinite(pd.to_numeric(sub["mean"], errors="coerce"))].sort_values("bin")  # empty bins: gaps
             chosen = bool(sub["selected"].any())
-            ax.plot(sub["position"], sub["mean"], color=cmap(int(layer) / max(n_layers - 1, 1)),
-                    lw=2.5 if chosen else 0.9, label=f"layer {int(layer)} (chosen)" if chosen else None)
+            ax.plot(sub["position"], sub["mean"], color=cmap(int(layer) / max(n_layers - 1, 1)), marker="o",
+                    markersize=2.5, lw=2.5 if chosen else 0.9, label=f"layer {int(layer)} (chosen)" if chosen else None)
         ax.set(xlabel="reasoning position", ylabel=MEASURE_LABELS.get(measure, measure), title=f"{model} | {dataset}")
         if curves["selected"].any():
             ax.legend(fontsize=7)
@@ -356,7 +356,8 @@ def fig_collapse_layers(t: Tables, cfg: Mapping[str, Any]):
             continue
         grid = heads.pivot_table(index="layer", columns="head", values="drop_of_means")
         image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set(xlabel="head", ylabel="layer", title="image-share drop per head")
+        ax.set(xlabel="head", ylabel="layer", title="image-share drop per head",
+               xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig, "not applicable"
