@@ -1005,6 +1005,9 @@ def choose_layer(records: Sequence[TraceRecord], stores: Sequence[Any], item_row
     return select_layer(lifts, counts), lifts
 
 
+_NULL_CACHE: dict[tuple, np.ndarray | None] = {}
+
+
 def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping], layers: np.ndarray,
              counts: dict[str, int], null_draws: int = 0, seed: int = 0, dataset: str = "") -> None:
     item = item_rows.get(str(rec.meta["item_id"]))
@@ -1028,10 +1031,16 @@ def _measure(rec: TraceRecord, data: TraceData, item_rows: Mapping[str, Mapping]
         rec.notes.append("item has no evidence regions: evidence measures undefined")
     attach_patch_weights(evidence, data.patch_box, data.patch_image,
                          item.get("width") if item else None, item.get("height") if item else None)
-    # the same random regions for every trace of an item (every model and variant), whatever the read order
-    evidence.null_weights = null_region_weights(
-        evidence, data.patch_box, data.patch_image, null_draws,
-        seeded_rng(seed, "collapse null regions", dataset, rec.meta["item_id"]))
+    # the same random regions for every trace of an item (every model and variant), whatever the read order;
+    # drawn once per item and patch layout
+    key = (seed, dataset, null_draws, str(rec.meta["item_id"]), tuple(evidence.boxes), tuple(evidence.images),
+           data.patch_box.tobytes(), None if data.patch_image is None else data.patch_image.tobytes())
+    if key not in _NULL_CACHE:
+        if len(_NULL_CACHE) > 4096:
+            _NULL_CACHE.clear()
+        _NULL_CACHE[key] = null_region_weights(evidence, data.patch_box, data.patch_image, null_draws,
+                                               seeded_rng(seed, "collapse null regions", dataset, rec.meta["item_id"]))
+    evidence.null_weights = _NULL_CACHE[key]
     if null_draws and not evidence.empty and len(data.patch_box) and evidence.null_weights is None:
         rec.notes.append("no room for a same-area random region outside the evidence: random-region null undefined")
     rec.evidence = evidence
