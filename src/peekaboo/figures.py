@@ -28,8 +28,9 @@ log = get_logger("figures")
 # name -> (input keys it reads, caption)
 FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
     "collapse_curve": (("collapse_trajectory",),
-                       "Evidence collapse over the reasoning: image share (attention on all image tokens) and "
-                       "evidence share (the part of it on the evidence boxes) against normalised reasoning position "
+                       "Evidence collapse over the reasoning: image share (attention on all image tokens), "
+                       "evidence share (the part of it on the evidence boxes) and the chance-corrected focus on the "
+                       "evidence ((share - area) / (1 - area)) against normalised reasoning position "
                        "(reasoning steps only, in bins; 0 = first reasoning step, 1 = last), and at the answer step "
                        "apart, unmasked traces with at least two reasoning steps, mean with 95% bootstrap interval "
                        "over items, per model (colour) and dataset (column)."),
@@ -171,7 +172,8 @@ def _sink_line(status: str) -> str:
 # ----------------------------------------------------------------------------- the figures
 
 
-MEASURE_LABELS = {"image_share": "image share of attention", "evidence_share": "evidence share of image attention"}
+MEASURE_LABELS = {"image_share": "image share of attention", "evidence_share": "evidence share of image attention",
+                  "focus": "focus on the evidence (0 = chance)"}
 
 
 def _grid(table: pd.DataFrame, width: float = 4.2, height: float = 3.2):
