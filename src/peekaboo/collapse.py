@@ -231,21 +231,27 @@ def null_region_weights(evidence: Evidence, patch_boxes: np.ndarray, patch_image
     def grid(lo: float, hi: float) -> np.ndarray:
         return np.unique(np.append(np.arange(lo, hi, step), hi)) if hi >= lo else np.array([])
 
+    def clear_of(gx: np.ndarray, gy: np.ndarray, w: float, h: float, boxes) -> np.ndarray:
+        ok = np.ones(len(gx), dtype=bool)
+        for t in boxes:  # a positive-area overlap with any of the boxes rules a place out
+            ok &= ~((np.minimum(gx + w, t[2]) > np.maximum(gx, t[0])) & (np.minimum(gy + h, t[3]) > np.maximum(gy, t[1])))
+        return ok
+
+    # each box's candidate places clear of the evidence, once; a draw only checks its own earlier boxes
+    places = []
+    for box, image in zip(evidence.boxes, evidence.images):
+        if image not in extents:
+            return None
+        ex0, ey0, ex1, ey1 = extents[image]
+        w, h = box[2] - box[0], box[3] - box[1]
+        gx, gy = (a.ravel() for a in np.meshgrid(grid(ex0, ex1 - w), grid(ey0, ey1 - h), indexing="ij"))
+        ok = clear_of(gx, gy, w, h, [b for b, i in zip(evidence.boxes, evidence.images) if i == image])
+        places.append((gx[ok], gy[ok], w, h))
     draws = []
     for _ in range(n_draws):
         placed: list[tuple[tuple[float, float, float, float], int]] = []
-        for box, image in zip(evidence.boxes, evidence.images):
-            if image not in extents:
-                break
-            ex0, ey0, ex1, ey1 = extents[image]
-            w, h = box[2] - box[0], box[3] - box[1]
-            xs, ys = grid(ex0, ex1 - w), grid(ey0, ey1 - h)
-            taken = [b for b, i in zip(evidence.boxes, evidence.images) if i == image] + [b for b, i in placed if i == image]
-            gx, gy = (a.ravel() for a in np.meshgrid(xs, ys, indexing="ij"))
-            ok = np.ones(len(gx), dtype=bool)
-            for t in taken:  # a positive-area overlap with any taken box rules a place out
-                ok &= ~((np.minimum(gx + w, t[2]) > np.maximum(gx, t[0])) & (np.minimum(gy + h, t[3]) > np.maximum(gy, t[1])))
-            free = np.flatnonzero(ok)
+        for (gx, gy, w, h), image in zip(places, evidence.images):
+            free = np.flatnonzero(clear_of(gx, gy, w, h, [b for b, i in placed if i == image]))
             if not len(free):
                 break
             k = free[int(rng.integers(len(free)))]
@@ -483,18 +489,22 @@ def window_weights(n_tokens: Sequence[int], fraction: float) -> tuple[np.ndarray
     return first, last
 
 
-def window_values(steps: pd.DataFrame, weights: np.ndarray, area: float) -> dict[str, float]:
-    """The reasoning measures and their nulls over one window (step table rows and their token weights).
+WINDOW_COLUMNS = ("image_share", "evidence_mass", "evidence_share_null", "image_share_null", "evidence_share_map")
+
+
+def window_values(steps: Mapping[str, np.ndarray], weights: np.ndarray, area: float) -> dict[str, float]:
+    """The reasoning measures and their nulls over one window (step values by column, and their token weights).
 
     Token-weighted means of the step values, so a long step weighs more than a
     two-character one; the evidence share is the window's evidence mass over
     its image share (a ratio of means, as for a step), and the map-based shares
     weigh each step by its image share for the same reason.
     """
-    def col(name):
-        return steps[name].to_numpy(dtype=float) if name in steps else np.full(len(steps), np.nan)
-
     w = np.asarray(weights, dtype=float)
+
+    def col(name):
+        return steps[name] if name in steps else np.full(len(w), np.nan)
+
     img, mass = col("image_share"), col("evidence_mass")
 
     def mean(values, extra=None):
@@ -532,24 +542,27 @@ def reasoning_windows(sub: pd.DataFrame, area: float, fraction: float) -> dict[s
     the drops need two of them (one step has one value throughout).
     """
     sub = sub.sort_values("step_index", kind="stable") if "step_index" in sub else sub
-    img = pd.to_numeric(sub["image_share"], errors="coerce")
-    tokens = pd.to_numeric(sub["n_step_tokens"], errors="coerce").fillna(0) if "n_step_tokens" in sub else 1
-    think = sub[(sub["kind"] == "think") & np.isfinite(img) & (tokens > 0)]
-    answer = sub[(sub["kind"] == "answer") & np.isfinite(img) & (tokens > 0)]
+    values = {c: sub[c].to_numpy(dtype=float) for c in WINDOW_COLUMNS if c in sub}
+    img = values["image_share"]
+    tokens = (np.nan_to_num(sub["n_step_tokens"].to_numpy(dtype=float)) if "n_step_tokens" in sub
+              else np.ones(len(sub)))
+    kind = sub["kind"].to_numpy()
+    think = (kind == "think") & np.isfinite(img) & (tokens > 0)
+    answer = (kind == "answer") & np.isfinite(img) & (tokens > 0)
     out: dict[str, float] = {}
     names = (*REASONING_MEASURES, *NULL_MEASURES)
-    if len(think):
-        n_tok = think["n_step_tokens"].to_numpy(dtype=float) if "n_step_tokens" in think else np.ones(len(think))
-        w_first, w_last = window_weights(n_tok, fraction)
-        first, last = window_values(think, w_first, area), window_values(think, w_last, area)
+    if think.any():
+        part = {c: v[think] for c, v in values.items()}
+        w_first, w_last = window_weights(tokens[think], fraction)
+        first, last = window_values(part, w_first, area), window_values(part, w_last, area)
     else:
         first = last = dict.fromkeys(names, np.nan)
-    ans = (window_values(answer, answer["n_step_tokens"].to_numpy(dtype=float) if "n_step_tokens" in answer
-                         else np.ones(len(answer)), area) if len(answer) else dict.fromkeys(names, np.nan))
+    ans = (window_values({c: v[answer] for c, v in values.items()}, tokens[answer], area) if answer.any()
+           else dict.fromkeys(names, np.nan))
     for name in names:
         out[f"{name}_reasoning_first"] = first[name]
         out[f"{name}_reasoning_last"] = last[name]
-        out[f"{name}_reasoning_drop"] = relative_drop(first[name], last[name]) if len(think) >= 2 else np.nan
+        out[f"{name}_reasoning_drop"] = relative_drop(first[name], last[name]) if think.sum() >= 2 else np.nan
         if name in REASONING_MEASURES:
             out[f"{name}_answer"] = ans[name]
     return out
