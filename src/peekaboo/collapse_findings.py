@@ -1,8 +1,11 @@
 """The ``collapse_findings`` stage: evidence collapse as a finding, per (model, dataset) and pooled.
 
 From the per-trace and per-step collapse tables of the unmasked (``base``)
-traces, for both vision measures (``image_share``: the share of attention on
-all image tokens; ``evidence_share``: the part of it on the evidence boxes):
+traces, for the reasoning measures (``image_share``: the share of attention on
+all image tokens; ``evidence_share``: the part of it on the evidence boxes;
+``evidence_mass``: the raw attention on the evidence; ``focus``: the evidence
+share corrected for chance), each drop judged against its null (``NULLS``)
+and the (model, dataset) cells' range given on every pooled row:
 
 - **trajectory** (``collapse/trajectory.csv``): the measure over normalised
   reasoning position, reasoning (``think``) steps only, pooled into
