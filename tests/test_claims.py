@@ -299,3 +299,40 @@ def test_run_stage_writes_every_row_with_a_reason(tmp_path):
     assert reasons["crm_collapse"] == "no CRM modes (no dataset feeds crm)"
     assert reasons["evidence_collapse"] == ("no pooled evidence_share row in the collapse summary: no unmasked traces "
                                             "in the collapse tables")
+
+
+# ----------------------------------------------------------------------------- collapse: cells and nulls (issue 25)
+
+
+def _collapse_claim(**kwargs):
+    from peekaboo import collapse_findings as cf
+
+    from fixtures.findings import planted_collapse
+
+    traces, steps = planted_collapse(n_items=120, **kwargs)
+    summary = cf.findings(traces, steps, {"position_bins": 4, "bootstrap": 200}, seed=0)["summary"]
+    return summary, claims.evidence_collapse(summary, "evidence_share")
+
+
+def test_collapse_cells_that_disagree_are_not_consistent():
+    # every cell collapses: consistent
+    _, agree = _collapse_claim(models=("m", "n"), datasets=("a", "b"), drop={"m": 0.8, "n": 0.8}, seed=5)
+    assert agree["verdict"] == CONSISTENT and "cells with a drop 4, a rise 0, unclear 0" in agree["reason"]
+    # three cells collapse hard, one stays flat: the pooled drop alone would read consistent, the cells do not
+    summary, flat = _collapse_claim(models=("m", "n"), datasets=("a", "b"), drop={"m": 0.9, "n/a": 0.9, "n/b": 0.0},
+                                    seed=5)
+    pooled = summary[(summary["scope"] == "all") & (summary["measure"] == "evidence_share")].iloc[0]
+    assert pooled["mean_drop_low"] > 0 and pooled["mean_drop_high"] > 0.5  # the old rule's "consistent"
+    assert flat["verdict"] == NOT_ESTIMABLE and flat["reason"].startswith("cells disagree: 1 of 4 cells show no clear")
+    # one cell gains evidence attention: inconsistent
+    _, rise = _collapse_claim(models=("m", "n"), datasets=("a", "b"), drop={"m": 0.95, "n/a": 0.95, "n/b": -0.4},
+                              seed=5)
+    assert rise["verdict"] == INCONSISTENT and rise["reason"].startswith("cells disagree: 1 of 4 cells rise")
+
+
+def test_collapse_no_larger_than_its_null_is_not_consistent():
+    _, real = _collapse_claim(drop={"m": 0.7}, null_drop={"m": 0.0}, seed=6)
+    assert real["verdict"] == CONSISTENT and "judged against the same-area random region null" in real["reason"]
+    _, chance = _collapse_claim(drop={"m": 0.7}, null_drop={"m": 0.7}, seed=6)
+    assert chance["verdict"] == NOT_ESTIMABLE
+    assert chance["reason"].startswith("the drop is not larger than the same-area random region null's")

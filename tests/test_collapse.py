@@ -270,3 +270,170 @@ def test_localisation_by_step_groups_steps_by_role():
     assert list(out["step"][out["n_reasoning_steps"] == 3]) == ["step 1", "step 2", "step 3", "answer"]
     masked = collapse.localisation_by_step(pd.DataFrame(rows), variant="drop:0")
     assert masked["evidence_share"].tolist() == [0.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- focus, windows, nulls (issue 25)
+
+
+def _planted_trace(tid, step_shares, step_tokens, image=0.5, maps=None, image_by_token=None):
+    """A trace whose evidence share (evidence = patch 0, a quarter of the image) is ``step_shares`` per think step,
+    each step ``step_tokens`` long, then a one-token answer step; ``maps[k]``: step k's per-patch map."""
+    shares = np.repeat(step_shares, step_tokens)
+    T = len(shares) + 1
+    shares = np.append(shares, step_shares[-1])
+    img = np.full(T, image) if image_by_token is None else np.asarray(image_by_token, dtype=float)
+    attn = np.full((T, 1, 4), 0.25)
+    if maps is not None:
+        attn[:-1, 0] = np.repeat(np.asarray(maps, dtype=float), step_tokens, axis=0)
+    trace = {"trace_id": tid, "entropy": np.full(T, 0.5), "image_mass": np.repeat(img[:, None, None], 2, axis=1),
+             "region_mass": (shares * img)[:, None, None].repeat(1, axis=1), "image_attn": attn,
+             "patch_box": QUAD_BOXES}
+    edges = np.concatenate([[0], np.cumsum(step_tokens)])
+    spans = [("think", int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])] + [("answer", T - 1, T)]
+    return trace, spans
+
+
+def _run_planted(planted, cfg=None):
+    traces, spans, side = [], {}, []
+    for k, (tid, args) in enumerate(planted.items()):
+        trace, span = _planted_trace(tid, **args)
+        traces.append(trace)
+        spans[tid] = span
+        side.append({"item_id": f"it{k}", "variant": "base", "trace_id": tid, "n_tokens": len(trace["entropy"])})
+    items = items_rows([{"item_id": f"it{k}", "regions": [[0, 0, 16, 16]]} for k in range(len(planted))])
+    out = collapse.compute(make_traces(traces), sidecar_rows(side), steps_rows(spans), items,
+                           {**CFG, **(cfg or {})}, FEATURES, "m", "d")
+    return out.traces.set_index("trace_id"), out.steps
+
+
+def test_a_trace_that_loses_all_above_chance_focus_loses_100_percent_of_its_focus():
+    # lift 1.23 -> 1.0 on evidence a quarter of the image: the share falls 19%, the focus all of it
+    t, steps = _run_planted({"t": {"step_shares": [1.23 * 0.25, 0.25], "step_tokens": [4, 4]}})
+    row = t.loc["t"]
+    assert row["evidence_share_reasoning_drop"] == pytest.approx(0.23 / 1.23, abs=2e-3)
+    assert row["focus_reasoning_first"] == pytest.approx(0.23 * 0.25 / 0.75, abs=1e-3)
+    assert row["focus_reasoning_drop"] == pytest.approx(1.0, abs=5e-3)
+    assert row["evidence_mass_reasoning_drop"] == pytest.approx(0.23 / 1.23, abs=2e-3)
+    think = steps[steps["kind"] == "think"]
+    np.testing.assert_allclose(think["focus"], [0.23 * 0.25 / 0.75, 0.0], atol=1e-3)
+    assert collapse.chance_corrected(0.25, 0.25) == 0.0 and collapse.chance_corrected(1.0, 0.25) == 1.0
+    assert np.isnan(collapse.chance_corrected(0.5, 1.0)) and np.isnan(collapse.chance_corrected(np.nan, 0.2))
+
+
+def test_endpoints_are_token_weighted_windows_not_single_steps():
+    first, last = collapse.window_weights([2, 100, 100, 2], 0.25)
+    np.testing.assert_allclose(first, [2, 49, 0, 0])
+    np.testing.assert_allclose(last, [0, 0, 49, 2])
+    np.testing.assert_allclose(collapse.window_weights([2, 100, 100, 2], 0.0)[0], [1, 0, 0, 0])
+    # a one-token opening step at 0.9 weighs 1 of the first window's 5.25 tokens, not all of it
+    planted = {"t": {"step_shares": [0.9, 0.6, 0.3], "step_tokens": [1, 10, 10]}}
+    t, _ = _run_planted(planted, {"endpoint_fraction": 0.25})
+    assert t.loc["t", "evidence_share_reasoning_first"] == pytest.approx((0.9 + 4.25 * 0.6) / 5.25, abs=2e-3)
+    assert t.loc["t", "evidence_share_reasoning_last"] == pytest.approx(0.3, abs=2e-3)
+    single, _ = _run_planted(planted, {"endpoint_fraction": 0.0})
+    assert single.loc["t", "evidence_share_reasoning_first"] == pytest.approx(0.9, abs=2e-3)
+
+
+def test_random_regions_have_the_evidence_area_lie_outside_it_and_follow_the_seed():
+    ev = collapse.item_evidence([{"label": "a", "box": [0, 0, 16, 16]}])
+    collapse.attach_patch_weights(ev, QUAD_BOXES, None, 32, 32)
+    w = collapse.null_region_weights(ev, QUAD_BOXES, None, 50, np.random.default_rng(1))
+    assert w.shape == (50, 4)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)  # one patch's area: the evidence's
+    assert (w[:, 0] == 0).all()  # never on the evidence
+    np.testing.assert_array_equal(w, collapse.null_region_weights(ev, QUAD_BOXES, None, 50, np.random.default_rng(1)))
+    assert not np.array_equal(w, collapse.null_region_weights(ev, QUAD_BOXES, None, 50, np.random.default_rng(2)))
+    whole = collapse.item_evidence([{"label": "a", "box": [0, 0, 32, 32]}])
+    collapse.attach_patch_weights(whole, QUAD_BOXES, None, 32, 32)
+    assert collapse.null_region_weights(whole, QUAD_BOXES, None, 10, np.random.default_rng(1)) is None
+
+
+def test_random_region_null_and_position_matched_null_curves():
+    # the map moves from the evidence (patch 0) to the rest: a same-area region elsewhere gains what it loses
+    maps = [[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]
+    planted = {
+        # image share falls 0.6 -> 0.3 over the tokens; the other trace's stays at 0.2
+        "a": {"step_shares": [0.7, 0.25], "step_tokens": [2, 2], "maps": maps,
+              "image_by_token": [0.6, 0.6, 0.3, 0.3, 0.3]},
+        "b": {"step_shares": [0.7, 0.25], "step_tokens": [2, 2], "maps": maps, "image_by_token": [0.2] * 5},
+    }
+    t, steps = _run_planted(planted, {"endpoint_fraction": 0.5, "null_regions": 20})
+    a = t.loc["a"]
+    assert a["evidence_share_map_reasoning_drop"] == pytest.approx((0.7 - 0.25) / 0.7, abs=5e-3)
+    assert a["evidence_share_null_reasoning_first"] == pytest.approx(0.1, abs=2e-3)
+    assert a["evidence_share_null_reasoning_drop"] == pytest.approx((0.1 - 0.25) / 0.1, abs=3e-2)
+    # position-matched: a's null is b's image share at the same tokens (flat), b's is a's (falling by half)
+    assert a["image_share_reasoning_drop"] == pytest.approx(0.5, abs=2e-3)
+    assert a["image_share_null_reasoning_drop"] == pytest.approx(0.0, abs=2e-3)
+    assert t.loc["b", "image_share_null_reasoning_drop"] == pytest.approx(0.5, abs=2e-3)
+    assert steps.loc[steps["trace_id"] == "a", "image_share_null"].iloc[0] == pytest.approx(0.2, abs=1e-3)
+    off, _ = _run_planted(planted, {"null_regions": 0})
+    assert off["evidence_share_null_reasoning_drop"].isna().all()
+
+
+# ----------------------------------------------------------------------------- layers and heads (issue 25)
+
+
+def _layered_world(n_items=12):
+    """3 layers x 2 heads; evidence = patch 0 (a quarter of the image). Layer 2 looks at the evidence (share 0.75,
+    lift 3) and loses it over the reasoning (to 0.25: chance); layers 0 and 1 sit at chance. Head 1 of layer 0
+    loses image attention (0.6 -> 0.2) while head 0 keeps it (0.4)."""
+    traces, spans, side = [], {}, []
+    T = 8  # four 2-token think steps and no answer step
+    for k in range(n_items):
+        tid = f"m|it{k}|base|none"
+        image = np.zeros((T, 3, 2))
+        image[:, :, :] = 0.4
+        image[:, 0, 1] = np.repeat([0.6, 0.45, 0.3, 0.2], 2)
+        share = np.full((T, 3), 0.25)
+        share[:, 2] = np.repeat([0.75, 0.6, 0.4, 0.25], 2)
+        region = (share * image.mean(axis=2))[:, :, None]
+        traces.append({"trace_id": tid, "entropy": np.full(T, 0.5), "image_mass": image, "region_mass": region,
+                       "image_attn": np.full((T, 1, 4), 0.25), "patch_box": QUAD_BOXES})
+        spans[tid] = [("think", 2 * j, 2 * j + 2) for j in range(4)]
+        side.append({"item_id": f"it{k}", "variant": "base", "trace_id": tid, "n_tokens": T})
+    items = items_rows([{"item_id": f"it{k}", "regions": [[0, 0, 16, 16]]} for k in range(n_items)])
+    return make_traces(traces), sidecar_rows(side), steps_rows(spans), items
+
+
+def test_per_layer_and_per_head_collapse_curves():
+    out = collapse.compute(*_layered_world(), {**CFG, "position_bins": 4, "endpoint_fraction": 0.25}, FEATURES,
+                           "m", "d")
+    layers = out.layers
+    summary = layers[layers["kind"] == "summary"].set_index(["measure", "layer", "head"])
+    ev = summary.xs("evidence_share", level="measure")
+    assert ev.loc[(2, -1), "mean_first"] == pytest.approx(0.75, abs=3e-3)
+    assert ev.loc[(2, -1), "mean_last"] == pytest.approx(0.25, abs=3e-3)
+    assert ev.loc[(2, -1), "drop_of_means"] == pytest.approx(2 / 3, abs=1e-2)
+    assert ev.loc[(0, -1), "drop_of_means"] == pytest.approx(0.0, abs=1e-2)
+    assert ev.loc[(2, -1), "mean_lift"] == pytest.approx((0.75 + 0.6 + 0.4 + 0.25) / 4 / 0.25, abs=2e-2)
+    assert ev.loc[(2, -1), "n_traces"] == 12
+    heads = summary.xs("image_share", level="measure")
+    assert heads.loc[(0, 1), "drop_of_means"] == pytest.approx((0.6 - 0.2) / 0.6, abs=1e-2)
+    assert heads.loc[(0, 0), "drop_of_means"] == pytest.approx(0.0, abs=1e-2)
+    assert heads.loc[(0, -1), "mean_first"] == pytest.approx(0.5, abs=3e-3)  # the head mean
+    curve = layers[(layers["kind"] == "curve") & (layers["measure"] == "evidence_share") & (layers["layer"] == 2)]
+    np.testing.assert_allclose(curve.sort_values("bin")["mean"], [0.75, 0.6, 0.4, 0.25], atol=3e-3)
+    assert not layers["selected"].any() and set(layers["layers_config"]) == {"all"}
+
+
+def test_a_grounding_layer_chosen_on_held_out_items_by_evidence_lift():
+    cfg = {**CFG, "layers": "select", "selection_fraction": 0.5, "position_bins": 4}
+    out = collapse.compute(*_layered_world(), cfg, FEATURES, "m", "d", seed=3)
+    assert set(out.layers.loc[out.layers["selected"], "layer"]) == {2}
+    # the steps are measured in the chosen layer alone
+    first = out.steps[out.steps["step_index"] == 0]
+    np.testing.assert_allclose(first["evidence_share"], 0.75, atol=3e-3)
+    split = out.traces.set_index("item_id")["layer_split"]
+    assert (split == "selection").sum() == 6 and (split == "analysis").sum() == 6
+    again = collapse.compute(*_layered_world(), cfg, FEATURES, "m", "d", seed=3).traces
+    assert list(again["layer_split"]) == list(out.traces["layer_split"])
+    # the findings leave the held-out items out, saying why
+    from peekaboo import collapse_findings as cf
+
+    summary = cf.findings(out.traces, out.steps, {"bootstrap": 0, "position_bins": 4}, seed=0)["summary"]
+    row = summary[(summary["scope"] == "dataset") & (summary["measure"] == "evidence_share")].iloc[0]
+    assert row["n_layer_selection"] == 6 and row["n_used"] == 6
+    assert "6 held out to choose the grounding layer" in row["note"]
+    assert collapse.select_layer(np.array([1.0, np.nan, 1.0]), np.array([3, 0, 3])) == 0  # ties: the lowest
+    assert collapse.select_layer(np.array([np.nan]), np.array([0])) is None

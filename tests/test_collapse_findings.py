@@ -164,3 +164,42 @@ def test_run_stage_writes_the_tables_deterministically(tmp_path):
     assert set(summary["scope"]) == {"dataset", "model", "all"}
     assert list(pd.read_csv(tmp_path / "one" / "trajectory.csv").columns) == cf.TRAJECTORY_COLUMNS
     assert list(pd.read_csv(tmp_path / "one" / "accuracy.csv").columns) == cf.ACCURACY_COLUMNS
+
+
+# ----------------------------------------------------------------------------- cells, nulls (issue 25)
+
+
+def test_pooled_rows_report_the_range_over_cells_and_how_many_drop():
+    traces, steps = planted_collapse(models=("m", "n"), datasets=("a", "b"), n_items=120,
+                                     drop={"m/a": 0.8, "m/b": 0.6, "n/a": 0.0, "n/b": -0.4}, seed=3)
+    summary = cf.findings(traces, steps, CFG, seed=0)["summary"]
+    cells = summary[(summary["scope"] == "dataset") & (summary["measure"] == "evidence_share")]
+    pooled = _row(summary, scope="all", measure="evidence_share")
+    assert pooled["n_cells"] == 4
+    assert pooled["cells_drop_min"] == pytest.approx(cells["mean_drop"].min())
+    assert pooled["cells_drop_max"] == pytest.approx(cells["mean_drop"].max())
+    assert pooled["cells_drop_min"] < -0.3 and pooled["cells_drop_max"] > 0.7
+    # m's two cells drop, n/b rises, n/a is centred on no drop
+    assert (pooled["n_cells_drop"], pooled["n_cells_rise"], pooled["n_cells_unclear"]) == (2, 1, 1)
+    per_model = _row(summary, scope="model", model="m", measure="evidence_share")
+    assert (per_model["n_cells"], per_model["n_cells_drop"], per_model["n_cells_rise"]) == (2, 2, 0)
+    assert pooled["null"] == "same-area random region"
+
+
+def test_the_drop_is_judged_against_its_null():
+    traces, steps = planted_collapse(models=("m", "n"), n_items=150, drop={"m": 0.7, "n": 0.7},
+                                     null_drop={"m": 0.0, "n": 0.7}, seed=4)
+    summary = cf.findings(traces, steps, CFG, seed=0)["summary"]
+    for model, null in (("m", 0.0), ("n", 0.7)):
+        row = _row(summary, scope="dataset", model=model, measure="evidence_share")
+        used = traces[(traces["model"] == model) & traces["evidence_share_reasoning_drop"].notna()]
+        excess = used["evidence_share_reasoning_drop"] - used["evidence_share_null_reasoning_drop"]
+        assert row["null_mean_drop"] == pytest.approx(used["evidence_share_null_reasoning_drop"].mean())
+        assert row["excess_drop"] == pytest.approx(excess.mean())
+        assert abs(row["excess_drop"] - (0.7 - null)) < 0.03 and row["n_null"] == len(used)
+    assert _row(summary, scope="dataset", model="m", measure="evidence_share")["excess_drop_low"] > 0.6
+    n = _row(summary, scope="dataset", model="n", measure="evidence_share")
+    assert n["excess_drop_low"] < 0 < n["excess_drop_high"]
+    # the image share's null is named even where the table has no null column (no excess then)
+    image = _row(summary, scope="dataset", model="m", measure="image_share")
+    assert image["null"] == "position-matched image share" and np.isnan(image["excess_drop"])

@@ -35,6 +35,9 @@ def test_valid_config_gets_defaults(raw_config, tmp_path):
     assert cfg["datasets"]["mine"]["masks"] is True and cfg["datasets"]["mine"]["limit"] is None
     assert cfg["models"]["m"]["generation"]["max_new_tokens"] == 256
     assert "masks" not in raw_config  # the input is not modified
+    assert cfg["datasets"]["mine"]["sample"] is None and cfg["collapse"]["endpoint_fraction"] == 0.25
+    raw_config["datasets"]["mine"]["sample"] = {"n": 300}
+    assert pcfg.validate(raw_config, base_dir=tmp_path)["datasets"]["mine"]["sample"] == {"n": 300, "seed": 0}
 
 
 @pytest.mark.parametrize(
@@ -65,6 +68,8 @@ def test_unknown_key_is_named(raw_config, tmp_path, path, key):
     [
         (lambda c: c.update(seed="zero"), "seed: 'zero' is not of type 'integer'"),
         (lambda c: c["datasets"]["mine"].update(limit="3"), "datasets.mine.limit: '3' is not of type"),
+        (lambda c: c["datasets"]["mine"].update(sample={"seed": 1}), "datasets.mine.sample: 'n' is a required property"),
+        (lambda c: c["datasets"]["mine"].update(sample={"n": 0}), "datasets.mine.sample.n: 0 is less than the minimum"),
         (lambda c: c.update(masks={"fills": "gray"}), "masks.fills: 'gray' is not of type 'array'"),
         (lambda c: c.update(masks={"fills": ["grey"]}), "masks.fills[0]: 'grey' is not one of"),
         (lambda c: c["models"]["m"].update(batch_size=0), "models.m.batch_size: 0 is less than the minimum"),

@@ -58,3 +58,28 @@ def test_load_features_filters_variants(tmp_path):
     assert got["trace_id"].tolist() == ["a", "c"]
     assert len(feats.load_features([p1, p2], None)) == 3
     assert feats.load_features([p3]).empty
+
+
+def test_answer_token_entropy_reads_the_parsed_answer_alone():
+    # "<think>Red is B.</think>So the answer is B." cut into one token per word (and the tags)
+    text = "<think>Red is B.</think>So the answer is B."
+    pieces = ["<think>", "Red", " is", " B.", "</think>", "So", " the", " answer", " is", " B", "."]
+    starts, pos = [], 0
+    for p in pieces:
+        starts.append(pos)
+        pos += len(p)
+    ends = [s + len(p) for s, p in zip(starts, pieces)]
+    assert "".join(pieces) == text
+    answer_span = [(5, 11)]  # the post-</think> tokens
+    tokens, why = feats.answer_tokens(text, "b", starts, ends, answer_span)
+    assert tokens == [9] and why == ""  # the last whole-word "B" of the answer step, not the one in the thinking
+    entropy = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 2.0, 2.0, 2.0, 2.0, 0.05, 1.0])
+    out = feats.entropy_features(entropy, len(entropy), answer_span, tokens, why)
+    assert out["entropy_answer_tokens"] == pytest.approx(0.05)
+    assert out["entropy_answer"] == pytest.approx(np.mean(entropy[5:11]))
+    assert feats.answer_tokens(text, None, starts, ends, answer_span)[1].startswith("no parsed answer")
+    assert feats.answer_tokens(text, "C", starts, ends, answer_span)[1].startswith("parsed answer not found")
+    assert feats.answer_tokens(text, "B", starts, ends, [])[1].startswith("no answer step")
+    assert feats.answer_tokens(text, "B", [], [], answer_span)[1].startswith("no token character offsets")
+    missing = feats.entropy_features(entropy, len(entropy), answer_span, [], "parsed answer not found")
+    assert np.isnan(missing["entropy_answer_tokens"]) and "parsed answer not found" in missing["note"]

@@ -259,3 +259,21 @@ def test_same_config_and_seed_give_identical_bytes(tmp_path, data):
         hashes.append(tree_hashes(res))
     assert len(hashes[0]) == 4  # two tables, two images
     assert hashes[0] == hashes[1]
+
+
+def test_sample_draws_a_seeded_subset_in_file_order(tmp_path, data):
+    lines = [good_record(f"i{k}") for k in range(12)]
+    df, rejects = build(tmp_path, data, lines, sample={"n": 5, "seed": 1})
+    again, _ = build(tmp_path, data, lines, sample={"n": 5, "seed": 1})
+    other, _ = build(tmp_path, data, lines, sample={"n": 5, "seed": 2})
+    ids = list(df.item_id)
+    assert len(ids) == 5 and rejects.empty and ids == list(again.item_id)
+    assert ids == sorted(ids, key=lambda i: int(i[1:]))  # the file's order
+    assert ids != [f"i{k}" for k in range(5)]  # not the first five
+    assert set(ids) != set(other.item_id)
+    # a drawn record that is rejected is replaced: still 5 items; limit applies first (its meaning unchanged)
+    with_bad = [good_record(f"i{k}", image="img/gone.png") if k % 2 else good_record(f"i{k}") for k in range(12)]
+    kept, rejected = build(tmp_path, data, with_bad, sample={"n": 5, "seed": 1})
+    assert len(kept) == 5 and all(int(i[1:]) % 2 == 0 for i in kept.item_id) and len(rejected) >= 1
+    limited, _ = build(tmp_path, data, lines, limit=4, sample={"n": 10, "seed": 1})
+    assert list(limited.item_id) == ["i0", "i1", "i2", "i3"]

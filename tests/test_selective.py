@@ -163,11 +163,14 @@ def test_run_stage_writes_tables(tmp_path):
               "analyses": {"a": ["selective", "transfer"], "b": ["selective", "transfer"]}}
     sel.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
                             config=config, results_dir=tmp_path, code=[sel.__file__]))
-    assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS)
+    # the world has no answer-token entropy: that signal has no curve (a row saying so in the summary)
+    assert set(read_table(outs["curves"])["signal"]) == set(sel.SIGNALS) - {"neg_entropy_answer_tokens"}
     summary = pd.read_csv(outs["summary"])
     assert {"aurc", "aurc_low", "eaurc", "risk_80", "risk_90_high", "delta_risk", "vision_measure"} <= set(summary.columns)
     comparison = pd.read_csv(outs["entropy_comparison"])
     assert set(comparison["scope"]) == {"in_domain", "transfer"}
+    assert set(comparison.loc[comparison["answer_signal"] == "answer_tokens", "status"]) == {"not_computed", "not_fitted"}
+    comparison = comparison[comparison["answer_signal"] == "answer_span"]
     assert len(comparison[comparison["scope"] == "transfer"]) == 2  # a -> b, b -> a
 
 
@@ -177,6 +180,7 @@ def test_entropy_comparison_favours_the_stronger_signal_in_domain_and_under_tran
     df = simulate_features(400, 31, coef, datasets=("a", "b"), answer_noise=2.0)
     cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 200, "seed": 0, "veto_quantiles": [0.1]}
     _, summary, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+    comparison = comparison[comparison["answer_signal"] == "answer_span"]
     inside = comparison[(comparison["scope"] == "in_domain") & (comparison["metric"] == "aurc")]
     assert len(inside) == 2 and (inside["difference"] < 0).all() and (inside["difference_high"] < 0).all()
     assert set(inside["better"]) == {"full"}
@@ -192,6 +196,7 @@ def test_entropy_comparison_holds_zero_when_the_two_signals_are_the_same():
     df = simulate_features(300, 32, {"const": 0.5, "entropy": -1.5}, datasets=("a", "b"), answer_noise=0.0)
     cfg = {"bootstrap": 100, "seed": 0, "veto_quantiles": [0.1]}
     _, _, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+    comparison = comparison[comparison["answer_signal"] == "answer_span"]
     assert np.allclose(comparison["difference"], 0) and set(comparison["better"]) == {"neither"}
 
 
@@ -208,3 +213,57 @@ def test_each_vision_measure_gets_its_own_signals_and_rows_without_it_rank_last(
     # where symbolic items have no evidence share, the veto on it was never fitted to them: it never touches them
     veto = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == "evidence_share")]
     assert (veto["veto_task_types"] == "visual_reference").all() and (veto["n_vetoed_symbolic"] == 0).all()
+
+
+def test_one_missing_value_rule_for_in_domain_and_transfer():
+    # a fifth of each dataset's answers are cut-off chains: no answer step (no answer-span entropy), all wrong
+    df = simulate_features(300, 40, {"const": 0.5, "entropy": -1.5}, datasets=("a", "b"), answer_noise=1.0)
+    cut = (np.arange(len(df)) % 5) == 0
+    df.loc[cut, "entropy_answer"] = np.nan
+    df["correct"] = df["correct"].where(~cut, False)
+    out = {}
+    for rule in ("common", "last"):
+        cfg = {"bootstrap": 50, "seed": 0, "veto_quantiles": [0.1], "entropy_missing": rule}
+        _, _, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
+        out[rule] = comparison[(comparison["answer_signal"] == "answer_span")
+                               & comparison["metric"].isin(["aurc", "auroc"])].set_index(["scope", "dataset"])
+    for dataset in ("a", "b"):
+        n_all, n_cut = int((df["dataset"] == dataset).sum()), int((cut & (df["dataset"] == dataset)).sum())
+        for scope in ("in_domain", "transfer"):
+            common, last = out["common"].loc[(scope, dataset)], out["last"].loc[(scope, dataset)]
+            # the same answers in both scopes under each rule
+            assert common["n"] == n_all - n_cut and last["n"] == n_all, (scope, dataset)
+            assert common["n_missing"] == last["n_missing"] == n_cut
+            assert "left out of both" in common["note"] and "ranked last" in last["note"]
+        # ranking the cut-off (wrong) chains last favours the answer span, in both scopes alike
+        assert out["last"].loc[("in_domain", dataset), "difference"] > out["common"].loc[("in_domain", dataset),
+                                                                                        "difference"]
+        assert out["last"].loc[("transfer", dataset), "difference"] < out["common"].loc[("transfer", dataset),
+                                                                                       "difference"]
+
+
+def test_calibration_and_thresholds_carried_over_from_the_training_dataset():
+    coef = {"const": 0.5, "entropy": -1.5}
+    a = simulate_features(1500, 41, coef, datasets=("a",))
+    same = simulate_features(1500, 42, coef, datasets=("b",))
+    # c: the same entropies, every answer much more often wrong; d: as a, its entropies shifted up by one sd
+    harder = simulate_features(1500, 43, {"const": -1.5, "entropy": -1.5}, datasets=("c",))
+    shifted = simulate_features(1500, 44, coef, datasets=("d",), entropy_mean=2.5)
+    df = pd.concat([a, same, harder, shifted], ignore_index=True)
+    table, bins = sel.calibration(df, [0.5, 0.8], min_errors=5)
+    row = table[(table["signal"] == "full") & (table["coverage_target"] == 0.8)].set_index(["train_dataset", "dataset"])
+    assert row.loc[("a", "b"), "ece"] < 0.05 and row.loc[("a", "c"), "ece"] > 0.3
+    assert row.loc[("a", "c"), "mean_predicted"] - row.loc[("a", "c"), "accuracy"] > 0.3  # overconfident there
+    # the threshold set on a reaches about 80% of b, far less of the shifted d; its risk there is the risk it runs
+    assert abs(row.loc[("a", "b"), "coverage"] - 0.8) < 0.05 and row.loc[("a", "d"), "coverage"] < 0.6
+    d = df[df["dataset"] == "d"]
+    tau = float(np.quantile(a["entropy_full"], 0.8))
+    assert row.loc[("a", "d"), "entropy_threshold"] == pytest.approx(tau)
+    assert row.loc[("a", "d"), "risk"] == pytest.approx(1 - d.loc[d["entropy_full"] <= tau, "correct"].mean())
+    # reliability bins: counts add up to the test answers, the ECE is their weighted gap
+    ab = bins[(bins["signal"] == "full") & (bins["train_dataset"] == "a") & (bins["dataset"] == "c")]
+    assert ab["n"].sum() == 1500
+    gap = (ab["n"] / ab["n"].sum() * (ab["accuracy"] - ab["mean_predicted"]).abs()).sum()
+    assert row.loc[("a", "c"), "ece"] == pytest.approx(gap)
+    # the answer-token entropy is absent from these tables: rows say so
+    assert set(table.loc[table["signal"] == "answer_tokens", "status"]) == {"not_fitted"}

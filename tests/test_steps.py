@@ -221,3 +221,30 @@ def test_run_stage_writes_table_with_provenance(tmp_path):
     assert len(read_table(none)) == 0
     assert pq.read_schema(none).names == STEPS_COLUMNS
     assert pq.read_schema(none).field("step").type == pa.int32()
+
+
+def test_a_chain_cut_off_inside_a_block_the_prompt_opened_has_no_answer_step():
+    cut = "The left panel is red. Answer: maybe B, but the right panel is"
+    # without the prompt's state, the mid-thought "Answer:" reads as an answer step
+    assert [s.kind for s in segment(cut, "auto")] == ["think", "answer"]
+    steps = segment(cut, "auto", thinking_open=True)
+    assert [s.kind for s in steps] == ["think", "think"] and steps[-1].text.startswith("Answer: maybe B")
+    assert [s.kind for s in segment(cut, "markers", thinking_open=True)] == ["think", "think"]
+    # a closed block is read as before: the answer after </think>
+    closed = "The left panel is red.</think>Answer: B"
+    assert [s.kind for s in segment(closed, "auto", thinking_open=True)] == ["think", "answer"]
+
+
+def test_segment_traces_learn_the_prompt_opened_thinking_from_the_traces(peekaboo_log):
+    cut = "The left panel is red. Answer: maybe B, but the right panel is"
+    rows = [sidecar_row("m", "d", "i1", "base", "The panel is red.</think>Answer: B", answer_text="B"),
+            sidecar_row("m", "d", "i2", "base", cut, truncated=True)]
+    steps = segment_traces(sidecar(rows), "auto", {"think_split": "sentences", "min_chars": 2})
+    assert steps[steps["item_id"] == "i2"]["kind"].tolist() == ["think", "think"]
+    assert "the prompt opens a thinking block (1 traces close a thinking block they never opened)" in peekaboo_log.text
+    # alone (no trace shows the template's opening tag) the same chain keeps its answer step ...
+    alone = segment_traces(sidecar(rows[1:]), "auto", {"think_split": "sentences", "min_chars": 2})
+    assert alone["kind"].tolist() == ["think", "answer"]
+    # ... unless the sidecar says what the prompt was
+    told = sidecar(rows[1:]).assign(thinking_open=True)
+    assert segment_traces(told, "auto", {"think_split": "sentences", "min_chars": 2})["kind"].tolist() == ["think", "think"]

@@ -200,8 +200,29 @@ def evidence_collapse(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
              f"left out); per (model, dataset) {span.min():.1f} to {span.max():.1f}% over {len(cells)} cells, the "
              f"pooled estimate {where} the paper's 57-91%; {100 * float(r['share_over_half']):.0f}% of traces lose "
              f"more than half")
+    # each cell judged alone: the paper reports decay in every (model, dataset) cell, so cells that disagree
+    # (one rises, or one shows no clear drop) keep the pooled mean from reading as consistent
+    cell_lo, cell_hi = (cells[c].astype(float) if c in cells else pd.Series(np.nan, index=cells.index)
+                        for c in ("mean_drop_low", "mean_drop_high"))
+    n_rise, n_drop = int((cell_hi < 0).sum()), int((cell_lo > 0).sum())
+    n_unclear = len(cells) - n_rise - n_drop
+    facts += f"; cells with a drop {n_drop}, a rise {n_rise}, unclear {n_unclear}"
+    excess = [float(r[c]) if c in r and pd.notna(r[c]) else np.nan for c in ("excess_drop", "excess_drop_low",
+                                                                               "excess_drop_high")]
+    if np.isfinite(excess[0]):
+        facts += (f"; judged against the {r['null']} null: excess drop "
+                  f"{_ci(100 * excess[0], 100 * excess[1], 100 * excess[2], 1)}%")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return undecided(f"no interval (collapse.bootstrap = 0): {facts}", **names)
+    if n_rise and lo > 0:
+        return result(est, lo, hi, verdict=INCONSISTENT, reason=f"cells disagree: {n_rise} of {len(cells)} cells "
+                      f"rise while the pooled drop is positive: {facts}", **names)
+    if n_unclear and lo > 0 and hi >= HALF:
+        return result(est, lo, hi, verdict=NOT_ESTIMABLE, reason=f"cells disagree: {n_unclear} of {len(cells)} cells "
+                      f"show no clear drop: {facts}", **names)
+    if np.isfinite(excess[1]) and excess[1] <= 0 and lo > 0 and hi >= HALF:
+        return result(est, lo, hi, verdict=NOT_ESTIMABLE, reason=f"the drop is not larger than the {r['null']} "
+                      f"null's: {facts}", **names)
     if hi < HALF:
         verdict, why = INCONSISTENT, "the interval lies below half of the first step's value"
     elif lo > 0:
@@ -214,6 +235,8 @@ def evidence_collapse(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
 def entropy_transfer(comparison: pd.DataFrame) -> dict[str, Any]:
     """Full-response minus answer-span entropy's transfer AUROC, pooled over (model, train, test) pairs."""
     moved = comparison[comparison["scope"] == "transfer"] if "scope" in comparison else comparison.iloc[0:0]
+    if "answer_signal" in moved:  # the paper's comparison is with the answer span (the answer tokens are a check)
+        moved = moved[moved["answer_signal"] == "answer_span"]
     if moved.empty:
         return undecided("no transfer pairs in selective/entropy_comparison.csv (a model needs two datasets "
                          "feeding transfer)")

@@ -1,8 +1,11 @@
 """The ``collapse_findings`` stage: evidence collapse as a finding, per (model, dataset) and pooled.
 
 From the per-trace and per-step collapse tables of the unmasked (``base``)
-traces, for both vision measures (``image_share``: the share of attention on
-all image tokens; ``evidence_share``: the part of it on the evidence boxes):
+traces, for the reasoning measures (``image_share``: the share of attention on
+all image tokens; ``evidence_share``: the part of it on the evidence boxes;
+``evidence_mass``: the raw attention on the evidence; ``focus``: the evidence
+share corrected for chance), each drop judged against its null (``NULLS``)
+and the (model, dataset) cells' range given on every pooled row:
 
 - **trajectory** (``collapse/trajectory.csv``): the measure over normalised
   reasoning position, reasoning (``think``) steps only, pooled into
@@ -40,16 +43,28 @@ from .tables import read_table
 
 log = get_logger("collapse_findings")
 
-# the collapse stage's reasoning measures (its per-trace {measure}_reasoning_* and _answer columns)
-MEASURES = ("image_share", "evidence_share")
+# the collapse stage's reasoning measures (its per-trace {measure}_reasoning_* and _answer columns); a measure whose
+# columns a traces table lacks (tables from before it existed) is skipped
+MEASURES = ("image_share", "evidence_share", "evidence_mass", "focus")
+# what each measure's drop is judged against: (the null's name, its per-trace {null}_reasoning_drop column or None)
+NULLS = {
+    "image_share": ("position-matched image share", "image_share_null"),
+    "evidence_share": ("same-area random region", "evidence_share_null"),
+    "evidence_mass": ("same-area random region", "evidence_mass_null"),
+    "focus": ("chance (focus is 0 for attention spread evenly; no separate null)", None),
+}
+# the measures an item without evidence regions does not define
+EVIDENCE_MEASURES = ("evidence_share", "evidence_mass", "focus")
 # "lose more than half": the papers' "often losing over half of evidence mass"
 OVER_HALF = 0.5
 # why a base trace has no reasoning drop, checked in this order (the first that holds counts)
 LEFT_OUT = (
+    ("layer_selection", "held out to choose the grounding layer (collapse.layers: select)"),
     ("failed", "failed trace"),
     ("no_evidence", "no evidence regions (evidence share undefined)"),
     ("few_steps", "fewer than two reasoning steps"),
-    ("no_value", "no value (fewer than two reasoning steps with a value, or a first value of 0)"),
+    ("no_value", "no value (fewer than two reasoning steps with a value, or a first value of 0 or less: for the "
+                 "focus, no above-chance focus at the start)"),
 )
 
 SUMMARY_COLUMNS = [
@@ -58,6 +73,9 @@ SUMMARY_COLUMNS = [
     "mean_first", "mean_last", "mean_answer", "mean_drop", "mean_drop_low", "mean_drop_high", "median_drop",
     "share_over_half", "share_over_half_low", "share_over_half_high",
     "drop_of_means", "drop_of_means_low", "drop_of_means_high",
+    "null", "n_null", "null_mean_drop", "null_mean_drop_low", "null_mean_drop_high",
+    "excess_drop", "excess_drop_low", "excess_drop_high",
+    "n_cells", "cells_drop_min", "cells_drop_max", "n_cells_drop", "n_cells_rise", "n_cells_unclear",
     "n_items", "datasets", "models", "sinks_excluded", "status", "note",
 ]
 TRAJECTORY_COLUMNS = [
@@ -82,9 +100,11 @@ def classify(traces: pd.DataFrame, measure: str) -> pd.DataFrame:
     regions = df["n_evidence_regions"] if "n_evidence_regions" in df else pd.Series(0, index=df.index)
     has_evidence = pd.to_numeric(regions, errors="coerce").fillna(0) > 0
     few = pd.to_numeric(df["n_think_steps"], errors="coerce").fillna(0) < 2
+    split = df["layer_split"] if "layer_split" in df else pd.Series(None, index=df.index, dtype="object")
     checks = {
+        "layer_selection": split.eq("selection"),
         "failed": ~ok,
-        "no_evidence": ~has_evidence if measure == "evidence_share" else pd.Series(False, index=df.index),
+        "no_evidence": ~has_evidence if measure in EVIDENCE_MEASURES else pd.Series(False, index=df.index),
         "few_steps": few,
         "no_value": ~np.isfinite(drop),
     }
@@ -96,6 +116,9 @@ def classify(traces: pd.DataFrame, measure: str) -> pd.DataFrame:
     df["first"] = pd.to_numeric(df[f"{measure}_reasoning_first"], errors="coerce").astype(float)
     df["last"] = pd.to_numeric(df[f"{measure}_reasoning_last"], errors="coerce").astype(float)
     df["answer"] = pd.to_numeric(df[f"{measure}_answer"], errors="coerce").astype(float)
+    null_col = f"{NULLS[measure][1]}_reasoning_drop" if NULLS.get(measure, (None, None))[1] else None
+    df["null_drop"] = (pd.to_numeric(df[null_col], errors="coerce").astype(float).where(why.isna())
+                       if null_col and null_col in df else np.nan)
     df["cluster"] = df["dataset"].astype(str) + "|" + df["item_id"].astype(str)
     return df
 
@@ -130,8 +153,8 @@ def _column_means(values: np.ndarray) -> np.ndarray:
 
 def _undefined(df: pd.DataFrame, measure: str) -> str:
     """Why no trace has a drop: the measure undefined on the data, or the traces' reasons."""
-    if measure == "evidence_share" and len(df) and (df["left_out"] == "no_evidence").all():
-        return f"evidence_share undefined: no item of these {len(df)} traces has evidence regions"
+    if measure in EVIDENCE_MEASURES and len(df) and (df["left_out"] == "no_evidence").all():
+        return f"{measure} undefined: no item of these {len(df)} traces has evidence regions"
     return "no trace with a reasoning drop" + (f" ({left_out_note(df)})" if len(df) else " (no base traces)")
 
 
@@ -149,19 +172,25 @@ def summarise(df: pd.DataFrame, measure: str, n_boot: int, rng: np.random.Genera
     drop = used["drop"].to_numpy(float)
     over = (drop > OVER_HALF).astype(float)
     first, last = used["first"].to_numpy(float), used["last"].to_numpy(float)
+    null = used["null_drop"].to_numpy(float)
+    excess = drop - null  # NaN where the trace has no null: the excess is over the traces with one
+    out["n_null"] = int(np.isfinite(null).sum())
+    out["null_mean_drop"] = float(np.nanmean(null)) if np.isfinite(null).any() else np.nan
+    out["excess_drop"] = float(np.nanmean(excess)) if np.isfinite(excess).any() else np.nan
     out.update(mean_first=float(np.nanmean(first)), mean_last=float(np.nanmean(last)),
                mean_answer=float(np.nanmean(used["answer"])) if used["answer"].notna().any() else np.nan,
                mean_drop=float(drop.mean()), median_drop=float(np.median(drop)), share_over_half=float(over.mean()))
     first_mean = out["mean_first"]
     out["drop_of_means"] = (first_mean - out["mean_last"]) / first_mean if first_mean > 0 else np.nan
-    for key in ("mean_drop", "share_over_half", "drop_of_means"):
+    for key in ("mean_drop", "share_over_half", "drop_of_means", "null_mean_drop", "excess_drop"):
         out[f"{key}_low"] = out[f"{key}_high"] = np.nan
     if n_boot:
-        means = resampling.weighted_means(np.column_stack([drop, over, first, last]),
+        means = resampling.weighted_means(np.column_stack([drop, over, first, last, null, excess]),
                                           resampling.row_counts(used["cluster"], n_boot, rng))
         with np.errstate(invalid="ignore", divide="ignore"):
             of_means = np.where(means[:, 2] > 0, (means[:, 2] - means[:, 3]) / means[:, 2], np.nan)
-        for key, values in (("mean_drop", means[:, 0]), ("share_over_half", means[:, 1]), ("drop_of_means", of_means)):
+        for key, values in (("mean_drop", means[:, 0]), ("share_over_half", means[:, 1]), ("drop_of_means", of_means),
+                            ("null_mean_drop", means[:, 4]), ("excess_drop", means[:, 5])):
             out[f"{key}_low"], out[f"{key}_high"] = resampling.interval(values)
     out["status"] = "ok"
     out["note"] = left_out_note(df)
@@ -180,17 +209,46 @@ def _groups(classified: pd.DataFrame, scopes: Sequence[str]):
         yield "all", "pooled", "pooled", classified
 
 
+def measures_of(traces: pd.DataFrame) -> list[str]:
+    """The reasoning measures the traces table has columns for."""
+    return [m for m in MEASURES if f"{m}_reasoning_drop" in traces]
+
+
+def cell_range(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The spread of the (model, dataset) cells' mean drops, as the paper reports a range over cells.
+
+    A cell counts as a drop when its interval lies above 0, a rise when below,
+    unclear otherwise (no interval counts as unclear).
+    """
+    ok = [c for c in cells if c.get("status") == "ok" and np.isfinite(c.get("mean_drop", np.nan))]
+    if not ok:
+        return {"n_cells": len(cells)}
+    drops = [float(c["mean_drop"]) for c in ok]
+    low = np.array([c.get("mean_drop_low", np.nan) for c in ok], dtype=float)
+    high = np.array([c.get("mean_drop_high", np.nan) for c in ok], dtype=float)
+    n_drop, n_rise = int(np.sum(low > 0)), int(np.sum(high < 0))
+    return {"n_cells": len(ok), "cells_drop_min": min(drops), "cells_drop_max": max(drops), "n_cells_drop": n_drop,
+            "n_cells_rise": n_rise, "n_cells_unclear": len(ok) - n_drop - n_rise}
+
+
 def summary_table(traces: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     rows = []
-    for measure in MEASURES:
+    for measure in measures_of(traces):
         classified = classify(traces, measure)
+        cells: list[dict[str, Any]] = []
         for scope, model, dataset, sub in _groups(classified, ("dataset", "model", "all")):
             rng = seeded_rng(seed, "collapse findings", "summary", scope, model, dataset, measure)
             stats = summarise(sub, measure, n_boot, rng)
             used = sub[sub["left_out"].isna()]
             named = used if len(used) else sub
-            rows.append({"scope": scope, "model": model, "dataset": dataset, "measure": measure, **stats,
-                         "datasets": _names(named["dataset"]), "models": _names(named["model"])})
+            row = {"scope": scope, "model": model, "dataset": dataset, "measure": measure, **stats,
+                   "null": NULLS[measure][0], "datasets": _names(named["dataset"]), "models": _names(named["model"])}
+            if scope == "dataset":
+                cells.append(row)
+                row.update(cell_range([row]))
+            else:
+                row.update(cell_range([c for c in cells if scope == "all" or c["model"] == model]))
+            rows.append(row)
             log.info("drop %s %s/%s (%s): %d traces used, %s%s", scope, model, dataset, measure, stats["n_used"],
                      left_out_note(sub) or "none left out",
                      f"; mean drop {stats['mean_drop']:+.3f}" if stats["status"] == "ok" else f"; {stats['note']}")
@@ -219,14 +277,15 @@ def trajectory_table(traces: pd.DataFrame, steps: pd.DataFrame, n_bins: int, n_b
     rows = []
     binned = reasoning_bins(steps, n_bins)
     answers = steps[steps["kind"] == "answer"]
-    for measure in MEASURES:
+    for measure in [m for m in measures_of(traces) if m in steps]:
         classified = classify(traces, measure)
         for (model, dataset), sub in classified.groupby(["model", "dataset"], sort=False):
             common = {"model": model, "dataset": dataset, "measure": measure, "datasets": dataset, "models": model,
                       "sinks_excluded": _sinks(sub)}
             # traces with a position over the reasoning (two reasoning steps or more) and the measure defined
-            keep = sub[~sub["left_out"].isin(["failed", "no_evidence", "few_steps"])]
-            note = left_out_note(sub[sub["left_out"].isin(["failed", "no_evidence", "few_steps"])])
+            gone = ["layer_selection", "failed", "no_evidence", "few_steps"]
+            keep = sub[~sub["left_out"].isin(gone)]
+            note = left_out_note(sub[sub["left_out"].isin(gone)])
             tids = keep["trace_id"].astype(str).to_numpy()
             index = {t: i for i, t in enumerate(tids)}
             values = np.full((len(tids), n_bins + 1), np.nan)
@@ -322,7 +381,7 @@ def accuracy_rows(df: pd.DataFrame, measure: str, n_boot: int, rng: np.random.Ge
 
 def accuracy_table(traces: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     rows = []
-    for measure in MEASURES:
+    for measure in measures_of(traces):
         classified = classify(traces, measure)
         for scope, model, dataset, sub in _groups(classified, ("dataset", "model")):
             used = sub[sub["left_out"].isna()]

@@ -1,7 +1,10 @@
 """Per-trace features for the interaction regression and selective prediction.
 
 - ``entropy_full``: mean next-token entropy over all generated tokens;
-- ``entropy_answer``: mean entropy over the tokens of the ``answer`` step(s);
+- ``entropy_answer``: mean entropy over the tokens of the ``answer`` step(s)
+  (for a thinking model: the whole post-``</think>`` span, summary included);
+- ``entropy_answer_tokens``: mean entropy over the tokens of the parsed
+  answer alone (its last whole-word occurrence inside the answer step);
 - vision engagement, the mean over the reasoning (``think``) steps of each
   measure: ``vision_image_share`` (the share of attention on all image
   tokens: the papers' visual attention mass, defined on every trace with an
@@ -39,7 +42,7 @@ VISION_MEASURES = {"evidence_share": "evidence_share", "evidence_lift": "lift", 
 
 ID_COLUMNS = ["trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "region", "task_type"]
 OUTCOME_COLUMNS = ["status", "correct", "abstained", "truncated", "answer_text", "answer_changed"]
-FEATURE_COLUMNS = ["n_tokens", "entropy_full", "entropy_answer", "vision", "vision_measure", "vision_steps"] + [
+FEATURE_COLUMNS = ["n_tokens", "entropy_full", "entropy_answer", "entropy_answer_tokens", "vision", "vision_measure", "vision_steps"] + [
     f"vision_{m}" for m in VISION_MEASURES]
 
 
@@ -65,8 +68,43 @@ def with_vision(df: pd.DataFrame, measure: str) -> pd.DataFrame:
     return df.assign(vision=df[column].astype(float), vision_measure=measure)
 
 
-def entropy_features(entropy: np.ndarray, n_tokens: int, answer_spans: Sequence[tuple[int, int]]) -> dict[str, Any]:
-    """Full-response and answer-span mean entropy of one trace (spans half-open, clipped to ``n_tokens``)."""
+def answer_tokens(text: Any, answer_text: Any, token_char_start: Any, token_char_end: Any,
+                  answer_spans: Sequence[tuple[int, int]]) -> tuple[list[int], str]:
+    """The generated tokens of the parsed answer itself, and why there are none.
+
+    The answer text's last case-insensitive whole-word occurrence inside the
+    answer step(s) (their characters, from the tokens' character offsets); a
+    token belongs to it when its characters overlap it.
+    """
+    import re
+
+    if is_missing(answer_text) or not str(answer_text).strip():
+        return [], "no parsed answer: answer-token entropy undefined"
+    if not answer_spans:
+        return [], "no answer step: answer-token entropy undefined"
+    try:
+        starts = [int(v) for v in token_char_start]
+        ends = [int(v) for v in token_char_end]
+    except (TypeError, ValueError):
+        starts = ends = []
+    if not starts or len(starts) != len(ends):
+        return [], "no token character offsets: answer-token entropy undefined"
+    text = "" if is_missing(text) else str(text)
+    toks = sorted({t for s, e in answer_spans for t in range(max(0, int(s)), min(int(e), len(starts)))})
+    if not toks:
+        return [], "answer step has no tokens: answer-token entropy undefined"
+    c0, c1 = min(starts[t] for t in toks), max(ends[t] for t in toks)
+    found = list(re.finditer(rf"(?<!\w){re.escape(str(answer_text).strip())}(?!\w)", text[c0:c1], re.IGNORECASE))
+    if not found:
+        return [], "parsed answer not found verbatim in the answer step: answer-token entropy undefined"
+    a, b = c0 + found[-1].start(), c0 + found[-1].end()
+    return [t for t in toks if starts[t] < b and ends[t] > a], ""
+
+
+def entropy_features(entropy: np.ndarray, n_tokens: int, answer_spans: Sequence[tuple[int, int]],
+                     answer_token_ids: Sequence[int] | None = None, answer_token_note: str = "") -> dict[str, Any]:
+    """Full-response, answer-span and answer-token mean entropy of one trace (spans half-open, clipped to
+    ``n_tokens``; ``answer_token_ids`` from ``answer_tokens``)."""
     ent = np.asarray(entropy, dtype=float)[: int(n_tokens)]
     full = float(np.nanmean(ent)) if len(ent) and np.isfinite(ent).any() else np.nan
     idx = sorted({t for s, e in answer_spans for t in range(max(0, int(s)), min(int(e), int(n_tokens)))})
@@ -79,7 +117,13 @@ def entropy_features(entropy: np.ndarray, n_tokens: int, answer_spans: Sequence[
         notes.append("no answer step: answer-span entropy undefined")
     elif not idx:
         notes.append("answer step has no tokens: answer-span entropy undefined")
-    return {"n_tokens": int(n_tokens), "entropy_full": full, "entropy_answer": answer, "note": "; ".join(notes)}
+    tok = [t for t in (answer_token_ids or []) if 0 <= int(t) < len(ent)]
+    sel = ent[tok] if tok else np.array([])
+    answer_tok = float(np.nanmean(sel)) if len(sel) and np.isfinite(sel).any() else np.nan
+    if answer_spans and idx and answer_token_note:
+        notes.append(answer_token_note)
+    return {"n_tokens": int(n_tokens), "entropy_full": full, "entropy_answer": answer,
+            "entropy_answer_tokens": answer_tok, "note": "; ".join(notes)}
 
 
 def vision_engagement(trace_steps: pd.DataFrame, measure: str) -> tuple[float, str]:
@@ -150,6 +194,7 @@ def build_trace_table(
             "answer_text": None if r.get("answer_text") is None else str(r.get("answer_text")),
             "n_tokens": ent.get("n_tokens", r.get("n_tokens")),
             "entropy_full": ent.get("entropy_full", np.nan), "entropy_answer": ent.get("entropy_answer", np.nan),
+            "entropy_answer_tokens": ent.get("entropy_answer_tokens", np.nan),
             "vision": vision, "vision_measure": measures[0], "vision_steps": used,
             **{f"vision_{m}": value for m, (value, _) in engagement.items()},
             "sinks_excluded": bool(sinks_excluded), "note": "; ".join(n for n in note if n),
@@ -166,7 +211,8 @@ def build_trace_table(
     df["n_tokens"] = pd.to_numeric(df["n_tokens"], errors="coerce").astype("Int64")
     for c in ("correct", "abstained", "truncated", "answer_changed"):
         df[c] = df[c].astype("boolean")
-    for c in ("entropy_full", "entropy_answer", "vision", *(f"vision_{m}" for m in VISION_MEASURES)):
+    for c in ("entropy_full", "entropy_answer", "entropy_answer_tokens", "vision",
+              *(f"vision_{m}" for m in VISION_MEASURES)):
         df[c] = df[c].astype("float64")
     return df
 

@@ -28,8 +28,9 @@ log = get_logger("figures")
 # name -> (input keys it reads, caption)
 FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
     "collapse_curve": (("collapse_trajectory",),
-                       "Evidence collapse over the reasoning: image share (attention on all image tokens) and "
-                       "evidence share (the part of it on the evidence boxes) against normalised reasoning position "
+                       "Evidence collapse over the reasoning: image share (attention on all image tokens), "
+                       "evidence share (the part of it on the evidence boxes) and the chance-corrected focus on the "
+                       "evidence ((share - area) / (1 - area)) against normalised reasoning position "
                        "(reasoning steps only, in bins; 0 = first reasoning step, 1 = last), and at the answer step "
                        "apart, unmasked traces with at least two reasoning steps, mean with 95% bootstrap interval "
                        "over items, per model (colour) and dataset (column)."),
@@ -38,6 +39,12 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
                           "first to the last reasoning step (1 = smallest drop), with 95% bootstrap intervals, per "
                           "model (colour), dataset (column) and vision measure (row); the legend gives the mean drop "
                           "of correct minus incorrect traces with its interval."),
+    "collapse_layers": (("collapse_layers",),
+                        "Evidence collapse per layer and head: the evidence share (image share where the items have "
+                        "no evidence) of every layer against normalised reasoning position (top; colour: layer "
+                        "depth; the grounding layer chosen by collapse.layers: select drawn thick), and the relative "
+                        "drop of the image share of every head from the first to the last window of the reasoning "
+                        "(bottom; layer x head), unmasked traces, per model and dataset (column)."),
     "masking_response": (("collapse_traces",),
                          "Response to a hidden panel: vision engagement (mean evidence share over the reasoning "
                          "steps) and the share of answers that change or abstain, for the unmasked image, "
@@ -65,6 +72,12 @@ FIGURES: dict[str, tuple[tuple[str, ...], str]] = {
                            "answer; negative favours full-response entropy) per model and dataset; under transfer, "
                            "the difference in AUROC of an entropy-only logit fitted on one dataset and scored on "
                            "another (positive favours full-response entropy); paired bootstrap 95% intervals."),
+    "reliability": (("selective_reliability",),
+                    "Reliability under transfer: observed accuracy against the predicted probability of a correct "
+                    "answer from an entropy-only logit fitted on one dataset and applied to another (equal-width "
+                    "bins; marker area: answers in the bin), full-response entropy, per model (panel) and "
+                    "(train -> test) pair; the legend gives each pair's expected calibration error. The diagonal is "
+                    "perfect calibration."),
     "vision_transfer": (("transfer",),
                         "Vision features under transfer: AUROC of each feature set with vision (vision alone, "
                         "entropy + vision, their interaction) minus entropy alone, fitted on one dataset and scored "
@@ -159,7 +172,8 @@ def _sink_line(status: str) -> str:
 # ----------------------------------------------------------------------------- the figures
 
 
-MEASURE_LABELS = {"image_share": "image share of attention", "evidence_share": "evidence share of image attention"}
+MEASURE_LABELS = {"image_share": "image share of attention", "evidence_share": "evidence share of image attention",
+                  "focus": "focus on the evidence (0 = chance)"}
 
 
 def _grid(table: pd.DataFrame, width: float = 4.2, height: float = 3.2):
@@ -297,14 +311,80 @@ def fig_entropy_comparison(t: Tables, cfg: Mapping[str, Any]):
         if sub.empty:
             _say(ax, f"no {scope.replace('_', '-')} comparison")
             continue
-        if scope == "transfer":
-            labels = [f"{r.model} | {r.train_dataset} -> {r.dataset}" for r in sub.itertuples()]
-        else:
-            labels = [f"{r.model} | {r.dataset}" for r in sub.itertuples()]
-        _forest(ax, labels, sub["difference"], sub["difference_low"], sub["difference_high"])
+        signal = sub["answer_signal"] if "answer_signal" in sub else pd.Series("answer_span", index=sub.index)
+        key = (sub["model"].astype(str) + " | " + (sub["train_dataset"].astype(str) + " -> " if scope == "transfer"
+                                                    else "") + sub["dataset"].astype(str))
+        labels = list(dict.fromkeys(key))
+        # the answer span (the paper's comparison) and the answer tokens alone, side by side on each row
+        for k, (name, label) in enumerate((("answer_span", "vs answer span"), ("answer_tokens", "vs answer tokens"))):
+            part = sub[signal == name].set_index(key[signal == name])
+            part = part.reindex(labels)
+            if part["difference"].notna().any():
+                _forest(ax, labels, part["difference"], part["difference_low"], part["difference_high"],
+                        colour=f"C{k}", offset=0.15 * (k - 0.5) * 2, label=label)
         _finish_forest(ax, labels, xlabel)
+        ax.legend(fontsize=7)
         ax.set_title(scope.replace("_", "-"), fontsize=9)
     fig.suptitle("Full-response against answer-span entropy (paired bootstrap 95% intervals)", fontsize=10)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+def fig_collapse_layers(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    layers = t.get("collapse_layers")
+    cells = list(dict.fromkeys(zip(layers["model"], layers["dataset"])))
+    fig, axes = plt.subplots(2, len(cells), figsize=(4.2 * len(cells), 6.4), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for j, (model, dataset) in enumerate(cells):
+        cell = layers[(layers["model"] == model) & (layers["dataset"] == dataset)]
+        curves = cell[(cell["kind"] == "curve") & (cell["head"] == -1)]
+        measure = "evidence_share" if (curves["measure"] == "evidence_share").any() else "image_share"
+        curves = curves[curves["measure"] == measure]
+        n_layers = int(curves["layer"].max()) + 1 if len(curves) else 1
+        ax = axes[0, j]
+        for layer, sub in curves.groupby("layer"):
+            sub = sub[np.isfinite(pd.to_numeric(sub["mean"], errors="coerce"))].sort_values("bin")  # empty bins: gaps
+            chosen = bool(sub["selected"].any())
+            ax.plot(sub["position"], sub["mean"], color=cmap(int(layer) / max(n_layers - 1, 1)), marker="o",
+                    markersize=2.5, lw=2.5 if chosen else 0.9, label=f"layer {int(layer)} (chosen)" if chosen else None)
+        ax.set(xlabel="reasoning position", ylabel=MEASURE_LABELS.get(measure, measure), title=f"{model} | {dataset}")
+        if curves["selected"].any():
+            ax.legend(fontsize=7)
+        heads = cell[(cell["kind"] == "summary") & (cell["measure"] == "image_share") & (cell["head"] >= 0)]
+        ax = axes[1, j]
+        if heads.empty:
+            _say(ax, "no per-head rows")
+            continue
+        grid = heads.pivot_table(index="layer", columns="head", values="drop_of_means")
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set(xlabel="head", ylabel="layer", title="image-share drop per head",
+               xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig, "not applicable"
+
+
+def fig_reliability(t: Tables, cfg: Mapping[str, Any]):
+    plt = _pyplot()
+    bins = t.get("selective_reliability")
+    bins = bins[bins["signal"] == "full"] if "signal" in bins else bins
+    if bins.empty:
+        raise NothingToDraw("no reliability bins of the full-response entropy")
+    models = list(dict.fromkeys(bins["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sub = bins[bins["model"] == model]
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+        for k, ((train, test), pair) in enumerate(sub.groupby(["train_dataset", "dataset"], sort=False)):
+            pair = pair.sort_values("mean_predicted")
+            n = pair["n"].to_numpy(dtype=float)
+            ece = float(np.sum(n / n.sum() * np.abs(pair["accuracy"] - pair["mean_predicted"])))
+            ax.plot(pair["mean_predicted"], pair["accuracy"], color=f"C{k % 10}", lw=1,
+                    label=f"{train} -> {test} (ECE {ece:.3f})")
+            ax.scatter(pair["mean_predicted"], pair["accuracy"], s=8 + 60 * n / n.max(), color=f"C{k % 10}")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(correct)", ylabel="observed accuracy", title=model)
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig, "not applicable"
 
@@ -671,7 +751,9 @@ def fig_risk_coverage(t: Tables, cfg: Mapping[str, Any]):
 DRAW: dict[str, Callable[[Tables, Mapping[str, Any]], tuple[Any, str]]] = {
     "collapse_curve": fig_collapse_curve,
     "collapse_accuracy": fig_collapse_accuracy,
+    "collapse_layers": fig_collapse_layers,
     "entropy_comparison": fig_entropy_comparison,
+    "reliability": fig_reliability,
     "vision_transfer": fig_vision_transfer,
     "interaction_by_task": fig_interaction_by_task,
     "masking_response": fig_masking_response,
@@ -767,9 +849,9 @@ def _one_figure(name, keys, caption, tables: Tables, files: Sequence[Path], resu
 
 
 # the table inputs of the ``figures`` rule: lists of files, then single files
-LIST_INPUTS = ("collapse_traces", "collapse_maps", "attribution", "modes")
+LIST_INPUTS = ("collapse_traces", "collapse_maps", "collapse_layers", "attribution", "modes")
 FILE_INPUTS = ("collapse_trajectory", "collapse_accuracy", "coefficients", "transfer", "interaction_by_task",
-               "selective_curves", "selective_summary", "entropy_comparison")
+               "selective_curves", "selective_summary", "entropy_comparison", "selective_reliability")
 
 
 def run_stage(call: StageCall) -> None:

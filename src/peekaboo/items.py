@@ -29,6 +29,7 @@ import pyarrow as pa
 from PIL import Image
 
 from . import logs, provenance, tables
+from .seeding import rng as seeded_rng
 from .datasets.base import ANSWER_TYPES, TASK_TYPES, RawItem, Region, Reject, get_adapter
 from .datasets.boxes import MODEL_KINDS, BoxReport, box_kind, file_path, read_boxes
 from .images import ItemRejected, load_image, write_png
@@ -203,24 +204,28 @@ def build_items(
     if limit:
         total = min(total, limit)
         records = itertools.islice(records, limit)  # the first N records, rejects included
-    for record in logs.progress(records, total=total, desc=f"items {dataset}", unit="item"):
+    listed: set[str] = set()  # with a sample: every distinct item id, drawn or not
+
+    def process(record: Any, index: int) -> bool:
+        """Keep or reject one record; whether it was kept."""
+        nonlocal n_records
         n_records += 1
         if isinstance(record, Reject):
             reject(record.reason, record.item_id, record.source_line)
-            continue
+            return False
         if not isinstance(record, RawItem):
             reject(f"bad record: adapter gave a {type(record).__name__}", None, None)
-            continue
+            return False
         item_id = None if record.item_id is None else str(record.item_id)
         line = record.source_line
         if not item_id:
             reject("bad id: empty item id", item_id, line)
-            continue
+            return False
         if item_id in seen:
             first = seen[item_id]
             where = f" (first at line {first})" if first is not None else ""
             reject(f"duplicate item id: {item_id!r} already used{where}", item_id, line)
-            continue
+            return False
         seen[item_id] = line
         regions = list(record.regions or [])
         source = "dataset" if regions else None
@@ -241,7 +246,7 @@ def build_items(
             if boxes_line is not None and reason.startswith(("box outside image", "zero-area box", "bad region")):
                 reason += f" [box from {boxes_path} line {boxes_line}]"
             reject(reason, item_id, line)
-            continue
+            return False
         paths = []
         for k, img in enumerate(images):
             name = names.name(item_id, k)
@@ -258,10 +263,40 @@ def build_items(
             source_line=line,
         )
         box_report.without_boxes += not row["regions"]
-        rows.append(row)
+        rows.append({**row, "_order": index})
+        return True
+
+    sample = spec.get("sample")
+    if sample:
+        # a seeded random subset of n items: records in a seeded random order until n are kept (a drawn record that
+        # is rejected is replaced by the next), then the kept ones in the file's order; limit applies first
+        records = list(records)
+        first: dict[str, int] = {}
+        for k, record in enumerate(records):
+            if isinstance(record, RawItem) and record.item_id is not None and str(record.item_id):
+                first.setdefault(str(record.item_id), k)
+        listed.update(first)
+        eligible = np.array(sorted(first.values()), dtype=int)
+        order = eligible[seeded_rng(int(sample.get("seed", 0)), "items sample", dataset).permutation(len(eligible))]
+        want = int(sample["n"])
+        if want > len(eligible):
+            log.warning("datasets.%s.sample.n = %d but only %d distinct items: using all", dataset, want, len(eligible))
+        kept = 0
+        for k in logs.progress(order, total=min(want, len(order)), desc=f"items {dataset} (sample)", unit="item"):
+            kept += process(records[int(k)], int(k))
+            if kept >= want:
+                break
+        rows.sort(key=lambda r: r["_order"])
+        log.info("items %s: sample of %d of %d distinct items (seed %s)", dataset, kept, len(eligible),
+                 sample.get("seed", 0))
+    else:
+        for k, record in enumerate(logs.progress(records, total=total, desc=f"items {dataset}", unit="item")):
+            process(record, k)
+    for row in rows:
+        del row["_order"]
 
     if extra_boxes is not None:
-        box_report.unknown_ids = sorted(set(extra_boxes.by_item) - set(seen))
+        box_report.unknown_ids = sorted(set(extra_boxes.by_item) - set(seen) - listed)
         log.info(
             "boxes file %s (%s): %s; %d line(s) for other datasets",
             boxes_path, boxes_kind, box_report.summary(), extra_boxes.other_datasets,

@@ -9,7 +9,9 @@ Segmenters (config ``models.<m>.segmenter``):
   paragraphs (``steps.think_split``), then everything after ``</think>`` as the
   answer. The opening tag may be missing (chat templates that put it in the
   prompt); without a closing tag (a truncated trace) there is no answer step.
-  Without either tag it falls back to ``sentences``.
+  Without either tag it falls back to ``sentences``, unless the prompt opened
+  the block (``thinking_open``): then the text is a chain cut off mid-thought,
+  all thinking, with no answer step (whatever the segmenter).
 - ``sentences``: lines, then sentences inside each line.
 - ``auto``: ``think`` when the text holds a think tag, else ``markers`` when it
   holds a ``Step N`` marker, else ``sentences``; decided per trace.
@@ -165,10 +167,16 @@ def segment_markers(text: str, min_chars: int = 2) -> list[Step]:
     return kept + ([answer] if answer else [])
 
 
-def segment_think(text: str, split: str = "sentences", min_chars: int = 2) -> list[Step]:
+def segment_think(text: str, split: str = "sentences", min_chars: int = 2, thinking_open: bool = False) -> list[Step]:
+    """Steps of a thinking block and the answer after ``</think>``.
+
+    ``thinking_open``: the prompt opened the block, so a text without tags is
+    a chain cut off mid-thought: all of it is thinking and it has no answer
+    step, whatever "Answer:" it was considering.
+    """
     close = text.find(THINK_CLOSE)
     open_ = text.find(THINK_OPEN)
-    if close == -1 and open_ == -1:
+    if close == -1 and open_ == -1 and not thinking_open:
         return segment_sentences(text, min_chars)
     think_start = open_ + len(THINK_OPEN) if open_ != -1 and (close == -1 or open_ < close) else 0
     think_end = close if close != -1 else len(text)
@@ -201,9 +209,17 @@ def resolve_segmenter(text: str, segmenter: str) -> str:
     return "sentences"
 
 
-def segment(text: str | None, segmenter: str = "auto", think_split: str = "sentences", min_chars: int = 2) -> list[Step]:
-    """Cut one generated text into steps (possibly none: empty output)."""
+def segment(text: str | None, segmenter: str = "auto", think_split: str = "sentences", min_chars: int = 2,
+            thinking_open: bool = False) -> list[Step]:
+    """Cut one generated text into steps (possibly none: empty output).
+
+    ``thinking_open``: the prompt ended inside an open thinking block (the chat
+    template wrote ``<think>``); then a text without ``</think>`` is all
+    thinking, with no answer step, whatever the segmenter.
+    """
     text = text or ""
+    if thinking_open and THINK_CLOSE not in text:
+        return segment_think(text, think_split, min_chars, thinking_open=True)
     name = resolve_segmenter(text, segmenter)
     if name == "think":
         return segment_think(text, think_split, min_chars)

@@ -43,15 +43,27 @@ from .tables import write_table
 
 log = get_logger("selective")
 
-# full-response and answer-span entropy (no vision), then the signals built on a vision measure (one set per measure)
-ENTROPY_SIGNALS = ("neg_entropy", "neg_entropy_answer")
+# full-response, answer-span and answer-token entropy (no vision), then the signals built on a vision measure
+# (one set per measure)
+ENTROPY_SIGNALS = ("neg_entropy", "neg_entropy_answer", "neg_entropy_answer_tokens")
 VISION_SIGNALS = ("vision", "model", "entropy+veto")
 SIGNALS = ENTROPY_SIGNALS + VISION_SIGNALS
 CURVE_COLUMNS = ["model", "dataset", "signal", "vision_measure", "n", "coverage", "risk"]
 COMPARISON_COLUMNS = [
-    "model", "scope", "dataset", "train_dataset", "metric", "full", "answer", "difference", "difference_low",
-    "difference_high", "n", "n_errors", "better", "status", "note",
+    "model", "scope", "dataset", "train_dataset", "answer_signal", "missing_rule", "metric", "full", "answer",
+    "difference", "difference_low", "difference_high", "n", "n_errors", "n_missing", "better", "status", "note",
 ]
+# the entropies full-response entropy is compared with: the answer step (for a thinking model the whole
+# post-</think> span) and the parsed answer's own tokens (features.answer_tokens)
+ANSWER_SIGNALS = {"answer_span": interaction.ENTROPY_ANSWER, "answer_tokens": "entropy_answer_tokens"}
+CALIBRATION_COLUMNS = [
+    "model", "train_dataset", "dataset", "signal", "n", "n_errors", "n_train", "ece", "brier", "mean_predicted",
+    "accuracy", "coverage_target", "entropy_threshold", "coverage", "risk", "risk_at_target", "status", "note",
+]
+RELIABILITY_COLUMNS = ["model", "train_dataset", "dataset", "signal", "bin", "p_low", "p_high", "n",
+                       "mean_predicted", "accuracy"]
+# equal-width bins of the predicted P(correct) for the expected calibration error and the reliability figure
+CALIBRATION_BINS = 10
 # z(entropy) at which "confident" is read off the fitted interaction
 CONFIDENT_Z = -1.0
 
@@ -358,6 +370,7 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
     n_boot = int(selective_cfg["bootstrap"])
     seed = int(selective_cfg["seed"])
     min_errors = int(regression_cfg["min_errors"])
+    missing_rule = str(selective_cfg["entropy_missing"])
     curves, summary, comparison = [], [], []
     if features.empty:
         empty = pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])
@@ -380,13 +393,15 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
             tid = test["trace_id"]
             conf: dict[tuple[str, str], np.ndarray] = {
                 ("neg_entropy", ""): -test[interaction.ENTROPY].to_numpy(dtype=float),
-                ("neg_entropy_answer", ""): -test[interaction.ENTROPY_ANSWER].to_numpy(dtype=float),
+                ("neg_entropy_answer", ""): -_column(test, interaction.ENTROPY_ANSWER),
+                ("neg_entropy_answer_tokens", ""): -_column(test, ANSWER_SIGNALS["answer_tokens"]),
             }
             notes: dict[tuple[str, str], str] = {}
-            n_answer_missing = int((~np.isfinite(conf[("neg_entropy_answer", "")])).sum())
-            if n_answer_missing:
-                notes[("neg_entropy_answer", "")] = (f"{n_answer_missing} answers without an answer step "
-                                                     "(no answer-span entropy) ranked last")
+            for key, what in ((("neg_entropy_answer", ""), "an answer step (no answer-span entropy)"),
+                              (("neg_entropy_answer_tokens", ""), "answer-token entropy")):
+                n_answer_missing = int((~np.isfinite(conf[key])).sum())
+                if n_answer_missing:
+                    notes[key] = f"{n_answer_missing} answers without {what} ranked last"
             orders = {key: ranking(c, tid) for key, c in conf.items()}
             rules = {}
             for measure, _ in views:
@@ -443,7 +458,7 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
                         note.append(rule.note)
                 row["note"] = "; ".join(note)
                 summary.append(row)
-            comparison += _in_domain_comparison(model, dataset, err, orders, boots, coverages, n_boot)
+            comparison += in_domain_comparison(model, dataset, test, coverages, n_boot, seed, missing_rule)
             for measure, (rule, _) in rules.items():
                 veto_row = next(r for r in reversed(summary) if r.get("signal") == "entropy+veto"
                                 and r.get("vision_measure") == measure)
@@ -451,26 +466,65 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
                          model, dataset, measure or "-", len(test), int(err.sum()), "on" if rule.active else "off",
                          veto_cov, veto_row["delta_risk"])
     comparison += transfer_comparison(features if transfer_features is None else transfer_features,
-                                      n_boot, seed, min_errors)
+                                      n_boot, seed, min_errors, missing_rule)
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     comparison_df = pd.DataFrame(comparison, columns=COMPARISON_COLUMNS)
     return curves_df[CURVE_COLUMNS], pd.DataFrame(summary), comparison_df
 
 
-def _in_domain_comparison(model, dataset, err, orders, boots, coverages, n_boot) -> list[dict[str, Any]]:
-    """Full-response minus answer-span entropy: AURC and risk at each coverage, paired bootstrap interval."""
-    full, answer = ("neg_entropy", ""), ("neg_entropy_answer", "")
-    metrics_full = metrics_from_errors(err[orders[full]], coverages)
-    metrics_answer = metrics_from_errors(err[orders[answer]], coverages)
+def _column(df: pd.DataFrame, column: str) -> np.ndarray:
+    """A float column, all NaN when the table has none (tables from before it existed)."""
+    return df[column].to_numpy(dtype=float) if column in df else np.full(len(df), np.nan)
+
+
+def _missing_note(name: str, n_missing: int, rule: str) -> str:
+    if not n_missing:
+        return ""
+    what = "answer-span" if name == "answer_span" else "answer-token"
+    return (f"{n_missing} answers without {what} entropy left out of both" if rule == "common"
+            else f"{n_missing} answers without {what} entropy ranked last by it")
+
+
+def in_domain_comparison(model: str, dataset: str, test: pd.DataFrame, coverages: Sequence[float], n_boot: int,
+                         seed: int, missing_rule: str = "common") -> list[dict[str, Any]]:
+    """Full-response minus each answer entropy: AURC and risk at each coverage, paired bootstrap over items.
+
+    ``missing_rule`` (``selective.entropy_missing``, the same rule as the
+    transfer rows): ``common`` compares both entropies on the answers that
+    have both; ``last`` keeps every answer and ranks one without the answer
+    entropy last by it.
+    """
     rows = []
-    for metric in ["aurc"] + [risk_key(c) for c in coverages]:
-        diff = metrics_full[metric] - metrics_answer[metric]
-        lo, hi = interval(boots[full][metric] - boots[answer][metric]) if n_boot else (np.nan, np.nan)
-        rows.append({"model": model, "scope": "in_domain", "dataset": dataset, "train_dataset": None,
-                     "metric": metric, "full": metrics_full[metric], "answer": metrics_answer[metric],
-                     "difference": diff, "difference_low": lo, "difference_high": hi, "n": len(err),
-                     "n_errors": int(np.sum(err)), "better": _better(lo, hi, lower_is_better=True),
-                     "status": "ok", "note": "lower is better: a negative difference favours full-response entropy"})
+    correct_all = test[interaction.OUTCOME].astype(bool).to_numpy()
+    full_all = -_column(test, interaction.ENTROPY)
+    for name, column in ANSWER_SIGNALS.items():
+        answer_all = -_column(test, column)
+        has = np.isfinite(answer_all)
+        n_missing = int((~has).sum())
+        common = {"model": model, "scope": "in_domain", "dataset": dataset, "train_dataset": None,
+                  "answer_signal": name, "missing_rule": missing_rule, "n_missing": n_missing}
+        if not has.any():
+            rows.append({**common, "metric": None, "n": 0, "n_errors": 0, "better": "neither",
+                         "status": "not_computed", "note": f"no answer has {name.replace('_', '-')} entropy"})
+            continue
+        keep = has if missing_rule == "common" else np.ones(len(test), dtype=bool)
+        sub = test[keep]
+        correct, full, answer = correct_all[keep], full_all[keep], answer_all[keep]
+        err = 1.0 - correct.astype(float)
+        tid = sub["trace_id"].to_numpy()
+        orders = {"full": ranking(full, tid), "answer": ranking(answer, tid)}
+        boots = bootstrap(correct, {k: positions(o) for k, o in orders.items()}, sub["item_id"].to_numpy(), n_boot,
+                          seeded_rng(seed, "entropy comparison", model, dataset, name), coverages)
+        metrics = {k: metrics_from_errors(err[o], coverages) for k, o in orders.items()}
+        note = "; ".join(x for x in ("lower is better: a negative difference favours full-response entropy",
+                                     _missing_note(name, n_missing, missing_rule)) if x)
+        for metric in ["aurc"] + [risk_key(c) for c in coverages]:
+            lo, hi = interval(boots["full"][metric] - boots["answer"][metric]) if n_boot else (np.nan, np.nan)
+            rows.append({**common, "metric": metric, "full": metrics["full"][metric],
+                         "answer": metrics["answer"][metric],
+                         "difference": metrics["full"][metric] - metrics["answer"][metric],
+                         "difference_low": lo, "difference_high": hi, "n": len(err), "n_errors": int(err.sum()),
+                         "better": _better(lo, hi, lower_is_better=True), "status": "ok", "note": note})
     return rows
 
 
@@ -482,49 +536,148 @@ def _better(lo: float, hi: float, lower_is_better: bool) -> str:
     return "full" if full_wins else "answer"
 
 
-def transfer_comparison(features: pd.DataFrame, n_boot: int, seed: int, min_errors: int) -> list[dict[str, Any]]:
-    """Per model and (train, test) pair: transfer AUROC of full-response minus answer-span entropy, paired bootstrap.
+def transfer_comparison(features: pd.DataFrame, n_boot: int, seed: int, min_errors: int,
+                        missing_rule: str = "common") -> list[dict[str, Any]]:
+    """Per model and (train, test) pair: transfer AUROC of full-response minus each answer entropy, paired bootstrap.
 
-    Each entropy gets an entropy-only logit fitted on the train dataset and
-    scored on the test dataset's answers that have both entropies; the
-    bootstrap resamples the test items, the same resamples for both.
+    Each entropy gets an entropy-only logit fitted on the train dataset (on
+    its answers that have that entropy) and scored on the test dataset's
+    answers; which test answers follows ``missing_rule``, as in domain:
+    ``common``, the answers with both entropies; ``last``, every answer with a
+    full-response entropy, one without the answer entropy scored below every
+    other (ranked last; such answers tie among themselves). The bootstrap
+    resamples the test items, the same resamples for both.
     """
     rows = []
     for model, mdf in features.groupby("model", sort=False):
         datasets = list(dict.fromkeys(mdf["dataset"]))
         for train in datasets:
-            fits = {col: interaction.fit_logit(mdf[mdf["dataset"] == train], interaction.FEATURE_SETS["entropy"],
-                                               None, min_errors=min_errors, entropy_col=col)
-                    for col in (interaction.ENTROPY, interaction.ENTROPY_ANSWER)}
+            tdf = mdf[mdf["dataset"] == train]
+            fits = {col: interaction.fit_logit(tdf, interaction.FEATURE_SETS["entropy"], None, min_errors=min_errors,
+                                               entropy_col=col)
+                    for col in (interaction.ENTROPY, *(c for c in ANSWER_SIGNALS.values() if c in mdf))}
             for test in datasets:
                 if test == train:
                     continue
-                base = {"model": model, "scope": "transfer", "dataset": test, "train_dataset": train,
-                        "metric": "auroc", "full": np.nan, "answer": np.nan, "difference": np.nan,
-                        "difference_low": np.nan, "difference_high": np.nan, "n": 0, "n_errors": 0,
-                        "better": "neither", "status": "ok", "note": "higher is better"}
-                not_fitted = [f"{col}: {f.note}" for col, f in fits.items() if not f.fitted]
-                sdf, _, _ = interaction.usable_rows(mdf[mdf["dataset"] == test],
-                                                    [interaction.ENTROPY, interaction.ENTROPY_ANSWER])
-                if not_fitted or sdf.empty:
-                    rows.append({**base, "status": "not_fitted",
-                                 "note": "; ".join(not_fitted) or "no test answers with both entropies"})
-                    continue
-                y = sdf[interaction.OUTCOME].astype(bool).to_numpy()
-                scores = {col: interaction.predict_proba(f, sdf, entropy_col=col, moderator=None)
-                          for col, f in fits.items()}
-                full, answer = (interaction.auroc(y, scores[c]) for c in (interaction.ENTROPY, interaction.ENTROPY_ANSWER))
-                diffs = resampling.paired_auroc_differences(
-                    y, scores[interaction.ENTROPY], scores[interaction.ENTROPY_ANSWER], sdf["item_id"].to_numpy(),
-                    n_boot, seeded_rng(seed, "entropy transfer", model, train, test))
-                lo, hi = interval(diffs) if n_boot else (np.nan, np.nan)
-                rows.append({**base, "full": full, "answer": answer, "difference": full - answer,
-                             "difference_low": lo, "difference_high": hi, "n": len(y), "n_errors": int((~y).sum()),
-                             "better": _better(lo, hi, lower_is_better=False),
-                             "status": "ok" if np.isfinite(full - answer) else "not_scored",
-                             "note": "higher is better" if np.isfinite(full - answer)
-                             else "test answers of one class only: AUROC undefined"})
+                sdf_all, _, _ = interaction.usable_rows(mdf[mdf["dataset"] == test], [interaction.ENTROPY])
+                for name, column in ANSWER_SIGNALS.items():
+                    has = np.isfinite(_column(sdf_all, column))
+                    base = {"model": model, "scope": "transfer", "dataset": test, "train_dataset": train,
+                            "answer_signal": name, "missing_rule": missing_rule, "metric": "auroc", "full": np.nan,
+                            "answer": np.nan, "difference": np.nan, "difference_low": np.nan,
+                            "difference_high": np.nan, "n": 0, "n_errors": 0, "n_missing": int((~has).sum()),
+                            "better": "neither", "status": "ok", "note": "higher is better"}
+                    used = {c: fits[c] for c in (interaction.ENTROPY, column) if c in fits}
+                    not_fitted = ([f"{c}: {f.note}" for c, f in used.items() if not f.fitted]
+                                  or ([] if column in fits else [f"no {column} column"]))
+                    sdf = sdf_all[has] if missing_rule == "common" else sdf_all
+                    if not_fitted or sdf.empty or not has.any():
+                        rows.append({**base, "status": "not_fitted", "note": "; ".join(not_fitted) or
+                                     f"no test answers with {name.replace('_', '-')} entropy"})
+                        continue
+                    y = sdf[interaction.OUTCOME].astype(bool).to_numpy()
+                    full_score = interaction.predict_proba(fits[interaction.ENTROPY], sdf, moderator=None)
+                    answer_score = interaction.predict_proba(fits[column], sdf, entropy_col=column, moderator=None)
+                    # probabilities lie in [0, 1]: -1 ranks an answer without the entropy below every other
+                    answer_score = np.where(np.isfinite(answer_score), answer_score, -1.0)
+                    full, answer = interaction.auroc(y, full_score), interaction.auroc(y, answer_score)
+                    diffs = resampling.paired_auroc_differences(
+                        y, full_score, answer_score, sdf["item_id"].to_numpy(), n_boot,
+                        seeded_rng(seed, "entropy transfer", model, train, test, name))
+                    lo, hi = interval(diffs) if n_boot else (np.nan, np.nan)
+                    note = "higher is better" if np.isfinite(full - answer) else (
+                        "test answers of one class only: AUROC undefined")
+                    rows.append({**base, "full": full, "answer": answer, "difference": full - answer,
+                                 "difference_low": lo, "difference_high": hi, "n": len(y),
+                                 "n_errors": int((~y).sum()), "better": _better(lo, hi, lower_is_better=False),
+                                 "status": "ok" if np.isfinite(full - answer) else "not_scored",
+                                 "note": "; ".join(x for x in (note, _missing_note(name, int((~has).sum()),
+                                                                                   missing_rule)) if x)})
     return rows
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = CALIBRATION_BINS
+                               ) -> tuple[float, list[dict[str, Any]]]:
+    """ECE over ``n_bins`` equal-width bins of the predicted P(correct), and each bin's row for the reliability figure.
+
+    ``sum_b (n_b / n) |accuracy_b - mean predicted_b|``; the last bin is closed.
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if not len(y):
+        return float("nan"), []
+    b = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece, rows = 0.0, []
+    for k in range(n_bins):
+        sel = b == k
+        if not sel.any():
+            continue
+        conf, acc = float(p[sel].mean()), float(y[sel].mean())
+        ece += sel.sum() / len(y) * abs(acc - conf)
+        rows.append({"bin": k, "p_low": k / n_bins, "p_high": (k + 1) / n_bins, "n": int(sel.sum()),
+                     "mean_predicted": conf, "accuracy": acc})
+    return float(ece), rows
+
+
+def calibration(features: pd.DataFrame, coverages: Sequence[float], min_errors: int
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibration and carried-over thresholds of each entropy under transfer (per model, train and test dataset).
+
+    For each entropy (``full``: the full response; ``answer_span``;
+    ``answer_tokens``) an entropy-only logit fitted on the train dataset gives
+    P(correct) on the test dataset's answers that have that entropy: its
+    expected calibration error (``CALIBRATION_BINS`` equal-width bins), Brier
+    score, mean prediction and accuracy. Thresholds: for each coverage ``c``
+    (``selective.coverages``), the entropy below which ``c`` of the train
+    answers fall is applied to the test answers as it is, since a deployed
+    selector only has its training data to set it: the coverage it reaches
+    there and the risk among the answers it accepts, beside the risk at
+    coverage ``c`` chosen on the test answers themselves (``risk_at_target``).
+    Returns (calibration rows, reliability bins).
+    """
+    rows, bins = [], []
+    signals = {"full": interaction.ENTROPY, **ANSWER_SIGNALS}
+    for model, mdf in features.groupby("model", sort=False):
+        datasets = list(dict.fromkeys(mdf["dataset"]))
+        for train in datasets:
+            for signal, column in signals.items():
+                tdf, _, _ = interaction.usable_rows(mdf[mdf["dataset"] == train], [column]) if column in mdf else (
+                    mdf.iloc[0:0], 0, "")
+                fit = interaction.fit_logit(tdf, interaction.FEATURE_SETS["entropy"], None, min_errors=min_errors,
+                                            entropy_col=column) if len(tdf) else None
+                for test in datasets:
+                    if test == train:
+                        continue
+                    common = {"model": model, "train_dataset": train, "dataset": test, "signal": signal,
+                              "n_train": len(tdf)}
+                    sdf, n_dropped, why = (interaction.usable_rows(mdf[mdf["dataset"] == test], [column])
+                                           if column in mdf else (mdf.iloc[0:0], 0, ""))
+                    if fit is None or not fit.fitted or sdf.empty:
+                        reason = (f"no {column} column" if column not in mdf else "no test answers with it" if
+                                  sdf.empty else f"not fitted on {train}: {fit.note if fit else 'no rows'}")
+                        rows.append({**common, "n": len(sdf), "status": "not_fitted", "note": reason})
+                        continue
+                    y = sdf[interaction.OUTCOME].astype(bool).to_numpy()
+                    p = interaction.predict_proba(fit, sdf, entropy_col=column, moderator=None)
+                    ece, bin_rows = expected_calibration_error(y, p)
+                    bins += [{**{k: common[k] for k in ("model", "train_dataset", "dataset", "signal")}, **r}
+                             for r in bin_rows]
+                    ent_train = tdf[column].to_numpy(dtype=float)
+                    ent_test = sdf[column].to_numpy(dtype=float)
+                    err = (~y).astype(float)
+                    order = np.lexsort((sdf["trace_id"].astype(str).to_numpy(), ent_test))  # least entropy first
+                    stats = {**common, "n": len(y), "n_errors": int(err.sum()), "ece": ece,
+                             "brier": float(np.mean((p - y) ** 2)), "mean_predicted": float(p.mean()),
+                             "accuracy": float(y.mean()), "status": "ok",
+                             "note": why.replace("rows left out", "test answers left out") if n_dropped else ""}
+                    for c in coverages:
+                        tau = float(np.quantile(ent_train, c))
+                        accepted = ent_test <= tau
+                        rows.append({**stats, "coverage_target": float(c), "entropy_threshold": tau,
+                                     "coverage": float(accepted.mean()),
+                                     "risk": float(err[accepted].mean()) if accepted.any() else np.nan,
+                                     "risk_at_target": risk_at_from_errors(err[order], c)})
+    return (pd.DataFrame(rows, columns=CALIBRATION_COLUMNS), pd.DataFrame(bins, columns=RELIABILITY_COLUMNS))
 
 
 def run_stage(call: StageCall) -> None:
@@ -540,8 +693,14 @@ def run_stage(call: StageCall) -> None:
     curves, summary, comparison = evaluate_all(
         feeding(features, analyses, "selective"), call.config["selective"], call.config["regression"],
         vision_measures(call.config["features"]), transfer_features=feeding(features, analyses, "transfer"))
+    tables = {"summary": summary, "entropy_comparison": comparison}
+    if "calibration" in call.outputs:
+        tables["calibration"], tables["reliability"] = calibration(
+            feeding(features, analyses, "transfer"), [float(c) for c in
+                                                      schema.section("selective", call.config["selective"])["coverages"]],
+            int(schema.section("regression", call.config["regression"])["min_errors"]))
     provenance = call.provenance()
     write_table(curves, call.output("curves"), provenance)
-    for key, table in (("summary", summary), ("entropy_comparison", comparison)):
+    for key, table in tables.items():
         call.output(key).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(call.output(key), index=False, float_format="%.6g")

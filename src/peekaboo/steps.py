@@ -14,7 +14,7 @@ import pyarrow as pa
 from . import schema
 from .cells import is_missing
 from .logs import get_logger, progress
-from .segmentation import resolve_segmenter, segment, token_spans
+from .segmentation import THINK_CLOSE, THINK_OPEN, resolve_segmenter, segment, token_spans
 from .stage import StageCall
 from .tables import write_table
 from .tracestore import read_sidecars
@@ -54,12 +54,40 @@ def _offsets(value: Any) -> list[int] | None:
         return None
 
 
-def trace_steps(row: Mapping[str, Any], segmenter: str, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The steps of one sidecar row as table records; a row whose offsets are unusable gets null token spans."""
+def prompt_opens_thinking(sidecar_df: pd.DataFrame) -> tuple[bool, str]:
+    """Whether the prompts of these traces opened a thinking block, and how that is known.
+
+    The sidecar's ``thinking_open`` column when the traces stage wrote one
+    (any true value); else inferred: a trace that closes a block it never
+    opened (``</think>`` without an earlier ``<think>``) shows that the chat
+    template wrote the opening tag into the prompt, which it does for every
+    trace of the model. Then a cut-off chain (no tag at all) is all thinking.
+    """
+    if "thinking_open" in sidecar_df.columns and sidecar_df["thinking_open"].notna().any():
+        return bool(sidecar_df["thinking_open"].fillna(False).astype(bool).any()), "the sidecar's thinking_open"
+    n = 0
+    for text in sidecar_df.get("text", pd.Series(dtype=object)):
+        if is_missing(text):
+            continue
+        text = str(text)
+        close = text.find(THINK_CLOSE)
+        if close != -1 and not (0 <= text.find(THINK_OPEN) < close):
+            n += 1
+    return n > 0, f"{n} traces close a thinking block they never opened" if n else "no trace closes an unopened block"
+
+
+def trace_steps(row: Mapping[str, Any], segmenter: str, cfg: Mapping[str, Any],
+                thinking_open: bool = False) -> list[dict[str, Any]]:
+    """The steps of one sidecar row as table records; a row whose offsets are unusable gets null token spans.
+
+    ``thinking_open``: the prompt opened a thinking block (``prompt_opens_thinking``):
+    a text without ``</think>`` is a chain cut off mid-thought, with no answer step.
+    """
     text = row.get("text")
     text = "" if is_missing(text) else str(text)
-    name = resolve_segmenter(text, segmenter)
-    steps = segment(text, name, cfg["think_split"], int(cfg["min_chars"]))
+    cut_off = thinking_open and THINK_CLOSE not in text
+    name = "think" if cut_off else resolve_segmenter(text, segmenter)
+    steps = segment(text, name, cfg["think_split"], int(cfg["min_chars"]), thinking_open=thinking_open)
     spans: list[tuple[int | None, int | None]] = [(None, None)] * len(steps)
     starts, ends = _offsets(row.get("token_char_start")), _offsets(row.get("token_char_end"))
     if steps and starts is not None and ends is not None:
@@ -102,12 +130,16 @@ def segment_traces(sidecar_df: pd.DataFrame, segmenter: str, cfg: Mapping[str, A
     records: list[dict[str, Any]] = []
     n_failed = n_empty = 0
     rows = sidecar_df.to_dict("records")
+    opened, why = prompt_opens_thinking(sidecar_df)
+    if opened:
+        log.info("the prompt opens a thinking block (%s): a chain without </think> gets no answer step", why)
     for row in progress(rows, total=len(rows), desc="segment", unit="trace"):
         if str(row.get("status", "ok")) != "ok":
             n_failed += 1
             log.warning("trace %s: status %s (%s); left out", row.get("trace_id"), row.get("status"), row.get("error"))
             continue
-        out = trace_steps(row, segmenter, cfg)
+        row_open = opened if is_missing(row.get("thinking_open")) else bool(row.get("thinking_open"))
+        out = trace_steps(row, segmenter, cfg, thinking_open=row_open)
         n_empty += not out
         records.extend(out)
     log.info(

@@ -12,8 +12,9 @@ rule collapse:
         traces=R("collapse/{m}/{d}.traces.parquet"),
         sinks=R("collapse/{m}/{d}.sinks.parquet"),
         maps=R("collapse/{m}/{d}.maps.parquet"),
+        layers=R("collapse/{m}/{d}.layers.parquet"),
     params:
-        config=sections("collapse", "features"),
+        config=sections("collapse", "features", "seed"),
         results=results_dir,
     resources:
         **job_resources("default"),
@@ -28,5 +29,5 @@ rule collapse:
 
 
 FINAL_OUTPUTS.append(
-    lambda: [p for kind in ("", "traces", "sinks", "maps") for p in collapse_outputs(kind)]
+    lambda: [p for kind in ("", "traces", "sinks", "maps", "layers") for p in collapse_outputs(kind)]
 )

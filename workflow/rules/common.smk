@@ -165,6 +165,8 @@ def n_shards(d):
     count = get_adapter(d, spec, seed=config["seed"], base_dir=Path.cwd()).count()
     if spec.get("limit"):
         count = min(count, spec["limit"])
+    if spec.get("sample"):
+        count = min(count, spec["sample"]["n"])
     return max(1, math.ceil(count / spec["shard_size"]))
 
 
@@ -325,7 +327,7 @@ def box_model_identity(d):
 
 
 def collapse_outputs(kind="", analyses=COLLAPSE_ANALYSES):
-    """The collapse tables of one kind ("", "traces", "sinks", "maps") of the pairs feeding ``analyses``."""
+    """The collapse tables of one kind ("", "traces", "sinks", "maps", "layers") of the pairs feeding ``analyses``."""
     suffix = f".{kind}.parquet" if kind else ".parquet"
     return [R(f"collapse/{m}/{d}{suffix}") for m, d in pairs_for(*analyses)]
 

@@ -19,6 +19,7 @@ rule figures:
     input:
         collapse_traces=collapse_outputs("traces"),
         collapse_maps=collapse_outputs("maps"),
+        collapse_layers=collapse_outputs("layers"),
         attribution=[R(f"crm/{m}/{d}/attribution.parquet") for m, d in pairs_for("crm")],
         modes=[R(f"crm/{m}/{d}/modes.parquet") for m, d in pairs_for("crm")],
         collapse_trajectory=R("collapse/trajectory.csv"),
@@ -29,6 +30,7 @@ rule figures:
         selective_curves=R("selective/curves.parquet"),
         selective_summary=R("selective/summary.csv"),
         entropy_comparison=R("selective/entropy_comparison.csv"),
+        selective_reliability=R("selective/reliability.csv"),
         # the attention strips draw the items' images
         items_tables=expand(R("items/{d}.parquet"), d=DATASETS),
         code=code("figures"),

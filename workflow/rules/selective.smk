@@ -16,6 +16,12 @@ rule selective:
             caption="../report/entropy_comparison_table.rst",
             category="Tables",
         ),
+        calibration=report(
+            R("selective/calibration.csv"),
+            caption="../report/calibration_table.rst",
+            category="Tables",
+        ),
+        reliability=R("selective/reliability.csv"),
     params:
         config={**sections("selective", "regression", "features"), "analyses": analyses_config()},
         results=results_dir,
@@ -32,5 +38,6 @@ rule selective:
 
 
 FINAL_OUTPUTS.append(
-    lambda: [R("selective/curves.parquet"), R("selective/summary.csv"), R("selective/entropy_comparison.csv")]
+    lambda: [R("selective/curves.parquet"), R("selective/summary.csv"), R("selective/entropy_comparison.csv"),
+             R("selective/calibration.csv"), R("selective/reliability.csv")]
 )
