@@ -218,3 +218,34 @@ def test_each_vision_measure_gets_its_own_signals_and_rows_without_it_rank_last(
     veto = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == "evidence_share")
                    & (summary["scope"] == "dataset")]
     assert (veto["veto_task_types"] == "visual_reference").all() and (veto["n_vetoed_symbolic"] == 0).all()
+
+
+def test_a_noise_only_veto_is_not_consistent_and_no_harm_is_an_equivalence_test():
+    from peekaboo import claims
+
+    # vision does nothing anywhere; a lax level (point estimate > 0) lets the training fits declare types dangerous
+    noise = simulate_features(300, 44, {"const": 1.0, "entropy": -1.0}, datasets=("a", "b", "c"),
+                              task_types=("symbolic", "visual_reference"))
+    cfg = {"bootstrap": 0, "seed": 0, "veto_quantiles": [0.1, 0.2, 0.3], "veto_alpha": 0.5, "veto_bootstrap": 40}
+    _, summary = sel.evaluate(noise, cfg, {"min_errors": 5})
+    pooled = summary[(summary["scope"] == "pooled") & (summary["signal"] == "entropy+veto")].iloc[0]
+    cells = summary[(summary["scope"] == "dataset") & (summary["signal"] == "entropy+veto")]
+    assert cells["veto_active"].any()  # selection did happen on noise
+    assert pooled["delta_risk_low"] <= 0 <= pooled["delta_risk_high"]
+    assert pooled["delta_risk"] == pytest.approx(cells["delta_risk"].mean())
+    assert claims.vision_veto(summary, "")["verdict"] != claims.CONSISTENT
+    # the same seed gives the same table; the bootstrap refits the rule (its replicates vary where the rule does)
+    _, again = sel.evaluate(noise, cfg, {"min_errors": 5})
+    pd.testing.assert_frame_equal(summary, again)
+    # the danger world: the veto never touches symbolic answers, so no harm is shown there by TOST
+    world = _veto_world(300, 12)
+    _, summary = sel.evaluate(world, {**cfg, "veto_alpha": 0.05, "veto_bootstrap": 20}, {"min_errors": 5})
+    pooled = summary[(summary["scope"] == "pooled") & (summary["signal"] == "entropy+veto")].iloc[0]
+    assert pooled["no_harm_task_types"] == "symbolic" and pooled["no_harm_level"] == pytest.approx(0.9)
+    assert -0.02 < pooled["no_harm_low"] <= pooled["no_harm_high"] < 0.02 and pooled["no_harm"] == "shown"
+    # a margin narrower than the interval: no harm not shown
+    lo, hi = pooled["no_harm_low"], pooled["no_harm_high"]
+    if hi > 0:
+        _, narrow = sel.evaluate(world, {**cfg, "veto_alpha": 0.05, "veto_bootstrap": 20,
+                                         "veto_no_harm_margin": hi / 2}, {"min_errors": 5})
+        assert narrow[narrow["scope"] == "pooled"].iloc[0]["no_harm"] == "not shown"
