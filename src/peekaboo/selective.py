@@ -273,7 +273,8 @@ def veto_order(df: pd.DataFrame, vetoed: np.ndarray) -> np.ndarray:
     return np.lexsort((base, vetoed.astype(int)))
 
 
-def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int) -> VetoRule:
+def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int,
+             filled: bool = False) -> VetoRule:
     """Fit the veto on training datasets: dangerous task types from the interaction, a within-dataset quantile by risk.
 
     The interaction is the pooled fit (dataset effects, features standardised
@@ -285,9 +286,11 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
     one-sided level ``veto_alpha``. The quantile is the candidate
     (``veto_quantiles``, ascending) with the lowest mean training risk at
     ``veto_coverage``, strictly below the risk without the veto; ties keep
-    the smaller quantile.
+    the smaller quantile. ``filled``: ``selective_cfg`` already has its
+    defaults (the bootstrap calls this thousands of times).
     """
-    selective_cfg = schema.section("selective", selective_cfg)
+    if not filled:
+        selective_cfg = schema.section("selective", selective_cfg)
     coverage = float(selective_cfg["veto_coverage"])
     datasets = list(dict.fromkeys(train["dataset"]))
     rule = VetoRule(active=False, train_datasets=datasets)
@@ -329,13 +332,17 @@ def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: 
     groups = [ddf.reset_index(drop=True) for _, ddf in train.groupby("dataset", sort=True)]
     bases = [positions(ranking(-g[interaction.ENTROPY].to_numpy(dtype=float), g["trace_id"])) for g in groups]
     errs = [1.0 - g[interaction.OUTCOME].astype(bool).to_numpy(dtype=float) for g in groups]
+    visions = [g[interaction.VISION].to_numpy(dtype=float) for g in groups]
+    eligible = [g["task_type"].isin(dangerous).to_numpy() & np.isfinite(v) for g, v in zip(groups, visions)]
 
     def train_risk(q: float | None) -> float:
+        # veto_arrays' rule on arrays prepared once: within each training dataset, below its q-quantile
         risks = []
-        probe = VetoRule(active=q is not None, quantile=q if q is not None else np.nan, task_types=dangerous)
-        for g, base, err in zip(groups, bases, errs):
-            order = np.lexsort((base, probe.vetoed(g).astype(int)))
-            risks.append(risk_at_from_errors(err[order], coverage))
+        for base, err, v, ok in zip(bases, errs, visions, eligible):
+            vetoed = np.zeros(len(v), dtype=bool)
+            if q is not None and ok.any():
+                vetoed = ok & (v < np.quantile(v[ok], q))
+            risks.append(risk_at_from_errors(err[np.lexsort((base, vetoed.astype(int)))], coverage))
         return float(np.mean(risks))
 
     without = train_risk(None)
@@ -374,13 +381,15 @@ def _risk_change(df: pd.DataFrame, vetoed: np.ndarray, coverage: float) -> float
 def veto_lodo(data: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int) -> dict[str, VetoOutcome]:
     """Each dataset's veto fitted on the model's other datasets, and its change in risk (all answers, and
     those of the task types where disengagement is expected: ``veto_no_harm_task_types``)."""
+    selective_cfg = schema.section("selective", selective_cfg)
     coverage = float(selective_cfg["veto_coverage"])
     expected = [str(t) for t in selective_cfg["veto_no_harm_task_types"]]
     out = {}
-    for d in sorted(set(data["dataset"].astype(str))):
-        mine = data["dataset"].astype(str).to_numpy() == d
+    names = data["dataset"].astype(str).to_numpy()
+    for d in sorted(set(names)):
+        mine = names == d
         test = data[mine].reset_index(drop=True)
-        rule = fit_veto(data[~mine].reset_index(drop=True), selective_cfg, min_errors)
+        rule = fit_veto(data[~mine].reset_index(drop=True), selective_cfg, min_errors, filled=True)
         vetoed = rule.vetoed(test)
         sub = test["task_type"].astype(str).isin(expected).to_numpy()
         out[d] = VetoOutcome(rule, vetoed, _risk_change(test, vetoed, coverage),
@@ -410,6 +419,7 @@ def veto_bootstrap(data: pd.DataFrame, selective_cfg: Mapping[str, Any], min_err
     types and of the threshold adds its own variability to the intervals.
     Keys: each dataset, ``pooled`` and ``pooled_expected``.
     """
+    selective_cfg = schema.section("selective", selective_cfg)
     datasets = sorted(set(data["dataset"].astype(str)))
     out = {k: np.full(n_boot, np.nan) for k in datasets + ["pooled", "pooled_expected"]}
     labels = interaction.cluster_labels(data, "dataset").to_numpy()
