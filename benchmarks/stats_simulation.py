@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         print(f"  sign recovered (estimate < 0): {int((est[fitted] < 0).sum())} of {a.studies_sign} "
               f"({int((~fitted).sum())} fits not ok: {sorted(set(s[3] for s in signs if s[3] != 'ok'))})")
         print(f"  95% interval below 0: {int((hi[fitted] < 0).sum())} of {a.studies_sign}; median estimate "
-              f"{np.median(est[fitted]):+.3f}")
+              f"{np.median(est[fitted]):+.3f}", flush=True)
         truth_points = np.array(list(pool.map(
             veto_point, [(a.seed * 10**6 + 500_000 + s, *shape) for s in range(a.truth_studies)])))
         truth = float(np.nanmean(truth_points))

@@ -366,3 +366,20 @@ def test_a_dataset_of_one_class_is_left_out_of_a_fixed_effects_fit():
     fit = reg.pooled_fit(pd.concat([good, easy], ignore_index=True), 5)
     assert fit.status == "ok" and fit.datasets == ["a", "b"] and fit.n == 600
     assert "60 rows of dataset easy left out (answers all of one class" in fit.note
+
+
+def test_the_simulation_scripts_studies_small():
+    """benchmarks/stats_simulation.py at small N: its studies recover the planted sign, and the veto runs on them."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stats_simulation.py"
+    spec = importlib.util.spec_from_file_location("stats_simulation", path)
+    sim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim)
+    runs = [sim.sign_study((seed, 3, 160, 4)) for seed in range(10)]
+    assert all(r[3] == "ok" for r in runs)
+    assert sum(r[0] < 0 for r in runs) >= 9
+    df = sim.study(0, 3, 120, 4)
+    assert df.groupby("dataset")["entropy_full"].mean().std() > 0.1  # the datasets are offset
+    assert df["cluster_id"].nunique() == 90 and np.isfinite(sim.veto_point((0, 3, 120, 4)))
