@@ -387,6 +387,8 @@ def main(argv=None) -> int:
         else:
             summary = pd.read_csv(summary_path)
             veto = summary[(summary["model"] == model) & (summary["signal"] == "entropy+veto")]
+            if "scope" in veto.columns:  # the per-model pooled row has no dataset of its own
+                veto = veto[veto["scope"] != "pooled"]
             if "vision_measure" in veto.columns:
                 veto = veto[veto["vision_measure"] == measure]
             print(f"   {'dataset':<14}{'n':>5}{'errors':>7}{'veto':>5}{'vetoed':>7}{'blink':>6}{'symbolic':>9}"

@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     if sel_path.exists():
         sel = pd.read_csv(sel_path)
         veto = sel[sel["signal"] == "entropy+veto"]
+        if "scope" in veto.columns:  # the per-model pooled rows: no dataset, no counts of their own
+            veto = veto[veto["scope"] != "pooled"]
         if len(veto):
             print()
             print("Vision veto: change in risk at the veto coverage (threshold fitted on the other datasets)")

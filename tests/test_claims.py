@@ -14,17 +14,71 @@ from fixtures.collapse import simulate_features
 # ----------------------------------------------------------------------------- helpers
 
 
-def test_inverse_variance_pooling_hand_computed():
+def test_random_effects_pooling_hand_computed():
     z = claims.Z
-    # SEs 0.1 and 0.2 read off the intervals: weights 100 and 25
-    est, lo, hi = claims.pool([1.0, 2.0], [1 - 0.1 * z, 2 - 0.2 * z], [1 + 0.1 * z, 2 + 0.2 * z])
-    assert est == pytest.approx((100 * 1 + 25 * 2) / 125)
-    assert hi - est == pytest.approx(z / np.sqrt(125))
-    assert lo == pytest.approx(2 * est - hi)
+    # SEs 0.1 and 0.2 read off the intervals: weights 100 and 25, fixed mean 1.2, Q = 20, C = 40
+    out = claims.pool_cells([1.0, 2.0], [1 - 0.1 * z, 2 - 0.2 * z], [1 + 0.1 * z, 2 + 0.2 * z])
+    tau2 = (20 - 1) / 40
+    w = np.array([1 / (0.01 + tau2), 1 / (0.04 + tau2)])
+    assert out.tau2 == pytest.approx(tau2) and out.i2 == pytest.approx(19 / 20) and out.k == 2
+    assert out.estimate == pytest.approx((w[0] * 1 + w[1] * 2) / w.sum())
+    assert out.high - out.estimate == pytest.approx(z / np.sqrt(w.sum()))
+    # homogeneous cells: no between-cell variance, the fixed-effect answer
+    same = claims.pool_cells([1.0, 1.0], [1 - 0.1 * z] * 2, [1 + 0.1 * z] * 2)
+    assert same.tau2 == 0.0 and same.i2 == 0.0 and same.high - same.estimate == pytest.approx(0.1 * z / np.sqrt(2))
     # a zero-width interval counts with the smallest positive SE; with none at all: plain mean, the cells' span
-    assert claims.pool([0.0, 1.0], [0.0, 1 - 0.1 * z], [0.0, 1 + 0.1 * z])[0] == pytest.approx(0.5)
     assert claims.pool([0.0, 0.2], [0.0, 0.2], [0.0, 0.2]) == (pytest.approx(0.1), 0.0, 0.2)
     assert all(np.isnan(claims.pool([np.nan], [0.0], [1.0])))
+
+
+def test_cells_that_disagree_are_not_consistent_where_fixed_effects_would_say_so():
+    # two pairs clearly favour the full-response entropy, one as clearly the answer span
+    values = [(0.06, 0.05, 0.07), (0.06, 0.05, 0.07), (-0.06, -0.07, -0.05)]
+    est = np.array([v[0] for v in values])
+    se = np.array([(v[2] - v[1]) / (2 * claims.Z) for v in values])
+    fixed_high = est.mean() - claims.Z / np.sqrt((1 / se**2).sum())
+    assert fixed_high > 0  # the old fixed-effect pool: an interval above 0, "consistent"
+    out = claims.entropy_transfer(_pairs(values))
+    assert out["verdict"] == NOT_ESTIMABLE and out["ci_low"] < 0 < out["ci_high"] and out["i2"] > 0.9
+    assert "2 positive (2 with the interval above 0)" in out["cells_by_sign"]
+    # "often" by counts: one pair of three clearly worse is not often; two of three are
+    rows = pd.DataFrame([{"model": "m", "train_dataset": f"s{i}", "test_dataset": f"t{i}", "features": "additive",
+                          "vision_measure": "evidence_share", "difference": d, "difference_low": lo,
+                          "difference_high": hi, "status": "ok", "note": ""} for i, (d, lo, hi) in enumerate(values)])
+    hurts = claims.vision_hurts_transfer(rows, "evidence_share")
+    assert hurts["verdict"] == NOT_ESTIMABLE and hurts["cells_by_sign"].startswith("1 negative (1 with the interval")
+    assert hurts["reason"].startswith("inconclusive: too few pairs clearly worse")
+    flipped = rows.assign(difference=-rows["difference"], difference_low=-rows["difference_high"],
+                          difference_high=-rows["difference_low"])
+    assert claims.vision_hurts_transfer(flipped, "evidence_share")["verdict"] == CONSISTENT
+
+
+def test_holm_wilson_hand_computed():
+    assert np.allclose(claims.holm([0.01, 0.04, 0.03, np.nan])[:3], [0.03, 0.06, 0.06])
+    assert np.isnan(claims.holm([0.01, 0.04, 0.03, np.nan])[3])
+    lo, hi = claims.wilson(10, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(10 / (10 + claims.Z**2))
+    lo, hi = claims.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(claims.Z**2 / (10 + claims.Z**2))
+
+
+def test_holm_over_the_rows_decides_the_verdicts():
+    # each alone significant at 0.05, not after Holm over the three rows with a test
+    z = claims.Z
+    comparison = _pairs([(0.05, 0.05 - 0.0230 * z, 0.05 + 0.0230 * z)])  # p = 0.03
+    by_task = _by_task([("m", "visual_reference", -0.5, -0.5 - 0.2299 * z, -0.5 + 0.2299 * z, "ok", ""),
+                        ("m", "symbolic", 0.1, 0.1 - 0.5 * z, 0.1 + 0.5 * z, "ok", "")])
+    assert claims.entropy_transfer(comparison)["verdict"] == CONSISTENT
+    empty = pd.DataFrame()
+    tables = claims.Tables(collapse_summary=empty, transfer=empty, interaction_by_task=by_task,
+                           selective_summary=empty, entropy_comparison=comparison, modes=empty)
+    table = claims.claims_table(tables, ["evidence_share"], 10, 0).set_index("id")
+    for row in ("entropy_transfer", "interaction_visual_reference"):
+        assert table.loc[row, "verdict"] == NOT_ESTIMABLE, table.loc[row, "reason"]
+        assert table.loc[row, "reason"].startswith("not significant after Holm's adjustment over the 3 rows")
+        assert 0.05 < table.loc[row, "p_holm"] < 0.1
+    assert table.loc["interaction_symbolic", "verdict"] == CONSISTENT  # not a rejection: Holm cannot undo it
+    assert table["rule"].str.len().gt(30).all()
 
 
 @pytest.mark.parametrize("low, high, expected, verdict", [
@@ -86,7 +140,7 @@ def _pairs(values, scope="transfer"):
 ])
 def test_entropy_transfer_pools_the_pairs(values, verdict):
     out = claims.entropy_transfer(_pairs(values))
-    assert out["verdict"] == verdict and "pooled over 2 (model, train, test) pairs" in out["reason"]
+    assert out["verdict"] == verdict and "pool over 2 (model, train, test) pairs" in out["reason"]
     assert out["datasets"] == "s0,s1,t0,t1" and out["models"] == "m"
 
 
@@ -153,29 +207,43 @@ def test_interaction_not_estimable_says_why():
     assert "no visual_reference items among the datasets feeding regression" in none["reason"]
 
 
-def _veto(cells):
-    return pd.DataFrame([{"model": "m", "dataset": d, "signal": "entropy+veto", "vision_measure": "evidence_share",
-                          "delta_risk": e, "delta_risk_low": lo, "delta_risk_high": hi, "veto_active": on,
-                          "veto_coverage": 0.9, "n_vetoed_symbolic": 0, "status": "ok",
-                          "note": "" if on else "no threshold lowered the training risk: veto off"}
-                         for d, e, lo, hi, on in cells])
+def _veto(models, cells=()):
+    """Pooled veto rows per model (delta, low, high, p, no_harm) and optional per-dataset rows."""
+    rows = [{"model": m, "scope": "pooled", "dataset": "pooled", "signal": "entropy+veto",
+             "vision_measure": "evidence_share", "delta_risk": e, "delta_risk_low": lo, "delta_risk_high": hi,
+             "delta_risk_p": p, "veto_active": True, "veto_datasets": "a,b", "veto_active_datasets": "a,b",
+             "veto_coverage": 0.9, "no_harm_task_types": "symbolic", "no_harm_delta": 0.0, "no_harm_low": 0.0,
+             "no_harm_high": 0.01 if harm == "shown" else 0.03 if harm == "not shown" else 0.05,
+             "no_harm_margin": 0.02, "no_harm_level": 0.9, "no_harm": harm, "status": "ok", "note": ""}
+            for m, e, lo, hi, p, harm in models]
+    rows += [{"model": "m", "scope": "dataset", "dataset": d, "signal": "entropy+veto",
+              "vision_measure": "evidence_share", "delta_risk": 0.0, "n_vetoed_symbolic": 0, "status": "ok",
+              "note": ""} for d in cells]
+    return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("cells, verdict, estimate", [
-    ([("a", -0.019, -0.03, -0.005, True), ("b", 0.0, 0.0, 0.0, False)], CONSISTENT, -1.9),
-    ([("a", -0.019, -0.03, 0.004, True), ("b", -0.01, -0.02, 0.001, True)], NOT_ESTIMABLE, -1.9),
-    ([("a", -0.019, -0.03, -0.005, True), ("b", 0.02, 0.004, 0.03, True)], INCONSISTENT, 2.0),
-    ([("a", 0.0, 0.0, 0.0, False), ("b", 0.0, 0.0, 0.0, False)], NOT_ESTIMABLE, np.nan),
+@pytest.mark.parametrize("models, verdict, estimate, why", [
+    ([("m1", -0.019, -0.03, -0.005, 0.01, "shown"), ("m2", 0.0, -0.01, 0.01, 0.9, "shown")], CONSISTENT, -1.9,
+     "the veto lowers the risk without harm"),
+    ([("m1", -0.019, -0.03, -0.005, 0.01, "not shown")], NOT_ESTIMABLE, -1.9, "the veto lowers the risk, but no harm"),
+    ([("m1", -0.019, -0.03, 0.004, 0.1, "shown")], NOT_ESTIMABLE, -1.9, "inconclusive"),
+    ([("m1", -0.019, -0.03, -0.005, 0.01, "shown"), ("m2", 0.02, 0.004, 0.03, 0.01, "shown")], INCONSISTENT, -1.9,
+     "the veto raised the risk for m2"),
+    ([("m1", -0.019, -0.03, -0.005, 0.01, "harm")], INCONSISTENT, -1.9, "the veto harmed where disengagement"),
 ])
-def test_veto_verdicts(cells, verdict, estimate):
-    out = claims.vision_veto(_veto(cells), "evidence_share")
-    assert out["verdict"] == verdict
-    assert out["estimate"] == pytest.approx(estimate, nan_ok=True)
-    if verdict == INCONSISTENT:
-        assert out["reason"].startswith("the veto raised the risk at 90% coverage in 1 cells")
-    if np.isnan(estimate):
-        assert out["reason"].startswith("the veto is off in every cell (no threshold lowered the training risk")
-    assert "symbolic answers vetoed" in out["reason"]
+def test_veto_verdicts_from_each_models_pooled_effect(models, verdict, estimate, why):
+    out = claims.vision_veto(_veto(models, ["a", "b"]), "evidence_share")
+    assert out["verdict"] == verdict and out["reason"].startswith(why), out["reason"]
+    assert out["estimate"] == pytest.approx(estimate)
+    assert out["p"] == pytest.approx(min(1.0, len(models) * min(m[4] for m in models)))
+    assert "0 symbolic answers vetoed" in out["reason"] and out["datasets"] == "a,b"
+
+
+def test_veto_without_pooled_rows_or_interval_says_why():
+    cells = _veto([], ["a"])
+    assert claims.vision_veto(cells, "evidence_share")["reason"].startswith("no pooled veto effect per model")
+    none = _veto([("m1", -0.01, np.nan, np.nan, np.nan, "not estimable")])
+    assert "no interval (selective.veto_bootstrap = 0)" in claims.vision_veto(none, "evidence_share")["reason"]
 
 
 def _modes(shares, n_items=30, seed=0):
@@ -211,6 +279,11 @@ def test_crm_patterns_by_each_models_own_mode():
                         "mode": ["hallucination", "grounded"] * 10, "match_f1": 0.9})
     tied = claims.crm_pattern(tie, "hallucination", 200, 0)
     assert tied["verdict"] == CONSISTENT and "m grounded/hallucination 50% of 20" in tied["reason"]
+    # a share of 100%: Wilson's interval, not [100, 100]
+    all_hal = _modes({"m": {"hallucination": 1.0}}, n_items=10)
+    full = claims.crm_pattern(all_hal, "hallucination", 100, 0)
+    assert full["estimate"] == 100.0 and full["ci_high"] == pytest.approx(100.0)
+    assert full["ci_low"] == pytest.approx(100 * 20 / (20 + claims.Z**2))
     undecided = modes.assign(mode="undecided")
     assert "all 180 CRM cases undecided or without a control trace" in claims.crm_pattern(undecided, "hallucination", 10, 0)["reason"]
 
@@ -222,7 +295,7 @@ def _planted_world():
     """Two models, three datasets; on visual-reference items confident but disengaged answers are wrong, on
     symbolic items vision does nothing; the answer-span entropy is the noisier signal; the evidence drops by 70%."""
     coef = {"const": 1.5, "entropy": -1.0, "vision": 0.0, "entropy:vision": 0.0,
-            "vision@visual_reference": 2.0, "entropy:vision@visual_reference": -1.0}
+            "vision@visual_reference": 3.0, "entropy:vision@visual_reference": -1.5}
     df = simulate_features(500, 5, coef, datasets=("a", "b", "c"), models=("m1", "m2"),
                            task_types=("symbolic", "visual_reference"), answer_noise=2.0)
     rng = np.random.default_rng(6)
@@ -241,7 +314,8 @@ def test_a_planted_world_gives_the_planted_verdicts(tmp_path):
     df = _planted_world()
     measures = ["evidence_share"]
     reg_cfg = {"min_errors": 5, "bootstrap": 200}
-    sel_cfg = {"bootstrap": 200, "seed": 0, "veto_quantiles": [0.1, 0.2, 0.3], "veto_alpha": 0.1}
+    sel_cfg = {"bootstrap": 200, "seed": 0, "veto_quantiles": [0.1, 0.2, 0.3], "veto_alpha": 0.05,
+               "veto_bootstrap": 60}
     _, summary, comparison = selective.evaluate_all(df, sel_cfg, reg_cfg, measures)
     modes = _modes({"m1": {"hallucination": 0.75, "grounded": 0.25}, "m2": {"grounded": 0.8, "collapse": 0.2}})
     tables = claims.Tables(collapse_summary=collapse_findings.summary_table(df, 200, 0),

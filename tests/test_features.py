@@ -83,3 +83,16 @@ def test_answer_token_entropy_reads_the_parsed_answer_alone():
     assert feats.answer_tokens(text, "B", [], [], answer_span)[1].startswith("no token character offsets")
     missing = feats.entropy_features(entropy, len(entropy), answer_span, [], "parsed answer not found")
     assert np.isnan(missing["entropy_answer_tokens"]) and "parsed answer not found" in missing["note"]
+
+
+def test_cluster_id_from_the_items_metadata_else_the_item():
+    assert feats.item_cluster('{"cluster": "VS_chart_3", "set_id": "3"}') == "VS_chart_3"
+    assert feats.item_cluster({"set_id": "3"}) is None and feats.item_cluster("not json") is None
+    meta = pd.DataFrame({"trace_id": ["t1", "t2"], "item_id": ["a", "b"], "status": "ok", "correct": [True, False],
+                         "variant": "base"})
+    items = pd.DataFrame({"item_id": ["a", "b"], "task_type": "visual_reference",
+                          "meta": ['{"cluster": "VS_chart_3"}', "{}"]})
+    steps = pd.DataFrame(columns=["trace_id"])
+    df = feats.build_trace_table(meta, items, pd.DataFrame({"trace_id": ["t1", "t2"]}), steps, {}, {},
+                                 {"vision": "evidence_share"}, "m", "d", False)
+    assert df["cluster_id"].tolist() == ["VS_chart_3", "b"]

@@ -141,6 +141,8 @@ def test_integer_fields_stored_as_numbers_keep_the_official_key(tmp_path):
     (item,) = list(adapter({"path": str(path)}).records())
     assert item.item_id == "VS_chart_3_0_0"
     assert item.meta["figure_id"] == "0" and item.meta["visual_input"] == "0"
+    # the set is the cluster of dependent questions (its original and edited figures)
+    assert item.meta["cluster"] == "VS_chart_3"
 
 
 # --- scoring -------------------------------------------------------------------------------------

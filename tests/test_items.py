@@ -133,6 +133,22 @@ def test_task_type_precedence(tmp_path, data):
     assert list(df.task_type) == ["symbolic", "symbolic", "visual_reference"]
     df, _ = build(tmp_path, data, [good_record("a", task_type="symbolic"), good_record("b")])
     assert list(df.task_type) == ["symbolic", "visual_reference"]  # per item, else the adapter's default
+    # a map from the metadata wins over the dataset-wide type (which types what the map does not name) and
+    # loses to a per-id override; nested JSON text and list-valued fields are read
+    lines = [good_record("a", meta={"metadata": {"task": "math word problem"}}),
+             good_record("b", meta={"metadata": json.dumps({"task": "figure question answering"})}),
+             good_record("c", meta={"metadata": {"task": "unknown"}}),
+             good_record("d", meta={"metadata": {"task": "math word problem"}}),
+             good_record("e", meta={"skills": ["numeric commonsense", "statistical reasoning"]})]
+    type_map = {"field": "metadata.task", "values": {"math word problem": "symbolic",
+                                                     "figure question answering": "visual_reference"}}
+    df, _ = build(tmp_path, data, lines, task_type="visual_reference", task_type_map=type_map,
+                  task_type_overrides={"d": "visual_reference"})
+    assert list(df.task_type) == ["symbolic", "visual_reference", "visual_reference", "visual_reference",
+                                  "visual_reference"]
+    skills = {"field": "skills", "values": {"statistical reasoning": "symbolic", "arithmetic reasoning": "visual_reference"}}
+    assert items.mapped_task_type({"skills": ["numeric commonsense", "statistical reasoning"]}, skills) == "symbolic"
+    assert items.mapped_task_type({"skills": "x"}, skills) is None and items.mapped_task_type({}, skills) is None
 
 
 def test_boxes_file_adds_regions_to_items_without(tmp_path, data):

@@ -70,7 +70,6 @@ def test_tidy_table_has_fit_statistics_and_clustered_se():
     (lambda d: d.assign(correct=True), "all answers correct"),
     (lambda d: d.assign(correct=False), "all answers wrong"),
     (lambda d: d.assign(correct=[i >= 3 for i in range(len(d))]), "too few errors (3 < regression.min_errors = 5)"),
-    (lambda d: d.assign(correct=d["entropy_full"] < d["entropy_full"].median()), "perfect separation"),
     (lambda d: d.assign(vision=0.2), "vision engagement is constant"),
     (lambda d: d.assign(vision=np.nan), "no usable rows"),
     (lambda d: d.iloc[0:0], "no usable rows"),
@@ -257,3 +256,130 @@ def test_vision_feature_sets_against_entropy_alone_in_transfer():
     assert (vision["difference_high"] < 0).all()  # vision alone, no signal: clearly worse than entropy
     again = reg.transfer(noise, {"min_errors": 5, "bootstrap": 200}, seed=1)
     pd.testing.assert_frame_equal(out, again)
+
+
+# ----------------------------------------------------------------------------- the optimiser, Firth, fixed effects
+
+
+def test_ml_fit_and_clustered_ses_equal_statsmodels():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(400), rng.normal(size=400), rng.normal(size=400)])
+    y = (rng.random(400) < 1 / (1 + np.exp(-X @ [0.3, 1.0, -0.5]))).astype(float)
+    groups = rng.integers(0, 100, 400)
+    beta, converged, _ = interaction.newton_logit(X, y)
+    ref = sm.Logit(y, X).fit(disp=0, cov_type="cluster", cov_kwds={"groups": groups})
+    assert converged and np.allclose(beta, ref.params, atol=1e-8)
+    se = np.sqrt(np.diag(interaction.cluster_covariance(X, y, beta, groups)))
+    assert np.allclose(se, ref.bse, rtol=1e-8)
+
+
+def test_firth_against_known_results():
+    # a saturated 2x2 table: Firth's estimate is the log odds ratio with 1/2 added to every cell (Firth 1993;
+    # Heinze and Schemper 2002), finite although x separates y completely
+    X = np.column_stack([np.ones(6), [0, 0, 0, 1, 1, 1]])
+    y = np.array([0, 0, 0, 1, 1, 1], dtype=float)
+    beta, converged, _ = interaction.newton_logit(X, y, firth=True)
+    assert converged and beta == pytest.approx([np.log(0.5 / 3.5), np.log(3.5 / 0.5) - np.log(0.5 / 3.5)], abs=1e-7)
+    # quasi-complete separation by a binary column, built as in firthmodels' tests: firthmodels 0.8.2 (whose
+    # benchmarks match R's logistf), run on these data at tolerance 1e-10, gives -1.133344, 5.816046, 1.179990
+    rng = np.random.default_rng(0)
+    sep = rng.choice([0, 1], 100, p=[0.8, 0.2])
+    x1 = rng.normal(size=100)
+    yy = (rng.random(100) < 1 / (1 + np.exp(-(-0.5 + 0.8 * x1)))).astype(float)
+    yy[sep == 1] = 1
+    beta, converged, _ = interaction.newton_logit(np.column_stack([np.ones(100), sep, x1]), yy, firth=True)
+    assert converged and beta == pytest.approx([-1.133344, 5.816046, 1.179990], abs=2e-5)
+    ml, ml_converged, _ = interaction.newton_logit(np.column_stack([np.ones(100), sep, x1]), yy)
+    assert not ml_converged or abs(ml[1]) > 10  # the ordinary fit walks off
+
+
+def test_a_separating_fit_is_penalised_reported_and_never_used_by_the_veto():
+    from peekaboo import selective as sel
+
+    df = simulate_features(200, 5, TRUE, datasets=("a", "b"))
+    df["correct"] = df["entropy_full"] < df["entropy_full"].median()
+    fit = interaction.fit_logit(df)
+    assert fit.status == "penalised" and fit.method == "firth" and not fit.stable
+    assert fit.note.startswith("perfect separation: the features predict correctness exactly, ML estimates undefined; "
+                               "Firth-penalised estimates instead")
+    assert np.all(np.isfinite(fit.params)) and fit.params[fit.terms.index("entropy")] < -5
+    off = interaction.fit_logit(df, firth=False)
+    assert off.status == "not_fitted" and off.note.startswith("perfect separation")
+    table = reg.fit_all(df, {"min_errors": 5})
+    assert set(table["status"]) == {"penalised"} and set(table["method"]) == {"firth"}
+    by_task = reg.interaction_by_task(df, {"min_errors": 5})
+    assert by_task["status"].tolist() == ["penalised"]
+    rule = sel.fit_veto(df, {"veto_quantiles": [0.1, 0.2]}, min_errors=5)
+    assert not rule.active and rule.fit_status == "not_fitted"
+    assert "not a stable fit, not used (perfect separation" in rule.note
+    from peekaboo import claims
+
+    out = claims.task_interaction(by_task.assign(task_type="visual_reference"), "", "visual_reference")
+    assert out["verdict"] == claims.NOT_ESTIMABLE and "1 Firth-penalised (separated) fits left out" in out["reason"]
+
+
+def test_dataset_offsets_do_not_leak_into_the_interaction():
+    # four datasets whose means differ in entropy and vision and whose accuracy differs with them; inside each
+    # dataset neither feature matters. Standardised over the pooled rows, the product term sees the offsets.
+    rng = np.random.default_rng(3)
+    frames = []
+    for name, (me, mv, acc) in {"a": (1, 1, -1.5), "b": (-1, -1, -1.5), "c": (1, -1, 1.5), "d": (-1, 1, 1.5)}.items():
+        n = 400
+        frames.append(pd.DataFrame({
+            "trace_id": [f"{name}{i}" for i in range(n)], "model": "m", "dataset": name,
+            "item_id": [f"{name}{i}" for i in range(n)], "task_type": "visual_reference", "status": "ok",
+            "entropy_full": me + 0.3 * rng.normal(size=n), "vision": mv + 0.3 * rng.normal(size=n),
+            "correct": rng.random(n) < 1 / (1 + np.exp(-acc))}))
+    df = pd.concat(frames, ignore_index=True)
+    naive = interaction.fit_logit(df)
+    lo, hi = naive.ci[naive.terms.index("entropy:vision")]
+    assert hi < 0  # the leak: a "significant" interaction nobody planted
+    fit = reg.pooled_fit(df, 5)
+    assert fit.status == "ok" and [t for t in fit.terms if t.startswith("dataset[")] == [
+        "dataset[b]", "dataset[c]", "dataset[d]"]
+    lo, hi = fit.ci[fit.terms.index("entropy:vision")]
+    assert lo < 0 < hi
+    # within each dataset the features are centred and scaled
+    assert set(fit.group_scaling) == {"a", "b", "c", "d"}
+    assert fit.group_scaling["a"]["entropy_mean"] == pytest.approx(df.loc[df["dataset"] == "a", "entropy_full"].mean())
+
+
+def test_events_per_parameter_and_the_datas_own_clusters():
+    df = simulate_features(300, 1, TRUE)
+    fit = interaction.fit_logit(df, cluster="auto")
+    assert fit.events_per_parameter == pytest.approx(min(fit.n_errors, fit.n_correct) / 3)
+    row = interaction.tidy(fit)[0]
+    assert row["events_per_parameter"] == fit.events_per_parameter and row["method"] == "ml"
+    # questions sharing a figure: clustered by the figure, 30 clusters, and the SE widens
+    grouped = df.assign(cluster_id=[f"fig{i // 10}" for i in range(len(df))])
+    by_figure = interaction.fit_logit(grouped, cluster="auto")
+    assert fit.n_items == 300 and by_figure.n_items == 30
+    assert np.allclose(by_figure.params, fit.params)
+    assert interaction.cluster_labels(grouped, "dataset").iloc[0] == "d1|fig0"
+
+
+def test_a_dataset_of_one_class_is_left_out_of_a_fixed_effects_fit():
+    good = simulate_features(300, 4, TRUE, datasets=("a", "b"))
+    easy = simulate_features(60, 4, TRUE, datasets=("easy",)).assign(correct=True)
+    fit = reg.pooled_fit(pd.concat([good, easy], ignore_index=True), 5)
+    assert fit.status == "ok" and fit.datasets == ["a", "b"] and fit.n == 600
+    assert "60 rows of dataset easy left out (answers all of one class" in fit.note
+
+
+def test_the_simulation_scripts_studies_small():
+    """benchmarks/stats_simulation.py at small N: its studies recover the planted sign, and the veto runs on them."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stats_simulation.py"
+    spec = importlib.util.spec_from_file_location("stats_simulation", path)
+    sim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim)
+    runs = [sim.sign_study((seed, 3, 160, 4)) for seed in range(10)]
+    assert all(r[3] == "ok" for r in runs)
+    assert sum(r[0] < 0 for r in runs) >= 9
+    df = sim.study(0, 3, 120, 4)
+    assert df.groupby("dataset")["entropy_full"].mean().std() > 0.1  # the datasets are offset
+    assert df["cluster_id"].nunique() == 90 and np.isfinite(sim.veto_point((0, 3, 120, 4)))

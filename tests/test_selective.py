@@ -72,9 +72,16 @@ def test_fit_veto_picks_dangerous_task_type_and_a_threshold():
     assert rule.active, rule.note
     assert rule.task_types == ["visual_reference"]
     assert rule.slopes["visual_reference"] > 0 >= rule.slopes["symbolic"] - 0.3
-    vis = train.loc[train["task_type"] == "visual_reference", "vision"]
-    assert rule.threshold == pytest.approx(np.quantile(vis, rule.quantile))
+    # the threshold is the chosen quantile of vision within each dataset scored, among the vetoed type's answers
+    limits = rule.thresholds(train)
+    for d in ("a", "b"):
+        vis = train.loc[(train["task_type"] == "visual_reference") & (train["dataset"] == d), "vision"]
+        assert limits[d] == pytest.approx(np.quantile(vis, rule.quantile))
     assert rule.train_risk < rule.train_risk_without
+    # "confident": the configured low quantile of the fitted rows' within-dataset z(entropy)
+    assert rule.confident_z == pytest.approx(np.quantile(
+        np.concatenate([(g - g.mean()) / g.std(ddof=0) for _, g in train.groupby("dataset")["entropy_full"]]), 0.1))
+    assert rule.fit_status == "ok" and all(se > 0 for se in rule.slope_ses.values())
     vetoed = rule.vetoed(train)
     assert not vetoed[train["task_type"].eq("symbolic").to_numpy()].any()
 
@@ -89,10 +96,12 @@ def test_veto_never_acts_on_a_task_type_absent_from_the_fitted_rows():
     assert "symbolic" not in rule.slopes
     # evaluated where symbolic answers do have vision values, as low as any: never vetoed
     test = _veto_world(200, 22, datasets=("c",))
-    test["vision"] = rule.threshold - 1.0
+    symbolic = test["task_type"].eq("symbolic").to_numpy()
+    test.loc[symbolic, "vision"] = test["vision"].min() - 1.0
     vetoed = rule.vetoed(test)
-    assert vetoed[test["task_type"].eq("visual_reference").to_numpy()].all()
-    assert not vetoed[test["task_type"].eq("symbolic").to_numpy()].any()
+    visual = test.loc[~symbolic, "vision"]
+    assert vetoed[~symbolic].sum() == (visual < np.quantile(visual, rule.quantile)).sum() > 0
+    assert not vetoed[symbolic].any()
 
 
 def test_veto_demotes_vetoed_answers_behind_all_others():
@@ -104,9 +113,9 @@ def test_veto_demotes_vetoed_answers_behind_all_others():
 def test_evaluate_leave_one_dataset_out_and_never_on_test_labels():
     df = _veto_world(300, 12)
     cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 50, "veto_quantiles": [0.1, 0.2, 0.3], "seed": 0,
-           "veto_coverage": 0.9}
+           "veto_coverage": 0.9, "veto_bootstrap": 20}
     curves, summary = sel.evaluate(df, cfg, {"min_errors": 5})
-    veto = summary[summary["signal"] == "entropy+veto"].set_index("dataset")
+    veto = summary[(summary["signal"] == "entropy+veto") & (summary["scope"] == "dataset")].set_index("dataset")
     assert set(veto.index) == {"a", "b", "c"}
     assert veto.loc["a", "veto_train_datasets"] == "b,c"
     assert veto["veto_active"].all()
@@ -117,7 +126,7 @@ def test_evaluate_leave_one_dataset_out_and_never_on_test_labels():
     mask = scrambled["dataset"] == "a"
     scrambled.loc[mask, "correct"] = np.random.default_rng(0).permutation(scrambled.loc[mask, "correct"].to_numpy())
     _, summary2 = sel.evaluate(scrambled, cfg, {"min_errors": 5})
-    veto2 = summary2[summary2["signal"] == "entropy+veto"].set_index("dataset")
+    veto2 = summary2[(summary2["signal"] == "entropy+veto") & (summary2["scope"] == "dataset")].set_index("dataset")
     assert veto2.loc["a", "veto_threshold"] == veto.loc["a", "veto_threshold"]
     # curves: every signal covers n = 1..N of each dataset, risk at N = error rate
     c = curves[(curves["dataset"] == "a") & (curves["signal"] == "neg_entropy")]
@@ -132,7 +141,7 @@ def test_evaluate_leave_one_dataset_out_and_never_on_test_labels():
 
 def test_evaluate_degenerate_inputs_are_reported():
     one = _veto_world(60, 13, datasets=("a",))
-    cfg = {"bootstrap": 10, "veto_quantiles": [0.1], "seed": 0}
+    cfg = {"bootstrap": 10, "veto_quantiles": [0.1], "seed": 0, "veto_bootstrap": 5}
     _, summary = sel.evaluate(one, cfg, {"min_errors": 5})
     veto = summary[summary["signal"] == "entropy+veto"].iloc[0]
     assert not veto["veto_active"] and "no training datasets" in veto["note"]
@@ -149,7 +158,7 @@ def test_evaluate_degenerate_inputs_are_reported():
     small = _veto_world(20, 13, datasets=("a", "b"))  # b: too few errors to fit the interaction on
     _, summary = sel.evaluate(small, cfg, {"min_errors": 50})
     a_veto = summary[(summary["dataset"] == "a") & (summary["signal"] == "entropy+veto")].iloc[0]
-    assert "interaction not fitted on b: too few" in a_veto["note"] and not a_veto["veto_active"]
+    assert "interaction on b not a stable fit, not used (too few" in a_veto["note"] and not a_veto["veto_active"]
 
 
 def test_run_stage_writes_tables(tmp_path):
@@ -158,7 +167,7 @@ def test_run_stage_writes_tables(tmp_path):
     paths = [write_table(_veto_world(80, 14, datasets=(d,)), tmp_path / f"{d}.parquet") for d in ("a", "b")]
     outs = {"curves": tmp_path / "curves.parquet", "summary": tmp_path / "summary.csv",
             "entropy_comparison": tmp_path / "entropy_comparison.csv"}
-    config = {"selective": {"bootstrap": 20, "seed": 0}, "regression": {"variants": ["base"], "min_errors": 5},
+    config = {"selective": {"bootstrap": 20, "seed": 0, "veto_bootstrap": 5}, "regression": {"variants": ["base"], "min_errors": 5},
               "features": {"vision": "evidence_share"},
               "analyses": {"a": ["selective", "transfer"], "b": ["selective", "transfer"]}}
     sel.run_stage(StageCall(inputs={"traces": [str(p) for p in paths]}, outputs={k: str(v) for k, v in outs.items()},
@@ -178,7 +187,7 @@ def test_entropy_comparison_favours_the_stronger_signal_in_domain_and_under_tran
     # correctness follows the full-response entropy; the answer-span entropy is the same signal under heavy noise
     coef = {"const": 0.5, "entropy": -1.5}
     df = simulate_features(400, 31, coef, datasets=("a", "b"), answer_noise=2.0)
-    cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 200, "seed": 0, "veto_quantiles": [0.1]}
+    cfg = {"coverages": [0.8, 0.9, 0.95], "bootstrap": 200, "seed": 0, "veto_quantiles": [0.1], "veto_bootstrap": 0}
     _, summary, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
     comparison = comparison[comparison["answer_signal"] == "answer_span"]
     inside = comparison[(comparison["scope"] == "in_domain") & (comparison["metric"] == "aurc")]
@@ -194,7 +203,7 @@ def test_entropy_comparison_favours_the_stronger_signal_in_domain_and_under_tran
 
 def test_entropy_comparison_holds_zero_when_the_two_signals_are_the_same():
     df = simulate_features(300, 32, {"const": 0.5, "entropy": -1.5}, datasets=("a", "b"), answer_noise=0.0)
-    cfg = {"bootstrap": 100, "seed": 0, "veto_quantiles": [0.1]}
+    cfg = {"bootstrap": 100, "seed": 0, "veto_quantiles": [0.1], "veto_bootstrap": 0}
     _, _, comparison = sel.evaluate_all(df, cfg, {"min_errors": 5}, ["evidence_share"])
     comparison = comparison[comparison["answer_signal"] == "answer_span"]
     assert np.allclose(comparison["difference"], 0) and set(comparison["better"]) == {"neither"}
@@ -203,7 +212,7 @@ def test_entropy_comparison_holds_zero_when_the_two_signals_are_the_same():
 def test_each_vision_measure_gets_its_own_signals_and_rows_without_it_rank_last():
     df = _veto_world(200, 33, datasets=("a", "b"))
     df.loc[df["task_type"] == "symbolic", "vision_evidence_share"] = np.nan  # no boxes on symbolic items
-    cfg = {"bootstrap": 0, "seed": 0, "veto_quantiles": [0.1, 0.2]}
+    cfg = {"bootstrap": 0, "seed": 0, "veto_quantiles": [0.1, 0.2], "veto_bootstrap": 0}
     _, summary = sel.evaluate(df, cfg, {"min_errors": 5}, ["image_share", "evidence_share"])
     keyed = summary.set_index(["dataset", "signal", "vision_measure"])
     assert {("a", "neg_entropy", ""), ("a", "neg_entropy_answer", ""), ("a", "vision", "image_share"),
@@ -211,7 +220,8 @@ def test_each_vision_measure_gets_its_own_signals_and_rows_without_it_rank_last(
     assert "answers without vision engagement ranked last" in keyed.loc[("a", "vision", "evidence_share"), "note"]
     assert "ranked last" not in str(keyed.loc[("a", "vision", "image_share"), "note"])
     # where symbolic items have no evidence share, the veto on it was never fitted to them: it never touches them
-    veto = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == "evidence_share")]
+    veto = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == "evidence_share")
+                   & (summary["scope"] == "dataset")]
     assert (veto["veto_task_types"] == "visual_reference").all() and (veto["n_vetoed_symbolic"] == 0).all()
 
 
@@ -267,3 +277,34 @@ def test_calibration_and_thresholds_carried_over_from_the_training_dataset():
     assert row.loc[("a", "c"), "ece"] == pytest.approx(gap)
     # the answer-token entropy is absent from these tables: rows say so
     assert set(table.loc[table["signal"] == "answer_tokens", "status"]) == {"not_fitted"}
+
+
+def test_a_noise_only_veto_is_not_consistent_and_no_harm_is_an_equivalence_test():
+    from peekaboo import claims
+
+    # vision does nothing anywhere; a lax level (point estimate > 0) lets the training fits declare types dangerous
+    noise = simulate_features(300, 44, {"const": 1.0, "entropy": -1.0}, datasets=("a", "b", "c"),
+                              task_types=("symbolic", "visual_reference"))
+    cfg = {"bootstrap": 0, "seed": 0, "veto_quantiles": [0.1, 0.2, 0.3], "veto_alpha": 0.5, "veto_bootstrap": 40}
+    _, summary = sel.evaluate(noise, cfg, {"min_errors": 5})
+    pooled = summary[(summary["scope"] == "pooled") & (summary["signal"] == "entropy+veto")].iloc[0]
+    cells = summary[(summary["scope"] == "dataset") & (summary["signal"] == "entropy+veto")]
+    assert cells["veto_active"].any()  # selection did happen on noise
+    assert pooled["delta_risk_low"] <= 0 <= pooled["delta_risk_high"]
+    assert pooled["delta_risk"] == pytest.approx(cells["delta_risk"].mean())
+    assert claims.vision_veto(summary, "")["verdict"] != claims.CONSISTENT
+    # the same seed gives the same table; the bootstrap refits the rule (its replicates vary where the rule does)
+    _, again = sel.evaluate(noise, cfg, {"min_errors": 5})
+    pd.testing.assert_frame_equal(summary, again)
+    # the danger world: the veto never touches symbolic answers, so no harm is shown there by TOST
+    world = _veto_world(300, 12)
+    _, summary = sel.evaluate(world, {**cfg, "veto_alpha": 0.05, "veto_bootstrap": 20}, {"min_errors": 5})
+    pooled = summary[(summary["scope"] == "pooled") & (summary["signal"] == "entropy+veto")].iloc[0]
+    assert pooled["no_harm_task_types"] == "symbolic" and pooled["no_harm_level"] == pytest.approx(0.9)
+    assert -0.02 < pooled["no_harm_low"] <= pooled["no_harm_high"] < 0.02 and pooled["no_harm"] == "shown"
+    # a margin narrower than the interval: no harm not shown
+    lo, hi = pooled["no_harm_low"], pooled["no_harm_high"]
+    if hi > 0:
+        _, narrow = sel.evaluate(world, {**cfg, "veto_alpha": 0.05, "veto_bootstrap": 20,
+                                         "veto_no_harm_margin": hi / 2}, {"min_errors": 5})
+        assert narrow[narrow["scope"] == "pooled"].iloc[0]["no_harm"] == "not shown"

@@ -14,9 +14,14 @@ The stage reads tables only: ``collapse/summary.csv``,
 ``regression/transfer.csv``, ``regression/interaction_by_task.csv``,
 ``selective/summary.csv``, ``selective/entropy_comparison.csv`` and
 ``crm/{m}/{d}/modes.parquet``. Where several cells (model, dataset, train and
-test pair) each give an estimate with a bootstrap interval, they are pooled by
-inverse variance, each cell's SE read off its interval. Every estimate and
-verdict rule is written out in docs/analysis.md ("The claims table").
+test pair) each give an estimate with a bootstrap interval, they are pooled
+with random effects (DerSimonian-Laird), I^2 reported; the veto's effect
+comes pooled per model from the selective stage's joint bootstrap. Shares get
+Wilson intervals. Each row states its decision rule (``rule``); the rows that
+test a pooled estimate are adjusted together by Holm (``p_holm``), and a
+verdict that rests on a rejection stands only when it survives. Every
+estimate and verdict rule is written out in docs/analysis.md ("The claims
+table").
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ log = get_logger("claims")
 
 COLUMNS = [
     "id", "paper", "finding", "paper_figure", "estimate", "ci_low", "ci_high", "unit", "vision_measure", "primary",
-    "datasets", "models", "verdict", "reason", "source",
+    "datasets", "models", "verdict", "reason", "rule", "n_cells", "cells_by_sign", "i2", "p", "p_holm", "source",
 ]
 CONSISTENT, INCONSISTENT, NOT_ESTIMABLE = "consistent", "inconsistent", "not estimable"
 DONT_BLINK = "Don't Blink (arXiv 2604.04207)"
@@ -98,29 +103,130 @@ FINDINGS = (
 )
 
 
+# each row's decision rule, as written in the table (docs/analysis.md gives the reasons)
+RULES = {
+    "evidence_collapse": "consistent: the drop's 95% interval lies above 0 and reaches 50%; inconsistent: it lies "
+                         "below 50%; descriptive, not in the Holm family",
+    "entropy_transfer": "random-effects pool of the (model, train, test) pairs; consistent: the 95% interval lies "
+                        "above 0, inconsistent: below 0, each only if Holm-adjusted p < alpha",
+    "vision_hurts_transfer": "\"often\" by counts of pairs by sign: consistent: at least half the pairs worse and at "
+                             "least one with its interval below 0; inconsistent: most pairs better, one clearly, "
+                             "none clearly worse; a count rule, not in the Holm decision (its pooled p is listed)",
+    "interaction_visual_reference": "random-effects pool over models of the task type's interaction (stable ML fits "
+                                    "only); consistent: the 95% interval lies below 0, inconsistent: above 0, each "
+                                    "only if Holm-adjusted p < alpha",
+    "interaction_symbolic": "random-effects pool over models (stable ML fits only); inconsistent: the 95% interval "
+                            "lies below 0 and Holm-adjusted p < alpha; otherwise consistent (not negative)",
+    "vision_veto": "each model's pre-declared pooled effect (mean over its datasets, rule refitted in every "
+                   "bootstrap resample); consistent: some model's interval below 0 (p: Bonferroni over models, then "
+                   "Holm) and no harm shown by TOST for every model; inconsistent: some model's interval above 0 or "
+                   "harm beyond the margin",
+    "crm_hallucination": "consistent: the mode is some model's most frequent and its share's Wilson interval (on "
+                         "the effective n after the item design effect) excludes 0; inconsistent: no model's most "
+                         "frequent mode; descriptive, not in the Holm family",
+    "crm_collapse": "as crm_hallucination, for the mode collapse",
+}
+HOLM_NOTE = "not significant after Holm's adjustment over the {m} rows with a test (p_holm {p:.3g} >= {alpha:g})"
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
-def pool(estimates: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float, float]:
-    """Inverse-variance pooling of cells, each SE read off its 95% interval as ``(high - low) / (2 x 1.96)``.
+@dataclass
+class Pooled:
+    """Cells pooled with random effects: the estimate, its 95% interval, p (two-sided, of 0), I^2, tau^2, k."""
 
-    A cell whose interval has no width counts with the smallest positive SE
-    among the cells (it would otherwise take all the weight); when no cell has
-    one, the estimate is the plain mean and the interval spans the cells'.
+    estimate: float = float("nan")
+    low: float = float("nan")
+    high: float = float("nan")
+    p: float = float("nan")
+    i2: float = float("nan")
+    tau2: float = float("nan")
+    k: int = 0
+
+    def __iter__(self):  # (estimate, low, high), as the fixed-effect pool returned
+        return iter((self.estimate, self.low, self.high))
+
+
+def pool_cells(estimates: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+               threshold: float = 0.0) -> Pooled:
+    """Random-effects pooling of cells, each SE read off its 95% interval as ``(high - low) / (2 x 1.96)``.
+
+    DerSimonian-Laird's between-cell variance tau^2 widens every cell's
+    variance, so heterogeneous cells (high I^2) no longer give the narrow
+    fixed-effect interval; the interval is normal-based (Hartung-Knapp's t
+    on k - 1 degrees of freedom would be safer with many cells, but with the
+    two or three models or pairs of a run its t on 1 or 2 degrees of
+    freedom decides nothing). ``p`` tests ``threshold``. A cell whose interval has no width counts with the
+    smallest positive SE among the cells; with none at all the estimate is
+    the plain mean, the interval the cells' span and p undefined. One cell:
+    its own estimate and interval.
     """
     est, lo, hi = (np.asarray(x, dtype=float) for x in (estimates, lows, highs))
     ok = np.isfinite(est) & np.isfinite(lo) & np.isfinite(hi)
     est, lo, hi = est[ok], lo[ok], hi[ok]
-    if not len(est):
-        return np.nan, np.nan, np.nan
+    k = len(est)
+    if not k:
+        return Pooled()
     se = (hi - lo) / (2 * Z)
     if not (se > 0).any():
-        return float(est.mean()), float(lo.min()), float(hi.max())
+        return Pooled(float(est.mean()), float(lo.min()), float(hi.max()), k=k)
     se = np.where(se > 0, se, se[se > 0].min())
+    if k == 1:
+        z = (est[0] - threshold) / se[0]
+        return Pooled(float(est[0]), float(lo[0]), float(hi[0]), float(2 * norm.sf(abs(z))), np.nan, 0.0, 1)
     w = 1.0 / se**2
-    mean = float((w * est).sum() / w.sum())
-    half = Z / float(np.sqrt(w.sum()))
-    return mean, mean - half, mean + half
+    fixed = float((w * est).sum() / w.sum())
+    q = float((w * (est - fixed) ** 2).sum())
+    c = float(w.sum() - (w**2).sum() / w.sum())
+    tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
+    i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+    wr = 1.0 / (se**2 + tau2)
+    mean = float((wr * est).sum() / wr.sum())
+    var = 1.0 / float(wr.sum())
+    half = Z * np.sqrt(var)
+    p = float(2 * norm.sf(abs(mean - threshold) / np.sqrt(var))) if var > 0 else np.nan
+    return Pooled(mean, mean - half, mean + half, p, i2, tau2, k)
+
+
+def pool(estimates: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float, float]:
+    """``pool_cells`` as (estimate, low, high)."""
+    return tuple(pool_cells(estimates, lows, highs))
+
+
+def wilson(hits: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a share ``hits / n`` (``n`` may be an effective, fractional size)."""
+    if not n > 0:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + level / 2))
+    share = hits / n
+    centre = (share + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(share * (1 - share) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _signs(est: pd.Series, lo: pd.Series, hi: pd.Series) -> tuple[dict[str, int], str]:
+    """Counts of cells by sign: point estimate below/above 0, and interval below/above 0."""
+    e, l, h = (pd.to_numeric(x, errors="coerce").to_numpy(dtype=float) for x in (est, lo, hi))
+    counts = {"negative": int((e < 0).sum()), "positive": int((e > 0).sum()), "zero": int((e == 0).sum()),
+              "below_0": int((h < 0).sum()), "above_0": int((l > 0).sum())}
+    text = (f"{counts['negative']} negative ({counts['below_0']} with the interval below 0), {counts['positive']} "
+            f"positive ({counts['above_0']} with the interval above 0)"
+            + (f", {counts['zero']} exactly 0" if counts["zero"] else ""))
+    return counts, text
 
 
 def by_interval(low: float, high: float, expected: str, threshold: float = 0.0) -> str | None:
@@ -168,9 +274,13 @@ def _notes(df: pd.DataFrame, limit: int = 3) -> str:
 
 
 def result(estimate: float = np.nan, low: float = np.nan, high: float = np.nan, *, verdict: str, reason: str,
-           datasets: str = "", models: str = "") -> dict[str, Any]:
+           datasets: str = "", models: str = "", p: float = np.nan, tested: bool = False, n_cells: int | None = None,
+           cells_by_sign: str = "", i2: float = np.nan) -> dict[str, Any]:
+    """A row's estimate and verdict; ``p`` enters Holm's family, and ``tested`` says the verdict rests on
+    rejecting it (so it stands only when the Holm-adjusted p does)."""
     return {"estimate": estimate, "ci_low": low, "ci_high": high, "verdict": verdict, "reason": reason,
-            "datasets": datasets, "models": models}
+            "datasets": datasets, "models": models, "p": p, "tested": tested, "n_cells": n_cells,
+            "cells_by_sign": cells_by_sign, "i2": i2}
 
 
 def undecided(reason: str, **kwargs) -> dict[str, Any]:
@@ -245,15 +355,16 @@ def entropy_transfer(comparison: pd.DataFrame) -> dict[str, Any]:
     names = {"datasets": _names(named["train_dataset"], named["dataset"]), "models": _names(named["model"])}
     if cells.empty:
         return undecided(f"no transfer pair with a difference and an interval: {_notes(moved)}", **names)
-    est, lo, hi = pool(cells["difference"], cells["difference_low"], cells["difference_high"])
-    tally = cells["better"].value_counts()
-    facts = (f"pooled over {len(cells)} (model, train, test) pairs {_ci(est, lo, hi)}; pairs favouring full-response "
-             f"{int(tally.get('full', 0))}, answer-span {int(tally.get('answer', 0))}, neither "
-             f"{int(tally.get('neither', 0))}")
+    pooled = pool_cells(cells["difference"], cells["difference_low"], cells["difference_high"])
+    est, lo, hi = pooled
+    counts, signs = _signs(cells["difference"], cells["difference_low"], cells["difference_high"])
+    facts = (f"random-effects pool over {len(cells)} (model, train, test) pairs {_ci(est, lo, hi)}, "
+             f"I^2 {_f(100 * pooled.i2, 0, False)}%, p {_f(pooled.p, 3, False)}; pairs by sign: {signs}")
     verdict = by_interval(lo, hi, "positive")
     why = {CONSISTENT: "full-response entropy transfers better", INCONSISTENT: "answer-span entropy transfers better",
            None: "inconclusive: the interval holds 0"}[verdict]
-    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names)
+    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names, p=pooled.p,
+                  tested=verdict is not None, n_cells=len(cells), cells_by_sign=signs, i2=pooled.i2)
 
 
 def vision_hurts_transfer(transfer: pd.DataFrame, measure: str) -> dict[str, Any]:
@@ -266,8 +377,9 @@ def vision_hurts_transfer(transfer: pd.DataFrame, measure: str) -> dict[str, Any
     for name in ("additive", "vision", "interaction"):
         cells = _finite(rows[(rows["features"] == name) & (rows["status"] == "ok")], "difference", "difference_low",
                         "difference_high")
-        pooled[name] = (pool(cells["difference"], cells["difference_low"], cells["difference_high"]), cells)
-    (est, lo, hi), cells = pooled["additive"]
+        pooled[name] = (pool_cells(cells["difference"], cells["difference_low"], cells["difference_high"]), cells)
+    mine_pool, cells = pooled["additive"]
+    est, lo, hi = mine_pool
     mine = cells if len(cells) else rows[rows["features"] == "additive"]
     names = {"datasets": _names(mine["train_dataset"], mine["test_dataset"]), "models": _names(mine["model"])}
     if cells.empty:
@@ -275,11 +387,19 @@ def vision_hurts_transfer(transfer: pd.DataFrame, measure: str) -> dict[str, Any
                          f"{_notes(rows[rows['features'] == 'additive'])}", **names)
     others = "; ".join(f"{name}: {_ci(*pooled[name][0])} over {len(pooled[name][1])}"
                        for name in ("vision", "interaction"))
-    facts = f"entropy + vision minus entropy alone, pooled over {len(cells)} pairs {_ci(est, lo, hi)} ({others})"
-    verdict = by_interval(lo, hi, "negative")
-    why = {CONSISTENT: "adding vision degrades transfer", INCONSISTENT: "adding vision improves transfer",
-           None: "inconclusive: the interval holds 0"}[verdict]
-    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names)
+    counts, signs = _signs(cells["difference"], cells["difference_low"], cells["difference_high"])
+    facts = (f"entropy + vision minus entropy alone, pairs by sign: {signs}; random-effects pool over {len(cells)} "
+             f"pairs {_ci(est, lo, hi)}, I^2 {_f(100 * mine_pool.i2, 0, False)}% ({others})")
+    # "often": judged by the count of pairs by sign, not by a pooled mean
+    half = len(cells) / 2.0
+    if counts["negative"] >= half and counts["below_0"] >= 1:
+        verdict, why = CONSISTENT, "adding vision often degrades transfer (at least half the pairs worse, one clearly)"
+    elif counts["positive"] > half and counts["above_0"] >= 1 and counts["below_0"] == 0:
+        verdict, why = INCONSISTENT, "adding vision mostly improves transfer (no pair clearly worse)"
+    else:
+        verdict, why = NOT_ESTIMABLE, "inconclusive: too few pairs clearly worse to call it often"
+    return result(est, lo, hi, verdict=verdict, reason=f"{why}: {facts}", **names, p=mine_pool.p, tested=False,
+                  n_cells=len(cells), cells_by_sign=signs, i2=mine_pool.i2)
 
 
 def task_interaction(by_task: pd.DataFrame, measure: str, task: str) -> dict[str, Any]:
@@ -295,14 +415,22 @@ def task_interaction(by_task: pd.DataFrame, measure: str, task: str) -> dict[str
     cells = _finite(rows[rows["status"] == "ok"], "estimate", "ci_low", "ci_high")
     unstable = rows[rows["status"] == "unstable"]
     if cells.empty:
-        extra = f" ({len(unstable)} unstable fits left out)" if len(unstable) else ""
+        n_pen = int((rows["status"] == "penalised").sum())
+        extra = "".join(f" ({k} {what} fits left out)" for k, what in ((len(unstable), "unstable"),
+                                                                         (n_pen, "Firth-penalised (separated)")) if k)
         return undecided(f"no stable {task} interaction{extra}: {_notes(rows)}", **names)
     names = {"datasets": _names(cells["datasets"]), "models": _names(cells["model"])}
-    est, lo, hi = pool(cells["estimate"], cells["ci_low"], cells["ci_high"])
+    pooled = pool_cells(cells["estimate"], cells["ci_low"], cells["ci_high"])
+    est, lo, hi = pooled
     per_model = ", ".join(f"{r.model} {_ci(r.estimate, r.ci_low, r.ci_high, 2)}" for r in cells.itertuples())
-    facts = f"pooled over {len(cells)} models {_ci(est, lo, hi)} ({per_model})"
+    counts, signs = _signs(cells["estimate"], cells["ci_low"], cells["ci_high"])
+    facts = (f"random-effects pool over {len(cells)} models {_ci(est, lo, hi)}, I^2 {_f(100 * pooled.i2, 0, False)}% "
+             f"({per_model}); models by sign: {signs}")
     if len(unstable):
         facts += f"; {len(unstable)} unstable fits left out"
+    penalised = rows[rows["status"] == "penalised"]
+    if len(penalised):
+        facts += f"; {len(penalised)} Firth-penalised (separated) fits left out"
     if task == "visual_reference":
         verdict = by_interval(lo, hi, "negative")
         why = {CONSISTENT: "negative: confident, disengaged answers are less often correct",
@@ -311,47 +439,72 @@ def task_interaction(by_task: pd.DataFrame, measure: str, task: str) -> dict[str
         verdict = by_interval(lo, hi, "not_negative")
         why = {CONSISTENT: "not negative: near zero or positive, as the paper says",
                INCONSISTENT: "negative, as the paper says only of visual-reference tasks"}[verdict]
-    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names)
+    rejects = verdict == INCONSISTENT if task != "visual_reference" else verdict is not None
+    return result(est, lo, hi, verdict=verdict or NOT_ESTIMABLE, reason=f"{why}: {facts}", **names, p=pooled.p,
+                  tested=rejects, n_cells=len(cells), cells_by_sign=signs, i2=pooled.i2)
 
 
 def vision_veto(summary: pd.DataFrame, measure: str) -> dict[str, Any]:
-    """The largest reduction of selective risk by the veto among (model, dataset) cells, and any significant harm."""
+    """Each model's pre-declared pooled veto effect (selective/summary.csv, scope pooled) and its no-harm test.
+
+    Consistent: some model's pooled change in risk has its interval below 0
+    (the row's p: the smallest of the models' bootstrap p-values times the
+    number of models, Bonferroni, then Holm over the rows) and every model
+    shows no harm on the task types where disengagement is expected (TOST
+    inside the margin). Inconsistent: some model's pooled interval lies above
+    0, or some model's no-harm interval lies beyond the margin. Otherwise not
+    estimable, saying which part is missing. The estimate shown is the model
+    with the largest reduction (ties: the first model by name).
+    """
     if summary.empty or "signal" not in summary:
         return undecided("no selective-risk summary rows")
     rows = summary[(summary["signal"] == "entropy+veto") & (summary["vision_measure"] == measure)]
     if rows.empty:
         return undecided(f"no veto rows for vision measure {measure}: {_notes(summary)}")
-    cells = _finite(rows[rows["status"] == "ok"], "delta_risk")
-    names = {"datasets": _names((cells if len(cells) else rows)["dataset"]),
-             "models": _names((cells if len(cells) else rows)["model"])}
-    if cells.empty:
-        return undecided(f"no (model, dataset) with a change in risk: {_notes(rows)}", **names)
-    coverage = float(cells["veto_coverage"].iloc[0])
-    active = cells[cells["veto_active"].astype(str).str.lower() == "true"]
-    symbolic = int(pd.to_numeric(cells["n_vetoed_symbolic"], errors="coerce").fillna(0).sum())
-    harm = _finite(cells, "delta_risk_low")
-    harm = harm[harm["delta_risk_low"].astype(float) > 0]
+    pooled = rows[rows["scope"] == "pooled"] if "scope" in rows else rows.iloc[0:0]
+    cells = rows[rows["scope"] != "pooled"] if "scope" in rows else rows
+    names = {"datasets": _names(cells["dataset"]), "models": _names(rows["model"])}
+    pooled = _finite(pooled[pooled["status"] == "ok"], "delta_risk").sort_values("model", kind="stable")
+    if pooled.empty:
+        return undecided(f"no pooled veto effect per model (selective/summary.csv has no pooled rows): "
+                         f"{_notes(rows)}", **names)
+    coverage = float(pooled["veto_coverage"].iloc[0])
     where = f"at {coverage:.0%} coverage" + ("" if abs(coverage - 0.9) < 1e-9 else " (the paper: 90%)")
-    tail = f"{len(active)} of {len(cells)} (model, dataset) cells with the veto on; {symbolic} symbolic answers vetoed"
-    if len(harm):
-        worst = harm.sort_values("delta_risk_low").iloc[-1]
-        est, lo, hi = (100 * float(worst[c]) for c in ("delta_risk", "delta_risk_low", "delta_risk_high"))
-        return result(est, lo, hi, verdict=INCONSISTENT,
-                      reason=f"the veto raised the risk {where} in {len(harm)} cells (largest: {worst['model']}/"
-                             f"{worst['dataset']} {_ci(est, lo, hi, 2)} points); {tail}", **names)
-    if active.empty:
-        return undecided(f"the veto is off in every cell ({_notes(cells, 2)}); {tail}", **names)
-    best = active.sort_values("delta_risk", kind="stable").iloc[0]
+    symbolic = int(pd.to_numeric(cells.get("n_vetoed_symbolic", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    per_model = "; ".join(
+        f"{r.model} {_ci(100 * r.delta_risk, 100 * r.delta_risk_low, 100 * r.delta_risk_high, 2)} points "
+        f"(veto on in {r.veto_active_datasets if isinstance(r.veto_active_datasets, str) and r.veto_active_datasets else 'no'} "
+        f"of {r.veto_datasets}), no harm on {r.no_harm_task_types}: {r.no_harm} "
+        f"({_ci(100 * r.no_harm_delta, 100 * r.no_harm_low, 100 * r.no_harm_high, 2)} at "
+        f"{100 * r.no_harm_level:.0f}%, margin +-{100 * r.no_harm_margin:.2g})"
+        for r in pooled.itertuples())
+    facts = f"pooled over each model's datasets {where}: {per_model}; {symbolic} symbolic answers vetoed"
+    best = pooled.sort_values(["delta_risk", "model"], kind="stable").iloc[0]
     est, lo, hi = (100 * float(best[c]) for c in ("delta_risk", "delta_risk_low", "delta_risk_high"))
-    facts = (f"largest reduction {where}: {best['model']}/{best['dataset']} {_ci(est, lo, hi, 2)} points (the paper: "
-             f"up to {PAPER_VETO} points); no cell with a significant increase; {tail}")
+    p_models = pd.to_numeric(pooled["delta_risk_p"], errors="coerce")
+    p = float(min(1.0, len(pooled) * p_models.min())) if p_models.notna().any() else np.nan
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        return undecided(f"no interval (selective.bootstrap = 0): {facts}", **names)
-    if hi < 0:
-        return result(est, lo, hi, verdict=CONSISTENT, reason=f"the veto lowers the risk without harm: {facts}",
-                      **names)
-    return result(est, lo, hi, verdict=NOT_ESTIMABLE,
-                  reason=f"inconclusive: no cell's change is distinguishable from 0: {facts}", **names)
+        return undecided(f"no interval (selective.veto_bootstrap = 0): {facts}", **names)
+    raised = pooled[pd.to_numeric(pooled["delta_risk_low"], errors="coerce") > 0]
+    harmed = pooled[pooled["no_harm"].astype(str) == "harm"]
+    lowered = pooled[pd.to_numeric(pooled["delta_risk_high"], errors="coerce") < 0]
+    if len(raised) or len(harmed):
+        worst = (raised if len(raised) else harmed).iloc[0]
+        what = "raised the risk" if len(raised) else "harmed where disengagement is expected"
+        return result(est, lo, hi, verdict=INCONSISTENT, reason=f"the veto {what} for {worst['model']}: {facts}",
+                      **names, p=p, tested=True, n_cells=len(pooled))
+    if lowered.empty:
+        return result(est, lo, hi, verdict=NOT_ESTIMABLE,
+                      reason=f"inconclusive: no model's pooled change is distinguishable from 0: {facts}", **names,
+                      p=p, tested=False, n_cells=len(pooled))
+    not_shown = pooled[pooled["no_harm"].astype(str) != "shown"]
+    if len(not_shown):
+        return result(est, lo, hi, verdict=NOT_ESTIMABLE,
+                      reason=f"the veto lowers the risk, but no harm is not shown for "
+                             f"{', '.join(not_shown['model'].astype(str))}: {facts}", **names, p=p, tested=False,
+                      n_cells=len(pooled))
+    return result(est, lo, hi, verdict=CONSISTENT, reason=f"the veto lowers the risk without harm: {facts}", **names,
+                  p=p, tested=True, n_cells=len(pooled))
 
 
 def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[str, Any]:
@@ -370,10 +523,14 @@ def crm_pattern(modes: pd.DataFrame, mode: str, n_boot: int, seed: int) -> dict[
         share = float(hit.mean())
         lo = hi = np.nan
         if n_boot:
+            # Wilson's interval on the effective number of cases: the cases of one item (its masked regions) are
+            # not independent, so n shrinks by the design effect, the item-bootstrap variance over the binomial one
             clusters = (sub["dataset"].astype(str) + "|" + sub["item_id"].astype(str)).to_numpy()
             boot = resampling.weighted_means(hit, resampling.row_counts(clusters, n_boot,
                                                                          seeded_rng(seed, "claims", mode, model)))
-            lo, hi = resampling.interval(boot)
+            binomial = share * (1 - share) / len(hit)
+            deff = max(1.0, float(np.nanvar(boot)) / binomial) if binomial > 0 else 1.0
+            lo, hi = wilson(share * len(hit) / deff, len(hit) / deff)
         counts = sub["mode"].astype(str).value_counts()
         # the most frequent mode(s): a tie leaves several, each of which counts as the model's own
         tops = sorted(m for m in counts.index if counts[m] == counts.max())
@@ -420,8 +577,13 @@ class Tables:
     modes: pd.DataFrame
 
 
-def claims_table(tables: Tables, measures: Sequence[str], n_boot: int, seed: int) -> pd.DataFrame:
-    """Every finding's row (per vision measure where it uses one), in the order of ``FINDINGS``."""
+def claims_table(tables: Tables, measures: Sequence[str], n_boot: int, seed: int, alpha: float = 0.05) -> pd.DataFrame:
+    """Every finding's row (per vision measure where it uses one), in the order of ``FINDINGS``.
+
+    The rows with a p-value form one family, adjusted by Holm; a verdict
+    that rests on a rejection (``tested``) becomes not estimable when its
+    adjusted p is not below ``alpha``, and says so.
+    """
     estimators: dict[str, Callable[[str], dict[str, Any]]] = {
         "evidence_collapse": lambda m: evidence_collapse(tables.collapse_summary, m),
         "entropy_transfer": lambda m: entropy_transfer(tables.entropy_comparison),
@@ -449,9 +611,16 @@ def claims_table(tables: Tables, measures: Sequence[str], n_boot: int, seed: int
                 out = undecided(f"failed: {type(exc).__name__}: {exc}")
             rows.append({"id": f.id, "paper": f.paper, "finding": f.finding, "paper_figure": f.paper_figure,
                          "unit": f.unit, "vision_measure": measure, "primary": primary, "source": ",".join(f.source),
-                         **out})
-            log.info("claim %s%s: %s (%s)", f.id, f" [{measure}]" if measure else "", rows[-1]["verdict"],
-                     rows[-1]["reason"])
+                         "rule": RULES[f.id], **out})
+    adjusted = holm([r.get("p", np.nan) for r in rows])
+    family = int(np.isfinite(adjusted).sum())
+    for r, p_holm in zip(rows, adjusted):
+        r["p_holm"] = p_holm
+        if r.pop("tested", False) and r["verdict"] != NOT_ESTIMABLE and not p_holm < alpha:
+            r["reason"] = f"{HOLM_NOTE.format(m=family, p=p_holm, alpha=alpha)}; was {r['verdict']}: {r['reason']}"
+            r["verdict"] = NOT_ESTIMABLE
+        log.info("claim %s%s: %s (%s)", r["id"], f" [{r['vision_measure']}]" if r["vision_measure"] else "",
+                 r["verdict"], r["reason"])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -493,6 +662,6 @@ def run_stage(call: StageCall) -> None:
     )
     cfg = schema.section("claims", call.config["claims"])
     table = claims_table(tables, vision_measures(call.config["features"]), int(cfg["bootstrap"]),
-                         int(call.config["seed"]))
+                         int(call.config["seed"]), float(cfg["alpha"]))
     call.output("claims").parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(call.output("claims"), index=False, float_format="%.6g")

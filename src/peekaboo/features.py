@@ -25,6 +25,7 @@ and selective stages read them from there (``load_features``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,7 +41,10 @@ log = get_logger("features")
 # config value of features.vision -> the per-step column it averages
 VISION_MEASURES = {"evidence_share": "evidence_share", "evidence_lift": "lift", "image_share": "image_share"}
 
-ID_COLUMNS = ["trace_id", "model", "dataset", "item_id", "mask_id", "variant", "fill", "region", "task_type"]
+# cluster_id: the unit the item's answers depend through (an item's ``meta["cluster"]``, e.g. HallusionBench's
+# figure set; else the item itself), which the interaction fits cluster their SEs by and the veto resamples
+ID_COLUMNS = ["trace_id", "model", "dataset", "item_id", "cluster_id", "mask_id", "variant", "fill", "region",
+              "task_type"]
 OUTCOME_COLUMNS = ["status", "correct", "abstained", "truncated", "answer_text", "answer_changed"]
 FEATURE_COLUMNS = ["n_tokens", "entropy_full", "entropy_answer", "entropy_answer_tokens", "vision", "vision_measure", "vision_steps"] + [
     f"vision_{m}" for m in VISION_MEASURES]
@@ -149,6 +153,18 @@ def hidden_region(variant: Any) -> Any:
     return None
 
 
+def item_cluster(meta: Any) -> str | None:
+    """The cluster an item's metadata names (``meta["cluster"]``, a JSON object or a dict); None without one."""
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    if isinstance(meta, Mapping) and not is_missing(meta.get("cluster")):
+        return str(meta["cluster"])
+    return None
+
+
 def _norm_answer(text: Any) -> str | None:
     if is_missing(text):
         return None
@@ -170,6 +186,8 @@ def build_trace_table(
     """One row per sidecar trace: identifiers, outcomes, features and the collapse trajectories."""
     measures = vision_measures(features_cfg)
     task_types = dict(zip(items["item_id"].astype(str), items["task_type"])) if "task_type" in items else {}
+    clusters = ({str(i): c for i, c in zip(items["item_id"], (item_cluster(m) for m in items["meta"])) if c}
+                if "meta" in items else {})
     steps_by_trace = {tid: sub for tid, sub in collapse_steps.groupby("trace_id", sort=False)}
     empty = collapse_steps.iloc[0:0]
 
@@ -186,6 +204,7 @@ def build_trace_table(
         correct = r.get("correct")
         rows.append({
             "trace_id": tid, "model": model, "dataset": dataset, "item_id": str(r.get("item_id")),
+            "cluster_id": clusters.get(str(r.get("item_id"))) or str(r.get("item_id")),
             "mask_id": r.get("mask_id"), "variant": r.get("variant"), "fill": r.get("fill"),
             "region": hidden_region(r.get("variant")), "task_type": task_types.get(str(r.get("item_id"))),
             "status": r.get("status", "ok") or "ok",

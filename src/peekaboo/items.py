@@ -1,7 +1,8 @@
 """The items stage: a dataset's adapter -> validated items, rejects, normalised images.
 
 ``build_items`` runs the configured adapter, applies the dataset entry's
-``limit``, ``task_type``, ``task_type_overrides`` and optional evidence
+``limit``, ``task_type``, ``task_type_map`` (per-item types from the
+metadata), ``task_type_overrides`` and optional evidence
 ``boxes`` (a hand-made file, or the boxes stage's ``boxes/{d}.jsonl`` when a
 model makes them; read by ``datasets.boxes``; they go to items that have no
 regions of their own, and ``boxes_source`` records where each item's regions
@@ -15,6 +16,7 @@ reason and the source line. ``write_items`` writes both tables with provenance.
 from __future__ import annotations
 
 import hashlib
+import json
 import itertools
 import math
 import re
@@ -172,6 +174,7 @@ def build_items(
     limit = spec.get("limit")
     overrides = dict(spec.get("task_type_overrides") or {})
     forced_type = spec.get("task_type")
+    type_map = spec.get("task_type_map")
     extra_boxes = None
     box_report = BoxReport()
     boxes_kind = box_kind(spec["boxes"])
@@ -240,7 +243,9 @@ def build_items(
                 boxes_line = extra_boxes.line_of[item_id]
                 box_report.attached += 1
         try:
-            row, images = _check_item(record, item_id, regions, forced_type, overrides, adapter.default_task_type, base_dir)
+            mapped = mapped_task_type(record.meta, type_map)
+            row, images = _check_item(record, item_id, regions, mapped or forced_type, overrides,
+                                      adapter.default_task_type, base_dir)
         except ItemRejected as exc:
             reason = str(exc)
             if boxes_line is not None and reason.startswith(("box outside image", "zero-area box", "bad region")):
@@ -317,6 +322,28 @@ def build_items(
     items_df = pd.DataFrame(rows, columns=ITEM_COLUMNS) if rows else tables.empty_frame(ITEM_COLUMNS)
     rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS) if rejects else tables.empty_frame(REJECT_COLUMNS)
     return items_df, rejects_df
+
+
+def mapped_task_type(meta: Mapping[str, Any] | None, type_map: Mapping[str, Any] | None) -> str | None:
+    """The task type ``task_type_map`` gives an item's metadata: the value at its dotted ``field`` looked up in
+    its ``values`` (a list: the first of its elements named there); None where the map names nothing."""
+    if not type_map:
+        return None
+    value: Any = meta or {}
+    for key in str(type_map["field"]).split("."):
+        if isinstance(value, str):
+            try:  # nested metadata may be kept as JSON text
+                value = json.loads(value)
+            except ValueError:
+                return None
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    values = type_map["values"]
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if str(v) in values:
+            return values[str(v)]
+    return None
 
 
 def _check_item(

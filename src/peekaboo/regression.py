@@ -47,7 +47,8 @@ log = get_logger("regression")
 COEF_COLUMNS = [
     "model", "dataset", "scope", "vision_measure", "datasets", "formula", "status", "term", "estimate", "se",
     "ci_low", "ci_high", "p",
-    "n", "n_errors", "n_correct", "n_items", "n_dropped", "llf", "pseudo_r2", "aic", "converged",
+    "n", "n_errors", "n_correct", "n_items", "n_dropped", "llf", "pseudo_r2", "aic", "converged", "method",
+    "events_per_parameter",
     "entropy_mean", "entropy_sd", "vision_mean", "vision_sd", "reference_level", "task_types", "note",
 ]
 TRANSFER_COLUMNS = [
@@ -59,7 +60,7 @@ TRANSFER_COLUMNS = [
 ]
 TASK_COLUMNS = [
     "model", "vision_measure", "datasets", "task_type", "term", "estimate", "se", "ci_low", "ci_high", "p",
-    "n", "n_errors", "n_items", "fit_status", "status", "note",
+    "n", "n_errors", "n_items", "fit_status", "events_per_parameter", "status", "note",
 ]
 
 
@@ -73,6 +74,7 @@ def fit_all(features: pd.DataFrame, regression_cfg: Mapping[str, Any],
     """
     regression_cfg = schema.section("regression", regression_cfg)
     min_errors = int(regression_cfg["min_errors"])
+    firth = bool(regression_cfg["firth"])
     rows: list[dict[str, Any]] = []
     terms = FEATURE_SETS["interaction"]
     if features.empty:
@@ -82,11 +84,11 @@ def fit_all(features: pd.DataFrame, regression_cfg: Mapping[str, Any],
     for measure, view in measure_views(features, vision_measures):
         for model, mdf in view.groupby("model", sort=False):
             for dataset, ddf in mdf.groupby("dataset", sort=False):
-                fit = fit_logit(ddf, terms, None, min_errors=min_errors)
+                fit = fit_logit(ddf, terms, None, cluster="auto", min_errors=min_errors, firth=firth)
                 _log_fit(model, dataset, measure, fit)
                 rows += tidy(fit, model=model, dataset=dataset, scope="dataset", formula=formula(terms, None),
                              vision_measure=measure, datasets=dataset)
-            fit = pooled_fit(mdf, min_errors)
+            fit = pooled_fit(mdf, min_errors, firth)
             _log_fit(model, "pooled", measure, fit)
             rows += tidy(fit, model=model, dataset="pooled", scope="pooled",
                          formula=formula(terms, "task_type" if fit.levels else None), vision_measure=measure,
@@ -94,10 +96,11 @@ def fit_all(features: pd.DataFrame, regression_cfg: Mapping[str, Any],
     return _coef_frame(rows)
 
 
-def pooled_fit(mdf: pd.DataFrame, min_errors: int) -> Fit:
-    """A model's interaction logit pooled over its datasets, task type as moderator, clustered by dataset and item."""
-    pooled = mdf.assign(item_id=mdf["dataset"].astype(str) + "|" + mdf["item_id"].astype(str))
-    return fit_logit(pooled, FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
+def pooled_fit(mdf: pd.DataFrame, min_errors: int, firth: bool = True) -> Fit:
+    """A model's interaction logit pooled over its datasets: task type as moderator, dataset fixed effects,
+    features standardised within each dataset, SEs clustered by the data's own clusters within each dataset."""
+    return fit_logit(mdf, FEATURE_SETS["interaction"], "task_type", cluster="auto", min_errors=min_errors,
+                     by="dataset", firth=firth)
 
 
 def _log_fit(model, dataset, measure, fit: Fit) -> None:
@@ -234,7 +237,7 @@ def interaction_by_task(features: pd.DataFrame, regression_cfg: Mapping[str, Any
     rows: list[dict[str, Any]] = []
     for measure, view in measure_views(features, vision_measures):
         for model, mdf in view.groupby("model", sort=False):
-            fit = pooled_fit(mdf, min_errors)
+            fit = pooled_fit(mdf, min_errors, bool(regression_cfg["firth"]))
             rows += _task_rows(fit, mdf, model, measure)
     df = pd.DataFrame(rows, columns=TASK_COLUMNS)
     return df
@@ -251,7 +254,8 @@ def _task_rows(fit: Fit, mdf: pd.DataFrame, model: str, measure: str) -> list[di
                "term": "entropy:vision", "estimate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan,
                "p": np.nan, "n": len(mine), "n_errors": int((~mine[OUTCOME].astype(bool)).sum()),
                "n_items": int((mine["dataset"].astype(str) + "|" + mine["item_id"].astype(str)).nunique()),
-               "fit_status": fit.status, "status": "not_estimable", "note": ""}
+               "fit_status": fit.status, "events_per_parameter": fit.events_per_parameter,
+               "status": "not_estimable", "note": ""}
         if not fit.fitted:
             row["note"] = f"pooled fit not fitted: {fit.note}"
         elif task not in fit.task_types:
@@ -266,7 +270,7 @@ def _task_rows(fit: Fit, mdf: pd.DataFrame, model: str, measure: str) -> list[di
             se = float(np.sqrt(grad @ fit.cov @ grad)) if fit.cov is not None else np.nan
             row.update(estimate=estimate, se=se, ci_low=estimate - z * se, ci_high=estimate + z * se,
                        p=float(2 * norm.sf(abs(estimate / se))) if se > 0 else np.nan,
-                       status="ok" if fit.status == "ok" else "unstable",
+                       status=fit.status if fit.status in ("ok", "penalised") else "unstable",
                        term=" + ".join(weights))
             notes = [] if fit.levels else [f"one task type in the fit ({task}): its interaction is entropy:vision"]
             row["note"] = "; ".join(notes + ([fit.note] if fit.note else []))
@@ -280,7 +284,9 @@ def _task_rows(fit: Fit, mdf: pd.DataFrame, model: str, measure: str) -> list[di
 def summary_text(coefficients: pd.DataFrame, transfer_table: pd.DataFrame,
                  by_task: pd.DataFrame | None = None) -> str:
     """A plain-text summary: each fit's size, errors and interaction estimate, the transfer AUROCs, the task effects."""
-    lines = ["Entropy x vision interaction (logit of correctness; z-scored features; SEs clustered by item)", ""]
+    lines = ["Entropy x vision interaction (logit of correctness; z-scored features, within each dataset with dataset "
+             "effects in the pooled fits; SEs clustered by item or the data's own clusters; Firth-penalised where "
+             "the ordinary fit separates)", ""]
     fits = coefficients.drop_duplicates(["model", "dataset", "scope", "vision_measure"])
     for r in fits.itertuples(index=False):
         head = (f"{r.model} / {r.dataset} (vision: {'-' if is_blank(r.vision_measure) else r.vision_measure}; "
@@ -292,7 +298,8 @@ def summary_text(coefficients: pd.DataFrame, transfer_table: pd.DataFrame,
         for t in sub.itertuples(index=False):
             head += f"\n    {t.term}: {t.estimate:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p={t.p:.3g}"
         if r.status != "not_fitted":
-            head += f"\n    pseudo R2={r.pseudo_r2:.3f}, AIC={r.aic:.1f}, converged={r.converged}"
+            head += (f"\n    pseudo R2={r.pseudo_r2:.3f}, AIC={r.aic:.1f}, converged={r.converged}, "
+                     f"method={r.method}, events per parameter={r.events_per_parameter:.1f}")
         if isinstance(r.note, str) and r.note:
             head += f"\n    note: {r.note}"
         lines.append(head)

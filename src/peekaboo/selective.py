@@ -15,11 +15,16 @@ A confidence signal ranks the answers; accepting the ``n`` most confident of
   seeded from ``selective.seed``.
 
 The vision veto: among the answers entropy would accept, abstain on the
-visually disengaged ones (vision below a threshold), only for the task types
-where the fitted interaction says confident disengagement is dangerous (the
-slope of correctness on vision at confident entropy, ``z(entropy) = -1``, is
-positive). Both the task types and the threshold come from the model's
-*other* datasets (leave one dataset out), never from the dataset evaluated.
+visually disengaged ones (vision below a within-dataset quantile), only for
+the task types where the fitted interaction says confident disengagement is
+dangerous (the slope of correctness on vision at confident entropy, a low
+training quantile of z(entropy), is positive). Both the task types and the
+quantile come from the model's *other* datasets (leave one dataset out),
+never from the labels of the dataset evaluated; only a stable ordinary fit
+is used. Its change in risk gets a bootstrap interval that refits the rule on
+every resample, and each model one pre-declared pooled effect (the mean over
+its datasets) with an equivalence test (TOST) of "no harm" on the task types
+where disengagement is expected. docs/analysis.md states each choice.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ RELIABILITY_COLUMNS = ["model", "train_dataset", "dataset", "signal", "bin", "p_
                        "mean_predicted", "accuracy"]
 # equal-width bins of the predicted P(correct) for the expected calibration error and the reliability figure
 CALIBRATION_BINS = 10
-# z(entropy) at which "confident" is read off the fitted interaction
+# z(entropy) at which "confident" is read off a fitted interaction when no training quantile is given
+# (vision_slopes' default; the veto uses selective.veto_confident_quantile of the training entropies)
 CONFIDENT_Z = -1.0
 
 
@@ -192,26 +198,59 @@ def positions(order: np.ndarray) -> np.ndarray:
 
 @dataclass
 class VetoRule:
-    """Which task types are vetoed and below which vision value (fitted on training datasets)."""
+    """Which task types are vetoed and below which within-dataset quantile of vision (fitted on training datasets).
+
+    The threshold is a quantile of vision *within the dataset scored* (among
+    its answers of the vetoed task types), not a raw value: a raw evidence
+    share does not mean the same on another dataset (it scales with the
+    evidence's area), its rank within the dataset does. Computing it reads
+    the scored dataset's vision values, never its labels.
+    """
 
     active: bool
-    threshold: float = float("nan")
+    threshold: float = float("nan")  # the last threshold applied (reporting only)
     quantile: float = float("nan")
     task_types: list[str] = field(default_factory=list)
     slopes: dict[str, float] = field(default_factory=dict)
+    slope_ses: dict[str, float] = field(default_factory=dict)
+    confident_z: float = float("nan")
     train_datasets: list[str] = field(default_factory=list)
     train_risk: float = float("nan")
     train_risk_without: float = float("nan")
+    fit_status: str = ""
     note: str = ""
 
+    def thresholds(self, df: pd.DataFrame) -> dict[str, float]:
+        """Per dataset in ``df``: the rule's quantile of vision among its answers of the vetoed task types."""
+        if not self.active:
+            return {}
+        return veto_arrays(df, self.task_types, self.quantile)[1]
+
     def vetoed(self, df: pd.DataFrame) -> np.ndarray:
-        """Rows the veto demotes: dangerous task type and vision below the threshold (a missing vision never)."""
+        """Rows the veto demotes: a vetoed task type and vision below its dataset's threshold (a missing vision never)."""
         if not self.active:
             return np.zeros(len(df), dtype=bool)
-        vision = df[interaction.VISION].to_numpy(dtype=float)
-        task = df["task_type"].astype(str).to_numpy()
-        with np.errstate(invalid="ignore"):
-            return np.isin(task, self.task_types) & np.isfinite(vision) & (vision < self.threshold)
+        mask, limits = veto_arrays(df, self.task_types, self.quantile)
+        if len(limits) == 1:
+            self.threshold = next(iter(limits.values()))
+        return mask
+
+
+def veto_arrays(df: pd.DataFrame, task_types: Sequence[str], quantile: float) -> tuple[np.ndarray, dict[str, float]]:
+    """The rows a rule of ``task_types`` at ``quantile`` vetoes, and each dataset's threshold."""
+    vision = df[interaction.VISION].to_numpy(dtype=float)
+    eligible = df["task_type"].isin(list(task_types)).to_numpy() & np.isfinite(vision)
+    codes, names = pd.factorize(df["dataset"].astype(str) if "dataset" in df else pd.Series([""] * len(df)),
+                                sort=True)
+    threshold = np.full(len(df), np.nan)
+    limits = {}
+    for k, d in enumerate(names):
+        mine = codes == k
+        v = vision[mine & eligible]
+        limits[str(d)] = float(np.quantile(v, quantile)) if len(v) else float("nan")
+        threshold[mine] = limits[str(d)]
+    with np.errstate(invalid="ignore"):
+        return eligible & (vision < threshold), limits
 
 
 def vision_slopes(fit: interaction.Fit, confident_z: float = CONFIDENT_Z) -> dict[str, tuple[float, float]]:
@@ -246,66 +285,184 @@ def veto_order(df: pd.DataFrame, vetoed: np.ndarray) -> np.ndarray:
     return np.lexsort((base, vetoed.astype(int)))
 
 
-def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int) -> VetoRule:
-    """Fit the veto on training datasets: dangerous task types from the interaction, threshold by risk."""
-    selective_cfg = schema.section("selective", selective_cfg)
+def fit_veto(train: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int,
+             filled: bool = False) -> VetoRule:
+    """Fit the veto on training datasets: dangerous task types from the interaction, a within-dataset quantile by risk.
+
+    The interaction is the pooled fit (dataset effects, features standardised
+    within each dataset, clustered SEs) by ordinary maximum likelihood only:
+    a fit that separates, does not converge or has a zero or undefined SE is
+    not used, and the rule is off with the reason. "Confident" is the
+    ``veto_confident_quantile`` quantile of the fitted rows' z(entropy). A
+    task type is dangerous when the vision slope there is positive at the
+    one-sided level ``veto_alpha``. The quantile is the candidate
+    (``veto_quantiles``, ascending) with the lowest mean training risk at
+    ``veto_coverage``, strictly below the risk without the veto; ties keep
+    the smaller quantile. ``filled``: ``selective_cfg`` already has its
+    defaults (the bootstrap calls this thousands of times).
+    """
+    if not filled:
+        selective_cfg = schema.section("selective", selective_cfg)
     coverage = float(selective_cfg["veto_coverage"])
     datasets = list(dict.fromkeys(train["dataset"]))
     rule = VetoRule(active=False, train_datasets=datasets)
     if not datasets:
         rule.note = "no training datasets (no other dataset of this model has usable answers): veto not fitted"
         return rule
-    fit = interaction.fit_logit(train.assign(item_id=train["dataset"].astype(str) + "|" + train["item_id"].astype(str)),
-                        interaction.FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
-    if not fit.fitted:
-        rule.note = f"interaction not fitted on {', '.join(datasets)}: {fit.note}"
+    fit = interaction.fit_logit(train, interaction.FEATURE_SETS["interaction"], "task_type", cluster="auto",
+                                min_errors=min_errors, by="dataset", firth=False)
+    rule.fit_status = fit.status
+    if not fit.stable:
+        why = fit.note or f"status {fit.status}"
+        rule.note = (f"interaction on {', '.join(datasets)} not a stable fit, not used ({why}): veto off")
         return rule
-    slopes = vision_slopes(fit)
+    rule.confident_z = float(np.quantile(fit.z_entropy, float(selective_cfg["veto_confident_quantile"])))
+    slopes = vision_slopes(fit, rule.confident_z)
     if "*" in slopes:
         # one task type among the rows fitted: the slope is that type's, and no other's (rows left out of the
         # fit, e.g. text-only questions without vision, say nothing about their type: never vetoed)
         slopes = {t: slopes["*"] for t in fit.task_types}
     rule.slopes = {t: round(s, 6) for t, (s, _) in slopes.items()}
+    rule.slope_ses = {t: round(se, 6) for t, (_, se) in slopes.items()}
+    bad_se = sorted(t for t, (_, se) in slopes.items() if not (np.isfinite(se) and se > 0))
+    if bad_se:
+        rule.note = f"vision slope SE zero or undefined for {', '.join(bad_se)}: fit not used, veto off"
+        return rule
     # dangerous: the one-sided test of "lower vision -> lower correctness when confident" rejects at veto_alpha
     alpha = float(selective_cfg["veto_alpha"])
     z_crit = float(norm.ppf(1.0 - alpha))
-    dangerous = sorted(t for t, (s, se) in slopes.items() if np.isfinite(se) and s > 0 and s > z_crit * se)
+    dangerous = sorted(t for t, (s, se) in slopes.items() if s > z_crit * se)
     rule.task_types = dangerous
     if not dangerous:
         rule.note = (f"no task type where confident disengagement lowers correctness in training "
                      f"(one-sided alpha {alpha:g}): veto off")
         return rule
-    candidates = train[train["task_type"].astype(str).isin(dangerous)][interaction.VISION].to_numpy(dtype=float)
-    candidates = candidates[np.isfinite(candidates)]
-    if not len(candidates):
+    if not train[train["task_type"].astype(str).isin(dangerous)][interaction.VISION].notna().any():
         rule.note = "no vision values for the dangerous task types in training: veto off"
         return rule
 
-    def train_risk(threshold: float | None) -> float:
+    groups = [ddf.reset_index(drop=True) for _, ddf in train.groupby("dataset", sort=True)]
+    bases = [positions(ranking(-g[interaction.ENTROPY].to_numpy(dtype=float), g["trace_id"])) for g in groups]
+    errs = [1.0 - g[interaction.OUTCOME].astype(bool).to_numpy(dtype=float) for g in groups]
+    visions = [g[interaction.VISION].to_numpy(dtype=float) for g in groups]
+    eligible = [g["task_type"].isin(dangerous).to_numpy() & np.isfinite(v) for g, v in zip(groups, visions)]
+
+    def train_risk(q: float | None) -> float:
+        # veto_arrays' rule on arrays prepared once: within each training dataset, below its q-quantile
         risks = []
-        for _, ddf in train.groupby("dataset", sort=False):
-            ddf = ddf.reset_index(drop=True)
-            probe = VetoRule(active=threshold is not None, threshold=threshold if threshold is not None else np.nan,
-                             task_types=dangerous)
-            order = veto_order(ddf, probe.vetoed(ddf))
-            err = 1.0 - ddf[interaction.OUTCOME].astype(bool).to_numpy(dtype=float)
-            risks.append(risk_at_from_errors(err[order], coverage))
+        for base, err, v, ok in zip(bases, errs, visions, eligible):
+            vetoed = np.zeros(len(v), dtype=bool)
+            if q is not None and ok.any():
+                vetoed = ok & (v < np.quantile(v[ok], q))
+            risks.append(risk_at_from_errors(err[np.lexsort((base, vetoed.astype(int)))], coverage))
         return float(np.mean(risks))
 
     without = train_risk(None)
-    best_q, best_t, best_r = None, None, without
-    for q in selective_cfg["veto_quantiles"]:
-        t = float(np.quantile(candidates, q))
-        r = train_risk(t)
+    best_q, best_r = None, without
+    for q in sorted(float(x) for x in selective_cfg["veto_quantiles"]):
+        r = train_risk(q)
         if r < best_r - 1e-12:  # strict: a threshold must earn its place; ties keep the smaller quantile
-            best_q, best_t, best_r = float(q), t, r
+            best_q, best_r = q, r
     rule.train_risk_without = without
     rule.train_risk = best_r
     if best_q is None:
         rule.note = f"no threshold lowered the training risk at {coverage:g} coverage ({without:.3f}): veto off"
         return rule
-    rule.active, rule.threshold, rule.quantile = True, best_t, best_q
+    rule.active, rule.quantile = True, best_q
     return rule
+
+
+@dataclass
+class VetoOutcome:
+    """The leave-one-dataset-out veto on one dataset: its rule, what it vetoes, and its changes in risk."""
+
+    rule: VetoRule
+    vetoed: np.ndarray
+    delta: float  # risk at the veto's coverage, veto minus entropy alone, all answers
+    delta_expected: float  # the same among the answers of the no-harm task types (NaN without any)
+
+
+def _risk_change(df: pd.DataFrame, vetoed: np.ndarray, coverage: float) -> float:
+    if not len(df):
+        return float("nan")
+    err = 1.0 - df[interaction.OUTCOME].astype(bool).to_numpy(dtype=float)
+    base = ranking(-df[interaction.ENTROPY].to_numpy(dtype=float), df["trace_id"])
+    return risk_at_from_errors(err[veto_order(df, vetoed)], coverage) - risk_at_from_errors(err[base], coverage)
+
+
+def veto_lodo(data: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int) -> dict[str, VetoOutcome]:
+    """Each dataset's veto fitted on the model's other datasets, and its change in risk (all answers, and
+    those of the task types where disengagement is expected: ``veto_no_harm_task_types``)."""
+    selective_cfg = schema.section("selective", selective_cfg)
+    coverage = float(selective_cfg["veto_coverage"])
+    expected = [str(t) for t in selective_cfg["veto_no_harm_task_types"]]
+    out = {}
+    names = data["dataset"].astype(str).to_numpy()
+    for d in sorted(set(names)):
+        mine = names == d
+        test = data[mine].reset_index(drop=True)
+        rule = fit_veto(data[~mine].reset_index(drop=True), selective_cfg, min_errors, filled=True)
+        vetoed = rule.vetoed(test)
+        sub = test["task_type"].astype(str).isin(expected).to_numpy()
+        out[d] = VetoOutcome(rule, vetoed, _risk_change(test, vetoed, coverage),
+                             _risk_change(test[sub].reset_index(drop=True), vetoed[sub], coverage) if sub.any()
+                             else float("nan"))
+    return out
+
+
+def pooled_veto_effect(outcomes: Mapping[str, VetoOutcome]) -> tuple[float, float]:
+    """The pre-declared pooled effect: the plain mean over datasets of the change in risk (all answers), and of
+    the change among the no-harm task types' answers (over the datasets that have any)."""
+    deltas = np.array([o.delta for o in outcomes.values()], dtype=float)
+    expected = np.array([o.delta_expected for o in outcomes.values()], dtype=float)
+    mean = lambda v: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")  # noqa: E731
+    return mean(deltas), mean(expected)
+
+
+def veto_bootstrap(data: pd.DataFrame, selective_cfg: Mapping[str, Any], min_errors: int, n_boot: int,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of every dataset's change in risk and of the pooled effects, the rule refitted in each.
+
+    Each resample draws the clusters (``interaction.cluster_labels``: items,
+    or the data's own clusters) of every dataset with replacement, within
+    the dataset (the datasets are fixed by design); a cluster drawn twice
+    enters twice, as two clusters. On every resample the whole
+    leave-one-dataset-out procedure runs again, so the selection of task
+    types and of the threshold adds its own variability to the intervals.
+    Keys: each dataset, ``pooled`` and ``pooled_expected``.
+    """
+    selective_cfg = schema.section("selective", selective_cfg)
+    datasets = sorted(set(data["dataset"].astype(str)))
+    out = {k: np.full(n_boot, np.nan) for k in datasets + ["pooled", "pooled_expected"]}
+    labels = interaction.cluster_labels(data, "dataset").to_numpy()
+    by_dataset = []
+    for d in datasets:
+        rows = np.flatnonzero(data["dataset"].astype(str).to_numpy() == d)
+        members = resampling.cluster_members(labels[rows])
+        by_dataset.append([rows[m] for m in members])
+    for b in range(n_boot):
+        idx, tags = [], []
+        for members in by_dataset:
+            for k, pick in enumerate(next(resampling.draws(len(members), 1, rng))):
+                idx.append(members[pick])
+                tags.append(np.full(len(members[pick]), k))
+        idx_arr, tag_arr = np.concatenate(idx), np.concatenate(tags)
+        sample = data.iloc[idx_arr].reset_index(drop=True)
+        sample["cluster_id"] = labels[idx_arr] + "#" + tag_arr.astype(str)
+        outcomes = veto_lodo(sample, selective_cfg, min_errors)
+        for d, o in outcomes.items():
+            out[d][b] = o.delta
+        out["pooled"][b], out["pooled_expected"][b] = pooled_veto_effect(outcomes)
+    return out
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of 0: twice the smaller share of replicates on either side (at most 1)."""
+    v = np.asarray(replicates, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan")
+    return float(min(1.0, 2.0 * min(np.mean(v <= 0), np.mean(v >= 0))))
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -322,13 +479,14 @@ def _vision_confidences(test: pd.DataFrame, train: pd.DataFrame, min_errors: int
         notes["model"] = "no other dataset to fit the model-based signal on: not computed"
         conf["model"] = np.full(len(test), np.nan)
         return conf, notes
-    pooled = train.assign(item_id=train["dataset"].astype(str) + "|" + train["item_id"].astype(str))
-    fit = interaction.fit_logit(pooled, interaction.FEATURE_SETS["interaction"], "task_type", min_errors=min_errors)
+    fit = interaction.fit_logit(train, interaction.FEATURE_SETS["interaction"], "task_type", cluster="auto",
+                                min_errors=min_errors, by="dataset")
     p = interaction.predict_proba(fit, test)
     # answers without vision (no evidence regions) fall back to the entropy-only model
     missing = ~np.isfinite(p)
     if missing.any():
-        fit_e = interaction.fit_logit(pooled, interaction.FEATURE_SETS["entropy"], "task_type", min_errors=min_errors)
+        fit_e = interaction.fit_logit(train, interaction.FEATURE_SETS["entropy"], "task_type", cluster="auto",
+                                      min_errors=min_errors, by="dataset")
         p_e = interaction.predict_proba(fit_e, test)
         p = np.where(missing, p_e, p)
         notes["model"] = f"{int(missing.sum())} answers scored by the entropy-only model (no vision)"
@@ -375,10 +533,19 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
     if features.empty:
         empty = pd.DataFrame([{"status": "no_data", "note": "no per-trace features"}])
         return pd.DataFrame(columns=CURVE_COLUMNS), empty, pd.DataFrame(columns=COMPARISON_COLUMNS)
+    veto_boot = int(selective_cfg["veto_bootstrap"])
+    tost_alpha = float(selective_cfg["veto_no_harm_alpha"])
     views = measure_views(features, vision_measures)
     for model in dict.fromkeys(features["model"]):
         usable = {m: interaction.usable_rows(v[v["model"] == model], [interaction.ENTROPY])[0] for m, v in views}
         mdf = features[features["model"] == model]
+        # the leave-one-dataset-out veto of every dataset, and its bootstrap with the rule refitted each time
+        vetoes = {}
+        for measure, data in usable.items():
+            outcomes = veto_lodo(data, selective_cfg, min_errors) if len(data) else {}
+            boots = (veto_bootstrap(data, selective_cfg, min_errors, veto_boot,
+                                    seeded_rng(seed, "veto", model, measure)) if veto_boot and len(data) else {})
+            vetoes[measure] = (outcomes, boots)
         for dataset in dict.fromkeys(mdf["dataset"]):
             _, n_dropped, why = interaction.usable_rows(mdf[mdf["dataset"] == dataset], [interaction.ENTROPY])
             base_note = why.replace("rows left out", "answers left out") if n_dropped else ""
@@ -413,8 +580,8 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
                     orders[(signal, measure)] = ranking(values, tid)
                     if signal in n:
                         notes[(signal, measure)] = n[signal]
-                rule = fit_veto(mtrain, selective_cfg, min_errors)
-                vetoed = rule.vetoed(mtest)
+                outcome = vetoes[measure][0][str(dataset)]
+                rule, vetoed = outcome.rule, outcome.vetoed
                 orders[("entropy+veto", measure)] = veto_order(mtest, vetoed)
                 rules[measure] = (rule, vetoed)
             accepted = positions(orders[("neg_entropy", "")]) < max(1, math.ceil(veto_cov * len(test) - 1e-9))
@@ -430,7 +597,8 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
                         "model": model, "dataset": dataset, "signal": signal, "vision_measure": measure,
                         "n": np.arange(1, len(e) + 1), "coverage": np.arange(1, len(e) + 1) / len(e),
                         "risk": risk_curve_from_errors(e)}))
-                row = {"model": model, "dataset": dataset, "signal": signal, "vision_measure": measure,
+                row = {"model": model, "scope": "dataset", "dataset": dataset, "signal": signal,
+                       "vision_measure": measure,
                        "n": len(e), "n_errors": int(e.sum()), "error_rate": float(e.mean()), "status": "ok"}
                 for key, value in metrics_from_errors(e, coverages).items():
                     row[key] = value if computed else np.nan
@@ -441,17 +609,20 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
                     row["status"] = "not_computed"
                 if signal == "entropy+veto":
                     rule, vetoed = rules[measure]
-                    vk = risk_key(veto_cov)
                     base_risk = risk_at_from_errors(err[orders[("neg_entropy", "")]], veto_cov)
-                    delta = boots[(signal, measure)][vk] - boots[("neg_entropy", "")][vk] if n_boot else np.array([])
+                    # the interval of the change comes from the bootstrap that refits the rule on every resample
+                    delta = vetoes[measure][1].get(str(dataset), np.array([]))
                     task = test["task_type"].astype(str).to_numpy()
                     row.update({
                         "veto_active": rule.active, "veto_threshold": rule.threshold, "veto_quantile": rule.quantile,
                         "veto_task_types": ",".join(rule.task_types), "veto_slopes": json.dumps(rule.slopes, sort_keys=True),
+                        "veto_slope_ses": json.dumps(rule.slope_ses, sort_keys=True),
+                        "veto_confident_z": rule.confident_z, "veto_fit_status": rule.fit_status,
                         "veto_train_datasets": ",".join(rule.train_datasets), "veto_coverage": veto_cov,
                         "n_vetoed": int((vetoed & accepted).sum()),
                         "n_vetoed_symbolic": int((vetoed & accepted & (task == "symbolic")).sum()),
                         "delta_risk": risk_at_from_errors(e, veto_cov) - base_risk,
+                        "delta_risk_p": bootstrap_p(delta),
                     })
                     row["delta_risk_low"], row["delta_risk_high"] = interval(delta)
                     if rule.note:
@@ -465,11 +636,48 @@ def evaluate_all(features: pd.DataFrame, selective_cfg: Mapping[str, Any], regre
                 log.info("%s/%s (vision: %s): n=%d errors=%d; veto %s, change in risk at %g coverage %+.4f",
                          model, dataset, measure or "-", len(test), int(err.sum()), "on" if rule.active else "off",
                          veto_cov, veto_row["delta_risk"])
+        for measure, (outcomes, boots) in vetoes.items():
+            if outcomes:
+                summary.append(_pooled_veto_row(model, measure, outcomes, boots, selective_cfg, tost_alpha))
     comparison += transfer_comparison(features if transfer_features is None else transfer_features,
                                       n_boot, seed, min_errors, missing_rule)
     curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     comparison_df = pd.DataFrame(comparison, columns=COMPARISON_COLUMNS)
     return curves_df[CURVE_COLUMNS], pd.DataFrame(summary), comparison_df
+
+
+def _pooled_veto_row(model: str, measure: str, outcomes: Mapping[str, VetoOutcome], boots: Mapping[str, np.ndarray],
+                     selective_cfg: Mapping[str, Any], tost_alpha: float) -> dict[str, Any]:
+    """The model's one pre-declared veto effect: the mean over its datasets of the change in risk, with the
+    refitting bootstrap's interval; and "no harm" on the expected task types as an equivalence test (TOST)."""
+    delta, expected = pooled_veto_effect(outcomes)
+    margin = float(selective_cfg["veto_no_harm_margin"])
+    lo, hi = interval(boots["pooled"]) if boots else (np.nan, np.nan)
+    # TOST at level alpha: both one-sided tests reject exactly when the 1 - 2 alpha interval lies inside the margin
+    e_lo, e_hi = interval(boots["pooled_expected"], 1.0 - 2.0 * tost_alpha) if boots else (np.nan, np.nan)
+    if not (np.isfinite(e_lo) and np.isfinite(e_hi)):
+        no_harm = "not estimable"
+    elif -margin < e_lo and e_hi < margin:
+        no_harm = "shown"
+    elif e_lo > margin:
+        no_harm = "harm"
+    else:
+        no_harm = "not shown"
+    active = [d for d, o in outcomes.items() if o.rule.active]
+    notes = [f"{d}: {o.rule.note}" for d, o in outcomes.items() if o.rule.note]
+    return {
+        "model": model, "scope": "pooled", "dataset": "pooled", "signal": "entropy+veto", "vision_measure": measure,
+        "n": int(sum(len(o.vetoed) for o in outcomes.values())), "status": "ok" if np.isfinite(delta) else "not_computed",
+        "veto_active": bool(active), "veto_datasets": ",".join(outcomes), "veto_active_datasets": ",".join(active),
+        "veto_coverage": float(selective_cfg["veto_coverage"]),
+        "n_vetoed": int(sum(o.vetoed.sum() for o in outcomes.values())),
+        "delta_risk": delta, "delta_risk_low": lo, "delta_risk_high": hi,
+        "delta_risk_p": bootstrap_p(boots["pooled"]) if boots else np.nan,
+        "no_harm_task_types": ",".join(str(t) for t in selective_cfg["veto_no_harm_task_types"]),
+        "no_harm_delta": expected, "no_harm_low": e_lo, "no_harm_high": e_hi, "no_harm_margin": margin,
+        "no_harm_level": 1.0 - 2.0 * tost_alpha, "no_harm": no_harm,
+        "note": "; ".join(["pre-declared: the mean over datasets of the leave-one-dataset-out change in risk"] + notes),
+    }
 
 
 def _column(df: pd.DataFrame, column: str) -> np.ndarray:

@@ -135,6 +135,9 @@ class HallusionBenchAdapter(Adapter):
                 question = f"{question}\n{instruction}"
             meta = {k: str(rec[k]) for k in KEY_FIELDS}
             meta.update(
+                # the questions of one set share its original and edited figures (the official figure and
+                # question-pair accuracies group by them): the analyses treat the set as one cluster
+                cluster=f"{rec['category']}_{rec['subcategory']}_{rec['set_id']}",
                 visual_input=visual,
                 sample_note=None if is_blank(rec.get("sample_note")) else str(rec["sample_note"]),
                 gt_answer_details=None if is_blank(rec.get("gt_answer_details")) else str(rec["gt_answer_details"]),
