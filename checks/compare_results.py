@@ -64,12 +64,18 @@ def _close(x: float, y: float, tol: float) -> bool:
     return abs(x - y) <= tol * max(1.0, abs(x), abs(y))
 
 
+def _show(v: Any) -> str:
+    if hasattr(v, "dtype"):  # a numpy scalar: its own precision
+        return str(v)
+    return f"{v:.10g}" if isinstance(v, float) else repr(v)
+
+
 def _values_close(a: Any, b: Any, tol: float, where: str = "") -> str | None:
     """None when ``a`` and ``b`` (JSON-like values) are equal, floats within ``tol``; else where they differ."""
     if isinstance(a, float) or isinstance(b, float):
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
-            return None if _close(float(a), float(b), tol) else f"{where or 'value'}: {a!r} against {b!r}"
-        return f"{where or 'value'}: {a!r} against {b!r}"
+            return None if _close(float(a), float(b), tol) else f"{where or 'value'}: {_show(a)} against {_show(b)}"
+        return f"{where or 'value'}: {_show(a)} against {_show(b)}"
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return f"{where or 'keys'}: keys {sorted(map(str, set(a) ^ set(b)))} in one only"
@@ -160,7 +166,7 @@ def _zarr(a: Path, b: Path, tol: float = 0.0) -> str | None:
             if close.all():
                 continue
             worst = np.unravel_index(np.nanargmax(np.where(close, 0, np.abs(va - vb))), va.shape)
-            return f"array {name} differs beyond the tolerance at {tuple(map(int, worst))}: {va[worst]!r} against {vb[worst]!r}"
+            return f"array {name} differs beyond the tolerance at {tuple(map(int, worst))}: {_show(va[worst])} against {_show(vb[worst])}"
         if not same:
             return f"array {name} differs"
     attrs = [{k: v for k, v in d.attrs.items() if k not in PROVENANCE_KEYS} for d in (da, db)]
