@@ -59,19 +59,33 @@ def from_scratch(tmp_path_factory):
     return cfg, out
 
 
-@pytest.mark.parametrize("model", ["blind-spot", "grounded", "oversensitive", "blinker"])
-def test_training_from_scratch_plants_the_behaviour(from_scratch, model):
+MODELS = ["blind-spot", "grounded", "oversensitive", "blinker"]
+
+
+def judge(cfg, model: str, folder: Path) -> None:
+    """The model's behaviour table on held-out items meets every target of its behaviour."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    cfg, trained = from_scratch
-    folder, report = trained[model]
     behaviour = cfg["models"][model]["reference"]["behaviour"]
-    assert report["probe_passed_at"] is not None and report["probe"]["final"]["accuracy"] == 1.0
     opts = P.resolve_options(cfg["datasets"][R.training_dataset(cfg, model)]["options"], default_seed=cfg["seed"])
     processor = AutoProcessor.from_pretrained(folder)
     net = AutoModelForImageTextToText.from_pretrained(folder).eval()
     table = R.behaviour_table(net, processor, opts, n_per_type=N_PER_TYPE, blink=behaviour == "blinker")
     judged = [r for r in table.to_dict("records")
               if R.row_targets(r["condition"], r["fill"], behaviour, r.get("subset", "look"))]
-    assert judged, table
+    assert len(judged) >= 6, table
     assert R.missed_targets(table, behaviour) == [], table.to_string()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_shipped_models_meet_every_target(model):
+    cfg = pcfg.load(REPO / "config.yaml", check_paths=False)
+    judge(cfg, model, REPO / "shipped" / "reference" / model)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_training_from_scratch_plants_the_behaviour(from_scratch, model):
+    cfg, trained = from_scratch
+    folder, report = trained[model]
+    assert report["probe_passed_at"] is not None and report["probe"]["final"]["accuracy"] == 1.0
+    judge(cfg, model, folder)

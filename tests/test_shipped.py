@@ -174,3 +174,39 @@ def test_a_training_job_that_misses_its_probe_fails_and_nothing_downstream_runs(
     assert "final probe 0.000" in log and "below target: clean/arithmetic 0.000" in log, log[-3000:]
     assert not (work / "results/reference/ref").exists()
     assert not (work / "results/traces").exists()
+
+
+def _ship_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_reference", REPO / "scripts" / "ship_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_ship_script_ships_what_the_train_rule_made_from_this_config(tmp_path):
+    (tmp_path / "w").mkdir()
+    work = copy_workflow(tmp_path / "w")
+    (work / "config.test.yaml").write_text(yaml.safe_dump(tiny_config({**QUICK, "source": "train"})))
+    run = _snakemake(work, "results/reference/ref")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    script = _ship_script()
+    out = tmp_path / "shipped"
+    assert script.main(["--from", str(work / "results"), "--config", str(work / "config.test.yaml"), "--out", str(out),
+                        "--command", "snakemake --cores 2 results/reference/ref"]) == 0
+    manifest = shipped.load_manifest(out)
+    cfg = pcfg.validate(tiny_config({**QUICK, "source": "shipped"}), check_paths=False)
+    entry = manifest["models"]["ref"]
+    shipped.check_config(entry, R.training_config(cfg, "ref"), "ref", out)
+    shipped.verify(out, "ref", entry)
+    assert ".snakemake_timestamp" not in entry["files"] and "model.safetensors" in entry["files"]
+    assert manifest["training_command"] == "snakemake --cores 2 results/reference/ref"
+    assert manifest["command"].startswith("python scripts/ship_reference.py --from ")
+    assert manifest["machine"]["torch"] and "uncommitted_changes" in manifest
+
+    # weights trained from another entry are not shipped under this one
+    (work / "config.other.yaml").write_text(yaml.safe_dump(tiny_config({**QUICK, "steps": 4})))
+    with pytest.raises(SystemExit, match=r"training\.json: trained from another config"):
+        script.main(["--from", str(work / "results"), "--config", str(work / "config.other.yaml"), "--out", str(out)])
