@@ -94,13 +94,14 @@ def train(config_path: Path, raw: dict, models: list[str], work: Path, cores: in
     train_config = work / "config.train.yaml"
     train_config.write_text(yaml.safe_dump(raw, sort_keys=False))
     targets = [f"{raw['results']}/reference/{m}" for m in models]
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(train_config), *targets]
+    # the targets first: --configfile takes every word after it
+    command = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--configfile", str(train_config)]
     print("training:", shlex.join(command), flush=True)
     proc = subprocess.run(command, cwd=REPO)
     if proc.returncode:
         raise SystemExit(f"training failed (exit {proc.returncode}); nothing shipped. Logs: {work}/results/logs/reference/")
-    shown = shlex.join(["snakemake", "--cores", str(cores), "--configfile",
-                        f"{config_path.name} with every shipped model's reference.source: train", *[f"reference/{m}" for m in models]])
+    shown = shlex.join(["snakemake", *[f"results/reference/{m}" for m in models], "--cores", str(cores), "--configfile",
+                        f"{config_path.name} with every shipped model's reference.source: train"])
     return Path(raw["results"]), shown
 
 
