@@ -48,7 +48,7 @@ def from_scratch(tmp_path_factory):
             config = R.training_config(cfg, m)
             parent = R.init_model(cfg, m)
             report = R.train_reference(
-                {**config["reference"], "data_workers": 0}, config["options"], root / m, name=m,
+                config["reference"], config["options"], root / m, name=m,
                 init_dir=root / parent if parent else None, system_prompt=config["system_prompt"],
                 thinking=config["thinking"], default_seed=config["seed"], provenance=record(config),
                 where=f"models.{m}.reference",
