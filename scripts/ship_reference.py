@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--from", dest="from_results", type=Path, default=None,
                     help="ship the models an earlier run trained (its results folder) instead of training")
     ap.add_argument("--command", default=None, help="with --from: the command that made those results (recorded)")
+    ap.add_argument("--commit", default=None, help="with --from: the commit whose code and config trained them "
+                    "(default: that of the checkout holding the results folder)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder of the training run (default: a temporary one)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / shipped.SHIPPED_DIR, help=argparse.SUPPRESS)
@@ -152,8 +154,8 @@ def main(argv=None) -> int:
     made = {
         "command": shlex.join(["python", "scripts/ship_reference.py", *(argv if argv is not None else sys.argv[1:])]),
         "training_command": training_command,
-        "commit": _git(checkout, "rev-parse", "HEAD") or None,
-        "uncommitted_changes": bool(_git(checkout, "status", "--porcelain", "--untracked-files=no")),
+        "commit": args.commit or _git(checkout, "rev-parse", "HEAD") or None,
+        "uncommitted_changes": False if args.commit else bool(_git(checkout, "status", "--porcelain", "--untracked-files=no")),
         "config": str(args.config.resolve().relative_to(REPO)) if args.config.resolve().is_relative_to(REPO) else str(args.config),
         "made": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "machine": {"cpu": _cpu(), "python": platform.python_version(),
