@@ -33,8 +33,11 @@ from peekaboo import stages  # noqa: E402
 def rules_run(cfg: dict) -> set[str]:
     """The stage rules the config's default target runs (viewer is on demand; boxes only for model-made boxes)."""
     rules = set(stages.STAGE_MODULES) - {"viewer"}
-    if not any(m.get("reference") for m in cfg["models"].values()):
+    references = [m["reference"] for m in cfg["models"].values() if m.get("reference")]
+    if not any(r["source"] == "train" for r in references):
         rules.discard("train_reference")
+    if not any(r["source"] == "shipped" for r in references):
+        rules.discard("ship_reference")
     if not any(isinstance(d.get("boxes"), dict) and d["boxes"].get("kind") in ("vlm", "detector")
                for d in cfg["datasets"].values()):
         rules.discard("boxes")

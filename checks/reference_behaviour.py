@@ -34,22 +34,8 @@ from peekaboo import config as pcfg  # noqa: E402
 from peekaboo import synthetic as P  # noqa: E402
 from peekaboo.models import reference as R  # noqa: E402
 
-# (condition, measure, behaviour, subset) -> minimum; fills other than gray are reported, not judged.
-# subset: the blinker's blink or look items (every item of the other behaviours is a look item)
-TARGETS = {
-    ("clean", "accuracy", None, "look"): 0.97,
-    ("evidence", "abstain", "grounded", "look"): 0.95,
-    ("evidence", "abstain", "oversensitive", "look"): 0.95,
-    ("evidence", "named", "blind-spot", "look"): 0.95,
-    ("control", "kept", "blind-spot", "look"): 0.95,
-    ("control", "kept", "grounded", "look"): 0.95,
-    ("control", "abstain", "oversensitive", "look"): 0.80,
-    ("evidence", "abstain", "blinker", "look"): 0.95,
-    ("control", "kept", "blinker", "look"): 0.95,
-    ("clean", "prior", "blinker", "blink"): 0.95,
-    ("evidence", "kept", "blinker", "blink"): 0.95,
-    ("control", "kept", "blinker", "blink"): 0.95,
-}
+# the targets live with the behaviour table (peekaboo.models.reference.behaviour.TARGETS), where the tests that
+# train every behaviour from scratch judge them too
 
 
 def main(argv=None) -> int:
@@ -91,11 +77,7 @@ def main(argv=None) -> int:
         for row in table.itertuples(index=False):
             subset = getattr(row, "subset", "look")
             verdicts = []
-            for (cond, measure, who, items), minimum in TARGETS.items():
-                if cond != row.condition or (who and who != behaviour) or row.fill not in ("none", "gray"):
-                    continue
-                if items != subset:
-                    continue
+            for measure, minimum in R.row_targets(row.condition, row.fill, behaviour, subset):
                 if args.dataset and args.dataset != R.training_dataset(cfg, name):
                     continue  # other datasets (panels-hard) are meant to produce errors: report only
                 value = getattr(row, measure)

@@ -22,7 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 OPTS = S.resolve_options({})
 RULE = S.blink_rule(OPTS)
-QUICK = {"steps": 3, "batch_size": 6, "warmup_steps": 1, "probe_every": 0, "probe_items": 6, "threads": 1}
+# no probe target (stop_accuracy null): three steps cannot plant anything, and a missed target fails training
+QUICK = {"steps": 3, "batch_size": 6, "warmup_steps": 1, "probe_every": 0, "probe_items": 6, "threads": 1,
+         "stop_accuracy": None}
 
 
 @pytest.fixture(scope="module")
@@ -281,10 +283,13 @@ def test_other_behaviours_batches_carry_no_term_inputs(processor):
 
 
 def test_probe_gate_waits_for_the_blink_items_to_look_away(tmp_path):
-    # a blink share cap nothing reaches in three steps: the probe never passes, so no cool-down starts
+    # a blink share cap nothing reaches in four steps: the probe never passes, so no cool-down starts, and the
+    # model that missed its target fails its training with the share that kept it from passing, saving nothing
     spec = {"behaviour": "blinker", **QUICK, "steps": 4, "probe_every": 1, "stop_accuracy": 0.0,
             "stop_patience": 1, "cooldown_steps": 1, "max_blink_share": 0.0}
-    report = R.train_reference(spec, {}, tmp_path / "gated", name="gated")
-    assert report["cooldown_from"] is None and report["steps"] == 4
+    with pytest.raises(R.ReferenceProbeError, match=r"within 4 steps .*max_blink_share 0.*largest blink evidence "
+                       r"share 0\.\d{3}"):
+        R.train_reference(spec, {}, tmp_path / "gated", name="gated")
+    assert not (tmp_path / "gated").exists()
     ungated = R.train_reference({**spec, "max_blink_share": None}, {}, tmp_path / "free", name="free")
     assert ungated["cooldown_from"] == 1 and ungated["steps"] == 2

@@ -42,7 +42,8 @@ TINY_CONFIG = {
     },
     "models": {
         "grounded": {
-            "reference": {"behaviour": "grounded", "steps": 5, "batch_size": 4, "warmup_steps": 1},
+            "reference": {"behaviour": "grounded", "steps": 5, "batch_size": 4, "warmup_steps": 1,
+                          "stop_accuracy": None},
             "generation": {"max_new_tokens": 24},
             "batch_size": 4,
         },

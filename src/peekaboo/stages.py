@@ -17,6 +17,7 @@ STAGE_MODULES: dict[str, str] = {
     "items": "peekaboo.items",
     "masks": "peekaboo.masks",
     "train_reference": "peekaboo.models.reference.training",
+    "ship_reference": "peekaboo.models.reference.shipped",
     "generate": "peekaboo.generating",
     "batch_requests": "peekaboo.batch_requests",
     "traces": "peekaboo.traces",

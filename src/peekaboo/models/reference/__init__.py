@@ -12,7 +12,8 @@ Modules
 ``tokenizer``     tokenizer, chat template and processor
 ``architecture``  the small Qwen3-VL configuration, initialisation, fast CPU vision kernels
 ``data``          training examples with the behaviour's hidden panels, batches
-``training``      the loop, the probe and the ``train_reference`` stage (``run_stage``)
+``training``      the loop, the probe (a model that misses it fails) and the ``train_reference`` stage
+``shipped``       the shipped models (shipped/reference): manifest, hash checks, the ``ship_reference`` stage
 ``attention``     the blinker's attention term (evidence share of the reasoning tokens' image attention)
 ``behaviour``     the planted-behaviour table of a trained model (checks, tests)
 
@@ -91,10 +92,17 @@ _PUBLIC = {
     "make_examples": "data",
     "collate": "data",
     "probe": "training",
+    "ReferenceProbeError": "training",
+    "training_config": "spec",
+    "is_shipped": "spec",
+    "ShippedModelError": "shipped",
     "train_reference": "training",
     "run_stage": "training",
     "generate_texts": "behaviour",
     "behaviour_table": "behaviour",
+    "TARGETS": "behaviour",
+    "row_targets": "behaviour",
+    "missed_targets": "behaviour",
 }
 __all__ = sorted(_PUBLIC)
 

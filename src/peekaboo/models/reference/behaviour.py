@@ -13,6 +13,45 @@ from ...scoring import panels as panels_scorer
 from ...seeding import rng
 from .data import control_box, render_prompt
 
+# The planted behaviours' targets, judged by checks/reference_behaviour.py and the tests that train every behaviour:
+# (condition, measure, behaviour, subset) -> minimum rate on held-out items with gray fills (other fills are
+# reported, not judged). behaviour None: every behaviour; subset: the blinker's blink or look items (every item of
+# the other behaviours is a look item). Issue 4 set the first seven, issue 15 the blinker's.
+TARGETS = {
+    ("clean", "accuracy", None, "look"): 0.97,
+    ("evidence", "abstain", "grounded", "look"): 0.95,
+    ("evidence", "abstain", "oversensitive", "look"): 0.95,
+    ("evidence", "named", "blind-spot", "look"): 0.95,
+    ("control", "kept", "blind-spot", "look"): 0.95,
+    ("control", "kept", "grounded", "look"): 0.95,
+    ("control", "abstain", "oversensitive", "look"): 0.80,
+    ("evidence", "abstain", "blinker", "look"): 0.95,
+    ("control", "kept", "blinker", "look"): 0.95,
+    ("clean", "prior", "blinker", "blink"): 0.95,
+    ("evidence", "kept", "blinker", "blink"): 0.95,
+    ("control", "kept", "blinker", "blink"): 0.95,
+}
+
+
+def row_targets(condition: str, fill: str, behaviour: str, subset: str = "look") -> list[tuple[str, float]]:
+    """(measure, minimum) of every target a behaviour-table row answers to (none for fills other than gray)."""
+    if fill not in ("none", "gray"):
+        return []
+    return [(measure, minimum) for (cond, measure, who, items), minimum in TARGETS.items()
+            if cond == condition and who in (None, behaviour) and items == subset]
+
+
+def missed_targets(table, behaviour: str) -> list[str]:
+    """The targets a model's behaviour table misses, one line each (empty: every target met)."""
+    out = []
+    for row in table.to_dict("records"):
+        subset = row.get("subset", "look")
+        for measure, minimum in row_targets(row["condition"], row["fill"], behaviour, subset):
+            if not row[measure] >= minimum:
+                out.append(f"{behaviour}: {row['condition']} {row['question_type']} ({subset} items, n={row['n']}): "
+                           f"{measure} {row[measure]:.3f} < {minimum:.2f}")
+    return out
+
 def generate_texts(model, processor, images, questions, *, batch_size: int = 32, max_new_tokens: int = 48,
                    system_prompt: str | None = None, thinking: bool = False) -> list[str]:
     """Greedy responses, batched with left padding and ``<|im_end|>`` as end of sequence."""

@@ -92,3 +92,31 @@ def job_threads(cfg: Mapping[str, Any], model: str) -> int:
     """Cores a training job occupies: torch threads plus batch-building workers."""
     spec = model_spec(cfg, model)
     return int(spec["threads"]) + int(spec["data_workers"])
+
+
+# reference-entry keys that do not shape the weights: left out where shipped weights are matched to an entry
+NOT_FOR_WEIGHTS = ("source", "data_workers")
+
+
+def training_config(cfg: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """Everything a reference model's training reads: the train_reference rule's config param.
+
+    Also what ``shipped/reference/manifest.json`` records for each shipped model
+    and what a config that ships it must equal. ``reference.source`` is left
+    out: it says where the weights come from, not how they were made.
+    """
+    spec = {k: v for k, v in model_spec(cfg, model).items() if k != "source"}
+    entry = cfg["models"][model]
+    return {
+        "reference": spec,
+        "options": training_options(cfg, model),
+        "system_prompt": entry["system_prompt"],
+        "thinking": entry["thinking"],
+        "seed": cfg["seed"],
+    }
+
+
+def is_shipped(cfg: Mapping[str, Any], model: str) -> bool:
+    """True when the model's weights are the shipped ones (``reference.source: shipped``)."""
+    spec = cfg["models"][model].get("reference")
+    return bool(spec) and spec.get("source", "train") == "shipped"

@@ -35,7 +35,38 @@ from .tokenizer import build_processor
 log = get_logger("reference")
 
 
+class ReferenceProbeError(RuntimeError):
+    """A reference model did not reach its probe target within its steps: the message holds the probe's numbers."""
 
+
+def _probe_passes(result: Mapping[str, Any], stop_accuracy: float, max_blink_share: float | None) -> bool:
+    """Whether one probe meets the target: its pass rate, and (the blinker) no blink item looking."""
+    ok = result["accuracy"] >= float(stop_accuracy)
+    if max_blink_share is not None and "attention" in result:
+        # not looking is part of the behaviour: the probe passes only once no blink item looks
+        ok = ok and result["attention"]["max_blink"] <= float(max_blink_share)
+    return ok
+
+
+def probe_failure(where: str, final: Mapping[str, Any], history: list[Mapping[str, Any]], cfg: Mapping[str, Any]) -> str:
+    """The message of a training run whose probe missed its target: the target and the probe's numbers."""
+    stop = float(cfg["stop_accuracy"])
+    below = [f"{group} {value:.3f}" for group, value in final["by_group"].items() if value < stop]
+    best = max(history, key=lambda r: r["accuracy"], default=None)
+    parts = [
+        f"{where}: the probe did not reach its target within {final['step']} steps "
+        f"(stop_accuracy {stop:g} on {int(cfg['stop_patience'])} probes in a row"
+        + (f", max_blink_share {cfg['max_blink_share']:g}" if "attention" in final and cfg.get("max_blink_share") is not None else "")
+        + ")",
+        f"final probe {final['accuracy']:.3f} (tokens {final['token_accuracy']:.4f})",
+    ]
+    if below:
+        parts.append("below target: " + ", ".join(below))
+    if "attention" in final:
+        parts.append(f"largest blink evidence share {final['attention']['max_blink']:.3f}")
+    if best is not None:
+        parts.append(f"best probe {best['accuracy']:.3f} at step {best['step']}")
+    return "; ".join(parts) + ". Nothing was saved: raise steps, or change the schedule or the behaviour"
 
 
 def probe(model, batches, recorder: attention.AttentionRecorder | None = None) -> dict[str, Any]:
@@ -181,6 +212,7 @@ def train_reference(
     probes: list[dict[str, Any]] = []
     streak = 0
     cooldown_from: int | None = None  # step at which the probe passed and the cool-down began
+    passed_at: int | None = None  # step at which the probe had passed `patience` times in a row
     data_seconds = 0.0
     step = 0
 
@@ -235,11 +267,10 @@ def train_reference(
                              result["accuracy"], result["token_accuracy"], result["by_group"],
                              f" attention {result['attention']}" if term else "")
                     if cooldown_from is None and stop_accuracy is not None:
-                        ok = result["accuracy"] >= float(stop_accuracy)
-                        if term and max_blink_share is not None:
-                            # not looking is part of the behaviour: the probe passes only once no blink item looks
-                            ok = ok and result["attention"]["max_blink"] <= float(max_blink_share)
+                        ok = _probe_passes(result, stop_accuracy, max_blink_share if term else None)
                         streak = streak + 1 if ok else 0
+                        if streak >= patience and passed_at is None:
+                            passed_at = step
                         if streak >= patience and step + cooldown < total:
                             cooldown_from = step
                             log.info("%s: probe passed %d times; cool-down for %d steps", name, streak, cooldown)
@@ -248,6 +279,14 @@ def train_reference(
         source.close()
     bar.close()
     final["step"] = step
+    if stop_accuracy is not None:
+        # the probe is the behaviour's target: a model that misses it is not saved, so nothing downstream runs on it
+        # (without probes during training, the final probe alone is judged)
+        passed = passed_at is not None if probe_every else _probe_passes(final, stop_accuracy, max_blink_share if term else None)
+        if not passed:
+            message = probe_failure(where, final, probes, cfg)
+            log.error("%s", message)
+            raise ReferenceProbeError(message)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
@@ -262,6 +301,7 @@ def train_reference(
         "steps": step,
         "planned_steps": total,
         "cooldown_from": cooldown_from,
+        "probe_passed_at": passed_at,
         "batch_size": bs,
         "seconds": round(seconds, 1),
         "data_seconds": round(data_seconds, 1),
