@@ -15,7 +15,8 @@ included, as vLLM gives it), ``text``, ``finish_reason``, ``logprobs`` (the
 sampled tokens'), or ``id`` and ``error``. A request that fails (an image that
 cannot be read, a prompt vLLM rejects) is an error line; the others go on. An
 engine that cannot start (an architecture vLLM does not support, no memory)
-exits with status 3 and a line ``engine_vllm: <reason>`` on stderr.
+or dies while generating (a head size its kernels do not take) exits with status 3 and a line
+``engine_vllm: <reason>`` on stderr.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         for (r, _), result in zip(ready, results):
             lines[r["id"]] = output_line(r["id"], result)
     except Exception as exc:  # noqa: BLE001 - one request vLLM rejects: run them one by one to find it
+        if type(exc).__name__ == "EngineDeadError":  # the engine itself failed (e.g. a head size its kernels lack)
+            _say(f"the engine died while generating: {_first_line(exc)}")
+            return 3
         _say(f"a batch of {len(ready)} failed ({_first_line(exc)}): running each request alone")
         for r, imgs in ready:
             try:
