@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 lines[r["id"]] = output_line(r["id"], run([(r, imgs)])[0])
             except Exception as one:  # noqa: BLE001
+                if type(one).__name__ == "EngineDeadError":
+                    _say(f"the engine died while generating: {_first_line(one)}")
+                    return 3
                 lines[r["id"]] = {"id": r["id"], "error": _first_line(one)}
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:

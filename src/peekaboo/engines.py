@@ -220,7 +220,7 @@ def run_worker(python: str | Path, model_name: str, model_path: str | Path, spec
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("engine_vllm: ")]
         reason = said[-1][len("engine_vllm: "):] if said else (proc.stderr.strip().splitlines() or ["no output"])[-1]
         # vLLM's worker processes log the root cause; the exception the worker sees only points at it
-        cause = re.findall(r"Worker failed with error '([^']+)'", proc.stderr)
+        cause = re.findall(r"Worker failed with error '([^']+)'", proc.stdout + proc.stderr)
         if cause:
             reason += f" (root cause: {cause[-1]})"
         raise EngineError(f"models.{model_name}: vLLM could not run {model_path}: {reason}")
