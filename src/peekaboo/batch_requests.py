@@ -23,7 +23,6 @@ from .generate import shard_requests
 from .stage import StageCall
 
 
-
 def run_stage(call: StageCall) -> None:
     """The ``batch_requests`` rule (wildcards ``m``, ``d``) into ``output.requests``.
 
