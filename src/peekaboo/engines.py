@@ -157,13 +157,19 @@ def engine_python(model_name: str, spec: Mapping[str, Any], base_dir: str | Path
     return python
 
 
-def context_length(model_path: str | Path, max_model_len: int | None) -> int:
+def _hub_kwargs(model_path: str | Path, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The revision of a hub id (a local folder has none), and the remote-code switch."""
+    local = Path(str(model_path)).exists()
+    return {"trust_remote_code": bool(spec["trust_remote_code"]), **({} if local else {"revision": spec["revision"]})}
+
+
+def context_length(model_path: str | Path, max_model_len: int | None, spec: Mapping[str, Any]) -> int:
     """The context the engine serves: ``vllm.max_model_len``, else the checkpoint's text context."""
     if max_model_len:
         return int(max_model_len)
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = AutoConfig.from_pretrained(model_path, **_hub_kwargs(model_path, spec))
     text = getattr(cfg, "text_config", None) or cfg
     return int(text.max_position_embeddings)
 
@@ -263,9 +269,9 @@ def generate_shard_vllm(requests: Sequence[Any], path: str | Path, *, model_name
     from transformers import AutoProcessor
 
     python = engine_python(model_name, spec, base_dir)
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=bool(spec["trust_remote_code"]))
+    processor = AutoProcessor.from_pretrained(model_path, **_hub_kwargs(model_path, spec))
     tokenizer = getattr(processor, "tokenizer", processor)
-    max_len = context_length(model_path, spec["vllm"]["max_model_len"])
+    max_len = context_length(model_path, spec["vllm"]["max_model_len"], spec)
     todo, expected, failed = engine_requests(requests, processor, spec, model_name, max_len)
     ids = [r.generation_id for r in requests]
     writer = GenerationsWriter(path, [ids], {**dict(fingerprint or {}), "engine": "vllm"})
