@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def _say(message: str) -> None:
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(batch):
         return llm.generate([prompt(r, imgs) for r, imgs in batch], [params(r) for r, _ in batch], use_tqdm=False)
 
+    started = time.perf_counter()
     try:
         results = run(ready) if ready else []
         for (r, _), result in zip(ready, results):
@@ -147,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                     _say(f"the engine died while generating: {_first_line(one)}")
                     return 3
                 lines[r["id"]] = {"id": r["id"], "error": _first_line(one)}
+    n_tokens = sum(len(x.get("token_ids") or []) for x in lines.values())
+    took = max(time.perf_counter() - started, 1e-9)
+    _say(f"generated {n_tokens} tokens for {len(ready)} requests in {took:.2f} s ({n_tokens / took:.1f} tokens/s)")
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         for r in requests:

@@ -203,9 +203,9 @@ def engine_requests(requests: Sequence[Any], processor, spec: Mapping[str, Any],
 
 
 def run_worker(python: str | Path, model_name: str, model_path: str | Path, spec: Mapping[str, Any],
-               requests_path: Path, outputs_path: Path) -> None:
-    """Run :mod:`peekaboo.engine_vllm` in the engine's environment; an engine that cannot start raises
-    :class:`EngineError` naming the model and what vLLM said."""
+               requests_path: Path, outputs_path: Path) -> list[str]:
+    """Run :mod:`peekaboo.engine_vllm` in the engine's environment; its ``engine_vllm:`` lines (what it did).
+    An engine that cannot start raises :class:`EngineError` naming the model and what vLLM said."""
     v = spec["vllm"]
     cmd = [str(python), "-I", str(WORKER), "--model", str(model_path), "--requests", str(requests_path),
            "--output", str(outputs_path), "--max-num-seqs", str(v["max_num_seqs"]),
@@ -230,6 +230,7 @@ def run_worker(python: str | Path, model_name: str, model_path: str | Path, spec
         if cause:
             reason += f" (root cause: {cause[-1]})"
         raise EngineError(f"models.{model_name}: vLLM could not run {model_path}: {reason}")
+    return [ln[len("engine_vllm: "):] for ln in proc.stderr.splitlines() if ln.startswith("engine_vllm: ")]
 
 
 def read_outputs(path: Path) -> dict[str, dict[str, Any]]:
@@ -282,7 +283,8 @@ def generate_shard_vllm(requests: Sequence[Any], path: str | Path, *, model_name
         with tempfile.TemporaryDirectory(prefix="vllm-", dir=Path(path).parent) as tmp:
             req_path, out_path = Path(tmp) / "requests.jsonl", Path(tmp) / "outputs.jsonl"
             req_path.write_text("".join(json.dumps(r) + "\n" for r in todo), encoding="utf-8")
-            run_worker(python, model_name, model_path, spec, req_path, out_path)
+            for said in run_worker(python, model_name, model_path, spec, req_path, out_path):
+                log.info("vLLM: %s", said)
             outputs = read_outputs(out_path)
     lines = []
     for rid in ids:
