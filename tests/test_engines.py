@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 

@@ -142,3 +142,23 @@ def test_vllm_run_batch_on_the_requests_file_imports_as_it_is_and_a_drifted_temp
     # the system turn's first letter against the user turn's, right after <|im_start|>
     assert side["error"].str.match(r"prompt check: the engine's prompt differs from the processor's at token 1: "
                                    r"engine \d+ 's', processor \d+ 'u' \(engine \d+ tokens, processor \d+\)$").all()
+
+
+def test_a_model_the_cpu_kernels_cannot_serve_fails_the_job_with_vllms_root_cause(tiny_shard, tmp_path, monkeypatch):
+    """The tiny Qwen3-VL of head size 16 (the reference models' head size): vLLM's CPU build starts it and dies at
+    the first step; the generate job fails naming the model and the root cause, instead of writing a
+    generations file of dead-engine errors."""
+    from peekaboo.engines import EngineError
+    from peekaboo.models.tiny import build_tiny
+    from test_engines import generate_vllm
+    import test_tracestore
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    model = build_tiny("qwen3_vl", tmp_path / "h16", seed=0)
+    spec = test_tracestore.validated_model(dtype="float32", engine="vllm",
+                                           vllm={"python": str(PYTHON), "max_model_len": 1024})
+    with pytest.raises(EngineError, match=r"models\.tiny: vLLM could not run .*h16: the engine died while "
+                                          r"generating: EngineDeadError.*\(root cause: Unsupported CPU attention "
+                                          r"configuration: head_dim=16"):
+        generate_vllm(tiny_shard, {"qwen3_vl": model}, tmp_path / "gen", spec)
+    assert not (tmp_path / "gen" / "shard-0.generations.jsonl").exists()

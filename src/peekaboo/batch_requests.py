@@ -20,10 +20,7 @@ import math
 from . import schema
 from .engines import write_batch_requests
 from .generate import shard_requests
-from .logs import get_logger
 from .stage import StageCall
-
-log = get_logger("batch_requests")
 
 
 def run_stage(call: StageCall) -> None:

@@ -15,7 +15,8 @@ included, as vLLM gives it), ``text``, ``finish_reason``, ``logprobs`` (the
 sampled tokens'), or ``id`` and ``error``. A request that fails (an image that
 cannot be read, a prompt vLLM rejects) is an error line; the others go on. An
 engine that cannot start (an architecture vLLM does not support, no memory)
-exits with status 3 and a line ``engine_vllm: <reason>`` on stderr.
+or dies while generating (a head size its kernels do not take) exits with status 3 and a line
+``engine_vllm: <reason>`` on stderr.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def _say(message: str) -> None:
@@ -129,17 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     def run(batch):
         return llm.generate([prompt(r, imgs) for r, imgs in batch], [params(r) for r, _ in batch], use_tqdm=False)
 
+    started = time.perf_counter()
     try:
         results = run(ready) if ready else []
         for (r, _), result in zip(ready, results):
             lines[r["id"]] = output_line(r["id"], result)
     except Exception as exc:  # noqa: BLE001 - one request vLLM rejects: run them one by one to find it
+        if type(exc).__name__ == "EngineDeadError":  # the engine itself failed (e.g. a head size its kernels lack)
+            _say(f"the engine died while generating: {_first_line(exc)}")
+            return 3
         _say(f"a batch of {len(ready)} failed ({_first_line(exc)}): running each request alone")
         for r, imgs in ready:
             try:
                 lines[r["id"]] = output_line(r["id"], run([(r, imgs)])[0])
             except Exception as one:  # noqa: BLE001
+                if type(one).__name__ == "EngineDeadError":
+                    _say(f"the engine died while generating: {_first_line(one)}")
+                    return 3
                 lines[r["id"]] = {"id": r["id"], "error": _first_line(one)}
+    n_tokens = sum(len(x.get("token_ids") or []) for x in lines.values())
+    took = max(time.perf_counter() - started, 1e-9)
+    _say(f"generated {n_tokens} tokens for {len(ready)} requests in {took:.2f} s ({n_tokens / took:.1f} tokens/s)")
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         for r in requests:

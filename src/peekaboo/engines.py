@@ -34,6 +34,7 @@ import base64
 import json
 import mimetypes
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -156,13 +157,19 @@ def engine_python(model_name: str, spec: Mapping[str, Any], base_dir: str | Path
     return python
 
 
-def context_length(model_path: str | Path, max_model_len: int | None) -> int:
+def _hub_kwargs(model_path: str | Path, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The revision of a hub id (a local folder has none), and the remote-code switch."""
+    local = Path(str(model_path)).exists()
+    return {"trust_remote_code": bool(spec["trust_remote_code"]), **({} if local else {"revision": spec["revision"]})}
+
+
+def context_length(model_path: str | Path, max_model_len: int | None, spec: Mapping[str, Any]) -> int:
     """The context the engine serves: ``vllm.max_model_len``, else the checkpoint's text context."""
     if max_model_len:
         return int(max_model_len)
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = AutoConfig.from_pretrained(model_path, **_hub_kwargs(model_path, spec))
     text = getattr(cfg, "text_config", None) or cfg
     return int(text.max_position_embeddings)
 
@@ -196,9 +203,9 @@ def engine_requests(requests: Sequence[Any], processor, spec: Mapping[str, Any],
 
 
 def run_worker(python: str | Path, model_name: str, model_path: str | Path, spec: Mapping[str, Any],
-               requests_path: Path, outputs_path: Path) -> None:
-    """Run :mod:`peekaboo.engine_vllm` in the engine's environment; an engine that cannot start raises
-    :class:`EngineError` naming the model and what vLLM said."""
+               requests_path: Path, outputs_path: Path) -> list[str]:
+    """Run :mod:`peekaboo.engine_vllm` in the engine's environment; its ``engine_vllm:`` lines (what it did).
+    An engine that cannot start raises :class:`EngineError` naming the model and what vLLM said."""
     v = spec["vllm"]
     cmd = [str(python), "-I", str(WORKER), "--model", str(model_path), "--requests", str(requests_path),
            "--output", str(outputs_path), "--max-num-seqs", str(v["max_num_seqs"]),
@@ -218,7 +225,12 @@ def run_worker(python: str | Path, model_name: str, model_path: str | Path, spec
     if proc.returncode != 0:
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("engine_vllm: ")]
         reason = said[-1][len("engine_vllm: "):] if said else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        # vLLM's worker processes log the root cause; the exception the worker sees only points at it
+        cause = re.findall(r"Worker failed with error '([^']+)'", proc.stdout + proc.stderr)
+        if cause:
+            reason += f" (root cause: {cause[-1]})"
         raise EngineError(f"models.{model_name}: vLLM could not run {model_path}: {reason}")
+    return [ln[len("engine_vllm: "):] for ln in proc.stderr.splitlines() if ln.startswith("engine_vllm: ")]
 
 
 def read_outputs(path: Path) -> dict[str, dict[str, Any]]:
@@ -258,9 +270,9 @@ def generate_shard_vllm(requests: Sequence[Any], path: str | Path, *, model_name
     from transformers import AutoProcessor
 
     python = engine_python(model_name, spec, base_dir)
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=bool(spec["trust_remote_code"]))
+    processor = AutoProcessor.from_pretrained(model_path, **_hub_kwargs(model_path, spec))
     tokenizer = getattr(processor, "tokenizer", processor)
-    max_len = context_length(model_path, spec["vllm"]["max_model_len"])
+    max_len = context_length(model_path, spec["vllm"]["max_model_len"], spec)
     todo, expected, failed = engine_requests(requests, processor, spec, model_name, max_len)
     ids = [r.generation_id for r in requests]
     writer = GenerationsWriter(path, [ids], {**dict(fingerprint or {}), "engine": "vllm"})
@@ -271,7 +283,8 @@ def generate_shard_vllm(requests: Sequence[Any], path: str | Path, *, model_name
         with tempfile.TemporaryDirectory(prefix="vllm-", dir=Path(path).parent) as tmp:
             req_path, out_path = Path(tmp) / "requests.jsonl", Path(tmp) / "outputs.jsonl"
             req_path.write_text("".join(json.dumps(r) + "\n" for r in todo), encoding="utf-8")
-            run_worker(python, model_name, model_path, spec, req_path, out_path)
+            for said in run_worker(python, model_name, model_path, spec, req_path, out_path):
+                log.info("vLLM: %s", said)
             outputs = read_outputs(out_path)
     lines = []
     for rid in ids:
