@@ -193,8 +193,10 @@ def test_the_drop_is_judged_against_its_null():
     for model, null in (("m", 0.0), ("n", 0.7)):
         row = _row(summary, scope="dataset", model=model, measure="evidence_share")
         used = traces[(traces["model"] == model) & traces["evidence_share_reasoning_drop"].notna()]
-        excess = used["evidence_share_reasoning_drop"] - used["evidence_share_null_reasoning_drop"]
-        assert row["null_mean_drop"] == pytest.approx(used["evidence_share_null_reasoning_drop"].mean())
+        null_loss = ((used["evidence_share_null_reasoning_first"] - used["evidence_share_null_reasoning_last"])
+                     / used["evidence_share_reasoning_first"])
+        excess = used["evidence_share_reasoning_drop"] - null_loss
+        assert row["null_mean_drop"] == pytest.approx(null_loss.mean())
         assert row["excess_drop"] == pytest.approx(excess.mean())
         assert abs(row["excess_drop"] - (0.7 - null)) < 0.03 and row["n_null"] == len(used)
     assert _row(summary, scope="dataset", model="m", measure="evidence_share")["excess_drop_low"] > 0.6
@@ -203,3 +205,18 @@ def test_the_drop_is_judged_against_its_null():
     # the image share's null is named even where the table has no null column (no excess then)
     image = _row(summary, scope="dataset", model="m", measure="image_share")
     assert image["null"] == "position-matched image share" and np.isnan(image["excess_drop"])
+
+
+def test_a_null_near_zero_is_read_in_the_evidence_curves_units():
+    # attention all on the evidence: a random region off it starts near 0, so its own relative drop is huge
+    # (here -999x); the null's loss is read in units of the evidence's first value and stays bounded
+    traces, steps = planted_collapse(models=("m",), n_items=60, drop={"m": 0.5}, null_drop={"m": 0.0}, seed=5)
+    used = traces["evidence_share_null_reasoning_drop"].notna()
+    first = traces.loc[used, "evidence_share_reasoning_first"]
+    traces.loc[used, "evidence_share_null_reasoning_first"] = 1e-4 * first
+    traces.loc[used, "evidence_share_null_reasoning_last"] = 0.1 * first
+    traces.loc[used, "evidence_share_null_reasoning_drop"] = -999.0
+    row = _row(cf.findings(traces, steps, CFG, seed=0)["summary"], scope="dataset", model="m",
+               measure="evidence_share")
+    assert row["null_mean_drop"] == pytest.approx(-0.0999, abs=1e-3)
+    assert 0.45 < row["excess_drop"] < 0.75

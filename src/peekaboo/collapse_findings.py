@@ -116,9 +116,18 @@ def classify(traces: pd.DataFrame, measure: str) -> pd.DataFrame:
     df["first"] = pd.to_numeric(df[f"{measure}_reasoning_first"], errors="coerce").astype(float)
     df["last"] = pd.to_numeric(df[f"{measure}_reasoning_last"], errors="coerce").astype(float)
     df["answer"] = pd.to_numeric(df[f"{measure}_answer"], errors="coerce").astype(float)
-    null_col = f"{NULLS[measure][1]}_reasoning_drop" if NULLS.get(measure, (None, None))[1] else None
-    df["null_drop"] = (pd.to_numeric(df[null_col], errors="coerce").astype(float).where(why.isna())
-                       if null_col and null_col in df else np.nan)
+    # The null's loss in units of the trace's own first value, (null first - null last) / first: the
+    # null curve's relative drop divides by the null's first value, which is near 0 wherever attention
+    # sits on the evidence (a random region off it gets almost nothing) and then runs to -1000x.
+    null = NULLS.get(measure, (None, None))[1]
+    cols = [f"{null}_reasoning_first", f"{null}_reasoning_last"] if null else []
+    if cols and all(c in df for c in cols):
+        null_first, null_last = (pd.to_numeric(df[c], errors="coerce").astype(float) for c in cols)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scaled = (null_first - null_last) / df["first"].where(df["first"] > 0)
+        df["null_drop"] = scaled.where(why.isna())
+    else:
+        df["null_drop"] = np.nan
     df["cluster"] = df["dataset"].astype(str) + "|" + df["item_id"].astype(str)
     return df
 
