@@ -119,8 +119,13 @@ def test_two_checkouts_cannot_write_one_results_folder(tmp_path):
         assert "is being written by the run of checkout" in dry.stdout + dry.stderr
         assert runlock.read(results) == holder
 
-        # a job of the second checkout that runs anyway (hooks off: no lock taken) is refused by the job's check
-        forced = snakemake(b, "--no-hooks", "--forcerun", "items", "--", target, check=False)
+        # a job of the second checkout that runs anyway (hooks off: no lock taken) is refused by the job's check.
+        # It targets a dataset the first run does not touch: forcing the first run's own target would let
+        # Snakemake delete that job's outputs before the job (and its check) even starts.
+        other = yaml.safe_load((b / "config.test.yaml").read_text())
+        other["datasets"]["other"] = {**other["datasets"]["panels"]}
+        (b / "config.test.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+        forced = snakemake(b, "--no-hooks", "--", str(results / "items" / "other.parquet"), check=False)
         text = forced.stdout + forced.stderr
         assert forced.returncode != 0
         assert f"this job (working directory {b.resolve()}) writes into {results}" in text

@@ -58,7 +58,9 @@ rule ship_reference:
     log:
         LOG("reference/{m}"),
     benchmark:
-        BENCH("reference/{m}")
+        BENCH("ship_reference/{m}")
+    conda:
+        "../../envs/model.yaml"
     script:
         "../scripts/ship_reference.py"
 
