@@ -102,7 +102,12 @@ def parse_number(text: Any, which: str = "first") -> float | None:
     matches = list(NUMBER_RE.finditer(_LATEX_FRAC_RE.sub(r"\1/\2", str(text))))
     if not matches:
         return None
-    m = matches[0] if which == "first" else matches[-1]
+    return number_value(matches[0] if which == "first" else matches[-1])
+
+
+def number_value(m: re.Match) -> float | None:
+    """The value of a match with groups ``num`` and ``den`` (``NUMBER_RE``, the scorers' answer pattern), a
+    fraction divided out; None where it is not a finite number."""
     num = m.group("num").replace(",", "").replace("−", "-")
     try:
         value = float(num)

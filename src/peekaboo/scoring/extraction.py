@@ -21,7 +21,7 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
-from ..answers import LETTERS, NUMBER_RE, format_number, normalize_text, parse_number
+from ..answers import LETTERS, NUMBER_RE, format_number, normalize_text, number_value, parse_number
 from ..scores import Score
 from ..thinking import split_thinking
 from .official import mmmu_get_multi_choice_info, mmmu_parse_multi_choice_response
@@ -438,20 +438,6 @@ def asks_for_a_count(question: Any) -> bool:
     return bool(question) and bool(_COUNT_QUESTION_RE.search(str(question)))
 
 
-def _number_value(m: re.Match) -> float | None:
-    num = m.group("num").replace(",", "").replace("−", "-")
-    try:
-        value = float(num)
-        if m.group("den"):
-            den = float(m.group("den"))
-            if den == 0:
-                return None
-            value /= den
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _numbers(text: str) -> list[re.Match]:
     return list(_ANSWER_NUMBER_RE.finditer(text))
 
@@ -463,7 +449,7 @@ def _result_number(text: str) -> float | None:
     for m in reversed(links):
         after = [n for n in numbers if n.start() >= m.end()]
         if after:
-            return _number_value(after[0])
+            return number_value(after[0])
     return None
 
 
@@ -503,9 +489,9 @@ def stated_number(statement: Any, ordinals: bool = False) -> float | None:
         lead = _NUMBER_PREFIX_RE.match(part)
         first = numbers[0]
         if lead and first.start() == lead.end() and not _OPERATOR_AFTER_RE.match(part[first.end():]):
-            return _number_value(first)
+            return number_value(first)
         result = _result_number(part)
-        return result if result is not None else _number_value(first)
+        return result if result is not None else number_value(first)
     # no digits (a digit ordinal, "3rd", was read as its number above)
     value = number_in_words(head, ordinals)
     return value if value is not None else number_in_words(text, ordinals)
@@ -526,7 +512,7 @@ def last_line_number(line: Any, ordinals: bool = False) -> float | None:
         return value
     numbers = _numbers(text)
     if numbers:
-        return _number_value(numbers[-1])
+        return number_value(numbers[-1])
     return number_in_words(line, ordinals)
 
 
