@@ -1,8 +1,6 @@
 """checks/blink_truth.py: its measures on hand-built results tables whose answers are known."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +8,13 @@ import pandas as pd
 import pytest
 
 from peekaboo.tables import write_table
+from fixtures.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("blink_truth", ROOT / "checks" / "blink_truth.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["blink_truth"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("checks/blink_truth.py")
 
 
 def write_results(root: Path, dataset: str, rows: list[dict]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,18 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("compare_results", REPO / "checks" / "compare_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from fixtures.scripts import load_script
 
 
-CMP = _load()
+
+CMP = load_script("checks/compare_results.py")
 
 
 def _write(root: Path, share: float, verdict: str = "consistent", nested: float = 0.5, array: float = 0.25,

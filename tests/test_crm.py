@@ -24,6 +24,7 @@ from peekaboo.crm import (
 from peekaboo.stage import StageCall
 from peekaboo.steps import segment_traces
 from peekaboo.tables import read_provenance, read_table, write_table
+from fixtures.scripts import load_script
 
 CRM_CFG = {"null_quantile": 0.95, "null_min_size": 5, "fallback_change": 0.1, "control_margin": 0.1, "collapse_ratio": 0.75}
 ALIGN_CFG = {"threshold": 0.35, "alpha": 0.3}
@@ -576,14 +577,7 @@ def test_items_with_regions_but_no_masked_traces_are_counted(encoder):
 
 
 def _load_check(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "checks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"checks/{name}.py")
 
 
 def test_crm_truth_judges_each_planted_mode_by_precision_and_recall(tmp_path, capsys):

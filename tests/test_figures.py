@@ -10,6 +10,7 @@ import pytest
 from peekaboo import figures
 
 from fixtures.findings import findings_tree
+from fixtures.scripts import load_script
 
 CFG = {"formats": ["pdf", "png"], "example_items": 2, "dpi": 50}
 
@@ -91,13 +92,8 @@ def test_masking_table_shows_planted_reaction(results):
 
 
 def test_collapse_truth_check_prints_the_numbers(results, capsys):
-    import importlib.util
-    from pathlib import Path
-
     root, _ = results
-    spec = importlib.util.spec_from_file_location("collapse_truth", Path(__file__).parents[1] / "checks" / "collapse_truth.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_script("checks/collapse_truth.py")
     assert check.main([str(root)]) == 0
     out = capsys.readouterr().out
     assert "planted structure shown (grounded reacts more than blind-spot): yes" in out

@@ -8,7 +8,6 @@ the README's screenshot test is without its run).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -16,18 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("claims_readme", REPO / "checks" / "claims_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CR = _load()
+CR = load_script("checks/claims_readme.py")
 
 
 def test_rows_are_written_as_the_readme_writes_them():

@@ -9,6 +9,7 @@ from peekaboo import regression as reg
 from peekaboo.stage import StageCall
 
 from fixtures.collapse import simulate_features
+from fixtures.scripts import load_script
 
 TRUE = {"const": 0.5, "entropy": -1.0, "vision": 0.6, "entropy:vision": 0.8}
 
@@ -370,13 +371,7 @@ def test_a_dataset_of_one_class_is_left_out_of_a_fixed_effects_fit():
 
 def test_the_simulation_scripts_studies_small():
     """benchmarks/stats_simulation.py at small N: its studies recover the planted sign, and the veto runs on them."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stats_simulation.py"
-    spec = importlib.util.spec_from_file_location("stats_simulation", path)
-    sim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sim)
+    sim = load_script("benchmarks/stats_simulation.py")
     runs = [sim.sign_study((seed, 3, 160, 4)) for seed in range(10)]
     assert all(r[3] == "ok" for r in runs)
     assert sum(r[0] < 0 for r in runs) >= 9

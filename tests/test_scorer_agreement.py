@@ -1,6 +1,5 @@
 """The project's scorers against the ported official rules, on the response corpus (tests/data/scorer_corpus)."""
 
-import importlib.util
 import json
 from collections import Counter
 import re
@@ -10,23 +9,16 @@ from pathlib import Path
 import pytest
 
 from peekaboo.scoring import official as O
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "scorer_corpus"
 BENCHMARKS = ("mathvista", "mmmu_pro", "hallusionbench")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def check():
-    return _load("scorer_agreement", ROOT / "checks" / "scorer_agreement.py")
+    return load_script("checks/scorer_agreement.py")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +27,7 @@ def reports(check):
 
 
 def test_corpus_is_what_the_generator_writes(tmp_path):
-    builder = _load("build_corpus", CORPUS / "build_corpus.py")
+    builder = load_script("tests/data/scorer_corpus/build_corpus.py")
     builder.main(["generate", "--out", str(tmp_path)])
     for benchmark in BENCHMARKS:
         assert (tmp_path / f"{benchmark}.jsonl").read_text(encoding="utf-8") == \

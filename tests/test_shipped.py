@@ -23,6 +23,7 @@ from peekaboo.models.reference import shipped
 from peekaboo.provenance import config_hash
 
 from fixtures.workflow import copy_workflow
+from fixtures.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -177,12 +178,7 @@ def test_a_training_job_that_misses_its_probe_fails_and_nothing_downstream_runs(
 
 
 def _ship_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ship_reference", REPO / "scripts" / "ship_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/ship_reference.py")
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """Step change measures, acknowledgements, and their separation on the labelled step pairs."""
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +8,7 @@ import pytest
 from peekaboo import schema
 from peekaboo.alignment import StepEncoder
 from peekaboo.stepchange import Acknowledgement, auroc, named_values, step_change, values_distance
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "tests" / "data" / "crm_step_pairs.csv"
@@ -76,9 +76,7 @@ def test_labelled_pairs_and_the_default_measure_separates_them_best():
     counts = pairs["kind"].value_counts()
     assert set(counts.index) == {"paraphrase", "colour", "number", "entity", "acknowledgement", "unrelated"}
     assert (pairs["changed"] == (pairs["kind"] != "paraphrase").astype(int)).all()
-    spec = importlib.util.spec_from_file_location("crm_change_measures", ROOT / "checks" / "crm_change_measures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("checks/crm_change_measures.py")
     table = module.measure_table(pairs, StepEncoder("all-MiniLM-L6-v2", device="cpu"), Acknowledgement()).set_index(
         "measure")
     default = schema.section("crm", {})["change_measure"]
